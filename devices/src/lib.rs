@@ -1,0 +1,6 @@
+//! Keel's device models. Every device sits on a [`bus::Bus`] (port I/O or MMIO) and sees only
+//! `(offset, data)` accesses relative to its own base; it never sees the VM. A write may ask the
+//! machine for something (power off, reset), which the vCPU loop turns into an action.
+
+pub mod bus;
+pub mod legacy;

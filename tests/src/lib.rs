@@ -1,0 +1,1 @@
+//! Shared helpers for Keel's integration tests live in `tests/tests/common`.
