@@ -1,0 +1,146 @@
+//! The `keel` command: boots one VM from the command line and exits with the guest's fate
+//! (0: powered off or stopped by SIGINT/SIGTERM, 1: error, 3: guest reset).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use vmm::config::{CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
+use vmm::vm::{Vm, VmOutcome};
+
+/// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about)]
+struct Cli {
+    /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage; the format is detected.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initramfs to load.
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// vCPUs: boot=N[,pvm_compat=auto|on|off].
+    #[arg(long, default_value = "boot=1", value_parser = parse_cpus)]
+    cpus: CpusConfig,
+    /// Guest RAM: size=S (e.g. 512M, 2G).
+    #[arg(long, default_value = "size=512M", value_parser = parse_memory)]
+    memory: MemoryConfig,
+    /// Serial console (COM1): tty, off, or file=PATH.
+    #[arg(long, default_value = "tty", value_parser = parse_serial)]
+    serial: SerialConfig,
+    /// Log level: off, error, warn, info, debug, trace.
+    #[arg(long, default_value = "warn", value_parser = parse_log_level)]
+    log_level: log::LevelFilter,
+}
+
+fn parse_cpus(s: &str) -> Result<CpusConfig, String> {
+    CpusConfig::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
+    MemoryConfig::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level '{s}' (off, error, warn, info, debug, trace)"))
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    SerialConfig::parse(s).map_err(|e| e.to_string())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signum: libc::c_int) {
+    SIGNAL.store(signum, Ordering::Relaxed);
+    STOP.store(true, Ordering::Release);
+}
+
+fn install_stop_handlers() {
+    for signum in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe; the
+        // sigaction struct is fully initialised.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signum, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            log::warn!("cannot install a handler for signal {signum}");
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first line names the option and the problem.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("keel: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            // --help / --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    vmm::logger::init(cli.log_level);
+    let config = VmConfig {
+        cpus: cli.cpus,
+        memory: cli.memory,
+        payload: PayloadConfig {
+            kernel: cli.kernel,
+            initramfs: cli.initramfs,
+            cmdline: cli.cmdline,
+        },
+        serial: cli.serial,
+    };
+    install_stop_handlers();
+    let running = match Vm::create(&config).and_then(Vm::start) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("keel: error: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    match running.wait(&STOP) {
+        VmOutcome::PowerOff => {
+            log::info!("guest powered off");
+            ExitCode::SUCCESS
+        }
+        VmOutcome::Stopped => {
+            let signum = SIGNAL.load(Ordering::Relaxed);
+            let name = if signum == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+            eprintln!("keel: stopped by {name}");
+            ExitCode::SUCCESS
+        }
+        VmOutcome::Reset(cause) => {
+            eprintln!("keel: guest reset ({cause:?}); Keel does not reboot guests, VM stopped");
+            ExitCode::from(3)
+        }
+        VmOutcome::Fatal(msg) => {
+            eprintln!("keel: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The PC platform devices every Keel VM has, wired onto the port-I/O bus: COM1 (irqfd on
+//! IRQ 4), the i8042 (reset line), CMOS/RTC, the POST port and the ACPI PM block (power off,
+//! reset, PM timer).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use arch::layout::ports;
+use devices::bus::{Bus, BusDevice};
+use devices::legacy::{AcpiPm, Cmos, I8042, PostCode, Serial};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::SerialConfig;
+
+/// Errors wiring the legacy devices.
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyDeviceError {
+    /// The serial output file could not be opened.
+    #[error("--serial: cannot open {path}")]
+    SerialFile {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An eventfd could not be created.
+    #[error("failed to create an eventfd for IRQ {irq}")]
+    EventFd {
+        /// IRQ line.
+        irq: u32,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// KVM_IRQFD failed.
+    #[error("failed to register an irqfd for IRQ {irq}")]
+    Irqfd {
+        /// IRQ line.
+        irq: u32,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A bus insertion failed.
+    #[error("failed to place {name} on the port-I/O bus")]
+    Bus {
+        /// Device name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: devices::bus::BusError,
+    },
+}
+
+/// Handles to legacy devices the VMM keeps talking to after boot.
+pub struct LegacyDevices {
+    /// COM1, for feeding input.
+    pub serial: Arc<Mutex<Serial>>,
+    /// Whether input should come from Keel's stdin.
+    pub serial_from_stdin: bool,
+}
+
+fn irqfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyDeviceError> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|source| LegacyDeviceError::EventFd { irq, source })?;
+    vm.register_irqfd(&evt, irq)
+        .map_err(|source| LegacyDeviceError::Irqfd { irq, source })?;
+    Ok(evt)
+}
+
+fn insert(
+    bus: &mut Bus,
+    name: &'static str,
+    device: Arc<Mutex<dyn BusDevice>>,
+    base: u16,
+    len: u16,
+) -> Result<(), LegacyDeviceError> {
+    bus.insert(name, device, u64::from(base), u64::from(len))
+        .map_err(|source| LegacyDeviceError::Bus { name, source })
+}
+
+/// Creates the devices and puts them on `pio`. `ram_below_4g`/`ram_above_4g` feed the CMOS
+/// memory-size registers.
+pub fn attach(
+    vm: &VmFd,
+    pio: &mut Bus,
+    serial: &SerialConfig,
+    ram_below_4g: u64,
+    ram_above_4g: u64,
+) -> Result<LegacyDevices, LegacyDeviceError> {
+    let output: Box<dyn Write + Send> = match serial {
+        SerialConfig::Tty => Box::new(std::io::stdout()),
+        SerialConfig::Off => Box::new(std::io::sink()),
+        SerialConfig::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LegacyDeviceError::SerialFile {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+        ),
+    };
+    let com1 = Arc::new(Mutex::new(Serial::new(irqfd(vm, ports::COM1_IRQ)?, output)));
+    insert(pio, "com1", com1.clone(), ports::COM1, ports::COM1_LEN)?;
+    insert(pio, "i8042", Arc::new(Mutex::new(I8042::new())), ports::I8042, ports::I8042_LEN)?;
+    let cmos = Cmos::new(ram_below_4g, ram_above_4g);
+    insert(pio, "cmos", Arc::new(Mutex::new(cmos)), ports::CMOS, ports::CMOS_LEN)?;
+    insert(pio, "post", Arc::new(Mutex::new(PostCode::new())), ports::POST, 1)?;
+    let pm = AcpiPm::new(ports::ACPI_S5_SLP_TYP, ports::ACPI_RESET_VALUE);
+    insert(pio, "acpi-pm", Arc::new(Mutex::new(pm)), ports::ACPI_PM_BASE, ports::ACPI_PM_LEN)?;
+    Ok(LegacyDevices {
+        serial: com1,
+        serial_from_stdin: *serial == SerialConfig::Tty,
+    })
+}
+
+/// Feeds Keel's stdin to the guest's COM1 on a detached thread until stdin ends.
+pub fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("keel-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut pending = &buf[..n];
+                        while !pending.is_empty() {
+                            let queued = match serial.lock() {
+                                Ok(mut s) => s.enqueue_input(pending).unwrap_or(0),
+                                Err(_) => return,
+                            };
+                            if queued == 0 {
+                                // The guest's receive FIFO is full: give it time to drain.
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                            }
+                            pending = &pending[queued..];
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("stopped reading stdin for the serial console: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acpi_pm_register_offsets_match_the_layout() {
+        use devices::legacy::acpi_pm::{PM1A_CNT_OFFSET, PM1A_EVT_OFFSET, PM_TMR_OFFSET, RESET_OFFSET};
+        let base = u64::from(ports::ACPI_PM_BASE);
+        assert_eq!(u64::from(ports::ACPI_PM1A_EVT) - base, PM1A_EVT_OFFSET);
+        assert_eq!(u64::from(ports::ACPI_PM1A_CNT) - base, PM1A_CNT_OFFSET);
+        assert_eq!(u64::from(ports::ACPI_PM_TMR) - base, PM_TMR_OFFSET);
+        assert_eq!(u64::from(ports::ACPI_RESET) - base, RESET_OFFSET);
+        assert_eq!(u64::from(ports::ACPI_PM_LEN), devices::legacy::acpi_pm::ACPI_PM_LEN);
+    }
+}

@@ -1,0 +1,15 @@
+//! Keel: a small KVM virtual machine monitor for x86-64, built on the rust-vmm crates.
+//!
+//! The flow is CLI/API -> validated [`config::VmConfig`] -> [`vm::Vm::create`] (memory,
+//! irqchip, devices, boot) -> [`vm::Vm::start`] (one thread per vCPU) -> exits handled by
+//! [`exit::handle_exit`] -> devices on the buses.
+
+pub mod config;
+pub mod exit;
+pub mod host;
+pub mod legacy_devices;
+pub mod loader;
+pub mod logger;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

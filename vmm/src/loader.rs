@@ -1,0 +1,241 @@
+//! Kernel loading with format detection: ELF vmlinux (PVH entry when it carries the PVH note,
+//! 64-bit entry otherwise) or bzImage (64-bit boot protocol); plus the initramfs and the
+//! command line. Produces the entry point the boot vCPU starts at.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Errors loading the guest payload.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// A payload file could not be opened or read.
+    #[error("cannot read {what} {path}")]
+    Open {
+        /// kernel or initramfs.
+        what: &'static str,
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not an ELF nor a bzImage.
+    #[error("{0}: not a kernel image Keel can boot (expected an ELF vmlinux or a bzImage)")]
+    UnknownFormat(String),
+    /// linux-loader refused the image.
+    #[error("{path}: failed to load the {format} kernel")]
+    Load {
+        /// Path.
+        path: String,
+        /// "ELF" or "bzImage".
+        format: &'static str,
+        /// Cause.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// A bzImage without the 64-bit entry point.
+    #[error("{0}: this bzImage has no 64-bit entry point (XLF_KERNEL_64 not set)")]
+    No64BitEntry(String),
+    /// No room for the initramfs.
+    #[error("the initramfs ({size} bytes) does not fit in guest memory between the kernel end {kernel_end:#x} and {limit:#x}")]
+    InitramfsTooLarge {
+        /// Initramfs size.
+        size: u64,
+        /// Where the kernel ends.
+        kernel_end: u64,
+        /// Highest usable address.
+        limit: u64,
+    },
+    /// Copying the initramfs failed.
+    #[error("failed to copy the initramfs into guest memory")]
+    InitramfsCopy(#[source] vm_memory::GuestMemoryError),
+    /// Bad command line.
+    #[error("invalid kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The command line could not be written.
+    #[error("failed to write the kernel command line")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
+}
+
+/// How the boot vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMode {
+    /// Long mode at the address, RSI = zero page.
+    Linux64,
+    /// 32-bit protected mode at the address, EBX = hvm_start_info.
+    Pvh,
+}
+
+/// The detected image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// ELF vmlinux.
+    Elf,
+    /// bzImage.
+    BzImage,
+}
+
+/// A loaded kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedKernel {
+    /// Format found.
+    pub format: KernelFormat,
+    /// Entry mode.
+    pub mode: EntryMode,
+    /// Entry address.
+    pub entry: GuestAddress,
+    /// First byte past the loaded image.
+    pub end: u64,
+    /// The bzImage setup header, to be copied into the zero page.
+    pub setup_header: Option<setup_header>,
+}
+
+const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
+const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
+const BZIMAGE_MAGIC: [u8; 4] = *b"HdrS";
+const XLF_KERNEL_64: u16 = 1;
+/// The 64-bit entry sits 0x200 bytes into the protected-mode image.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+fn open(what: &'static str, path: &Path) -> Result<File, LoaderError> {
+    File::open(path).map_err(|source| LoaderError::Open {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Detects the format of `file` from its magic numbers.
+pub fn detect_format(file: &mut File) -> std::io::Result<Option<KernelFormat>> {
+    let mut magic = [0u8; 4];
+    file.seek(SeekFrom::Start(0))?;
+    if file.read_exact(&mut magic).is_ok() && magic == ELF_MAGIC {
+        return Ok(Some(KernelFormat::Elf));
+    }
+    if file.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).is_ok()
+        && file.read_exact(&mut magic).is_ok()
+        && magic == BZIMAGE_MAGIC
+    {
+        return Ok(Some(KernelFormat::BzImage));
+    }
+    Ok(None)
+}
+
+/// Loads the kernel at `path` into `mem`.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
+    let mut file = open("kernel", path)?;
+    let shown = || path.display().to_string();
+    let format = detect_format(&mut file)
+        .map_err(|source| LoaderError::Open {
+            what: "kernel",
+            path: shown(),
+            source,
+        })?
+        .ok_or_else(|| LoaderError::UnknownFormat(shown()))?;
+    let himem = Some(GuestAddress(HIMEM_START));
+    match format {
+        KernelFormat::Elf => {
+            let r = Elf::load(mem, None, &mut file, himem).map_err(|source| LoaderError::Load {
+                path: shown(),
+                format: "ELF",
+                source,
+            })?;
+            let (mode, entry) = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => (EntryMode::Pvh, addr),
+                _ => (EntryMode::Linux64, r.kernel_load),
+            };
+            Ok(LoadedKernel {
+                format,
+                mode,
+                entry,
+                end: r.kernel_end,
+                setup_header: None,
+            })
+        }
+        KernelFormat::BzImage => {
+            let r = BzImage::load(mem, None, &mut file, himem).map_err(|source| {
+                LoaderError::Load {
+                    path: shown(),
+                    format: "bzImage",
+                    source,
+                }
+            })?;
+            let hdr = r.setup_header;
+            if hdr.is_some_and(|h| h.xloadflags & XLF_KERNEL_64 == 0) {
+                return Err(LoaderError::No64BitEntry(shown()));
+            }
+            Ok(LoadedKernel {
+                format,
+                mode: EntryMode::Linux64,
+                entry: r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
+                end: r.kernel_end,
+                setup_header: hdr,
+            })
+        }
+    }
+}
+
+/// Highest address an initramfs may end at when the kernel does not say (Linux's default
+/// initrd_addr_max).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+
+/// Copies the initramfs at `path` as high as possible below `low_ram_end` (and the kernel's
+/// initrd_addr_max), page aligned. Returns `(address, size)`.
+pub fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+    low_ram_end: u64,
+) -> Result<(u64, u64), LoaderError> {
+    let mut file = open("initramfs", path)?;
+    let size = file
+        .metadata()
+        .map_err(|source| LoaderError::Open {
+            what: "initramfs",
+            path: path.display().to_string(),
+            source,
+        })?
+        .len();
+    let addr_max = kernel
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|&m| m != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    let limit = low_ram_end.min(addr_max + 1);
+    let too_large = LoaderError::InitramfsTooLarge {
+        size,
+        kernel_end: kernel.end,
+        limit,
+    };
+    let start = limit.checked_sub(size).ok_or(too_large)? & !0xfff;
+    if start < kernel.end {
+        return Err(LoaderError::InitramfsTooLarge {
+            size,
+            kernel_end: kernel.end,
+            limit,
+        });
+    }
+    let region_len = usize::try_from(size).map_err(|_| LoaderError::InitramfsTooLarge {
+        size,
+        kernel_end: kernel.end,
+        limit,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(start), &mut file, region_len)
+        .map_err(LoaderError::InitramfsCopy)?;
+    Ok((start, size))
+}
+
+/// Writes `cmdline` at [`CMDLINE_START`]; returns its size including the NUL.
+pub fn load_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, LoaderError> {
+    let cl = Cmdline::try_from(cmdline, CMDLINE_MAX_SIZE).map_err(LoaderError::Cmdline)?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
+        .map_err(LoaderError::CmdlineWrite)?;
+    Ok(cmdline.len() + 1)
+}

@@ -1,0 +1,370 @@
+//! Building and running a VM: validated config -> KVM VM with in-kernel irqchip and PIT ->
+//! guest RAM -> legacy devices -> kernel, boot tables and boot info -> vCPUs -> one thread per
+//! vCPU, until the guest powers off, resets, fails, or the caller stops it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arch::cpuid::CpuidConfig;
+use arch::layout;
+use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::config::{ConfigError, Toggle, VmConfig};
+use crate::exit::{Buses, ExitCounters, ResetCause, Unclaimed};
+use crate::host::HostInfo;
+use crate::legacy_devices::{self, LegacyDeviceError};
+use crate::loader::{self, EntryMode, LoaderError};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuStop};
+
+/// Errors building or starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm (is KVM available and accessible?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A KVM VM-level ioctl failed.
+    #[error("{what} failed")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Devices.
+    #[error(transparent)]
+    Devices(#[from] LegacyDeviceError),
+    /// Kernel, initramfs or command line.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// MP table.
+    #[error("failed to write the MP table")]
+    MpTable(#[source] arch::mptable::MpTableError),
+    /// ACPI tables.
+    #[error("failed to write the ACPI tables")]
+    Acpi(#[source] arch::acpi::AcpiError),
+    /// Zero page / PVH start info.
+    #[error("failed to write the boot information")]
+    BootInfo(#[source] arch::boot_info::BootInfoError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A thread could not be spawned.
+    #[error("failed to spawn thread {name}")]
+    Spawn {
+        /// Thread name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest reset (Keel does not reboot guests).
+    Reset(ResetCause),
+    /// The caller asked it to stop.
+    Stopped,
+    /// A vCPU hit a fatal exit.
+    Fatal(String),
+}
+
+/// A VM ready to run: everything built, vCPUs configured, no thread started.
+pub struct Vm {
+    // Field order matters for drop: vCPU fds and the VM fd close before guest RAM unmaps.
+    vcpus: Vec<Vcpu>,
+    /// Kept open for the VM's lifetime (devices hold irqfds registered on it).
+    _vm_fd: VmFd,
+    buses: Arc<Buses>,
+    ram: GuestRam,
+    devices: legacy_devices::LegacyDevices,
+    /// Host facts used to build it.
+    pub host: HostInfo,
+    /// Boot path chosen for the kernel.
+    pub entry_mode: EntryMode,
+    /// CPUID features hidden because the host is PVM.
+    pub hidden_features: Vec<&'static str>,
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Guest physical address width from CPUID.80000008H:EAX[7:0] (36 if absent).
+fn phys_bits(cpuid: &[kvm_cpuid_entry2]) -> u32 {
+    arch::cpuid::find(cpuid, 0x8000_0008, 0)
+        .map(|e| e.eax & 0xff)
+        .filter(|&b| b >= 32)
+        .unwrap_or(36)
+}
+
+impl Vm {
+    /// Validates `config` against the host and builds the VM.
+    pub fn create(config: &VmConfig) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let host = HostInfo::probe(&kvm);
+        let (max_vcpus, why) = host.vcpu_limit();
+        config.cpus.validate(max_vcpus, why)?;
+        config.memory.validate(host.ram_bytes)?;
+        config.payload.validate()?;
+
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        if let Err(e) = vm_fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS) {
+            log::debug!("KVM_SET_IDENTITY_MAP_ADDR not available: {e}");
+        }
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = supported.as_slice().to_vec();
+
+        let ram = GuestRam::new(config.memory.size, phys_bits(&supported))?;
+        ram.register(&vm_fd)?;
+        let mem = &ram.mem;
+
+        let mut buses = Buses::default();
+        let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
+        let devices =
+            legacy_devices::attach(&vm_fd, &mut buses.pio, &config.serial, below, above)?;
+
+        let kernel = loader::load_kernel(mem, &config.payload.kernel)?;
+        let cmdline_size = loader::load_cmdline(mem, &config.payload.cmdline)?;
+        let initramfs = match &config.payload.initramfs {
+            Some(path) => Some(loader::load_initramfs(mem, path, &kernel, ram.low_ram_end())?),
+            None => None,
+        };
+        let num_vcpus = config.cpus.boot_vcpus;
+        arch::mptable::setup_mptable(mem, num_vcpus).map_err(VmError::MpTable)?;
+        let rsdp = arch::acpi::create_acpi_tables(mem, num_vcpus).map_err(VmError::Acpi)?;
+        let e820 = arch::memory_map::e820_map(&ram.regions);
+        let info = arch::boot_info::BootInfo {
+            e820: &e820,
+            cmdline_addr: layout::CMDLINE_START,
+            cmdline_size,
+            initramfs,
+            rsdp_addr: rsdp.0,
+        };
+        let boot_info = match kernel.mode {
+            EntryMode::Linux64 => arch::boot_info::write_zero_page(mem, kernel.setup_header, &info),
+            EntryMode::Pvh => arch::boot_info::write_pvh_start_info(mem, &info),
+        }
+        .map_err(VmError::BootInfo)?;
+        log::info!(
+            "kernel {}: {:?} image, {:?} entry at {:#x}",
+            config.payload.kernel.display(),
+            kernel.format,
+            kernel.mode,
+            kernel.entry.0
+        );
+
+        let hide_pvm = match config.cpus.pvm_compat {
+            Toggle::Auto => host.is_pvm,
+            Toggle::On => true,
+            Toggle::Off => false,
+        };
+        let mut vcpus = Vec::with_capacity(num_vcpus as usize);
+        let mut hidden_features = Vec::new();
+        for index in 0..num_vcpus {
+            let vcpu = Vcpu::new(&vm_fd, index)?;
+            let cfg = CpuidConfig {
+                vcpu_index: index,
+                num_vcpus,
+                tsc_khz: if host.get_tsc_khz { vcpu.tsc_khz() } else { None },
+                tsc_deadline: host.tsc_deadline,
+                hide_pvm_unsupported: hide_pvm,
+            };
+            hidden_features = vcpu.configure(&supported, &cfg)?;
+            if index == 0 {
+                let entry = BootEntry {
+                    mode: kernel.mode,
+                    entry: kernel.entry,
+                    boot_info: GuestAddress(boot_info.0),
+                };
+                vcpu.set_boot_entry(mem, &entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+        if !hidden_features.is_empty() {
+            log::warn!(
+                "PVM host: hiding CPUID features its CPL0 emulator cannot run: {} (--cpus pvm_compat=off keeps them)",
+                hidden_features.join(",")
+            );
+        }
+        Ok(Vm {
+            vcpus,
+            _vm_fd: vm_fd,
+            buses: Arc::new(buses),
+            ram,
+            devices,
+            host,
+            entry_mode: kernel.mode,
+            hidden_features,
+        })
+    }
+
+    /// Guest memory (for tests and inspection).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.ram.mem
+    }
+
+    /// Starts one thread per vCPU (and the stdin reader for a tty console).
+    pub fn start(mut self) -> Result<RunningVm, VmError> {
+        install_kick_handler();
+        if self.devices.serial_from_stdin {
+            legacy_devices::spawn_stdin_reader(self.devices.serial.clone()).map_err(|source| {
+                VmError::Spawn {
+                    name: "keel-stdin".into(),
+                    source,
+                }
+            })?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = channel();
+        let mut threads = Vec::new();
+        let mut counters = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            let name = format!("keel-vcpu{}", vcpu.index);
+            counters.push(Arc::clone(&vcpu.counters));
+            let index = vcpu.index;
+            let buses = Arc::clone(&self.buses);
+            let mem = self.ram.mem.clone();
+            let stop = Arc::clone(&stop);
+            let tx = tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let (how, unclaimed) = vcpu.run(&buses, &mem, &stop);
+                    // The receiver only goes away once the VM is torn down.
+                    let _ = tx.send((index, how));
+                    unclaimed
+                })
+                .map_err(|source| VmError::Spawn { name, source })?;
+            threads.push(handle);
+        }
+        Ok(RunningVm {
+            _vm: self,
+            threads,
+            stop,
+            events: rx,
+            counters,
+        })
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// vCPU threads are kicked out of KVM_RUN with SIGRTMIN; it needs a (no-op) handler so that
+/// it interrupts the ioctl instead of killing the process.
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = register_signal_handler(SIGRTMIN(), kick_handler) {
+            log::error!("cannot install the vCPU kick signal handler: {e}");
+        }
+    });
+}
+
+/// A VM whose vCPU threads are running.
+pub struct RunningVm {
+    _vm: Vm,
+    threads: Vec<JoinHandle<Unclaimed>>,
+    stop: Arc<AtomicBool>,
+    events: Receiver<(u32, VcpuStop)>,
+    counters: Vec<Arc<ExitCounters>>,
+}
+
+impl RunningVm {
+    /// Per-vCPU exit counters.
+    pub fn counters(&self) -> &[Arc<ExitCounters>] {
+        &self.counters
+    }
+
+    /// Waits until the guest ends the VM or `interrupt` becomes true; then stops every vCPU.
+    pub fn wait(mut self, interrupt: &AtomicBool) -> VmOutcome {
+        let outcome = loop {
+            if interrupt.load(Ordering::Acquire) {
+                break VmOutcome::Stopped;
+            }
+            match self.events.recv_timeout(Duration::from_millis(20)) {
+                Ok((_, VcpuStop::Requested)) => {}
+                Ok((_, VcpuStop::PowerOff)) => break VmOutcome::PowerOff,
+                Ok((_, VcpuStop::Reset(cause))) => break VmOutcome::Reset(cause),
+                Ok((_, VcpuStop::Fatal(msg))) => break VmOutcome::Fatal(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break VmOutcome::Stopped,
+            }
+        };
+        self.stop_vcpus();
+        outcome
+    }
+
+    fn stop_vcpus(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for handle in self.threads.drain(..) {
+            // A vCPU halted in the kernel only notices `stop` once kicked; kick until it ends.
+            while !handle.is_finished() {
+                if handle.kill(SIGRTMIN()).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            match handle.join() {
+                Ok(unclaimed) => report_unclaimed(&unclaimed),
+                Err(_) => log::error!("a vCPU thread panicked"),
+            }
+        }
+    }
+}
+
+fn report_unclaimed(unclaimed: &Unclaimed) {
+    for (port, count) in &unclaimed.ports {
+        log::debug!("unclaimed port {port:#x}: {count} accesses");
+    }
+    for (addr, count) in &unclaimed.mmio {
+        log::debug!("unclaimed MMIO {addr:#x}: {count} accesses");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phys_bits_from_cpuid_or_default() {
+        let e = kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            eax: 0x3027,
+            ..Default::default()
+        };
+        assert_eq!(phys_bits(&[e]), 39);
+        assert_eq!(phys_bits(&[]), 36);
+    }
+}
