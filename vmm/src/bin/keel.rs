@@ -92,10 +92,16 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line: clap's first line names the option and the problem.
+            // One line: clap's message up to its usage hint, joined.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("keel: {}", first.trim_start_matches("error: "));
+            let message = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("keel: {}", message.trim_start_matches("error: "));
             return ExitCode::from(1);
         }
         Err(e) => {

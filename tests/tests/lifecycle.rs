@@ -1,0 +1,104 @@
+//! How a VM ends: guest poweroff exits 0, a triple fault and a guest reset end the VM with a
+//! message and exit 3, an instruction KVM cannot emulate is reported with RIP and bytes, and
+//! SIGTERM/SIGINT stop the VM cleanly. Tiny hand-assembled kernels keep these independent of
+//! the probe guest.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn guest_poweroff_exits_zero_and_serial_reaches_stdout() {
+    let kernel = tiny_kernel("hello.elf", &print_and_poweroff(b"hello keel\n"));
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert_eq!(run.stdout, "hello keel\n", "{}", run.describe());
+}
+
+#[test]
+fn serial_file_and_off_modes() {
+    let kernel = tiny_kernel("file.elf", &print_and_poweroff(b"to a file\n"));
+    let out = kernel.with_file_name("serial.log");
+    let _ = std::fs::remove_file(&out);
+    let arg = format!("file={}", out.display());
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap(), "--serial", &arg]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert_eq!(run.stdout, "");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "to a file\n");
+
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap(), "--serial", "off"]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert_eq!(run.stdout, "");
+}
+
+#[test]
+fn triple_fault_ends_the_vm_as_a_reset() {
+    // ud2 with only the empty boot IDT: #UD -> #GP -> #DF -> shutdown.
+    let kernel = tiny_kernel("ud2.elf", &[0x0f, 0x0b]);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(3), "{}", run.describe());
+    assert!(run.stderr.contains("guest reset (TripleFault)"), "{}", run.describe());
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_as_a_reset() {
+    // mov al, 0xfe; out 0x64, al; hlt
+    let kernel = tiny_kernel("reset.elf", &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(3), "{}", run.describe());
+    assert!(run.stderr.contains("guest reset (Device)"), "{}", run.describe());
+}
+
+#[test]
+fn acpi_reset_register_ends_the_vm_as_a_reset() {
+    // mov dx, 0x60c; mov al, 1; out dx, al; hlt
+    let code = [0x66, 0xba, 0x0c, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd];
+    let kernel = tiny_kernel("acpi-reset.elf", &code);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(3), "{}", run.describe());
+}
+
+#[test]
+fn emulation_failure_reports_rip_and_instruction_bytes() {
+    if !is_pvm_host() {
+        eprintln!("skipped: only a PVM host fails to emulate cmpxchg16b at CPL0");
+        return;
+    }
+    // lock cmpxchg16b [rsi]: the PVM emulator lacks it.
+    let kernel = tiny_kernel("cx16.elf", &[0xf0, 0x48, 0x0f, 0xc7, 0x0e, 0xf4]);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("internal error"))
+        .unwrap_or_else(|| panic!("no internal error line\n{}", run.describe()));
+    assert!(line.contains("emulation failure"), "{line}");
+    assert!(line.contains("RIP 0x100000"), "{line}");
+    assert!(line.contains("f0 48 0f c7 0e"), "{line}");
+}
+
+fn stop_with(signal: libc::c_int, name: &str) {
+    // An endless hlt: only a signal ends it.
+    let kernel = tiny_kernel(&format!("halt-{name}.elf"), &[0xf4, 0xeb, 0xfd]);
+    let child = spawn_keel(&["--kernel", kernel.to_str().unwrap(), "--cpus", "boot=2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending a signal to our own child process by pid.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0);
+    let run = finish(child, Duration::from_secs(10));
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(run.stderr.contains(&format!("stopped by {name}")), "{}", run.describe());
+}
+
+#[test]
+fn sigterm_stops_the_vm_cleanly() {
+    stop_with(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigint_stops_the_vm_cleanly() {
+    stop_with(libc::SIGINT, "SIGINT");
+}
