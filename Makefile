@@ -32,7 +32,7 @@ test: keel probe lint
 		$(CARGO) test --release --locked --workspace
 
 bench: keel probe
-	resources/bench/startup.sh $(KEEL) $(PROBE_DIR)
+	python3 resources/bench/startup.py $(KEEL)
 
 clean:
 	$(CARGO) clean

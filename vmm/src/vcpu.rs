@@ -214,6 +214,13 @@ impl Vcpu {
     ) -> (VcpuStop, Unclaimed) {
         let mut unclaimed = Unclaimed::default();
         let counters = Arc::clone(&self.counters);
+        if self.index == 0 {
+            // `make bench` reads this line to measure exec -> first KVM_RUN.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            log::debug!("first KVM_RUN at unix time {:.6}", now.as_secs_f64());
+        }
         loop {
             if stop.load(Ordering::Acquire) {
                 return (VcpuStop::Requested, unclaimed);

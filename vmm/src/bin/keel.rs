@@ -88,6 +88,18 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Logs the process's peak resident set (VmHWM) at debug level; `make bench` reads it.
+fn log_peak_rss() {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+            log::debug!("peak RSS {}", line.trim_start_matches("VmHWM:").trim());
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -129,7 +141,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match running.wait(&STOP) {
+    let outcome = running.wait(&STOP);
+    log_peak_rss();
+    match outcome {
         VmOutcome::PowerOff => {
             log::info!("guest powered off");
             ExitCode::SUCCESS
