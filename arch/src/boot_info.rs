@@ -206,7 +206,10 @@ mod tests {
         let at = write_pvh_start_info(&m, &info(&e820)).unwrap();
         let si: hvm_start_info = m.read_obj(at).unwrap();
         assert_eq!(si.magic, XEN_HVM_START_MAGIC_VALUE);
-        assert_eq!((si.cmdline_paddr, si.rsdp_paddr, si.nr_modules), (0x20000, 0xe0000, 1));
+        assert_eq!(
+            (si.cmdline_paddr, si.rsdp_paddr, si.nr_modules),
+            (0x20000, 0xe0000, 1)
+        );
         assert_eq!(si.memmap_entries as usize, e820.len());
         let last: hvm_memmap_table_entry = m
             .read_obj(GuestAddress(si.memmap_paddr + 24 * (e820.len() as u64 - 1)))
@@ -219,8 +222,18 @@ mod tests {
     #[test]
     fn oversized_maps_and_high_addresses_are_refused() {
         let m = mem();
-        let many = vec![E820Entry { addr: 0, size: 0x1000, kind: 1 }; E820_MAX_ZEROPAGE + 1];
-        assert!(matches!(write_zero_page(&m, None, &info(&many)), Err(BootInfoError::TooManyEntries(_))));
+        let many = vec![
+            E820Entry {
+                addr: 0,
+                size: 0x1000,
+                kind: 1
+            };
+            E820_MAX_ZEROPAGE + 1
+        ];
+        assert!(matches!(
+            write_zero_page(&m, None, &info(&many)),
+            Err(BootInfoError::TooManyEntries(_))
+        ));
         let too_many_pvh = vec![many[0]; PVH_MEMMAP_MAX_ENTRIES + 1];
         assert!(matches!(
             write_pvh_start_info(&m, &info(&too_many_pvh)),
@@ -229,6 +242,9 @@ mod tests {
         let e820 = e820_map(&ram_regions(512 << 20, 46).unwrap());
         let mut high = info(&e820);
         high.initramfs = Some((1 << 33, 10));
-        assert!(matches!(write_zero_page(&m, None, &high), Err(BootInfoError::Above4G { .. })));
+        assert!(matches!(
+            write_zero_page(&m, None, &high),
+            Err(BootInfoError::Above4G { .. })
+        ));
     }
 }

@@ -130,8 +130,7 @@ fn reg_value(entry: &kvm_cpuid_entry2, reg: Reg) -> u32 {
 /// Finds the entry for `leaf`/`subleaf` (subleaf is ignored for unindexed leaves).
 pub fn find(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
     entries.iter().find(|e| {
-        e.function == leaf
-            && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        e.function == leaf && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
     })
 }
 
@@ -141,14 +140,14 @@ fn find_mut(
     subleaf: u32,
 ) -> Option<&mut kvm_cpuid_entry2> {
     entries.iter_mut().find(|e| {
-        e.function == leaf
-            && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        e.function == leaf && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
     })
 }
 
 /// Whether `bit` is set in `entries`.
 pub fn has_feature(entries: &[kvm_cpuid_entry2], bit: &FeatureBit) -> bool {
-    find(entries, bit.leaf, bit.subleaf).is_some_and(|e| reg_value(e, bit.reg) & (1 << bit.bit) != 0)
+    find(entries, bit.leaf, bit.subleaf)
+        .is_some_and(|e| reg_value(e, bit.reg) & (1 << bit.bit) != 0)
 }
 
 fn set_feature(entries: &mut [kvm_cpuid_entry2], bit: &FeatureBit, on: bool) -> bool {
@@ -301,7 +300,17 @@ mod tests {
     fn host() -> Vec<kvm_cpuid_entry2> {
         vec![
             entry(0, 0, false, [0x1f, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
-            entry(1, 0, false, [0x806f8, 0x0080_0800, (1 << 13) | (1 << 26) | (1 << 28) | (1 << 22), 0]),
+            entry(
+                1,
+                0,
+                false,
+                [
+                    0x806f8,
+                    0x0080_0800,
+                    (1 << 13) | (1 << 26) | (1 << 28) | (1 << 22),
+                    0,
+                ],
+            ),
             entry(4, 0, true, [0x121, 0, 0, 0]),
             entry(4, 3, true, [0x163, 0, 0, 0]),
             entry(7, 0, true, [0, (1 << 5) | (1 << 16) | 1, 0, 0]),
@@ -309,7 +318,12 @@ mod tests {
             entry(0xb, 0, true, [1, 2, 0x100, 0]),
             entry(0xd, 0, true, [7, 0x340, 0x340, 0]),
             entry(0x1f, 0, true, [1, 2, 0x100, 0]),
-            entry(HYPERVISOR_LEAF_BASE, 0, false, [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d]),
+            entry(
+                HYPERVISOR_LEAF_BASE,
+                0,
+                false,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
             entry(0x4000_0001, 0, false, [0x1, 0, 0, 0]),
             entry(0x8000_0008, 0, false, [0x3030, 0, 0, 0]),
         ]
@@ -411,7 +425,15 @@ mod tests {
         let mut c = cfg(0, 2);
         c.hide_pvm_unsupported = true;
         let hidden = adjust(&mut e, &c);
-        for name in ["cx16", "xsave", "avx", "movbe", "avx2", "avx512f", "avx512_bf16"] {
+        for name in [
+            "cx16",
+            "xsave",
+            "avx",
+            "movbe",
+            "avx2",
+            "avx512f",
+            "avx512_bf16",
+        ] {
             assert!(hidden.contains(&name), "{name} not reported hidden");
         }
         for bit in PVM_HIDDEN_FEATURES {

@@ -128,6 +128,10 @@ pub mod ports {
     pub const ACPI_S5_SLP_TYP: u8 = 5;
 }
 
+// The boot stack grows down from between the zero page and the page tables.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,15 +152,24 @@ mod tests {
         ];
         ranges.sort();
         for pair in ranges.windows(2) {
-            assert!(pair[0].1 <= pair[1].0, "{:x?} overlaps {:x?}", pair[0], pair[1]);
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{:x?} overlaps {:x?}",
+                pair[0],
+                pair[1]
+            );
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
     }
 
     #[test]
     fn hole_holds_the_apics_and_kvm_pages() {
         let hole = MEM_32BIT_GAP_START..MEM_32BIT_GAP_START + MEM_32BIT_GAP_SIZE;
-        for addr in [IOAPIC_START, APIC_START, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS] {
+        for addr in [
+            IOAPIC_START,
+            APIC_START,
+            KVM_TSS_ADDRESS,
+            KVM_IDENTITY_MAP_ADDRESS,
+        ] {
             assert!(hole.contains(&addr));
         }
         assert_eq!(hole.end, RAM_64BIT_START);

@@ -50,7 +50,7 @@ pub fn ram_regions(mem_size: u64, phys_bits: u32) -> Result<Vec<(u64, u64)>, Mem
     if mem_size < MIN_MEMORY {
         return Err(MemoryMapError::TooSmall(mem_size));
     }
-    if mem_size % 0x1000 != 0 {
+    if !mem_size.is_multiple_of(0x1000) {
         return Err(MemoryMapError::Unaligned(mem_size));
     }
     let low = mem_size.min(MEM_32BIT_GAP_START);
@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn large_guest_splits_around_the_hole() {
         let r = ram_regions(4 << 30, 46).unwrap();
-        assert_eq!(r, vec![(0, MEM_32BIT_GAP_START), (RAM_64BIT_START, 1 << 30)]);
+        assert_eq!(
+            r,
+            vec![(0, MEM_32BIT_GAP_START), (RAM_64BIT_START, 1 << 30)]
+        );
         assert_eq!(ram_below_and_above_4g(&r), (MEM_32BIT_GAP_START, 1 << 30));
     }
 
@@ -142,9 +145,18 @@ mod tests {
     #[test]
     fn bad_sizes_are_refused() {
         assert_eq!(ram_regions(0, 46), Err(MemoryMapError::TooSmall(0)));
-        assert_eq!(ram_regions(MIN_MEMORY + 1, 46), Err(MemoryMapError::Unaligned(MIN_MEMORY + 1)));
-        assert!(matches!(ram_regions(1 << 40, 39), Err(MemoryMapError::TooLarge { .. })));
-        assert!(matches!(ram_regions(u64::MAX & !0xfff, 64), Err(MemoryMapError::TooLarge { .. })));
+        assert_eq!(
+            ram_regions(MIN_MEMORY + 1, 46),
+            Err(MemoryMapError::Unaligned(MIN_MEMORY + 1))
+        );
+        assert!(matches!(
+            ram_regions(1 << 40, 39),
+            Err(MemoryMapError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ram_regions(!0xfff_u64, 64),
+            Err(MemoryMapError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -154,13 +166,33 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-                E820Entry { addr: EBDA_START, size: HIMEM_START - EBDA_START, kind: E820_RESERVED },
-                E820Entry { addr: HIMEM_START, size: MEM_32BIT_GAP_START - HIMEM_START, kind: E820_RAM },
-                E820Entry { addr: RAM_64BIT_START, size: 2 << 30, kind: E820_RAM },
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: EBDA_START,
+                    size: HIMEM_START - EBDA_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: HIMEM_START,
+                    size: MEM_32BIT_GAP_START - HIMEM_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: RAM_64BIT_START,
+                    size: 2 << 30,
+                    kind: E820_RAM
+                },
             ]
         );
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, (5 << 30) - (HIMEM_START - EBDA_START));
     }
 }

@@ -153,7 +153,10 @@ pub fn write_identity_page_tables<M: GuestMemoryBackend>(mem: &M) -> Result<(), 
 
 /// Sets up `sregs` for 64-bit entry: boot GDT/IDT written to memory, long mode with paging on
 /// the identity map, SSE enabled.
-pub fn setup_sregs_64bit<M: GuestMemoryBackend>(mem: &M, sregs: &mut kvm_sregs) -> Result<(), RegsError> {
+pub fn setup_sregs_64bit<M: GuestMemoryBackend>(
+    mem: &M,
+    sregs: &mut kvm_sregs,
+) -> Result<(), RegsError> {
     let gdt = gdt_64bit();
     write_gdt_idt(mem, &gdt)?;
     load_segments(sregs, &gdt);
@@ -166,7 +169,10 @@ pub fn setup_sregs_64bit<M: GuestMemoryBackend>(mem: &M, sregs: &mut kvm_sregs) 
 }
 
 /// Sets up `sregs` for PVH entry: 32-bit protected mode with flat segments, paging off.
-pub fn setup_sregs_pvh<M: GuestMemoryBackend>(mem: &M, sregs: &mut kvm_sregs) -> Result<(), RegsError> {
+pub fn setup_sregs_pvh<M: GuestMemoryBackend>(
+    mem: &M,
+    sregs: &mut kvm_sregs,
+) -> Result<(), RegsError> {
     let gdt = gdt_32bit();
     write_gdt_idt(mem, &gdt)?;
     load_segments(sregs, &gdt);
@@ -310,7 +316,10 @@ mod tests {
     #[test]
     fn segment_decoding_matches_the_descriptor() {
         let cs = segment_from_gdt(gdt_64bit()[2], 2);
-        assert_eq!((cs.selector, cs.type_, cs.present, cs.l, cs.db, cs.g, cs.s), (0x10, 0xb, 1, 1, 0, 1, 1));
+        assert_eq!(
+            (cs.selector, cs.type_, cs.present, cs.l, cs.db, cs.g, cs.s),
+            (0x10, 0xb, 1, 1, 0, 1, 1)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let tss = segment_from_gdt(gdt_entry(0x808b, 0x1234_5678, 0x67), 4);
         assert_eq!((tss.base, tss.s, tss.type_), (0x1234_5678, 0, 0xb));
@@ -356,7 +365,10 @@ mod tests {
     #[test]
     fn regs_point_at_boot_info() {
         let r = regs_64bit(0x100200, 0x7000);
-        assert_eq!((r.rip, r.rsi, r.rsp, r.rflags), (0x100200, 0x7000, BOOT_STACK_POINTER, 2));
+        assert_eq!(
+            (r.rip, r.rsi, r.rsp, r.rflags),
+            (0x100200, 0x7000, BOOT_STACK_POINTER, 2)
+        );
         let p = regs_pvh(0x100000, 0x6000);
         assert_eq!((p.rip, p.rbx), (0x100000, 0x6000));
     }
@@ -376,7 +388,10 @@ mod tests {
     #[test]
     fn boot_msrs_enable_mtrrs() {
         let msrs = boot_msrs();
-        let def = msrs.iter().find(|m| m.index == msr_index::MTRR_DEF_TYPE).unwrap();
+        let def = msrs
+            .iter()
+            .find(|m| m.index == msr_index::MTRR_DEF_TYPE)
+            .unwrap();
         assert_eq!(def.data, 0x806);
         assert_eq!(boot_fpu().mxcsr, 0x1f80);
     }

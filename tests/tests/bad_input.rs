@@ -7,20 +7,38 @@ use common::*;
 fn assert_refused(args: &[&str], expect: &str) {
     let run = run_keel(args);
     assert_eq!(run.code(), Some(1), "{args:?}\n{}", run.describe());
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.contains("warn:")).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one error line\n{}", run.describe());
-    assert!(lines[0].contains(expect), "{args:?}: {:?} lacks {expect:?}", lines[0]);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("warn:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one error line\n{}",
+        run.describe()
+    );
+    assert!(
+        lines[0].contains(expect),
+        "{args:?}: {:?} lacks {expect:?}",
+        lines[0]
+    );
     assert!(!run.stderr.contains("panicked"));
     assert_eq!(run.stdout, "", "no guest ran");
 }
 
 fn ok_kernel() -> String {
-    tiny_kernel("ok.elf", &print_and_poweroff(b"x")).display().to_string()
+    tiny_kernel("ok.elf", &print_and_poweroff(b"x"))
+        .display()
+        .to_string()
 }
 
 #[test]
 fn missing_kernel_file() {
-    assert_refused(&["--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
+    assert_refused(
+        &["--kernel", "/nonexistent/vmlinux"],
+        "/nonexistent/vmlinux",
+    );
 }
 
 #[test]
@@ -42,45 +60,91 @@ fn file_that_is_not_a_kernel() {
 
 #[test]
 fn zero_memory() {
-    assert_refused(&["--kernel", &ok_kernel(), "--memory", "size=0"], "too small");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--memory", "size=0"],
+        "too small",
+    );
 }
 
 #[test]
 fn more_memory_than_the_host() {
-    assert_refused(&["--kernel", &ok_kernel(), "--memory", "size=64T"], "more than the host");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--memory", "size=64T"],
+        "more than the host",
+    );
 }
 
 #[test]
 fn unaligned_and_unparsable_memory() {
-    assert_refused(&["--kernel", &ok_kernel(), "--memory", "size=67108865"], "multiple of");
-    assert_refused(&["--kernel", &ok_kernel(), "--memory", "size=lots"], "invalid value");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--memory", "size=67108865"],
+        "multiple of",
+    );
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--memory", "size=lots"],
+        "invalid value",
+    );
 }
 
 #[test]
 fn zero_vcpus() {
-    assert_refused(&["--kernel", &ok_kernel(), "--cpus", "boot=0"], "at least one vCPU");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--cpus", "boot=0"],
+        "at least one vCPU",
+    );
 }
 
 #[test]
 fn more_vcpus_than_allowed() {
-    assert_refused(&["--kernel", &ok_kernel(), "--cpus", "boot=100000"], "at most");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--cpus", "boot=100000"],
+        "at most",
+    );
 }
 
 #[test]
 fn unknown_keys_and_flags() {
-    assert_refused(&["--kernel", &ok_kernel(), "--cpus", "boot=1,turbo=on"], "unknown key 'turbo'");
-    assert_refused(&["--kernel", &ok_kernel(), "--memory", "size=1G,colour=red"], "unknown key 'colour'");
-    assert_refused(&["--kernel", &ok_kernel(), "--serial", "socket=/x"], "expected tty, off or file=PATH");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--cpus", "boot=1,turbo=on"],
+        "unknown key 'turbo'",
+    );
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--memory", "size=1G,colour=red"],
+        "unknown key 'colour'",
+    );
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--serial", "socket=/x"],
+        "expected tty, off or file=PATH",
+    );
     assert_refused(&["--kernel", &ok_kernel(), "--frobnicate"], "--frobnicate");
-    assert_refused(&["--kernel", &ok_kernel(), "--log-level", "loud"], "unknown log level");
+    assert_refused(
+        &["--kernel", &ok_kernel(), "--log-level", "loud"],
+        "unknown log level",
+    );
 }
 
 #[test]
 fn missing_initramfs() {
-    assert_refused(&["--kernel", &ok_kernel(), "--initramfs", "/nonexistent/initrd"], "/nonexistent/initrd");
+    assert_refused(
+        &[
+            "--kernel",
+            &ok_kernel(),
+            "--initramfs",
+            "/nonexistent/initrd",
+        ],
+        "/nonexistent/initrd",
+    );
 }
 
 #[test]
 fn serial_file_in_missing_directory() {
-    assert_refused(&["--kernel", &ok_kernel(), "--serial", "file=/nonexistent/dir/log"], "--serial");
+    assert_refused(
+        &[
+            "--kernel",
+            &ok_kernel(),
+            "--serial",
+            "file=/nonexistent/dir/log",
+        ],
+        "--serial",
+    );
 }

@@ -39,7 +39,11 @@ fn triple_fault_ends_the_vm_as_a_reset() {
     let kernel = tiny_kernel("ud2.elf", &[0x0f, 0x0b]);
     let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
     assert_eq!(run.code(), Some(3), "{}", run.describe());
-    assert!(run.stderr.contains("guest reset (TripleFault)"), "{}", run.describe());
+    assert!(
+        run.stderr.contains("guest reset (TripleFault)"),
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]
@@ -48,7 +52,11 @@ fn i8042_reset_ends_the_vm_as_a_reset() {
     let kernel = tiny_kernel("reset.elf", &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
     let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
     assert_eq!(run.code(), Some(3), "{}", run.describe());
-    assert!(run.stderr.contains("guest reset (Device)"), "{}", run.describe());
+    assert!(
+        run.stderr.contains("guest reset (Device)"),
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]
@@ -90,7 +98,11 @@ fn stop_with(signal: libc::c_int, name: &str) {
     assert_eq!(rc, 0);
     let run = finish(child, Duration::from_secs(10));
     assert_eq!(run.code(), Some(0), "{}", run.describe());
-    assert!(run.stderr.contains(&format!("stopped by {name}")), "{}", run.describe());
+    assert!(
+        run.stderr.contains(&format!("stopped by {name}")),
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]

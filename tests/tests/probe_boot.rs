@@ -11,14 +11,22 @@ const MEMORY: &str = "512M";
 const MEMORY_BYTES: u64 = 512 << 20;
 
 fn hex(v: &Value) -> u64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a hex string: {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a hex string: {v}"));
     u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("bad hex {s}"))
 }
 
 fn leaf(cpuid: &Value, leaf: u64, subleaf: u64) -> Option<[u64; 4]> {
     cpuid["leaves"].as_array()?.iter().find_map(|l| {
-        (hex(&l["leaf"]) == leaf && hex(&l["subleaf"]) == subleaf)
-            .then(|| [hex(&l["eax"]), hex(&l["ebx"]), hex(&l["ecx"]), hex(&l["edx"])])
+        (hex(&l["leaf"]) == leaf && hex(&l["subleaf"]) == subleaf).then(|| {
+            [
+                hex(&l["eax"]),
+                hex(&l["ebx"]),
+                hex(&l["ecx"]),
+                hex(&l["edx"]),
+            ]
+        })
     })
 }
 
@@ -42,7 +50,13 @@ fn check_default_report(run: &Run, cpus: u64, source: &str, cmdline: &str) {
         .as_array()
         .expect("entries")
         .iter()
-        .map(|e| (e["addr"].as_u64().unwrap(), e["size"].as_u64().unwrap(), e["type"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["addr"].as_u64().unwrap(),
+                e["size"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         entries,
@@ -59,9 +73,24 @@ fn check_default_report(run: &Run, cpus: u64, source: &str, cmdline: &str) {
 
     let cpu_report = run.report("cpus");
     let expected: Vec<u64> = (0..cpus).collect();
-    assert_eq!(ids(&cpu_report["acpi"]), expected, "ACPI MADT\n{}", run.describe());
-    assert_eq!(ids(&cpu_report["mptable"]), expected, "MP table\n{}", run.describe());
-    assert_eq!(ids(&cpu_report["online"]), expected, "online CPUs\n{}", run.describe());
+    assert_eq!(
+        ids(&cpu_report["acpi"]),
+        expected,
+        "ACPI MADT\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        ids(&cpu_report["mptable"]),
+        expected,
+        "MP table\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        ids(&cpu_report["online"]),
+        expected,
+        "online CPUs\n{}",
+        run.describe()
+    );
     assert_eq!(cpu_report["bsp"], 0);
 
     let cpuid = run.report("cpuid");
@@ -139,19 +168,33 @@ fn memory_above_the_hole_is_in_the_map() {
 
 #[test]
 fn commands_run_in_order_and_spin_keeps_the_guest_alive() {
-    let run = run_probe("probe.elf", 1, MEMORY, "probe.cmd=cmdline probe.cmd=spin:ms=200");
+    let run = run_probe(
+        "probe.elf",
+        1,
+        MEMORY,
+        "probe.cmd=cmdline probe.cmd=spin:ms=200",
+    );
     run.assert_probe_done();
     let cmds: Vec<Value> = run.json_lines().iter().map(|v| v["cmd"].clone()).collect();
     assert_eq!(cmds[..2], [Value::from("cmdline"), Value::from("spin")]);
     let spin = run.report("spin");
     assert_eq!(spin["ms"], 200);
-    assert!(spin["iterations"].as_u64().unwrap_or(0) > 0, "{}", run.describe());
+    assert!(
+        spin["iterations"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]
 fn unknown_probe_command_is_reported() {
     let run = run_probe("probe.elf", 1, MEMORY, "probe.cmd=nonsense");
-    assert_eq!(run.code(), Some(0), "the probe still powers off\n{}", run.describe());
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "the probe still powers off\n{}",
+        run.describe()
+    );
     let last = run.json_lines().pop().expect("a final line");
     assert_eq!(last["done"], false, "{}", run.describe());
 }
@@ -173,7 +216,12 @@ fn pvm_compat_off_keeps_cx16() {
     ]);
     run.assert_probe_done();
     let l1 = leaf(&run.report("cpuid"), 1, 0).expect("leaf 1");
-    assert_ne!(l1[2] & (1 << 13), 0, "CX16 offered with pvm_compat=off\n{}", run.describe());
+    assert_ne!(
+        l1[2] & (1 << 13),
+        0,
+        "CX16 offered with pvm_compat=off\n{}",
+        run.describe()
+    );
     assert!(!run.stderr.contains("hiding CPUID"), "{}", run.describe());
 }
 
@@ -189,5 +237,9 @@ fn guest_exception_is_reported_not_hung() {
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     let last = run.json_lines().pop().expect("a final line");
     assert_eq!(last["done"], false);
-    assert!(last["error"].as_str().unwrap_or("").contains("exception"), "{}", run.describe());
+    assert!(
+        last["error"].as_str().unwrap_or("").contains("exception"),
+        "{}",
+        run.describe()
+    );
 }

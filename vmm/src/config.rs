@@ -101,10 +101,12 @@ fn parse_group<'a>(
 ) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for item in input.split(',').filter(|s| !s.is_empty()) {
-        let (key, value) = item.split_once('=').ok_or_else(|| ConfigError::NotKeyValue {
-            option,
-            item: item.to_string(),
-        })?;
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::NotKeyValue {
+                option,
+                item: item.to_string(),
+            })?;
         if !known.contains(&key) {
             return Err(ConfigError::UnknownKey {
                 option,
@@ -134,7 +136,10 @@ pub fn parse_size(text: &str) -> Option<u64> {
     let t = t
         .strip_suffix("iB")
         .or_else(|| t.strip_suffix("ib"))
-        .or_else(|| t.strip_suffix(['B', 'b']).filter(|s| s.ends_with(char::is_alphabetic)))
+        .or_else(|| {
+            t.strip_suffix(['B', 'b'])
+                .filter(|s| s.ends_with(char::is_alphabetic))
+        })
         .unwrap_or(t);
     let (digits, shift) = match t.chars().last()? {
         'k' | 'K' => (&t[..t.len() - 1], 10),
@@ -276,7 +281,7 @@ impl MemoryConfig {
                 arch::memory_map::MIN_MEMORY >> 20
             )));
         }
-        if self.size % 4096 != 0 {
+        if !self.size.is_multiple_of(4096) {
             return Err(bad("not a multiple of the 4 KiB page size".into()));
         }
         if let Some(host) = host_ram {
@@ -400,7 +405,15 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("64KB"), Some(64 << 10));
         assert_eq!(parse_size("1T"), Some(1 << 40));
-        for bad in ["", "M", "-1M", "1.5G", "12X", "99999999999999999999", "16777216T"] {
+        for bad in [
+            "",
+            "M",
+            "-1M",
+            "1.5G",
+            "12X",
+            "99999999999999999999",
+            "16777216T",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
     }
@@ -410,14 +423,33 @@ mod tests {
         assert_eq!(CpusConfig::parse("boot=2").unwrap().boot_vcpus, 2);
         let c = CpusConfig::parse("boot=1,pvm_compat=off").unwrap();
         assert_eq!(c.pvm_compat, Toggle::Off);
-        assert!(matches!(CpusConfig::parse("boot=x"), Err(ConfigError::InvalidValue { .. })));
-        assert!(matches!(CpusConfig::parse("bot=2"), Err(ConfigError::UnknownKey { .. })));
-        assert!(matches!(CpusConfig::parse("boot"), Err(ConfigError::NotKeyValue { .. })));
-        assert!(matches!(CpusConfig::parse("boot=1,boot=2"), Err(ConfigError::DuplicateKey { .. })));
-        assert_eq!(CpusConfig::parse("boot=0").unwrap().validate(8, "KVM"), Err(ConfigError::ZeroVcpus));
+        assert!(matches!(
+            CpusConfig::parse("boot=x"),
+            Err(ConfigError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            CpusConfig::parse("bot=2"),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            CpusConfig::parse("boot"),
+            Err(ConfigError::NotKeyValue { .. })
+        ));
+        assert!(matches!(
+            CpusConfig::parse("boot=1,boot=2"),
+            Err(ConfigError::DuplicateKey { .. })
+        ));
+        assert_eq!(
+            CpusConfig::parse("boot=0").unwrap().validate(8, "KVM"),
+            Err(ConfigError::ZeroVcpus)
+        );
         assert!(matches!(
             CpusConfig::parse("boot=9").unwrap().validate(8, "KVM"),
-            Err(ConfigError::TooManyVcpus { requested: 9, max: 8, .. })
+            Err(ConfigError::TooManyVcpus {
+                requested: 9,
+                max: 8,
+                ..
+            })
         ));
     }
 
@@ -430,18 +462,35 @@ mod tests {
     #[test]
     fn memory_group() {
         assert_eq!(MemoryConfig::parse("size=1G").unwrap().size, 1 << 30);
-        assert!(matches!(MemoryConfig::parse(""), Err(ConfigError::MissingKey { .. })));
-        assert!(MemoryConfig::parse("size=0").unwrap().validate(None).is_err());
-        assert!(MemoryConfig { size: (64 << 20) + 1 }.validate(None).is_err());
-        assert!(MemoryConfig { size: 8 << 30 }.validate(Some(4 << 30)).is_err());
-        assert!(MemoryConfig { size: 1 << 30 }.validate(Some(4 << 30)).is_ok());
+        assert!(matches!(
+            MemoryConfig::parse(""),
+            Err(ConfigError::MissingKey { .. })
+        ));
+        assert!(MemoryConfig::parse("size=0")
+            .unwrap()
+            .validate(None)
+            .is_err());
+        assert!(MemoryConfig {
+            size: (64 << 20) + 1
+        }
+        .validate(None)
+        .is_err());
+        assert!(MemoryConfig { size: 8 << 30 }
+            .validate(Some(4 << 30))
+            .is_err());
+        assert!(MemoryConfig { size: 1 << 30 }
+            .validate(Some(4 << 30))
+            .is_ok());
     }
 
     #[test]
     fn serial_modes() {
         assert_eq!(SerialConfig::parse("tty").unwrap(), SerialConfig::Tty);
         assert_eq!(SerialConfig::parse("off").unwrap(), SerialConfig::Off);
-        assert_eq!(SerialConfig::parse("file=/tmp/x").unwrap(), SerialConfig::File("/tmp/x".into()));
+        assert_eq!(
+            SerialConfig::parse("file=/tmp/x").unwrap(),
+            SerialConfig::File("/tmp/x".into())
+        );
         assert!(SerialConfig::parse("file=").is_err());
         assert!(SerialConfig::parse("socket=/x").is_err());
     }
@@ -464,7 +513,10 @@ mod tests {
             cmdline: "x".repeat(arch::layout::CMDLINE_MAX_SIZE),
             initramfs: None,
         };
-        assert!(matches!(long.validate(), Err(ConfigError::CmdlineTooLong { .. })));
+        assert!(matches!(
+            long.validate(),
+            Err(ConfigError::CmdlineTooLong { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

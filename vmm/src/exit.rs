@@ -244,10 +244,19 @@ mod tests {
         let c = ExitCounters::default();
         let mut u = Unclaimed::default();
         let mut data = [0u8; 1];
-        assert_eq!(handle_exit(&b, VcpuExit::IoIn(0x64, &mut data), &c, &mut u), Action::Continue);
+        assert_eq!(
+            handle_exit(&b, VcpuExit::IoIn(0x64, &mut data), &c, &mut u),
+            Action::Continue
+        );
         assert_eq!(data, [7]);
-        assert_eq!(handle_exit(&b, VcpuExit::IoOut(0x64, &[3]), &c, &mut u), Action::Continue);
-        assert_eq!(handle_exit(&b, VcpuExit::IoIn(0x64, &mut data), &c, &mut u), Action::Continue);
+        assert_eq!(
+            handle_exit(&b, VcpuExit::IoOut(0x64, &[3]), &c, &mut u),
+            Action::Continue
+        );
+        assert_eq!(
+            handle_exit(&b, VcpuExit::IoIn(0x64, &mut data), &c, &mut u),
+            Action::Continue
+        );
         assert_eq!(data, [3]);
         assert_eq!(c.io_in.load(Ordering::Relaxed), 2);
         assert_eq!(c.io_out.load(Ordering::Relaxed), 1);
@@ -274,7 +283,10 @@ mod tests {
         let c = ExitCounters::default();
         let mut u = Unclaimed::default();
         let mut data = [0u8; 2];
-        assert_eq!(handle_exit(&b, VcpuExit::IoIn(0x1234, &mut data), &c, &mut u), Action::Continue);
+        assert_eq!(
+            handle_exit(&b, VcpuExit::IoIn(0x1234, &mut data), &c, &mut u),
+            Action::Continue
+        );
         assert_eq!(data, [0xff, 0xff]);
         handle_exit(&b, VcpuExit::IoOut(0x1234, &[1]), &c, &mut u);
         let mut d4 = [0u8; 4];
@@ -291,10 +303,18 @@ mod tests {
         let c = ExitCounters::default();
         let mut u = Unclaimed::default();
         for i in 0..(Unclaimed::MAX_ADDRESSES as u64 * 2) {
-            handle_exit(&b, VcpuExit::MmioWrite(0xe000_0000 + i * 8, &[0]), &c, &mut u);
+            handle_exit(
+                &b,
+                VcpuExit::MmioWrite(0xe000_0000 + i * 8, &[0]),
+                &c,
+                &mut u,
+            );
         }
         assert_eq!(u.mmio.len(), Unclaimed::MAX_ADDRESSES);
-        assert_eq!(c.unclaimed.load(Ordering::Relaxed), Unclaimed::MAX_ADDRESSES as u64 * 2);
+        assert_eq!(
+            c.unclaimed.load(Ordering::Relaxed),
+            Unclaimed::MAX_ADDRESSES as u64 * 2
+        );
     }
 
     #[test]
@@ -302,10 +322,22 @@ mod tests {
         let b = buses();
         let c = ExitCounters::default();
         let mut u = Unclaimed::default();
-        assert_eq!(handle_exit(&b, VcpuExit::Shutdown, &c, &mut u), Action::Reset(ResetCause::TripleFault));
-        assert_eq!(handle_exit(&b, VcpuExit::InternalError, &c, &mut u), Action::InternalError);
-        assert_eq!(handle_exit(&b, VcpuExit::FailEntry(0x21, 0), &c, &mut u), Action::FailEntry(0x21));
-        assert_eq!(handle_exit(&b, VcpuExit::SystemEvent(1, &[]), &c, &mut u), Action::PowerOff);
+        assert_eq!(
+            handle_exit(&b, VcpuExit::Shutdown, &c, &mut u),
+            Action::Reset(ResetCause::TripleFault)
+        );
+        assert_eq!(
+            handle_exit(&b, VcpuExit::InternalError, &c, &mut u),
+            Action::InternalError
+        );
+        assert_eq!(
+            handle_exit(&b, VcpuExit::FailEntry(0x21, 0), &c, &mut u),
+            Action::FailEntry(0x21)
+        );
+        assert_eq!(
+            handle_exit(&b, VcpuExit::SystemEvent(1, &[]), &c, &mut u),
+            Action::PowerOff
+        );
         assert_eq!(handle_exit(&b, VcpuExit::Hlt, &c, &mut u), Action::Continue);
         assert_eq!(c.other.load(Ordering::Relaxed), 5);
     }

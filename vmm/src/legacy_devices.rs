@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arch::layout::ports;
 use devices::bus::{Bus, BusDevice};
-use devices::legacy::{AcpiPm, Cmos, I8042, PostCode, Serial};
+use devices::legacy::{AcpiPm, Cmos, PostCode, Serial, I8042};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -107,12 +107,36 @@ pub fn attach(
     };
     let com1 = Arc::new(Mutex::new(Serial::new(irqfd(vm, ports::COM1_IRQ)?, output)));
     insert(pio, "com1", com1.clone(), ports::COM1, ports::COM1_LEN)?;
-    insert(pio, "i8042", Arc::new(Mutex::new(I8042::new())), ports::I8042, ports::I8042_LEN)?;
+    insert(
+        pio,
+        "i8042",
+        Arc::new(Mutex::new(I8042::new())),
+        ports::I8042,
+        ports::I8042_LEN,
+    )?;
     let cmos = Cmos::new(ram_below_4g, ram_above_4g);
-    insert(pio, "cmos", Arc::new(Mutex::new(cmos)), ports::CMOS, ports::CMOS_LEN)?;
-    insert(pio, "post", Arc::new(Mutex::new(PostCode::new())), ports::POST, 1)?;
+    insert(
+        pio,
+        "cmos",
+        Arc::new(Mutex::new(cmos)),
+        ports::CMOS,
+        ports::CMOS_LEN,
+    )?;
+    insert(
+        pio,
+        "post",
+        Arc::new(Mutex::new(PostCode::new())),
+        ports::POST,
+        1,
+    )?;
     let pm = AcpiPm::new(ports::ACPI_S5_SLP_TYP, ports::ACPI_RESET_VALUE);
-    insert(pio, "acpi-pm", Arc::new(Mutex::new(pm)), ports::ACPI_PM_BASE, ports::ACPI_PM_LEN)?;
+    insert(
+        pio,
+        "acpi-pm",
+        Arc::new(Mutex::new(pm)),
+        ports::ACPI_PM_BASE,
+        ports::ACPI_PM_LEN,
+    )?;
     Ok(LegacyDevices {
         serial: com1,
         serial_from_stdin: *serial == SerialConfig::Tty,
@@ -160,12 +184,17 @@ mod tests {
 
     #[test]
     fn acpi_pm_register_offsets_match_the_layout() {
-        use devices::legacy::acpi_pm::{PM1A_CNT_OFFSET, PM1A_EVT_OFFSET, PM_TMR_OFFSET, RESET_OFFSET};
+        use devices::legacy::acpi_pm::{
+            PM1A_CNT_OFFSET, PM1A_EVT_OFFSET, PM_TMR_OFFSET, RESET_OFFSET,
+        };
         let base = u64::from(ports::ACPI_PM_BASE);
         assert_eq!(u64::from(ports::ACPI_PM1A_EVT) - base, PM1A_EVT_OFFSET);
         assert_eq!(u64::from(ports::ACPI_PM1A_CNT) - base, PM1A_CNT_OFFSET);
         assert_eq!(u64::from(ports::ACPI_PM_TMR) - base, PM_TMR_OFFSET);
         assert_eq!(u64::from(ports::ACPI_RESET) - base, RESET_OFFSET);
-        assert_eq!(u64::from(ports::ACPI_PM_LEN), devices::legacy::acpi_pm::ACPI_PM_LEN);
+        assert_eq!(
+            u64::from(ports::ACPI_PM_LEN),
+            devices::legacy::acpi_pm::ACPI_PM_LEN
+        );
     }
 }

@@ -160,13 +160,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
             })
         }
         KernelFormat::BzImage => {
-            let r = BzImage::load(mem, None, &mut file, himem).map_err(|source| {
-                LoaderError::Load {
+            let r =
+                BzImage::load(mem, None, &mut file, himem).map_err(|source| LoaderError::Load {
                     path: shown(),
                     format: "bzImage",
                     source,
-                }
-            })?;
+                })?;
             let hdr = r.setup_header;
             if hdr.is_some_and(|h| h.xloadflags & XLF_KERNEL_64 == 0) {
                 return Err(LoaderError::No64BitEntry(shown()));

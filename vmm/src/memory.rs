@@ -46,7 +46,8 @@ pub struct GuestRam {
 impl GuestRam {
     /// Maps `size` bytes of guest RAM for a guest with `phys_bits` of physical address space.
     pub fn new(size: u64, phys_bits: u32) -> Result<Self, MemoryError> {
-        let regions = arch::memory_map::ram_regions(size, phys_bits).map_err(MemoryError::Layout)?;
+        let regions =
+            arch::memory_map::ram_regions(size, phys_bits).map_err(MemoryError::Layout)?;
         let ranges = regions
             .iter()
             .map(|&(start, len)| {
@@ -62,7 +63,9 @@ impl GuestRam {
 
     /// End of RAM below the 32-bit hole.
     pub fn low_ram_end(&self) -> u64 {
-        self.regions.first().map_or(0, |&(start, size)| start + size)
+        self.regions
+            .first()
+            .map_or(0, |&(start, size)| start + size)
     }
 
     /// Registers every region with KVM.

@@ -246,7 +246,10 @@ impl Vcpu {
                 Action::PowerOff => return (VcpuStop::PowerOff, unclaimed),
                 Action::Reset(cause) => return (VcpuStop::Reset(cause), unclaimed),
                 Action::InternalError => {
-                    return (VcpuStop::Fatal(self.describe_internal_error(mem)), unclaimed)
+                    return (
+                        VcpuStop::Fatal(self.describe_internal_error(mem)),
+                        unclaimed,
+                    )
                 }
                 Action::FailEntry(reason) => {
                     let msg = format!(
@@ -318,7 +321,10 @@ impl Vcpu {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
-            None => format!("RIP {:#x} (CPL {cpl}), instruction bytes unreadable", regs.rip),
+            None => format!(
+                "RIP {:#x} (CPL {cpl}), instruction bytes unreadable",
+                regs.rip
+            ),
         }
     }
 }

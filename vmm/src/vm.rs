@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use arch::cpuid::CpuidConfig;
 use arch::layout;
-use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -152,13 +154,17 @@ impl Vm {
 
         let mut buses = Buses::default();
         let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
-        let devices =
-            legacy_devices::attach(&vm_fd, &mut buses.pio, &config.serial, below, above)?;
+        let devices = legacy_devices::attach(&vm_fd, &mut buses.pio, &config.serial, below, above)?;
 
         let kernel = loader::load_kernel(mem, &config.payload.kernel)?;
         let cmdline_size = loader::load_cmdline(mem, &config.payload.cmdline)?;
         let initramfs = match &config.payload.initramfs {
-            Some(path) => Some(loader::load_initramfs(mem, path, &kernel, ram.low_ram_end())?),
+            Some(path) => Some(loader::load_initramfs(
+                mem,
+                path,
+                &kernel,
+                ram.low_ram_end(),
+            )?),
             None => None,
         };
         let num_vcpus = config.cpus.boot_vcpus;
@@ -197,7 +203,11 @@ impl Vm {
             let cfg = CpuidConfig {
                 vcpu_index: index,
                 num_vcpus,
-                tsc_khz: if host.get_tsc_khz { vcpu.tsc_khz() } else { None },
+                tsc_khz: if host.get_tsc_khz {
+                    vcpu.tsc_khz()
+                } else {
+                    None
+                },
                 tsc_deadline: host.tsc_deadline,
                 hide_pvm_unsupported: hide_pvm,
             };

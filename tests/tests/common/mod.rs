@@ -22,7 +22,11 @@ pub fn keel_bin() -> PathBuf {
     let path = std::env::var_os("KEEL_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/release/keel"));
-    assert!(path.is_file(), "{} missing: run the tests through `make test`", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run the tests through `make test`",
+        path.display()
+    );
     path
 }
 
@@ -32,7 +36,11 @@ pub fn probe_image(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("build/probe"));
     let path = dir.join(name);
-    assert!(path.is_file(), "{} missing: run `make probe` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run `make probe` first",
+        path.display()
+    );
     path
 }
 
@@ -85,7 +93,12 @@ impl Run {
     pub fn assert_probe_done(&self) {
         assert_eq!(self.code(), Some(0), "keel failed\n{}", self.describe());
         let last = self.json_lines().pop();
-        assert_eq!(last, Some(serde_json::json!({"done": true})), "{}", self.describe());
+        assert_eq!(
+            last,
+            Some(serde_json::json!({"done": true})),
+            "{}",
+            self.describe()
+        );
         assert!(!self.stderr.contains("panicked"), "{}", self.describe());
     }
 }
@@ -181,7 +194,14 @@ pub fn tiny_kernel(name: &str, code: &[u8]) -> PathBuf {
     // PT_LOAD, R+X, file offset 0x1000.
     img.extend_from_slice(&1u32.to_le_bytes());
     img.extend_from_slice(&5u32.to_le_bytes());
-    for v in [0x1000u64, ENTRY, ENTRY, code.len() as u64, code.len() as u64, 0x1000] {
+    for v in [
+        0x1000u64,
+        ENTRY,
+        ENTRY,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
         img.extend_from_slice(&v.to_le_bytes());
     }
     img.resize(0x1000, 0);

@@ -150,7 +150,11 @@ fn main() -> ExitCode {
         }
         VmOutcome::Stopped => {
             let signum = SIGNAL.load(Ordering::Relaxed);
-            let name = if signum == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+            let name = if signum == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
             eprintln!("keel: stopped by {name}");
             ExitCode::SUCCESS
         }
