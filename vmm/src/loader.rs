@@ -238,3 +238,101 @@ pub fn load_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, Loade
         .map_err(LoaderError::CmdlineWrite)?;
     Ok(cmdline.len() + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
+        let dir = std::env::temp_dir().join(format!("keel-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        File::create(&path).unwrap().write_all(bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        (path, file)
+    }
+
+    fn mem(size: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+    }
+
+    #[test]
+    fn formats_are_detected_from_magic_numbers() {
+        let (_, mut elf) = temp_file("a.elf", b"\x7fELF\x02\x01\x01\x00rest");
+        assert_eq!(detect_format(&mut elf).unwrap(), Some(KernelFormat::Elf));
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let (_, mut bz) = temp_file("bz", &bz);
+        assert_eq!(detect_format(&mut bz).unwrap(), Some(KernelFormat::BzImage));
+        let (_, mut junk) = temp_file("junk", &[0x90; 0x400]);
+        assert_eq!(detect_format(&mut junk).unwrap(), None);
+        let (_, mut short) = temp_file("short", b"\x7fE");
+        assert_eq!(detect_format(&mut short).unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_and_truncated_images_are_refused() {
+        let m = mem(4 << 20);
+        let (junk, _) = temp_file("junk2", &[0x90; 0x400]);
+        assert!(matches!(
+            load_kernel(&m, &junk),
+            Err(LoaderError::UnknownFormat(_))
+        ));
+        let (elf, _) = temp_file("trunc.elf", b"\x7fELF\x02\x01\x01\x00");
+        assert!(matches!(
+            load_kernel(&m, &elf),
+            Err(LoaderError::Load { format: "ELF", .. })
+        ));
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let (bz, _) = temp_file("bad.bz", &bz);
+        assert!(matches!(
+            load_kernel(&m, &bz),
+            Err(LoaderError::Load {
+                format: "bzImage",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn initramfs_goes_to_the_top_of_low_ram_page_aligned() {
+        let m = mem(8 << 20);
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let (path, _) = temp_file("initrd", &data);
+        let kernel = LoadedKernel {
+            format: KernelFormat::Elf,
+            mode: EntryMode::Linux64,
+            entry: GuestAddress(HIMEM_START),
+            end: 2 << 20,
+            setup_header: None,
+        };
+        let (addr, size) = load_initramfs(&m, &path, &kernel, 8 << 20).unwrap();
+        assert_eq!(size, 10_000);
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + size <= 8 << 20 && addr + size > (8 << 20) - 8192);
+        let mut back = vec![0u8; data.len()];
+        m.read_slice(&mut back, GuestAddress(addr)).unwrap();
+        assert_eq!(back, data);
+        // No room between the kernel's end and the top of RAM.
+        let big = LoadedKernel {
+            end: (8 << 20) - 4096,
+            ..kernel
+        };
+        assert!(matches!(
+            load_initramfs(&m, &path, &big, 8 << 20),
+            Err(LoaderError::InitramfsTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn cmdline_is_nul_terminated_and_bounded() {
+        let m = mem(1 << 20);
+        assert_eq!(load_cmdline(&m, "console=ttyS0").unwrap(), 14);
+        let mut buf = [0u8; 14];
+        m.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        assert_eq!(&buf, b"console=ttyS0\0");
+        assert!(load_cmdline(&m, &"x".repeat(CMDLINE_MAX_SIZE)).is_err());
+    }
+}
