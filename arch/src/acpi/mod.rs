@@ -1,0 +1,393 @@
+//! ACPI tables for the guest (ACPI 6.5): RSDP, XSDT and RSDT, FADT with its FACS and DSDT, and
+//! the MADT, written into guest memory at [`ACPI_START`].
+//!
+//! Layout: the RSDP sits at [`ACPI_START`] so a BIOS-area scan finds it; the FACS (64-byte
+//! aligned), the DSDT, every table the XSDT lists (16-byte aligned) and finally the XSDT and RSDT
+//! follow it, all within [`ACPI_MAX_SIZE`]. To add a table (MCFG, SRAT, ...), build it with
+//! [`sdt::Sdt`] and append the finished bytes to the list in [`create_acpi_tables`].
+
+pub mod aml;
+pub mod fadt;
+pub mod madt;
+pub mod sdt;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
+
+use crate::layout::ports::ACPI_S5_SLP_TYP;
+use crate::layout::{ACPI_MAX_SIZE, ACPI_START};
+use aml::AmlError;
+use sdt::{checksum, Sdt, OEM_ID};
+
+/// Errors building or writing the ACPI tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The guest has no vCPU.
+    #[error("ACPI tables need at least one vCPU")]
+    NoCpus,
+    /// So many vCPUs that the MADT alone could not fit in the ACPI area.
+    #[error("{0} vCPUs do not fit in the ACPI tables")]
+    TooManyCpus(u32),
+    /// The DSDT's AML could not be encoded.
+    #[error("failed to encode the DSDT")]
+    Aml(#[source] AmlError),
+    /// The tables run past the end of the ACPI area.
+    #[error(
+        "the ACPI {table} would end at {end:#x}, past the {ACPI_MAX_SIZE:#x}-byte ACPI area at \
+         {ACPI_START:#x}"
+    )]
+    TooLarge {
+        /// The table that did not fit.
+        table: String,
+        /// Where it would have ended.
+        end: u64,
+    },
+    /// Guest memory rejected a write (for example, it does not cover the ACPI area).
+    #[error("failed to write the ACPI {table} at {addr:#x} into guest memory")]
+    Write {
+        /// The table being written.
+        table: String,
+        /// Its guest address.
+        addr: u64,
+        /// The cause.
+        #[source]
+        source: GuestMemoryError,
+    },
+}
+
+// Every table lives below 1 MiB, so the 32-bit pointers (RSDT, FADT) can name all of them.
+const _: () = assert!(ACPI_START + ACPI_MAX_SIZE <= u32::MAX as u64);
+
+const RSDP_SIZE: usize = 36;
+const RSDP_V1_SIZE: usize = 20;
+const RSDP_REVISION: u8 = 2;
+const XSDT_REVISION: u8 = 1;
+const RSDT_REVISION: u8 = 1;
+/// DSDT revision 2: AML integers are 64 bits.
+const DSDT_REVISION: u8 = 2;
+const FACS_ALIGN: u64 = 64;
+const TABLE_ALIGN: u64 = 16;
+/// Size of the largest per-vCPU MADT entry (Processor Local x2APIC).
+const MADT_BYTES_PER_CPU: u64 = 16;
+
+/// The Root System Description Pointer pointing at the RSDT and the XSDT.
+fn rsdp(rsdt_addr: u32, xsdt_addr: u64) -> [u8; RSDP_SIZE] {
+    let mut r = [0u8; RSDP_SIZE];
+    r[0..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(&OEM_ID);
+    r[15] = RSDP_REVISION;
+    r[16..20].copy_from_slice(&rsdt_addr.to_le_bytes());
+    r[20..24].copy_from_slice(&(RSDP_SIZE as u32).to_le_bytes());
+    r[24..32].copy_from_slice(&xsdt_addr.to_le_bytes());
+    r[8] = checksum(&r[..RSDP_V1_SIZE]);
+    r[32] = checksum(&r);
+    r
+}
+
+/// The DSDT: `\_S5` (soft-off sleep type for PM1a_CNT.SLP_TYP) and an empty `\_SB` scope.
+fn dsdt() -> Result<Vec<u8>, AmlError> {
+    let slp_typ = aml::byte(ACPI_S5_SLP_TYP);
+    let s5 = aml::package(&[slp_typ.clone(), slp_typ, aml::byte(0), aml::byte(0)])?;
+    let mut t = Sdt::new(*b"DSDT", DSDT_REVISION);
+    t.append(&aml::name("\\_S5", &s5)?);
+    t.append(&aml::scope("\\_SB", &[])?);
+    Ok(t.finish())
+}
+
+/// An SDT listing `entries`: the XSDT with 64-bit pointers or the RSDT with 32-bit ones.
+fn root_table(xsdt: bool, entries: &[u64]) -> Vec<u8> {
+    let mut t = if xsdt {
+        Sdt::new(*b"XSDT", XSDT_REVISION)
+    } else {
+        Sdt::new(*b"RSDT", RSDT_REVISION)
+    };
+    for &addr in entries {
+        if xsdt {
+            t.append_u64(addr);
+        } else {
+            // Lossless: every table is below 1 MiB (see the assertion above).
+            t.append_u32(addr as u32);
+        }
+    }
+    t.finish()
+}
+
+/// Places structures one after another in the ACPI area of guest memory.
+struct Placer<'a, M> {
+    mem: &'a M,
+    next: u64,
+}
+
+impl<M: GuestMemoryBackend> Placer<'_, M> {
+    /// Writes `bytes` at the next `align`-aligned address and returns that address.
+    fn place(&mut self, table: &str, bytes: &[u8], align: u64) -> Result<u64, AcpiError> {
+        let addr = self.next.next_multiple_of(align);
+        let end = addr + bytes.len() as u64;
+        if end > ACPI_START + ACPI_MAX_SIZE {
+            return Err(AcpiError::TooLarge {
+                table: table.to_string(),
+                end,
+            });
+        }
+        self.write(table, bytes, addr)?;
+        self.next = end;
+        Ok(addr)
+    }
+
+    fn write(&self, table: &str, bytes: &[u8], addr: u64) -> Result<(), AcpiError> {
+        self.mem
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|source| AcpiError::Write {
+                table: table.to_string(),
+                addr,
+                source,
+            })
+    }
+}
+
+/// The signature of a finished SDT, for messages.
+fn signature(table: &[u8]) -> String {
+    String::from_utf8_lossy(table.get(..4).unwrap_or_default()).into_owned()
+}
+
+/// Writes the ACPI tables for `num_cpus` vCPUs and returns the RSDP's address
+/// ([`ACPI_START`]), to hand to the kernel in `boot_params.acpi_rsdp_addr` or PVH `rsdp_paddr`.
+pub fn create_acpi_tables<M: GuestMemoryBackend>(
+    mem: &M,
+    num_cpus: u32,
+) -> Result<GuestAddress, AcpiError> {
+    if num_cpus == 0 {
+        return Err(AcpiError::NoCpus);
+    }
+    if u64::from(num_cpus) * MADT_BYTES_PER_CPU > ACPI_MAX_SIZE {
+        return Err(AcpiError::TooManyCpus(num_cpus));
+    }
+    let mut placer = Placer {
+        mem,
+        next: ACPI_START + RSDP_SIZE as u64,
+    };
+    let facs_addr = placer.place("FACS", &fadt::facs(), FACS_ALIGN)?;
+    let dsdt_addr = placer.place("DSDT", &dsdt().map_err(AcpiError::Aml)?, TABLE_ALIGN)?;
+
+    // Every table the XSDT lists, in order. New tables go here.
+    let tables = [
+        fadt::fadt(facs_addr as u32, dsdt_addr as u32),
+        madt::madt(num_cpus),
+    ];
+
+    let mut entries = Vec::with_capacity(tables.len());
+    for table in &tables {
+        entries.push(placer.place(&signature(table), table, TABLE_ALIGN)?);
+    }
+    let xsdt_addr = placer.place("XSDT", &root_table(true, &entries), TABLE_ALIGN)?;
+    let rsdt_addr = placer.place("RSDT", &root_table(false, &entries), TABLE_ALIGN)?;
+    placer.write("RSDP", &rsdp(rsdt_addr as u32, xsdt_addr), ACPI_START)?;
+    log::debug!(
+        "ACPI tables for {num_cpus} vCPUs at {ACPI_START:#x}..{:#x}, XSDT at {xsdt_addr:#x}",
+        placer.next
+    );
+    Ok(GuestAddress(ACPI_START))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn mem(size: usize) -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+    }
+
+    fn read(m: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        m.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+
+    fn u32_at(t: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(t[o..o + 4].try_into().unwrap())
+    }
+
+    fn u64_at(t: &[u8], o: usize) -> u64 {
+        u64::from_le_bytes(t[o..o + 8].try_into().unwrap())
+    }
+
+    fn sum(bytes: &[u8]) -> u8 {
+        bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
+    }
+
+    /// Reads the SDT at `addr`, checking that it lies in the ACPI area and sums to zero.
+    fn table(m: &GuestMemoryMmap<()>, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+        let header = read(m, addr, sdt::HEADER_SIZE);
+        let len = u32_at(&header, 4) as usize;
+        assert!(addr >= ACPI_START && addr + len as u64 <= ACPI_START + ACPI_MAX_SIZE);
+        let t = read(m, addr, len);
+        assert_eq!(&t[0..4], sig);
+        assert_eq!(sum(&t), 0, "{} checksum", signature(&t));
+        assert_eq!(&t[10..16], b"KEEL  ");
+        t
+    }
+
+    struct Tables {
+        rsdp: Vec<u8>,
+        xsdt: Vec<u8>,
+        rsdt: Vec<u8>,
+        fadt: Vec<u8>,
+        madt: Vec<u8>,
+        dsdt: Vec<u8>,
+        facs: Vec<u8>,
+        facs_addr: u64,
+    }
+
+    fn tables(num_cpus: u32) -> Tables {
+        let m = mem(0x20_0000);
+        let rsdp_addr = create_acpi_tables(&m, num_cpus).unwrap();
+        assert_eq!(rsdp_addr, GuestAddress(ACPI_START));
+        let rsdp = read(&m, ACPI_START, RSDP_SIZE);
+        let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
+        let rsdt = table(&m, u32_at(&rsdp, 16) as u64, b"RSDT");
+        let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
+        assert_eq!(entries.len(), 2);
+        let fadt = table(&m, entries[0], b"FACP");
+        let madt = table(&m, entries[1], b"APIC");
+        let dsdt = table(&m, u32_at(&fadt, 40) as u64, b"DSDT");
+        let facs_addr = u32_at(&fadt, 36) as u64;
+        let facs = read(&m, facs_addr, 64);
+        Tables {
+            rsdp,
+            xsdt,
+            rsdt,
+            fadt,
+            madt,
+            dsdt,
+            facs,
+            facs_addr,
+        }
+    }
+
+    #[test]
+    fn rsdp_points_at_xsdt_and_rsdt() {
+        let t = tables(1);
+        assert_eq!(&t.rsdp[0..8], b"RSD PTR ");
+        assert_eq!(&t.rsdp[9..15], b"KEEL  ");
+        assert_eq!(t.rsdp[15], 2);
+        assert_eq!(u32_at(&t.rsdp, 20), 36);
+        assert_eq!(sum(&t.rsdp[..20]), 0);
+        assert_eq!(sum(&t.rsdp), 0);
+        assert_eq!(t.xsdt[8], 1);
+        // The RSDT lists the same tables with 32-bit pointers.
+        let xsdt: Vec<u64> = t.xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
+        let rsdt: Vec<u64> = t.rsdt[36..]
+            .chunks(4)
+            .map(|c| u32_at(c, 0) as u64)
+            .collect();
+        assert_eq!(xsdt, rsdt);
+        assert!(xsdt.iter().all(|a| a % 16 == 0));
+    }
+
+    #[test]
+    fn fadt_points_at_facs_and_dsdt() {
+        let t = tables(2);
+        assert_eq!((t.fadt.len(), t.fadt[8]), (276, 6));
+        assert_eq!(u64_at(&t.fadt, 132), t.facs_addr);
+        assert_eq!(u64_at(&t.fadt, 140), u32_at(&t.fadt, 40) as u64);
+        assert_eq!(t.facs_addr % 64, 0);
+        assert_eq!(&t.facs[0..4], b"FACS");
+        assert_eq!((u32_at(&t.facs, 4), t.facs[32]), (64, 2));
+        assert_eq!(
+            (
+                u32_at(&t.fadt, 56),
+                u32_at(&t.fadt, 64),
+                u32_at(&t.fadt, 76)
+            ),
+            (0x600, 0x604, 0x608)
+        );
+        assert_eq!(&t.fadt[116..120], &[1, 8, 0, 1]);
+        assert_eq!((u64_at(&t.fadt, 120), t.fadt[128]), (0x60c, 1));
+    }
+
+    #[test]
+    fn dsdt_has_s5_and_sb() {
+        let t = tables(1);
+        assert_eq!(t.dsdt[8], 2);
+        let body = &t.dsdt[36..];
+        let at = body
+            .windows(4)
+            .position(|w| w == b"_S5_")
+            .expect("_S5_ in the DSDT");
+        assert_eq!(&body[at - 2..at], &[0x08, b'\\']);
+        // PackageOp, PkgLength, 4 elements, then SLP_TYPa and SLP_TYPb as byte constants.
+        let pkg = &body[at + 4..at + 4 + 7];
+        assert_eq!(
+            pkg,
+            &[
+                0x12,
+                0x0a,
+                0x04,
+                0x0a,
+                ACPI_S5_SLP_TYP,
+                0x0a,
+                ACPI_S5_SLP_TYP
+            ]
+        );
+        assert!(body.windows(5).any(|w| w == b"\\_SB_"));
+    }
+
+    #[test]
+    fn madt_lists_every_cpu_and_the_ioapic() {
+        let t = tables(8);
+        let all = madt::tests::entries(&t.madt);
+        let ids: Vec<u8> = all
+            .iter()
+            .filter(|e| e[0] == 0 && u32_at(e, 4) & 1 == 1)
+            .map(|e| e[3])
+            .collect();
+        assert_eq!(ids, (0..8).collect::<Vec<u8>>());
+        let ioapic: Vec<_> = all.iter().filter(|e| e[0] == 1).collect();
+        assert_eq!(ioapic.len(), 1);
+        assert_eq!(ioapic[0][2], 8);
+        assert_eq!(u32_at(ioapic[0], 4) as u64, crate::layout::IOAPIC_START);
+    }
+
+    #[test]
+    fn large_guests_fit() {
+        let t = tables(1000);
+        let cpus = madt::tests::entries(&t.madt)
+            .iter()
+            .filter(|e| e[0] == 0 || e[0] == 9)
+            .count();
+        assert_eq!(cpus, 1000);
+    }
+
+    #[test]
+    fn errors() {
+        let m = mem(0x20_0000);
+        assert!(matches!(create_acpi_tables(&m, 0), Err(AcpiError::NoCpus)));
+        assert!(matches!(
+            create_acpi_tables(&m, 100_000),
+            Err(AcpiError::TooManyCpus(100_000))
+        ));
+        assert!(matches!(
+            create_acpi_tables(&m, u32::MAX),
+            Err(AcpiError::TooManyCpus(_))
+        ));
+        // The most vCPUs the bound allows still fit.
+        create_acpi_tables(&m, (ACPI_MAX_SIZE / MADT_BYTES_PER_CPU) as u32).unwrap();
+        // A table that would run past the ACPI area is refused before anything is written.
+        let mut placer = Placer {
+            mem: &m,
+            next: ACPI_START + ACPI_MAX_SIZE - 0x100,
+        };
+        assert!(placer.place("SSDT", &[0xaa; 0x80], 16).is_ok());
+        let err = placer.place("SSDT", &[0xbb; 0x81], 16).unwrap_err();
+        let end = ACPI_START + ACPI_MAX_SIZE + 1;
+        assert!(
+            matches!(&err, AcpiError::TooLarge { table, end: e } if table == "SSDT" && *e == end),
+            "{err:?}"
+        );
+        assert_eq!(read(&m, ACPI_START + ACPI_MAX_SIZE - 0x80, 1), [0]);
+        // Memory that stops below the ACPI area.
+        let small = mem(ACPI_START as usize);
+        let err = create_acpi_tables(&small, 1).unwrap_err();
+        assert!(matches!(err, AcpiError::Write { .. }), "{err:?}");
+    }
+}
