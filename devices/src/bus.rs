@@ -1,0 +1,368 @@
+//! An address bus (port I/O or MMIO) that routes guest accesses to devices.
+//!
+//! Each device claims a half-open range `[base, base + len)`. Ranges never overlap. A guest
+//! access at `addr` is delivered to the device whose range contains `addr`, with the offset
+//! `addr - base`; the device never learns its absolute address. Every device has its own mutex,
+//! so vCPU threads touching different devices do not contend, and a device whose mutex was
+//! poisoned by a panicking thread keeps working (the guard is recovered).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Something a guest write asks of the whole machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineRequest {
+    /// Power the machine off (e.g. ACPI S5).
+    PowerOff,
+    /// Reset the machine (e.g. i8042 pulse-reset command, ACPI reset register).
+    Reset,
+}
+
+/// A device model reachable through a [`Bus`].
+pub trait BusDevice: Send {
+    /// Reads `data.len()` bytes at `offset` from the device's base into `data`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` from the device's base; may ask the machine for something.
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<MachineRequest>;
+}
+
+/// Errors from inserting devices into, or accessing, a [`Bus`].
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The new range overlaps a range already claimed by another device.
+    #[error(
+        "range {base:#x}+{len:#x} for `{name}` overlaps `{existing}` at {existing_base:#x}+{existing_len:#x}"
+    )]
+    Overlap {
+        /// Name of the device being inserted.
+        name: String,
+        /// Base of the rejected range.
+        base: u64,
+        /// Length of the rejected range.
+        len: u64,
+        /// Name of the device already holding an overlapping range.
+        existing: String,
+        /// Base of the existing range.
+        existing_base: u64,
+        /// Length of the existing range.
+        existing_len: u64,
+    },
+    /// A range of zero length was requested.
+    #[error("device `{name}` requested a zero-length range at {base:#x}")]
+    ZeroLength {
+        /// Name of the device being inserted.
+        name: String,
+        /// Base of the rejected range.
+        base: u64,
+    },
+    /// `base + len` does not fit in a `u64`.
+    #[error("range {base:#x}+{len:#x} for `{name}` overflows the address space")]
+    Overflow {
+        /// Name of the device being inserted.
+        name: String,
+        /// Base of the rejected range.
+        base: u64,
+        /// Length of the rejected range.
+        len: u64,
+    },
+    /// No device claims the accessed address.
+    #[error("no device at {addr:#x} (access of {len} bytes)")]
+    Unclaimed {
+        /// The accessed address.
+        addr: u64,
+        /// The access width in bytes.
+        len: usize,
+    },
+}
+
+/// One claimed range.
+struct BusEntry {
+    len: u64,
+    name: String,
+    device: Arc<Mutex<dyn BusDevice>>,
+}
+
+/// Routes accesses to the devices that claim them. `Send + Sync`; share it with `Arc`.
+#[derive(Default)]
+pub struct Bus {
+    /// Keyed by range base.
+    devices: BTreeMap<u64, BusEntry>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (base, entry) in &self.devices {
+            map.entry(
+                &format_args!("{:#x}..{:#x}", base, base.saturating_add(entry.len)),
+                &entry.name,
+            );
+        }
+        map.finish()
+    }
+}
+
+/// Locks a device, recovering the guard if a previous holder panicked.
+fn lock<'a>(device: &'a Mutex<dyn BusDevice + 'static>) -> MutexGuard<'a, dyn BusDevice + 'static> {
+    device
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Bus {
+    /// Creates an empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Claims `[base, base + len)` for `device`, named `name` in logs and errors.
+    ///
+    /// Fails on a zero length, on `base + len` overflowing `u64` (a range may end exactly at
+    /// `u64::MAX`, exclusive), or on overlap with any range already on the bus.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        if len == 0 {
+            return Err(BusError::ZeroLength {
+                name: name.to_owned(),
+                base,
+            });
+        }
+        let end = base.checked_add(len).ok_or_else(|| BusError::Overflow {
+            name: name.to_owned(),
+            base,
+            len,
+        })?;
+        let overlap = |(&ebase, e): (&u64, &BusEntry)| BusError::Overlap {
+            name: name.to_owned(),
+            base,
+            len,
+            existing: e.name.clone(),
+            existing_base: ebase,
+            existing_len: e.len,
+        };
+        // The closest range starting at or below `base` must end at or before `base`.
+        if let Some((&ebase, e)) = self.devices.range(..=base).next_back() {
+            if ebase + e.len > base {
+                return Err(overlap((&ebase, e)));
+            }
+        }
+        // No range may start inside `(base, end)`.
+        if let Some(found) = self.devices.range(base..end).next() {
+            return Err(overlap(found));
+        }
+        self.devices.insert(
+            base,
+            BusEntry {
+                len,
+                name: name.to_owned(),
+                device,
+            },
+        );
+        Ok(())
+    }
+
+    /// Finds the entry covering `addr` and its base.
+    fn lookup(&self, addr: u64) -> Option<(u64, &BusEntry)> {
+        let (&base, entry) = self.devices.range(..=addr).next_back()?;
+        // `addr >= base` by construction; ranges never overflow.
+        (addr - base < entry.len).then_some((base, entry))
+    }
+
+    /// Reads `data.len()` bytes at `addr` from the device covering `addr`.
+    ///
+    /// The device gets `addr - base` as offset. Accesses spilling past the end of the range are
+    /// delivered whole to the device that covers `addr`; devices must tolerate them.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
+        let (base, entry) = self.lookup(addr).ok_or(BusError::Unclaimed {
+            addr,
+            len: data.len(),
+        })?;
+        lock(&entry.device).read(addr - base, data);
+        Ok(())
+    }
+
+    /// Writes `data` at `addr` to the device covering `addr`, returning what it asks of the
+    /// machine, if anything.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<Option<MachineRequest>, BusError> {
+        let (base, entry) = self.lookup(addr).ok_or(BusError::Unclaimed {
+            addr,
+            len: data.len(),
+        })?;
+        Ok(lock(&entry.device).write(addr - base, data))
+    }
+
+    /// Name of the device covering `addr`, if any.
+    pub fn device_name(&self, addr: u64) -> Option<&str> {
+        self.lookup(addr).map(|(_, e)| e.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the last access; reads return the offset's low byte.
+    #[derive(Default)]
+    struct Probe {
+        last_read: Option<(u64, usize)>,
+        last_write: Option<(u64, Vec<u8>)>,
+    }
+
+    impl BusDevice for Probe {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            self.last_read = Some((offset, data.len()));
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) -> Option<MachineRequest> {
+            self.last_write = Some((offset, data.to_vec()));
+            match data.first() {
+                Some(0xfe) => Some(MachineRequest::Reset),
+                Some(0xff) => Some(MachineRequest::PowerOff),
+                _ => None,
+            }
+        }
+    }
+
+    fn probe() -> Arc<Mutex<Probe>> {
+        Arc::new(Mutex::new(Probe::default()))
+    }
+
+    #[test]
+    fn bus_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Bus>();
+    }
+
+    #[test]
+    fn lookup_first_and_last_byte() {
+        let mut bus = Bus::new();
+        let p = probe();
+        bus.insert("p", p.clone(), 0x3f8, 8).unwrap();
+        let mut b = [0u8; 1];
+        bus.read(0x3f8, &mut b).unwrap();
+        assert_eq!(b[0], 0);
+        assert_eq!(p.lock().unwrap().last_read, Some((0, 1)));
+        bus.read(0x3ff, &mut b).unwrap();
+        assert_eq!(b[0], 7);
+        assert_eq!(p.lock().unwrap().last_read, Some((7, 1)));
+        assert_eq!(bus.device_name(0x3f8), Some("p"));
+        assert_eq!(bus.device_name(0x3ff), Some("p"));
+        assert_eq!(bus.device_name(0x400), None);
+        assert_eq!(bus.device_name(0x3f7), None);
+    }
+
+    #[test]
+    fn unclaimed_outside_ranges() {
+        let mut bus = Bus::new();
+        let mut b = [0u8; 2];
+        assert!(matches!(
+            bus.read(0, &mut b),
+            Err(BusError::Unclaimed { addr: 0, len: 2 })
+        ));
+        bus.insert("p", probe(), 0x10, 0x10).unwrap();
+        for addr in [0, 0xf, 0x20, u64::MAX] {
+            assert!(matches!(
+                bus.read(addr, &mut b),
+                Err(BusError::Unclaimed { addr: a, len: 2 }) if a == addr
+            ));
+            assert!(matches!(
+                bus.write(addr, &b),
+                Err(BusError::Unclaimed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn overlap_rejected() {
+        let mut bus = Bus::new();
+        bus.insert("a", probe(), 0x100, 0x10).unwrap();
+        // Full: identical, containing, contained.
+        for (base, len) in [(0x100, 0x10), (0xf0, 0x40), (0x104, 2)] {
+            assert!(
+                matches!(
+                    bus.insert("b", probe(), base, len),
+                    Err(BusError::Overlap { .. })
+                ),
+                "{base:#x}+{len:#x}"
+            );
+        }
+        // Partial: from below, from above.
+        for (base, len) in [(0xf8, 0x9), (0x10f, 0x10)] {
+            assert!(
+                matches!(
+                    bus.insert("b", probe(), base, len),
+                    Err(BusError::Overlap { .. })
+                ),
+                "{base:#x}+{len:#x}"
+            );
+        }
+        // Adjacent on both sides is fine.
+        bus.insert("below", probe(), 0xf0, 0x10).unwrap();
+        bus.insert("above", probe(), 0x110, 0x10).unwrap();
+        assert_eq!(bus.device_name(0xff), Some("below"));
+        assert_eq!(bus.device_name(0x100), Some("a"));
+        assert_eq!(bus.device_name(0x10f), Some("a"));
+        assert_eq!(bus.device_name(0x110), Some("above"));
+    }
+
+    #[test]
+    fn zero_length_and_overflow_rejected() {
+        let mut bus = Bus::new();
+        assert!(matches!(
+            bus.insert("z", probe(), 0x10, 0),
+            Err(BusError::ZeroLength { .. })
+        ));
+        assert!(matches!(
+            bus.insert("o", probe(), u64::MAX, 2),
+            Err(BusError::Overflow { .. })
+        ));
+        assert!(matches!(
+            bus.insert("o", probe(), 1, u64::MAX),
+            Err(BusError::Overflow { .. })
+        ));
+        // Ending exactly at the top of the address space is allowed.
+        bus.insert("top", probe(), u64::MAX - 1, 1).unwrap();
+        assert_eq!(bus.device_name(u64::MAX - 1), Some("top"));
+        assert_eq!(bus.device_name(u64::MAX), None);
+    }
+
+    #[test]
+    fn offsets_are_relative_and_requests_returned() {
+        let mut bus = Bus::new();
+        let p = probe();
+        bus.insert("p", p.clone(), 0xfee0_0000, 0x1000).unwrap();
+        assert_eq!(bus.write(0xfee0_0020, &[1, 2, 3, 4]).unwrap(), None);
+        assert_eq!(p.lock().unwrap().last_write, Some((0x20, vec![1, 2, 3, 4])));
+        assert_eq!(
+            bus.write(0xfee0_0fff, &[0xfe]).unwrap(),
+            Some(MachineRequest::Reset)
+        );
+        assert_eq!(p.lock().unwrap().last_write, Some((0xfff, vec![0xfe])));
+        assert_eq!(
+            bus.write(0xfee0_0000, &[0xff]).unwrap(),
+            Some(MachineRequest::PowerOff)
+        );
+    }
+
+    #[test]
+    fn poisoned_device_still_works() {
+        let mut bus = Bus::new();
+        let p = probe();
+        bus.insert("p", p.clone(), 0, 4).unwrap();
+        let p2 = p.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = p2.lock().unwrap();
+            panic!("poison");
+        })
+        .join();
+        assert!(p.is_poisoned());
+        let mut b = [0u8; 1];
+        bus.read(3, &mut b).unwrap();
+        assert_eq!(b[0], 3);
+    }
+}
