@@ -223,6 +223,9 @@ impl Vcpu {
         }
         loop {
             if stop.load(Ordering::Acquire) {
+                if log::log_enabled!(log::Level::Debug) {
+                    log::debug!("vCPU {} stopped at {}", self.index, self.describe_rip(mem));
+                }
                 return (VcpuStop::Requested, unclaimed);
             }
             let action = match self.fd.run() {
