@@ -14,7 +14,8 @@
 //! 0x000a_0000  legacy VGA/ROM hole (reserved in e820)
 //! 0x000e_0000  ACPI tables (RSDP first, so a BIOS-area scan finds it)
 //! 0x0010_0000  kernel load address; RAM continues to MEM_32BIT_GAP_START
-//! 0xc000_0000  32-bit MMIO hole (1 GiB): IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  32-bit MMIO hole (1 GiB): PCI BARs 0xc000_0000 (512 MiB), ECAM 0xe000_0000,
+//!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM above 4 GiB
 //! ```
 
@@ -72,6 +73,21 @@ pub const MEM_32BIT_GAP_SIZE: u64 = 0x4000_0000;
 /// First address of RAM above the hole.
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
 
+/// 32-bit PCI BAR window: the start of the MMIO hole, below the ECAM window.
+pub const PCI_MMIO32_START: u64 = MEM_32BIT_GAP_START;
+/// Size of the 32-bit PCI BAR window.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI Express enhanced configuration space (ECAM / MMCONFIG) for segment 0.
+pub const PCI_ECAM_START: u64 = PCI_MMIO32_START + PCI_MMIO32_SIZE;
+/// ECAM size: 1 MiB per bus; Keel has one bus (bus 0).
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// Last PCI bus number decoded by the host bridge.
+pub const PCI_LAST_BUS: u8 = 0;
+/// Alignment of the 64-bit PCI BAR window above guest RAM.
+pub const PCI_MMIO64_ALIGN: u64 = 1 << 30;
+/// Size of the 64-bit PCI BAR window above guest RAM.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+
 /// IOAPIC MMIO base (handled by KVM's in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base (handled by KVM's in-kernel irqchip).
@@ -100,6 +116,10 @@ pub mod ports {
     pub const CMOS: u16 = 0x70;
     /// Ports the CMOS decodes.
     pub const CMOS_LEN: u16 = 2;
+    /// PCI configuration address/data ports (CONFIG_ADDRESS 0xcf8, CONFIG_DATA 0xcfc).
+    pub const PCI_CONFIG: u16 = 0xcf8;
+    /// Ports the PCI configuration mechanism decodes.
+    pub const PCI_CONFIG_LEN: u16 = 8;
     /// POST/debug port.
     pub const POST: u16 = 0x80;
     /// ACPI PM register block base: PM1a_EVT (4 bytes), PM1a_CNT (2), PM_TMR (4), reset (1).
@@ -171,6 +191,12 @@ mod tests {
             KVM_IDENTITY_MAP_ADDRESS,
         ] {
             assert!(hole.contains(&addr));
+        }
+        let ecam = PCI_ECAM_START..PCI_ECAM_START + PCI_ECAM_SIZE;
+        assert!(hole.contains(&ecam.start) && ecam.end <= IOAPIC_START);
+        assert_eq!(PCI_ECAM_START % (1 << 20), 0);
+        for addr in [IOAPIC_START, APIC_START, KVM_TSS_ADDRESS] {
+            assert!(!ecam.contains(&addr));
         }
         assert_eq!(hole.end, RAM_64BIT_START);
     }

@@ -9,6 +9,7 @@
 pub mod aml;
 pub mod fadt;
 pub mod madt;
+pub mod pci;
 pub mod sdt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
