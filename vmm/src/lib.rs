@@ -7,6 +7,7 @@
 pub mod config;
 pub mod exit;
 pub mod host;
+pub mod interrupts;
 pub mod legacy_devices;
 pub mod loader;
 pub mod logger;
