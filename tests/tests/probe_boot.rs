@@ -226,12 +226,6 @@ fn pvm_compat_off_keeps_cx16() {
 }
 
 #[test]
-fn guest_reset_from_the_probe() {
-    let run = run_probe("probe.elf", 1, MEMORY, "probe.cmd=reset");
-    assert_eq!(run.code(), Some(3), "{}", run.describe());
-}
-
-#[test]
 fn guest_exception_is_reported_not_hung() {
     let run = run_probe("probe.elf", 1, MEMORY, "probe.cmd=fault");
     assert_eq!(run.code(), Some(0), "{}", run.describe());

@@ -1,0 +1,196 @@
+/*
+ * Exception stubs (CPL0). Each stub is 16 bytes at isr_stubs + 16 * vector. The common
+ * handler records vector, error code, RIP and CR2 in the fault block, then rewrites the
+ * iret frame so that iretq lands at CPL3 in fault_user_entry (which calls the Rust
+ * reporter). A second exception (fault_count already non-zero) halts the CPU for good.
+ */
+    .section .text.isr, "ax"
+    .balign 16
+    .globl isr_stubs
+isr_stubs:
+
+    .macro ISR_NOERR v
+    .balign 16
+    push $0
+    push $\v
+    jmp isr_common
+    .endm
+
+    .macro ISR_ERR v
+    .balign 16
+    push $\v
+    jmp isr_common
+    .endm
+
+    ISR_NOERR 0
+    ISR_NOERR 1
+    ISR_NOERR 2
+    ISR_NOERR 3
+    ISR_NOERR 4
+    ISR_NOERR 5
+    ISR_NOERR 6
+    ISR_NOERR 7
+    ISR_ERR 8
+    ISR_NOERR 9
+    ISR_ERR 10
+    ISR_ERR 11
+    ISR_ERR 12
+    .balign 16
+    jmp gp_entry
+    ISR_ERR 14
+    ISR_NOERR 15
+    ISR_NOERR 16
+    ISR_ERR 17
+    ISR_NOERR 18
+    ISR_NOERR 19
+    ISR_NOERR 20
+    ISR_ERR 21
+    ISR_NOERR 22
+    ISR_NOERR 23
+    ISR_NOERR 24
+    ISR_NOERR 25
+    ISR_NOERR 26
+    ISR_NOERR 27
+    ISR_NOERR 28
+    ISR_ERR 29
+    ISR_ERR 30
+    ISR_NOERR 31
+    /* Slot 32: external/spurious interrupts (vectors 32-255): LAPIC EOI, then return. */
+    .balign 16
+irq_ignore:
+    push %rax
+    mov $0xfee000b0, %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
+/*
+ * #GP: on PVM hosts user-mode port I/O faults even with IOPL=3, so a #GP from CPL3 on one
+ * of the forms the probe uses (in/out with DX: EC, ED, EE, EF, 66 ED, 66 EF) is carried
+ * out here at CPL0 and the instruction skipped. Anything else is reported as exception 13.
+ */
+    .balign 16
+gp_entry:
+    /* Stack: error, rip, cs, rflags, rsp, ss. */
+    push %rax
+    push %rdx
+    /* Stack: rdx, rax, error, rip, cs, ... */
+    mov 32(%rsp), %rax
+    and $3, %eax
+    cmp $3, %eax
+    jne gp_other
+    mov 24(%rsp), %rax
+    mov (%rax), %edx
+    and $0xffff, %edx
+    mov %edx, %eax
+    and $0xff, %eax
+    cmp $0xee, %eax
+    je gp_out8
+    cmp $0xec, %eax
+    je gp_in8
+    cmp $0xed, %eax
+    je gp_in32
+    cmp $0xef, %eax
+    je gp_out32
+    cmp $0xef66, %edx
+    je gp_out16
+    cmp $0xed66, %edx
+    je gp_in16
+gp_other:
+    pop %rdx
+    pop %rax
+    push $13
+    jmp isr_common
+gp_out8:
+    mov 8(%rsp), %rax
+    mov (%rsp), %rdx
+    out %al, %dx
+    jmp gp_done1
+gp_out32:
+    mov 8(%rsp), %rax
+    mov (%rsp), %rdx
+    out %eax, %dx
+    jmp gp_done1
+gp_in8:
+    mov 8(%rsp), %rax
+    mov (%rsp), %rdx
+    in %dx, %al
+    mov %rax, 8(%rsp)
+    jmp gp_done1
+gp_in32:
+    mov (%rsp), %rdx
+    in %dx, %eax
+    mov %rax, 8(%rsp)
+    jmp gp_done1
+gp_out16:
+    mov 8(%rsp), %rax
+    mov (%rsp), %rdx
+    out %ax, %dx
+    jmp gp_done2
+gp_in16:
+    mov 8(%rsp), %rax
+    mov (%rsp), %rdx
+    in %dx, %ax
+    mov %rax, 8(%rsp)
+    jmp gp_done2
+gp_done1:
+    mov 24(%rsp), %rax
+    add $1, %rax
+    mov %rax, 24(%rsp)
+    jmp gp_return
+gp_done2:
+    mov 24(%rsp), %rax
+    add $2, %rax
+    mov %rax, 24(%rsp)
+gp_return:
+    pop %rdx
+    pop %rax
+    add $8, %rsp
+    iretq
+
+    .balign 16
+isr_common:
+    /* Stack: vector, error, rip, cs, rflags, rsp, ss. */
+    mov fault_count(%rip), %rax
+    cmp $0, %rax
+    jne halt_forever
+    movq $1, fault_count(%rip)
+    mov (%rsp), %rax
+    mov %rax, fault_vector(%rip)
+    mov 8(%rsp), %rax
+    mov %rax, fault_error(%rip)
+    mov 16(%rsp), %rax
+    mov %rax, fault_rip(%rip)
+    mov 24(%rsp), %rax
+    mov %rax, fault_cs(%rip)
+    mov %cr2, %rax
+    mov %rax, fault_cr2(%rip)
+    movq $fault_user_entry, 16(%rsp)
+    movq $0x33, 24(%rsp)
+    movq $0x3002, 32(%rsp)
+    movq $fault_stack_top, 40(%rsp)
+    movq $0x2b, 48(%rsp)
+    add $16, %rsp
+    iretq
+
+    .globl halt_forever
+halt_forever:
+    cli
+    hlt
+    jmp halt_forever
+
+    .section .data.boot, "aw"
+    .balign 16
+    .globl fault_count, fault_vector, fault_error, fault_rip, fault_cs, fault_cr2
+fault_count:
+    .quad 0
+fault_vector:
+    .quad 0
+fault_error:
+    .quad 0
+fault_rip:
+    .quad 0
+fault_cs:
+    .quad 0
+fault_cr2:
+    .quad 0
