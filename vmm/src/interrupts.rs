@@ -225,19 +225,22 @@ mod tests {
 
     #[test]
     fn default_routes_cover_pic_and_ioapic() {
+        let chip_pin = |r: &kvm_irq_routing_entry| {
+            // SAFETY: default_routes builds only irqchip routes, so `u.irqchip` is the
+            // initialised union member.
+            unsafe { (r.u.irqchip.irqchip, r.u.irqchip.pin) }
+        };
         let routes = default_routes();
-        // SAFETY (all unsafe blocks in this test): default_routes builds only irqchip routes,
-        // so `u.irqchip` is the initialised union member.
         assert_eq!(routes.len(), 16 + 24);
         let ioapic = routes
             .iter()
-            .filter(|r| unsafe { r.u.irqchip.irqchip } == KVM_IRQCHIP_IOAPIC)
+            .filter(|r| chip_pin(r).0 == KVM_IRQCHIP_IOAPIC)
             .count();
         assert_eq!(ioapic, 24);
         let slave = routes
             .iter()
-            .find(|r| r.gsi == 12 && unsafe { r.u.irqchip.irqchip } == KVM_IRQCHIP_PIC_SLAVE);
-        assert_eq!(slave.map(|r| unsafe { r.u.irqchip.pin }), Some(4));
+            .find(|r| r.gsi == 12 && chip_pin(r).0 == KVM_IRQCHIP_PIC_SLAVE);
+        assert_eq!(slave.map(|r| chip_pin(r).1), Some(4));
     }
 
     #[test]
