@@ -12,5 +12,6 @@ pub mod legacy_devices;
 pub mod loader;
 pub mod logger;
 pub mod memory;
+pub mod pci_host;
 pub mod vcpu;
 pub mod vm;

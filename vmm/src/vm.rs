@@ -46,6 +46,9 @@ pub enum VmError {
     /// Guest RAM.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// PCI host bridge.
+    #[error(transparent)]
+    PciHost(#[from] crate::pci_host::PciHostError),
     /// Devices.
     #[error(transparent)]
     Devices(#[from] LegacyDeviceError),
@@ -155,6 +158,8 @@ impl Vm {
         let mut buses = Buses::default();
         let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
         let devices = legacy_devices::attach(&vm_fd, &mut buses.pio, &config.serial, below, above)?;
+        // The segment lives on through the buses' references to its config mechanisms.
+        let _pci_segment = crate::pci_host::attach(&mut buses)?;
 
         let kernel = loader::load_kernel(mem, &config.payload.kernel)?;
         let cmdline_size = loader::load_cmdline(mem, &config.payload.cmdline)?;

@@ -84,13 +84,15 @@ fn rsdp(rsdt_addr: u32, xsdt_addr: u64) -> [u8; RSDP_SIZE] {
     r
 }
 
-/// The DSDT: `\_S5` (soft-off sleep type for PM1a_CNT.SLP_TYP) and an empty `\_SB` scope.
+/// The DSDT: `\_S5` (soft-off sleep type for PM1a_CNT.SLP_TYP) and the `\_SB` scope with the
+/// PCI root bridge.
 fn dsdt() -> Result<Vec<u8>, AmlError> {
     let slp_typ = aml::byte(ACPI_S5_SLP_TYP);
     let s5 = aml::package(&[slp_typ.clone(), slp_typ, aml::byte(0), aml::byte(0)])?;
     let mut t = Sdt::new(*b"DSDT", DSDT_REVISION);
     t.append(&aml::name("\\_S5", &s5)?);
-    t.append(&aml::scope("\\_SB", &[])?);
+    let sb = pci::root_bridge_devices(&pci::PciWindows { mmio64: None })?;
+    t.append(&aml::scope("\\_SB", &sb)?);
     Ok(t.finish())
 }
 
@@ -173,6 +175,7 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let tables = [
         fadt::fadt(facs_addr as u32, dsdt_addr as u32),
         madt::madt(num_cpus),
+        pci::mcfg(),
     ];
 
     let mut entries = Vec::with_capacity(tables.len());
@@ -247,9 +250,11 @@ mod tests {
         let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
         let rsdt = table(&m, u32_at(&rsdp, 16) as u64, b"RSDT");
         let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
         let fadt = table(&m, entries[0], b"FACP");
         let madt = table(&m, entries[1], b"APIC");
+        let mcfg = table(&m, entries[2], b"MCFG");
+        assert_eq!(mcfg, pci::mcfg());
         let dsdt = table(&m, u32_at(&fadt, 40) as u64, b"DSDT");
         let facs_addr = u32_at(&fadt, 36) as u64;
         let facs = read(&m, facs_addr, 64);
@@ -331,6 +336,10 @@ mod tests {
             ]
         );
         assert!(body.windows(5).any(|w| w == b"\\_SB_"));
+        assert!(
+            body.windows(4).any(|w| w == b"PCI0"),
+            "PCI root bridge in \\_SB"
+        );
     }
 
     #[test]
