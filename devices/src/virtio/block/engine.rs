@@ -1,0 +1,415 @@
+//! The I/O engine abstraction used by the block dataplane.
+//!
+//! A [`DiskImage`] is the opened backing file (raw image or block device). An [`IoEngine`]
+//! executes batches of [`IoOp`]s against it, each tagged with a `u64` user data, and hands back
+//! [`Completion`]s. Two engines exist: [`UringEngine`](super::uring_engine::UringEngine), which
+//! submits a whole batch with a single `io_uring_enter` and signals completions through an
+//! eventfd, and [`SyncEngine`](super::sync_engine::SyncEngine), which executes every operation
+//! at submission time. [`open_engine`] prefers io_uring and falls back to the synchronous
+//! engine when the kernel refuses to create a ring.
+//!
+//! # Direct I/O (cache=none)
+//!
+//! With `direct`, the image is opened twice: once with `O_DIRECT` and once without. A read or
+//! write is sent to the `O_DIRECT` descriptor only when its file offset and every buffer's host
+//! address and length are multiples of [`DIRECT_IO_ALIGN`]; otherwise (guest buffers need not be
+//! aligned in host memory) that request uses the buffered descriptor. Linux keeps the two paths
+//! coherent (direct I/O writes back and invalidates the page cache over its range), and a flush
+//! `fdatasync`s the inode, which covers both descriptors. No bounce buffer is ever allocated.
+//!
+//! # Zeroing
+//!
+//! Discard is `fallocate(PUNCH_HOLE | KEEP_SIZE)`; a filesystem that cannot punch holes makes
+//! the discard a successful no-op (discard is advisory). Write-zeroes is
+//! `fallocate(PUNCH_HOLE | KEEP_SIZE)` when unmapping is allowed and
+//! `fallocate(ZERO_RANGE | KEEP_SIZE)` otherwise; when the filesystem refuses, zeroes are written
+//! from a static buffer instead.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::sync_engine::SyncEngine;
+use super::uring_engine::UringEngine;
+
+/// Alignment (file offset, host buffer address and length) required to use `O_DIRECT`.
+/// 4 KiB satisfies both 512-byte and 4 KiB logical-sector devices.
+pub const DIRECT_IO_ALIGN: usize = 4096;
+
+/// Maximum number of iovecs in one read or write (the kernel's `UIO_MAXIOV`).
+pub const MAX_IOVECS: usize = 1024;
+
+/// Size of the static zero buffer used when `fallocate` cannot zero a range.
+const ZERO_CHUNK: usize = 64 * 1024;
+
+static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+
+/// Errors from opening a disk image or running an I/O engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The backing file could not be opened.
+    #[error("cannot open disk image {path}")]
+    Open {
+        /// Path of the image.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The size of the backing file could not be determined.
+    #[error("cannot determine the size of disk image {path}")]
+    Size {
+        /// Path of the image.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The completion eventfd could not be created or signalled.
+    #[error("completion eventfd failure")]
+    EventFd(#[source] std::io::Error),
+    /// io_uring setup (ring creation or eventfd registration) failed.
+    #[error("io_uring setup failed")]
+    UringSetup(#[source] std::io::Error),
+    /// `io_uring_enter` failed while submitting or waiting.
+    #[error("io_uring submission failed")]
+    UringSubmit(#[source] std::io::Error),
+}
+
+/// An opened backing file.
+#[derive(Debug)]
+pub struct DiskImage {
+    buffered: File,
+    direct: Option<File>,
+    size: u64,
+    readonly: bool,
+}
+
+impl DiskImage {
+    /// Opens `path` read-write (or read-only), additionally with `O_DIRECT` when `direct`.
+    pub fn open(path: &Path, readonly: bool, direct: bool) -> Result<Self, EngineError> {
+        let open = |extra: i32| {
+            OpenOptions::new()
+                .read(true)
+                .write(!readonly)
+                .custom_flags(libc::O_CLOEXEC | extra)
+                .open(path)
+                .map_err(|source| EngineError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let buffered = open(0)?;
+        let direct = if direct {
+            Some(open(libc::O_DIRECT)?)
+        } else {
+            None
+        };
+        // Works for regular files and block devices alike (metadata().len() is 0 for the latter).
+        let size = (&buffered)
+            .seek(SeekFrom::End(0))
+            .map_err(|source| EngineError::Size {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(DiskImage {
+            buffered,
+            direct,
+            size,
+            readonly,
+        })
+    }
+
+    /// Size of the image in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the image was opened read-only.
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// Whether `O_DIRECT` is used for aligned requests.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The descriptor to use for a read or write at `offset` with `iovecs`.
+    pub(crate) fn rw_fd(&self, offset: u64, iovecs: &IoVecs) -> RawFd {
+        match &self.direct {
+            Some(f) if iovecs.direct_aligned(offset) => f.as_raw_fd(),
+            _ => self.buffered.as_raw_fd(),
+        }
+    }
+
+    /// The buffered descriptor (flush, fallocate, zero writes).
+    pub(crate) fn fd(&self) -> RawFd {
+        self.buffered.as_raw_fd()
+    }
+}
+
+/// A list of host buffers (pointers into guest memory) for one read or write.
+///
+/// The pointers are only dereferenced by the kernel while an operation is in flight; the owner
+/// of the guest memory must keep it mapped until the operation's completion has been reaped
+/// (see [`IoEngine::submit`]).
+#[derive(Debug, Default)]
+pub struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: `IoVecs` is plain data (addresses and lengths). It is never dereferenced by Rust code;
+// only the kernel accesses the memory, under the contract of `IoEngine::submit`, so moving it to
+// another thread cannot create a data race by itself.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// Creates an empty list able to hold `capacity` buffers without reallocating.
+    pub fn with_capacity(capacity: usize) -> Self {
+        IoVecs(Vec::with_capacity(capacity.min(MAX_IOVECS)))
+    }
+
+    /// Appends a host buffer. Returns `false` (and appends nothing) once [`MAX_IOVECS`] is
+    /// reached.
+    pub fn push(&mut self, base: *mut u8, len: usize) -> bool {
+        if self.0.len() >= MAX_IOVECS {
+            return false;
+        }
+        self.0.push(libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        });
+        true
+    }
+
+    /// Number of buffers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no buffers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Total number of bytes covered.
+    pub fn total_len(&self) -> u64 {
+        self.0.iter().map(|v| v.iov_len as u64).sum()
+    }
+
+    /// Whether an `O_DIRECT` transfer at `offset` with these buffers is correctly aligned.
+    pub fn direct_aligned(&self, offset: u64) -> bool {
+        let align = DIRECT_IO_ALIGN;
+        offset.is_multiple_of(align as u64)
+            && self.0.iter().all(|v| {
+                (v.iov_base as usize).is_multiple_of(align) && v.iov_len.is_multiple_of(align)
+            })
+    }
+
+    pub(crate) fn as_slice(&self) -> &[libc::iovec] {
+        &self.0
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [libc::iovec] {
+        &mut self.0
+    }
+}
+
+/// One operation on the backing file.
+#[derive(Debug)]
+pub enum IoOp {
+    /// Read `iovecs.total_len()` bytes at byte `offset` into the buffers.
+    Read {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Destination buffers.
+        iovecs: IoVecs,
+    },
+    /// Write the buffers at byte `offset`; with `dsync` the data is durable on completion
+    /// (`RWF_DSYNC`, used in write-through mode).
+    Write {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Source buffers.
+        iovecs: IoVecs,
+        /// Make the write durable before completing.
+        dsync: bool,
+    },
+    /// `fdatasync` the image.
+    Flush,
+    /// Deallocate `len` bytes at `offset` (advisory).
+    Discard {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+    },
+    /// Make `len` bytes at `offset` read as zero, deallocating them if `unmap`.
+    WriteZeroes {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+        /// Deallocation is allowed.
+        unmap: bool,
+    },
+}
+
+impl IoOp {
+    /// Number of bytes a successful read or write transfers (0 for other operations).
+    pub fn expected_len(&self) -> u64 {
+        match self {
+            IoOp::Read { iovecs, .. } | IoOp::Write { iovecs, .. } => iovecs.total_len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The outcome of one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The user data given at submission.
+    pub user_data: u64,
+    /// Bytes transferred (reads/writes) or 0 on success; a negative errno on failure.
+    pub result: i64,
+}
+
+/// An asynchronous executor of [`IoOp`]s on one [`DiskImage`].
+pub trait IoEngine: Send {
+    /// Name of the engine (`"io_uring"` or `"sync"`).
+    fn name(&self) -> &'static str;
+
+    /// Submits every operation of `ops` (which is drained) as one batch. Operations the engine
+    /// cannot accept produce an error completion rather than being lost.
+    ///
+    /// # Safety
+    ///
+    /// The memory described by the iovecs of read and write operations must stay mapped and
+    /// must not be used for anything else than guest memory until the completion of that
+    /// operation has been returned by [`IoEngine::reap`] (or the engine has been dropped, which
+    /// waits for in-flight operations).
+    unsafe fn submit(&mut self, ops: &mut Vec<(u64, IoOp)>) -> Result<(), EngineError>;
+
+    /// Appends the completions that are ready to `out`, without blocking.
+    fn reap(&mut self, out: &mut Vec<Completion>) -> Result<(), EngineError>;
+
+    /// Number of submitted operations whose completion has not been reaped yet.
+    fn in_flight(&self) -> usize;
+
+    /// Eventfd that becomes readable when completions are ready.
+    fn completion_fd(&self) -> &EventFd;
+
+    /// Blocks until every in-flight operation has completed; the completions are discarded.
+    fn drain(&mut self);
+}
+
+/// Creates the I/O engine for `disk`: io_uring with `depth` entries if the kernel allows it,
+/// otherwise the synchronous engine. Use [`IoEngine::name`] to report the choice.
+pub fn open_engine(disk: Arc<DiskImage>, depth: u32) -> Result<Box<dyn IoEngine>, EngineError> {
+    match UringEngine::new(disk.clone(), depth) {
+        Ok(engine) => Ok(Box::new(engine)),
+        Err(e) => {
+            log::warn!("virtio-blk: io_uring unavailable ({e}), using synchronous I/O");
+            Ok(Box::new(SyncEngine::new(disk)?))
+        }
+    }
+}
+
+/// Returns the current thread's errno as a negative value.
+pub(crate) fn neg_errno() -> i64 {
+    -i64::from(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+/// `fallocate(fd, mode, offset, len)`, returning 0 or a negative errno.
+pub(crate) fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> i64 {
+    let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return -i64::from(libc::EINVAL);
+    };
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by the disk image.
+    let ret = unsafe { libc::fallocate(fd, mode, off, l) };
+    if ret == 0 {
+        0
+    } else {
+        neg_errno()
+    }
+}
+
+/// `fallocate` mode bits for an operation: discard and unmapping write-zeroes punch a hole,
+/// other write-zeroes zero the range; `None` for reads, writes and flushes.
+pub(crate) fn fallocate_mode(op: &IoOp) -> Option<(i32, u64, u64)> {
+    match *op {
+        IoOp::Discard { offset, len }
+        | IoOp::WriteZeroes {
+            offset,
+            len,
+            unmap: true,
+        } => Some((
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )),
+        IoOp::WriteZeroes {
+            offset,
+            len,
+            unmap: false,
+        } => Some((
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )),
+        _ => None,
+    }
+}
+
+/// Whether a failed `fallocate` means "not supported here" rather than an I/O error.
+pub(crate) fn is_unsupported(result: i64) -> bool {
+    result == -i64::from(libc::EOPNOTSUPP)
+        || result == -i64::from(libc::EINVAL)
+        || result == -i64::from(libc::ENOSYS)
+}
+
+/// Fixes up the result of a failed `fallocate` for `op`: an unsupported discard succeeds (it is
+/// advisory), an unsupported write-zeroes writes zeroes synchronously. Other results pass.
+pub(crate) fn fallocate_fallback(disk: &DiskImage, op: &IoOp, result: i64) -> i64 {
+    if result >= 0 || !is_unsupported(result) {
+        return result;
+    }
+    match *op {
+        IoOp::Discard { .. } => 0,
+        IoOp::WriteZeroes { offset, len, .. } => write_zeroes(disk.fd(), offset, len),
+        _ => result,
+    }
+}
+
+/// Writes `len` zero bytes at `offset` from a static buffer; returns 0 or a negative errno.
+pub(crate) fn write_zeroes(fd: RawFd, mut offset: u64, mut len: u64) -> i64 {
+    while len > 0 {
+        let chunk = len.min(ZERO_CHUNK as u64) as usize;
+        let Ok(off) = i64::try_from(offset) else {
+            return -i64::from(libc::EINVAL);
+        };
+        // SAFETY: `ZEROES` is a static buffer of ZERO_CHUNK >= chunk bytes, only read here.
+        let n = unsafe { libc::pwrite(fd, ZEROES.as_ptr().cast(), chunk, off) };
+        if n < 0 {
+            let e = neg_errno();
+            if e == -i64::from(libc::EINTR) {
+                continue;
+            }
+            return e;
+        }
+        if n == 0 {
+            return -i64::from(libc::EIO);
+        }
+        offset += n as u64;
+        len -= n as u64;
+    }
+    0
+}
