@@ -127,11 +127,15 @@ fn reg_value(entry: &kvm_cpuid_entry2, reg: Reg) -> u32 {
     }
 }
 
+/// Whether `entry` answers CPUID `leaf`/`subleaf` (subleaf is ignored for unindexed leaves).
+fn answers(entry: &kvm_cpuid_entry2, leaf: u32, subleaf: u32) -> bool {
+    entry.function == leaf
+        && (entry.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || entry.index == subleaf)
+}
+
 /// Finds the entry for `leaf`/`subleaf` (subleaf is ignored for unindexed leaves).
 pub fn find(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
-    entries.iter().find(|e| {
-        e.function == leaf && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
-    })
+    entries.iter().find(|e| answers(e, leaf, subleaf))
 }
 
 fn find_mut(
@@ -139,9 +143,7 @@ fn find_mut(
     leaf: u32,
     subleaf: u32,
 ) -> Option<&mut kvm_cpuid_entry2> {
-    entries.iter_mut().find(|e| {
-        e.function == leaf && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
-    })
+    entries.iter_mut().find(|e| answers(e, leaf, subleaf))
 }
 
 /// Whether `bit` is set in `entries`.

@@ -107,8 +107,8 @@ fn msi_route(gsi: u32, addr: u64, data: u32) -> kvm_irq_routing_entry {
 }
 
 struct Table {
-    /// MSI routes by GSI; a masked or unprogrammed vector has none.
-    msi: BTreeMap<u32, kvm_irq_routing_entry>,
+    /// MSI message `(address, data)` by GSI; a masked or unprogrammed vector has none.
+    msi: BTreeMap<u32, (u64, u32)>,
     next_gsi: u32,
 }
 
@@ -182,15 +182,7 @@ impl GsiRouter {
         let changed = if masked {
             table.msi.remove(&gsi).is_some()
         } else {
-            let route = msi_route(gsi, addr, data);
-            let old = table.msi.insert(gsi, route);
-            // SAFETY: both entries are MSI routes built by msi_route, so `u.msi` is the
-            // initialised union member.
-            old.is_none_or(|o| unsafe {
-                o.u.msi.address_lo != route.u.msi.address_lo
-                    || o.u.msi.address_hi != route.u.msi.address_hi
-                    || o.u.msi.data != route.u.msi.data
-            })
+            table.msi.insert(gsi, (addr, data)) != Some((addr, data))
         };
         if changed {
             self.commit(&table)?;
@@ -200,7 +192,12 @@ impl GsiRouter {
 
     fn commit(&self, table: &Table) -> Result<(), InterruptError> {
         let mut routes = default_routes();
-        routes.extend(table.msi.values().copied());
+        routes.extend(
+            table
+                .msi
+                .iter()
+                .map(|(&gsi, &(addr, data))| msi_route(gsi, addr, data)),
+        );
         let count = routes.len();
         let wrapper = KvmIrqRouting::from_entries(&routes)
             .map_err(|_| InterruptError::TooManyRoutes(count))?;

@@ -208,24 +208,16 @@ pub fn load_initramfs(
         .filter(|&m| m != 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
     let limit = low_ram_end.min(addr_max + 1);
-    let too_large = LoaderError::InitramfsTooLarge {
+    let too_large = || LoaderError::InitramfsTooLarge {
         size,
         kernel_end: kernel.end,
         limit,
     };
-    let start = limit.checked_sub(size).ok_or(too_large)? & !0xfff;
+    let start = limit.checked_sub(size).ok_or_else(too_large)? & !0xfff;
     if start < kernel.end {
-        return Err(LoaderError::InitramfsTooLarge {
-            size,
-            kernel_end: kernel.end,
-            limit,
-        });
+        return Err(too_large());
     }
-    let region_len = usize::try_from(size).map_err(|_| LoaderError::InitramfsTooLarge {
-        size,
-        kernel_end: kernel.end,
-        limit,
-    })?;
+    let region_len = usize::try_from(size).map_err(|_| too_large())?;
     mem.read_exact_volatile_from(GuestAddress(start), &mut file, region_len)
         .map_err(LoaderError::InitramfsCopy)?;
     Ok((start, size))
