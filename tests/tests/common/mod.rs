@@ -209,7 +209,13 @@ pub fn tiny_kernel(name: &str, code: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(name);
-    std::fs::write(&path, img).expect("write tiny kernel");
+    // Tests run in parallel and may write the same kernel while another keel reads it: write a
+    // private file and rename it into place, so readers only ever see a complete image.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{seq}.tmp"));
+    std::fs::write(&tmp, img).expect("write tiny kernel");
+    std::fs::rename(&tmp, &path).expect("rename tiny kernel into place");
     path
 }
 
