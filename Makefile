@@ -16,8 +16,19 @@ keel:
 probe:
 	resources/probe/build.sh $(PROBE_DIR)
 
+DEMO_DISK := $(BUILD_DIR)/demo-disk.img
+DEMO_IO := bs=4k,iodepth=32,ios=20000
+DEMO_CMDS := probe.cmd=cpus probe.cmd=pci \
+	probe.cmd=blk:disk=0,rw=randwrite,$(DEMO_IO),verify=1 \
+	probe.cmd=blk:disk=0,rw=randread,$(DEMO_IO),poll=1
+
+# Boots the probe with a 64 MiB virtio-blk disk: it reports its CPUs and PCI devices, then
+# writes (and verifies) and reads the disk at queue depth 32 from CPL3; keel prints its exit
+# counters at the end.
 demo: keel probe
-	$(KEEL) --kernel $(PROBE_DIR)/probe.elf --cpus boot=$(DEMO_CPUS) --memory size=$(DEMO_MEMORY) --log-level info
+	truncate -s 64M $(DEMO_DISK)
+	$(KEEL) --kernel $(PROBE_DIR)/probe.elf --cpus boot=$(DEMO_CPUS) --memory size=$(DEMO_MEMORY) \
+		--disk path=$(DEMO_DISK) --cmdline "$(DEMO_CMDS)" --log-level info --stats
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -33,6 +44,8 @@ test: keel probe lint
 
 bench: keel probe
 	python3 resources/bench/startup.py $(KEEL)
+	$(CARGO) build --release --locked -p vmm --bin keel-blkbench
+	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 
 clean:
 	$(CARGO) clean

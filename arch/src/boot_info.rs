@@ -214,7 +214,7 @@ mod tests {
         let last: hvm_memmap_table_entry = m
             .read_obj(GuestAddress(si.memmap_paddr + 24 * (e820.len() as u64 - 1)))
             .unwrap();
-        assert_eq!((last.addr, last.size), (e820[2].addr, e820[2].size));
+        assert_eq!((last.addr, last.size), (e820[3].addr, e820[3].size));
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(si.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x80_0000, 0x1234));
     }

@@ -99,6 +99,16 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// Number of pins on the in-kernel IOAPIC.
 pub const IOAPIC_PINS: u32 = 24;
+/// IOAPIC inputs for PCI INTx: INTA# of the device in slot S goes to
+/// `PCI_INTX_GSI_BASE + (S - 1) % PCI_INTX_GSI_COUNT` (inputs 16-23; 0-15 are ISA).
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// Number of IOAPIC inputs shared by PCI INTx lines.
+pub const PCI_INTX_GSI_COUNT: u32 = IOAPIC_PINS - PCI_INTX_GSI_BASE;
+
+/// IOAPIC input used by INTA# of the PCI device in `slot` (1..=31).
+pub const fn pci_intx_gsi(slot: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (slot as u32).saturating_sub(1) % PCI_INTX_GSI_COUNT
+}
 
 /// Legacy I/O ports and the IRQ lines of the devices behind them.
 pub mod ports {

@@ -2,7 +2,8 @@
 //! hole, and the e820 map handed over in boot_params or the PVH memory map.
 
 use crate::layout::{
-    EBDA_START, HIMEM_START, MEM_32BIT_GAP_SIZE, MEM_32BIT_GAP_START, RAM_64BIT_START,
+    EBDA_START, HIMEM_START, MEM_32BIT_GAP_SIZE, MEM_32BIT_GAP_START, PCI_ECAM_SIZE,
+    PCI_ECAM_START, RAM_64BIT_START,
 };
 
 /// e820 type: usable RAM.
@@ -70,7 +71,7 @@ pub fn ram_regions(mem_size: u64, phys_bits: u32) -> Result<Vec<(u64, u64)>, Mem
     Ok(regions)
 }
 
-/// The e820 map for guest RAM laid out by [`ram_regions`]: low RAM up to the EBDA, the
+/// The e820 map for guest RAM laid out by [`ram_regions`] (plus the reserved ECAM window): low RAM up to the EBDA, the
 /// EBDA/legacy/BIOS area reserved, RAM from 1 MiB, the MMIO hole omitted (the IOAPIC/LAPIC
 /// pages are reserved by Linux itself), RAM above 4 GiB.
 pub fn e820_map(regions: &[(u64, u64)]) -> Vec<E820Entry> {
@@ -103,6 +104,17 @@ pub fn e820_map(regions: &[(u64, u64)]) -> Vec<E820Entry> {
             });
         }
     }
+    // The PCI configuration window (ECAM) must be reserved for a guest to trust MCFG.
+    let ecam = E820Entry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    };
+    let at = map
+        .iter()
+        .position(|e| e.addr > PCI_ECAM_START)
+        .unwrap_or(map.len());
+    map.insert(at, ecam);
     map
 }
 
@@ -180,6 +192,11 @@ mod tests {
                     addr: HIMEM_START,
                     size: MEM_32BIT_GAP_START - HIMEM_START,
                     kind: E820_RAM
+                },
+                E820Entry {
+                    addr: PCI_ECAM_START,
+                    size: PCI_ECAM_SIZE,
+                    kind: E820_RESERVED
                 },
                 E820Entry {
                     addr: RAM_64BIT_START,

@@ -86,6 +86,36 @@ impl ExitCounters {
         .map(|c| c.load(Ordering::Relaxed))
         .sum()
     }
+
+    /// The counters' current values.
+    pub fn snapshot(&self) -> ExitSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ExitSnapshot {
+            io: get(&self.io_in) + get(&self.io_out),
+            mmio: get(&self.mmio_read) + get(&self.mmio_write),
+            unclaimed: get(&self.unclaimed),
+            interrupted: get(&self.interrupted),
+            other: get(&self.other),
+            total: self.total(),
+        }
+    }
+}
+
+/// Userspace exit counts at one point in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitSnapshot {
+    /// Port I/O exits.
+    pub io: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// Accesses (port or MMIO) no device claimed; also counted in `io`/`mmio`.
+    pub unclaimed: u64,
+    /// KVM_RUN interrupted by a signal.
+    pub interrupted: u64,
+    /// Other exits.
+    pub other: u64,
+    /// All userspace exits.
+    pub total: u64,
 }
 
 /// Where unclaimed accesses went, per vCPU (owned by the vCPU thread).

@@ -215,6 +215,82 @@ impl GsiRouter {
     }
 }
 
+/// The MSI-X vectors of one device, as [`devices::pci::MsiInterrupt`]: each vector has its own
+/// GSI and irqfd; `update` reprograms the vector's route (vCPU thread, rare) and `trigger`
+/// writes its irqfd (I/O thread, lock-free).
+pub struct MsiVectors {
+    router: Arc<GsiRouter>,
+    vectors: Vec<MsiVector>,
+}
+
+impl MsiVectors {
+    /// Allocates `count` vectors from `router`.
+    pub fn new(router: Arc<GsiRouter>, count: u16) -> Result<Self, InterruptError> {
+        let vectors = (0..count)
+            .map(|_| router.allocate_msi())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MsiVectors { router, vectors })
+    }
+
+    fn vector(&self, vector: u16) -> std::io::Result<&MsiVector> {
+        self.vectors.get(usize::from(vector)).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "MSI-X vector {vector} beyond the {} allocated",
+                    self.vectors.len()
+                ),
+            )
+        })
+    }
+}
+
+impl devices::pci::MsiInterrupt for MsiVectors {
+    fn update(
+        &self,
+        vector: u16,
+        msg: devices::pci::MsiMessage,
+        masked: bool,
+    ) -> std::io::Result<()> {
+        let v = self.vector(vector)?;
+        self.router
+            .set_msi(v.gsi, msg.addr, msg.data, masked)
+            .map_err(std::io::Error::other)
+    }
+
+    fn trigger(&self, vector: u16) -> std::io::Result<()> {
+        self.vector(vector)?.irqfd.write(1)
+    }
+}
+
+/// A PCI INTx line wired to an IOAPIC input through an irqfd.
+pub struct IntxLine {
+    gsi: u32,
+    irqfd: EventFd,
+}
+
+impl IntxLine {
+    /// Registers an irqfd raising IOAPIC input `gsi`.
+    pub fn new(vm: &VmFd, gsi: u32) -> Result<Self, InterruptError> {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| InterruptError::EventFd { gsi, source })?;
+        vm.register_irqfd(&irqfd, gsi)
+            .map_err(|source| InterruptError::Irqfd { gsi, source })?;
+        Ok(IntxLine { gsi, irqfd })
+    }
+
+    /// The IOAPIC input.
+    pub fn gsi(&self) -> u32 {
+        self.gsi
+    }
+}
+
+impl devices::virtio::pci::IntxInterrupt for IntxLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.irqfd.write(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,14 +4,17 @@
 //! irqchip, devices, boot) -> [`vm::Vm::start`] (one thread per vCPU) -> exits handled by
 //! [`exit::handle_exit`] -> devices on the buses.
 
+pub mod block_devices;
 pub mod config;
 pub mod exit;
 pub mod host;
 pub mod interrupts;
+pub mod kvm_stats;
 pub mod legacy_devices;
 pub mod loader;
 pub mod logger;
 pub mod memory;
+pub mod pci_bars;
 pub mod pci_host;
 pub mod vcpu;
 pub mod vm;

@@ -11,6 +11,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::{handle_exit, Action, Buses, ExitCounters, ResetCause, Unclaimed};
+use crate::kvm_stats::KvmStats;
 use crate::loader::EntryMode;
 
 /// Errors setting up a vCPU.
@@ -96,6 +97,8 @@ pub struct Vcpu {
     fd: VcpuFd,
     /// Exit counters, shared for reading.
     pub counters: Arc<ExitCounters>,
+    /// KVM's in-kernel counters for this vCPU (None if the host lacks binary stats).
+    pub kvm_stats: Option<Arc<KvmStats>>,
 }
 
 impl Vcpu {
@@ -104,10 +107,18 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
+        let kvm_stats = match KvmStats::open(&fd) {
+            Ok(stats) => Some(Arc::new(stats)),
+            Err(e) => {
+                log::debug!("vCPU {index}: no KVM statistics: {e}");
+                None
+            }
+        };
         Ok(Vcpu {
             index,
             fd,
             counters: Arc::new(ExitCounters::default()),
+            kvm_stats,
         })
     }
 

@@ -17,13 +17,18 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::block_devices::{self, AttachContext, BlockDeviceError, BlockDevices};
 use crate::config::{ConfigError, Toggle, VmConfig};
-use crate::exit::{Buses, ExitCounters, ResetCause, Unclaimed};
+use crate::exit::{Buses, ExitCounters, ExitSnapshot, ResetCause, Unclaimed};
 use crate::host::HostInfo;
+use crate::interrupts::GsiRouter;
+use crate::kvm_stats::KvmStats;
 use crate::legacy_devices::{self, LegacyDeviceError};
 use crate::loader::{self, EntryMode, LoaderError};
 use crate::memory::{GuestRam, MemoryError};
+use crate::pci_bars::BarWindow;
 use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuStop};
+use devices::pci::BarAllocator;
 
 /// Errors building or starting a VM.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,18 @@ pub enum VmError {
     /// Kernel, initramfs or command line.
     #[error(transparent)]
     Loader(#[from] LoaderError),
+    /// A device range could not be put on a bus.
+    #[error("cannot map the {what}")]
+    Bus {
+        /// What.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: devices::bus::BusError,
+    },
+    /// A disk could not be attached.
+    #[error(transparent)]
+    Disk(#[from] BlockDeviceError),
     /// MP table.
     #[error("failed to write the MP table")]
     MpTable(#[source] arch::mptable::MpTableError),
@@ -96,7 +113,9 @@ pub struct Vm {
     // Field order matters for drop: vCPU fds and the VM fd close before guest RAM unmaps.
     vcpus: Vec<Vcpu>,
     /// Kept open for the VM's lifetime (devices hold irqfds registered on it).
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
+    /// virtio-blk disks and their I/O threads (stopped when the VM is dropped).
+    disks: BlockDevices,
     buses: Arc<Buses>,
     ram: GuestRam,
     devices: legacy_devices::LegacyDevices,
@@ -129,8 +148,9 @@ impl Vm {
         config.cpus.validate(max_vcpus, why)?;
         config.memory.validate(host.ram_bytes)?;
         config.payload.validate()?;
+        config.validate_disks()?;
 
-        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -159,7 +179,39 @@ impl Vm {
         let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
         let devices = legacy_devices::attach(&vm_fd, &mut buses.pio, &config.serial, below, above)?;
         // The segment lives on through the buses' references to its config mechanisms.
-        let _pci_segment = crate::pci_host::attach(&mut buses)?;
+        let pci_segment = crate::pci_host::attach(&mut buses)?;
+        let router = Arc::new(GsiRouter::new(Arc::clone(&vm_fd)));
+        let (window_base, window_size) = (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
+        let mut bars = BarAllocator::new(window_base, window_base + window_size);
+        let mut window = BarWindow::new(
+            Arc::clone(&pci_segment),
+            Arc::clone(&vm_fd),
+            window_base,
+            window_size,
+        );
+        let disks = block_devices::attach(
+            AttachContext {
+                vm: &vm_fd,
+                router: &router,
+                mem,
+                segment: &pci_segment,
+                window: &mut window,
+                bars: &mut bars,
+            },
+            &config.disks,
+        )?;
+        buses
+            .mmio
+            .insert(
+                "pci-bars",
+                Arc::new(std::sync::Mutex::new(window)),
+                window_base,
+                window_size,
+            )
+            .map_err(|source| VmError::Bus {
+                what: "PCI BAR window",
+                source,
+            })?;
 
         let kernel = loader::load_kernel(mem, &config.payload.kernel)?;
         let cmdline_size = loader::load_cmdline(mem, &config.payload.cmdline)?;
@@ -236,6 +288,7 @@ impl Vm {
         Ok(Vm {
             vcpus,
             _vm_fd: vm_fd,
+            disks,
             buses: Arc::new(buses),
             ram,
             devices,
@@ -243,6 +296,11 @@ impl Vm {
             entry_mode: kernel.mode,
             hidden_features,
         })
+    }
+
+    /// The attached disks.
+    pub fn disks(&self) -> &BlockDevices {
+        &self.disks
     }
 
     /// Guest memory (for tests and inspection).
@@ -265,7 +323,9 @@ impl Vm {
         let (tx, rx) = channel();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
+        let mut kvm_stats = Vec::new();
         for vcpu in self.vcpus.drain(..) {
+            kvm_stats.push(vcpu.kvm_stats.clone());
             let name = format!("keel-vcpu{}", vcpu.index);
             counters.push(Arc::clone(&vcpu.counters));
             let index = vcpu.index;
@@ -290,6 +350,7 @@ impl Vm {
             stop,
             events: rx,
             counters,
+            kvm_stats,
         })
     }
 }
@@ -307,6 +368,17 @@ fn install_kick_handler() {
     });
 }
 
+/// One vCPU's counters at a point in time.
+#[derive(Debug, Clone)]
+pub struct VcpuStats {
+    /// vCPU index.
+    pub index: usize,
+    /// Userspace exits Keel handled, by kind.
+    pub userspace: ExitSnapshot,
+    /// KVM's counters by name (empty if the host has no binary stats).
+    pub kvm: Vec<(String, u64)>,
+}
+
 /// A VM whose vCPU threads are running.
 pub struct RunningVm {
     _vm: Vm,
@@ -314,6 +386,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     events: Receiver<(u32, VcpuStop)>,
     counters: Vec<Arc<ExitCounters>>,
+    kvm_stats: Vec<Option<Arc<KvmStats>>>,
 }
 
 impl RunningVm {
@@ -322,8 +395,26 @@ impl RunningVm {
         &self.counters
     }
 
+    /// Per-vCPU statistics: Keel's userspace exit counters and KVM's in-kernel counters.
+    pub fn stats(&self) -> Vec<VcpuStats> {
+        self.counters
+            .iter()
+            .zip(&self.kvm_stats)
+            .enumerate()
+            .map(|(index, (counters, kvm))| VcpuStats {
+                index,
+                userspace: counters.snapshot(),
+                kvm: kvm
+                    .as_ref()
+                    .and_then(|s| s.read().map_err(|e| log::debug!("{e}")).ok())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Waits until the guest ends the VM or `interrupt` becomes true; then stops every vCPU.
-    pub fn wait(mut self, interrupt: &AtomicBool) -> VmOutcome {
+    /// The VM (devices, counters) stays until `self` is dropped.
+    pub fn wait(&mut self, interrupt: &AtomicBool) -> VmOutcome {
         let outcome = loop {
             if interrupt.load(Ordering::Acquire) {
                 break VmOutcome::Stopped;

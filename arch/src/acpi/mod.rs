@@ -312,6 +312,29 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_prt_routes_pci_inta_to_ioapic_inputs() {
+        let t = tables(1);
+        let body = &t.dsdt[36..];
+        let at = body
+            .windows(4)
+            .position(|w| w == b"_PRT")
+            .expect("_PRT in the DSDT");
+        // NameOp, then PackageOp with a two-byte PkgLength and 31 entries.
+        assert_eq!(body[at - 1], 0x08);
+        assert_eq!(body[at + 4], 0x12);
+        assert_eq!(body[at + 7], 31);
+        // First entry: Package(4) { 0x1ffff, 0, 0, 16 }.
+        let first = &body[at + 8..at + 8 + 13];
+        let expected = [
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 16, 0x12,
+        ];
+        assert_eq!(first, &expected[..]);
+        assert_eq!(crate::layout::pci_intx_gsi(1), 16);
+        assert_eq!(crate::layout::pci_intx_gsi(9), 16);
+        assert_eq!(crate::layout::pci_intx_gsi(31), 22);
+    }
+
+    #[test]
     fn dsdt_has_s5_and_sb() {
         let t = tables(1);
         assert_eq!(t.dsdt[8], 2);

@@ -5,7 +5,8 @@
 use super::aml::{self, resource, AmlError};
 use super::sdt::Sdt;
 use crate::layout::{
-    ports, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_LAST_BUS, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    pci_intx_gsi, ports, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_LAST_BUS, PCI_MMIO32_SIZE,
+    PCI_MMIO32_START,
 };
 
 /// MCFG revision (PCI Firmware Specification 3.x).
@@ -27,6 +28,22 @@ pub fn mcfg() -> Vec<u8> {
     t.append(&[0, PCI_LAST_BUS]); // start and end bus
     t.append(&[0; 4]); // reserved
     t.finish()
+}
+
+/// `_PRT`: INTA# of the device in each slot 1..=31 goes straight to IOAPIC input
+/// [`pci_intx_gsi`] (no link devices). Keel's functions use INTA# only.
+fn routing_table() -> Result<Vec<u8>, AmlError> {
+    let entries = (1u8..32)
+        .map(|slot| {
+            aml::package(&[
+                aml::integer((u64::from(slot) << 16) | 0xffff),
+                aml::integer(0), // INTA#
+                aml::integer(0), // no link device: the next field is a GSI
+                aml::integer(u64::from(pci_intx_gsi(slot))),
+            ])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    aml::package(&entries)
 }
 
 /// `\_SB.PCI0` and `\_SB.MRES`, to be placed in the DSDT's `\_SB` scope body.
@@ -57,6 +74,7 @@ pub fn root_bridge_devices(windows: &PciWindows) -> Result<Vec<Vec<u8>>, AmlErro
             aml::name("_BBN", &aml::integer(0))?,
             aml::name("_UID", &aml::integer(0))?,
             aml::name("_CRS", &aml::resource_template(&crs)?)?,
+            aml::name("_PRT", &routing_table()?)?,
         ],
     )?;
     let ecam = resource::memory32_fixed(PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);

@@ -20,7 +20,7 @@ pub use config::{BarInfo, BarKind, BarReprogram, ConfigError, PciClassCode, PciC
 pub use config_io::PciConfigIo;
 pub use config_mmio::{PciConfigMmio, PCI_MMIO_CONFIG_SIZE};
 pub use device::{PciBarBusDevice, PciDevice};
-pub use msix::{MsiInterrupt, MsiMessage, MsixCap, MsixConfig, MsixError};
+pub use msix::{MsiInterrupt, MsiMessage, MsixCap, MsixConfig, MsixError, MsixNotifier};
 pub use root::{DeviceBarReprogram, PciError, PciRoot, PciSegment};
 
 #[cfg(test)]

@@ -10,7 +10,15 @@
 //! routing for that vector), and [`MsixConfig::notify`] calls `trigger`, or sets the vector's
 //! pending bit if it is masked; a pending vector is delivered as soon as it is unmasked. With
 //! MSI-X disabled, notifications are dropped (the device would use INTx instead).
+//!
+//! Devices signal from their own threads through an [`MsixNotifier`] ([`MsixConfig::notifier`]),
+//! which takes no lock: the enable bit, the function mask, the per-vector masks and the PBA are
+//! atomics shared with the [`MsixConfig`], whose owner (the vCPU side) alone touches the table's
+//! addresses and data. A notification that races with an unmask is delivered exactly once: both
+//! sides re-check after publishing their own change, and the pending bit is consumed only by an
+//! atomic clear-and-test.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::debug;
@@ -190,21 +198,171 @@ const RESET_ENTRY: MsixEntry = MsixEntry {
     ctrl: MSIX_VECTOR_CTL_MASK,
 };
 
+/// State shared between an [`MsixConfig`] (vCPU side) and its [`MsixNotifier`]s (device side).
+///
+/// Every access uses `SeqCst`: the notify path stores a pending bit and then loads the masks,
+/// the unmask path stores a mask and then takes the pending bit. In the single total order of
+/// those accesses at least one side observes the other's store, and the pending bit is only
+/// ever consumed by an atomic read-modify-write, so a pending vector is delivered by exactly
+/// one side and never lost.
+struct MsixShared {
+    enabled: AtomicBool,
+    function_masked: AtomicBool,
+    /// Per-vector mask bits (the mirror of each entry's Vector Control bit 0).
+    vector_masked: Vec<AtomicBool>,
+    /// Pending Bit Array, 64 vectors per word.
+    pba: Vec<AtomicU64>,
+    interrupt: Arc<dyn MsiInterrupt>,
+    #[cfg(test)]
+    hooks: tests::RaceHooks,
+}
+
+/// Word index and bit mask of vector `v` in the PBA.
+fn pba_bit(v: usize) -> (usize, u64) {
+    (v / 64, 1u64 << (v % 64))
+}
+
+impl MsixShared {
+    fn num_vectors(&self) -> u16 {
+        // Bounded by MSIX_MAX_VECTORS at construction.
+        self.vector_masked.len() as u16
+    }
+
+    fn globally_masked(&self) -> bool {
+        !self.enabled.load(Ordering::SeqCst) || self.function_masked.load(Ordering::SeqCst)
+    }
+
+    /// Whether vector `v` cannot be delivered right now (out-of-range vectors are masked).
+    fn masked(&self, v: usize) -> bool {
+        self.globally_masked()
+            || self
+                .vector_masked
+                .get(v)
+                .is_none_or(|m| m.load(Ordering::SeqCst))
+    }
+
+    fn is_pending(&self, v: usize) -> bool {
+        let (word, bit) = pba_bit(v);
+        self.pba
+            .get(word)
+            .is_some_and(|q| q.load(Ordering::SeqCst) & bit != 0)
+    }
+
+    fn set_pending(&self, v: usize) {
+        let (word, bit) = pba_bit(v);
+        if let Some(q) = self.pba.get(word) {
+            q.fetch_or(bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears vector `v`'s pending bit; true if this call is the one that cleared it.
+    fn take_pending(&self, v: usize) -> bool {
+        let (word, bit) = pba_bit(v);
+        self.pba
+            .get(word)
+            .is_some_and(|q| q.fetch_and(!bit, Ordering::SeqCst) & bit != 0)
+    }
+
+    fn trigger(&self, v: usize) -> Result<(), MsixError> {
+        // `v` < num_vectors <= 2048.
+        self.interrupt
+            .trigger(v as u16)
+            .map_err(MsixError::Interrupt)
+    }
+
+    /// Delivers vector `v` if it is pending, consuming the bit.
+    fn deliver_pending(&self, v: usize) -> Result<(), MsixError> {
+        if self.take_pending(v) {
+            self.trigger(v)?;
+        }
+        Ok(())
+    }
+
+    fn notify(&self, vector: u16) -> Result<(), MsixError> {
+        let v = usize::from(vector);
+        let Some(vector_mask) = self.vector_masked.get(v) else {
+            return Err(MsixError::Vector {
+                vector,
+                size: self.num_vectors(),
+            });
+        };
+        if !self.enabled.load(Ordering::SeqCst) {
+            debug!("MSI-X vector {vector} notified while MSI-X is disabled");
+            return Ok(());
+        }
+        if !self.function_masked.load(Ordering::SeqCst) && !vector_mask.load(Ordering::SeqCst) {
+            return self.trigger(v);
+        }
+        #[cfg(test)]
+        tests::RaceHooks::run(&self.hooks.before_pend);
+        self.set_pending(v);
+        if self.masked(v) {
+            // Whoever unmasks the vector later takes the pending bit and delivers it.
+            return Ok(());
+        }
+        // Unmasked between the first check and the pending store: the unmasking side may
+        // already have looked at the PBA. Whichever side clears the bit delivers it.
+        self.deliver_pending(v)
+    }
+}
+
+/// A cloneable, lock-free handle that signals the vectors of one [`MsixConfig`] from any
+/// thread (typically a device's I/O thread) without touching the table.
+///
+/// It observes the enable bit, the function mask and the per-vector masks as the vCPU side
+/// changes them, and shares the Pending Bit Array with it.
+#[derive(Clone)]
+pub struct MsixNotifier {
+    shared: Arc<MsixShared>,
+}
+
+impl std::fmt::Debug for MsixNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsixNotifier")
+            .field("vectors", &self.shared.num_vectors())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MsixNotifier {
+    /// Signals `vector`: delivered if MSI-X is enabled and the vector unmasked, made pending if
+    /// it is masked (delivered later by whoever unmasks it), dropped if MSI-X is disabled.
+    pub fn notify(&self, vector: u16) -> Result<(), MsixError> {
+        self.shared.notify(vector)
+    }
+
+    /// Whether MSI-X is enabled (Message Control bit 15).
+    pub fn enabled(&self) -> bool {
+        self.shared.enabled.load(Ordering::SeqCst)
+    }
+
+    /// Number of vectors in the table.
+    pub fn num_vectors(&self) -> u16 {
+        self.shared.num_vectors()
+    }
+
+    /// Whether `vector`'s pending bit is set (false for out-of-range vectors).
+    pub fn is_pending(&self, vector: u16) -> bool {
+        self.shared.is_pending(usize::from(vector))
+    }
+}
+
 /// The MSI-X table, PBA and Message Control state of one function.
+///
+/// The table's addresses and data are only touched by the owner (the vCPU side, through
+/// `&mut self`); the enable bit, the masks and the PBA are atomics shared with every
+/// [`MsixNotifier`] obtained from [`MsixConfig::notifier`].
 pub struct MsixConfig {
     table: Vec<MsixEntry>,
-    pba: Vec<u64>,
-    enabled: bool,
-    function_masked: bool,
-    interrupt: Arc<dyn MsiInterrupt>,
+    shared: Arc<MsixShared>,
 }
 
 impl std::fmt::Debug for MsixConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MsixConfig")
             .field("vectors", &self.table.len())
-            .field("enabled", &self.enabled)
-            .field("function_masked", &self.function_masked)
+            .field("enabled", &self.enabled())
+            .field("function_masked", &self.function_masked())
             .finish_non_exhaustive()
     }
 }
@@ -231,19 +389,31 @@ impl MsixConfig {
             return Err(MsixError::TableSize(num_vectors));
         }
         let n = usize::from(num_vectors);
+        let shared = MsixShared {
+            enabled: AtomicBool::new(false),
+            function_masked: AtomicBool::new(false),
+            vector_masked: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            pba: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            interrupt,
+            #[cfg(test)]
+            hooks: tests::RaceHooks::default(),
+        };
         Ok(Self {
             table: vec![RESET_ENTRY; n],
-            pba: vec![0; n.div_ceil(64)],
-            enabled: false,
-            function_masked: false,
-            interrupt,
+            shared: Arc::new(shared),
         })
+    }
+
+    /// A lock-free handle for signalling vectors from another thread.
+    pub fn notifier(&self) -> MsixNotifier {
+        MsixNotifier {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Number of vectors.
     pub fn num_vectors(&self) -> u16 {
-        // Bounded by MSIX_MAX_VECTORS at construction.
-        self.table.len() as u16
+        self.shared.num_vectors()
     }
 
     /// Size of the table region in bytes.
@@ -253,82 +423,77 @@ impl MsixConfig {
 
     /// Size of the PBA region in bytes (whole qwords).
     pub fn pba_len(&self) -> u64 {
-        self.pba.len() as u64 * 8
+        self.shared.pba.len() as u64 * 8
     }
 
     /// Whether MSI-X is enabled.
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.shared.enabled.load(Ordering::SeqCst)
     }
 
     /// Whether the function mask is set.
     pub fn function_masked(&self) -> bool {
-        self.function_masked
+        self.shared.function_masked.load(Ordering::SeqCst)
     }
 
     /// Whether `vector`'s pending bit is set (false for out-of-range vectors).
     pub fn is_pending(&self, vector: u16) -> bool {
-        let v = usize::from(vector);
-        self.pba
-            .get(v / 64)
-            .is_some_and(|q| q & (1 << (v % 64)) != 0)
-    }
-
-    fn set_pending(&mut self, v: usize, pending: bool) {
-        if let Some(q) = self.pba.get_mut(v / 64) {
-            if pending {
-                *q |= 1 << (v % 64);
-            } else {
-                *q &= !(1 << (v % 64));
-            }
-        }
-    }
-
-    fn globally_masked(&self) -> bool {
-        !self.enabled || self.function_masked
-    }
-
-    /// Delivers vector `v` if it is pending, clearing the bit.
-    fn deliver_pending(&mut self, v: usize) -> Result<(), MsixError> {
-        if self.is_pending(v as u16) {
-            self.set_pending(v, false);
-            self.interrupt
-                .trigger(v as u16)
-                .map_err(MsixError::Interrupt)?;
-        }
-        Ok(())
+        self.shared.is_pending(usize::from(vector))
     }
 
     /// Applies a Message Control value (enable and function mask bits; the rest is ignored).
     /// Vectors whose effective mask changes get an `update`; newly unmasked pending vectors
     /// are delivered. Every vector is processed even if one fails; the first error is returned.
+    ///
+    /// When unmasking, routes are updated before the notifiers can see the unmask; when
+    /// masking, the notifiers see the mask before the routes are updated.
     pub fn set_message_control(&mut self, ctl: u16) -> Result<(), MsixError> {
-        let was_masked = self.globally_masked();
-        self.enabled = ctl & MSIX_MSG_CTL_ENABLE != 0;
-        self.function_masked = ctl & MSIX_MSG_CTL_FUNCTION_MASK != 0;
-        let masked = self.globally_masked();
+        let enabled = ctl & MSIX_MSG_CTL_ENABLE != 0;
+        let function_masked = ctl & MSIX_MSG_CTL_FUNCTION_MASK != 0;
+        let was_masked = self.shared.globally_masked();
+        let masked = !enabled || function_masked;
+        let shared = &self.shared;
+        if masked {
+            // Function mask first: a notifier racing with "enabled + unmasked -> disabled +
+            // masked" pends instead of seeing a transient state it would drop.
+            shared
+                .function_masked
+                .store(function_masked, Ordering::SeqCst);
+            shared.enabled.store(enabled, Ordering::SeqCst);
+        }
         if masked == was_masked {
             return Ok(());
         }
         let mut result = Ok(());
-        for v in 0..self.table.len() {
-            let entry = self.table[v];
-            if entry.masked() {
-                continue;
-            }
-            let r = self
-                .interrupt
-                .update(v as u16, entry.msg(), masked)
-                .map_err(MsixError::Interrupt)
-                .and_then(|()| {
-                    if masked {
-                        Ok(())
-                    } else {
-                        self.deliver_pending(v)
-                    }
-                });
+        let mut keep = |r: Result<(), MsixError>| {
             if result.is_ok() {
                 result = r;
+            }
+        };
+        let unmasked_entries = || {
+            self.table
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.masked())
+                .map(|(v, e)| (v, e.msg()))
+        };
+        for (v, msg) in unmasked_entries() {
+            // `v` < 2048.
+            keep(
+                shared
+                    .interrupt
+                    .update(v as u16, msg, masked)
+                    .map_err(MsixError::Interrupt),
+            );
+        }
+        if !masked {
+            // Enable first: the transient state is "enabled + function masked" (pends).
+            shared.enabled.store(true, Ordering::SeqCst);
+            shared.function_masked.store(false, Ordering::SeqCst);
+            #[cfg(test)]
+            tests::RaceHooks::run(&shared.hooks.before_take);
+            for (v, _) in unmasked_entries() {
+                keep(shared.deliver_pending(v));
             }
         }
         result
@@ -359,7 +524,8 @@ impl MsixConfig {
 
     /// Writes the table at `offset` from its start (aligned 4- and 8-byte accesses; others are
     /// ignored). A changed entry is passed to `update`; a pending vector that becomes
-    /// unmasked is delivered.
+    /// unmasked is delivered (the pending bit is taken atomically, so a racing
+    /// [`MsixNotifier::notify`] and this write deliver it once between them).
     pub fn write_table(&mut self, offset: u64, data: &[u8]) -> Result<(), MsixError> {
         let Some((idx, field)) = locate(offset, data.len(), self.table_len()) else {
             debug!(
@@ -379,15 +545,27 @@ impl MsixConfig {
             return Ok(());
         }
         self.table[idx] = new;
-        let masked = self.globally_masked() || new.masked();
+        let shared = &self.shared;
+        let vector_mask = &shared.vector_masked[idx];
         // Bounded by MSIX_MAX_VECTORS.
-        self.interrupt
-            .update(idx as u16, new.msg(), masked)
-            .map_err(MsixError::Interrupt)?;
-        if !masked {
-            self.deliver_pending(idx)?;
+        let vector = idx as u16;
+        if shared.globally_masked() || new.masked() {
+            vector_mask.store(new.masked(), Ordering::SeqCst);
+            return shared
+                .interrupt
+                .update(vector, new.msg(), true)
+                .map_err(MsixError::Interrupt);
         }
-        Ok(())
+        // Route first, then let notifiers through, then collect what pended meanwhile.
+        let updated = shared
+            .interrupt
+            .update(vector, new.msg(), false)
+            .map_err(MsixError::Interrupt);
+        vector_mask.store(false, Ordering::SeqCst);
+        #[cfg(test)]
+        tests::RaceHooks::run(&shared.hooks.before_take);
+        let delivered = shared.deliver_pending(idx);
+        updated.and(delivered)
     }
 
     /// Reads the PBA at `offset` from its start (aligned 4- and 8-byte accesses; anything else
@@ -398,32 +576,19 @@ impl MsixConfig {
             return;
         };
         // `idx` counts 16-byte units; each holds two qwords.
-        let Some(&q) = self.pba.get(idx * 2 + field / 2) else {
+        let Some(q) = self.shared.pba.get(idx * 2 + field / 2) else {
             data.fill(0xff);
             return;
         };
-        let bytes = q.to_le_bytes();
+        let bytes = q.load(Ordering::SeqCst).to_le_bytes();
         let start = (field % 2) * 4;
         data.copy_from_slice(&bytes[start..start + data.len()]);
     }
 
     /// Signals `vector`: delivered if MSI-X is enabled and the vector unmasked, made pending if
-    /// it is masked, dropped if MSI-X is disabled.
-    pub fn notify(&mut self, vector: u16) -> Result<(), MsixError> {
-        let v = usize::from(vector);
-        let entry = self.table.get(v).ok_or(MsixError::Vector {
-            vector,
-            size: self.num_vectors(),
-        })?;
-        if !self.enabled {
-            debug!("MSI-X vector {vector} notified while MSI-X is disabled");
-            return Ok(());
-        }
-        if self.function_masked || entry.masked() {
-            self.set_pending(v, true);
-            return Ok(());
-        }
-        self.interrupt.trigger(vector).map_err(MsixError::Interrupt)
+    /// it is masked, dropped if MSI-X is disabled. Same as [`MsixNotifier::notify`].
+    pub fn notify(&self, vector: u16) -> Result<(), MsixError> {
+        self.shared.notify(vector)
     }
 }
 

@@ -2,5 +2,8 @@
 
 pub mod block;
 pub mod device;
+pub mod iothread;
+pub mod pci;
 
 pub use device::{DeviceError, VirtioDevice, VirtioInterrupt};
+pub use pci::{IntxInterrupt, VirtioPciDevice, VirtioPciError, VirtioPciInterrupt};

@@ -1,9 +1,9 @@
-//! Minimal, defensive ACPI table reading: RSDP discovery, RSDT/XSDT walk, MADT APIC IDs and
-//! the FADT fields the probe needs (PM1a control, PM timer, DSDT `_S5_`). Every length read
+//! Minimal, defensive ACPI table reading: RSDP discovery, RSDT/XSDT walk, MADT APIC IDs, the
+//! MCFG ECAM base and the FADT fields the probe needs (PM1a control, PM timer, DSDT `_S5_`). Every length read
 //! from the tables is bounded, so odd or hostile tables cannot hang or crash the probe.
 
 use crate::list::IdList;
-use crate::phys::{self, u32_at, u64_at, u8_at};
+use crate::phys::{self, u16_at, u32_at, u64_at, u8_at};
 
 /// Largest table accepted (bytes).
 const MAX_TABLE: u64 = 4 << 20;
@@ -22,6 +22,7 @@ pub struct Acpi {
     pub rsdp: u64,
     pub madt: Option<&'static [u8]>,
     pub fadt: Option<&'static [u8]>,
+    pub mcfg: Option<&'static [u8]>,
 }
 
 fn rsdp_at(addr: u64, check: bool) -> Option<u64> {
@@ -70,6 +71,7 @@ pub fn discover(hint: u64) -> Option<Acpi> {
         rsdp,
         madt: None,
         fadt: None,
+        mcfg: None,
     };
     let Some(sdt) = table(sdt) else {
         return Some(acpi);
@@ -88,6 +90,7 @@ pub fn discover(hint: u64) -> Option<Acpi> {
         match &t[..4] {
             b"APIC" if acpi.madt.is_none() => acpi.madt = Some(t),
             b"FACP" if acpi.fadt.is_none() => acpi.fadt = Some(t),
+            b"MCFG" if acpi.mcfg.is_none() => acpi.mcfg = Some(t),
             _ => {}
         }
     }
@@ -116,6 +119,23 @@ pub fn madt_apic_ids(madt: &[u8], out: &mut IdList) -> u64 {
         off += len;
     }
     lapic
+}
+
+/// ECAM base of PCI segment 0 from the MCFG table, if an entry covers bus 0 (the address of
+/// bus 0, device 0, function 0).
+pub fn ecam_bus0(mcfg: &[u8]) -> Option<u64> {
+    let mut off = 44;
+    while off + 16 <= mcfg.len() {
+        let base = u64_at(mcfg, off)?;
+        let segment = u16_at(mcfg, off + 8)?;
+        let start = u8_at(mcfg, off + 10)?;
+        let end = u8_at(mcfg, off + 11)?;
+        if segment == 0 && start == 0 && end >= start && base != 0 {
+            return Some(base);
+        }
+        off += 16;
+    }
+    None
 }
 
 /// Reads a Generic Address Structure at `off` (I/O or memory space, non-zero address).

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::io::rdtsc;
 use crate::json::Line;
 use crate::tsc::{self, Tsc};
-use crate::{cpuid, cpus, power};
+use crate::{blk, blkargs, cpuid, cpus, pci, power};
 
 const PREFIX: &[u8] = b"probe.cmd=";
 const MAX_CMDS: usize = 64;
@@ -23,6 +23,8 @@ pub enum Cmd {
     Cpuid,
     Spin { ms: u64 },
     Fault,
+    Pci,
+    Blk(blkargs::Args),
 }
 
 /// State shared by the commands.
@@ -74,6 +76,8 @@ fn parse_one(spec: &[u8]) -> Result<Cmd> {
         b"cpus" => simple(Cmd::Cpus),
         b"cpuid" => simple(Cmd::Cpuid),
         b"fault" => simple(Cmd::Fault),
+        b"pci" => simple(Cmd::Pci),
+        b"blk" => Ok(Cmd::Blk(blkargs::parse(args)?)),
         b"spin" => {
             let mut ms = None;
             for arg in args.unwrap_or(b"").split(|&c| c == b',') {
@@ -138,6 +142,8 @@ fn run(cmd: Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Cpuid => cpuid::run(),
         Cmd::Spin { ms } => spin(ctx, ms),
         Cmd::Fault => fault(),
+        Cmd::Pci => pci::run(ctx.boot, ctx.acpi.as_ref()),
+        Cmd::Blk(a) => blk::run(ctx, &a),
     }
 }
 

@@ -18,6 +18,14 @@ pub fn outw(port: u16, v: u16) {
     }
 }
 
+/// Writes a 32-bit word to an I/O port.
+pub fn outl(port: u16, v: u32) {
+    // SAFETY: as in `outb`.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Reads a byte from an I/O port.
 pub fn inb(port: u16) -> u8 {
     let v: u8;

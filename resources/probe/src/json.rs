@@ -80,6 +80,45 @@ impl Line {
         self.raw("\"")
     }
 
+    /// Appends a quoted lowercase hex string with at least `digits` digits, e.g. `"0x060000"`.
+    pub fn hex_pad(&mut self, v: u64, digits: u32) -> &mut Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.raw("\"0x");
+        let mut started = false;
+        for shift in (0..16u32).rev() {
+            let d = ((v >> (shift * 4)) & 0xf) as usize;
+            if d != 0 || started || shift < digits {
+                started = true;
+                self.push(HEX[d]);
+            }
+        }
+        self.raw("\"")
+    }
+
+    /// Appends `milli / 1000` as a decimal number with three fraction digits, e.g. `12.345`.
+    pub fn dec3(&mut self, milli: u64) -> &mut Self {
+        self.num(milli / 1000);
+        let f = milli % 1000;
+        self.push(b'.');
+        self.push(b'0' + (f / 100) as u8);
+        self.push(b'0' + (f / 10 % 10) as u8);
+        self.push(b'0' + (f % 10) as u8);
+        self
+    }
+
+    /// Appends a number, or `null` for None.
+    pub fn opt_num(&mut self, v: Option<u64>) -> &mut Self {
+        match v {
+            Some(v) => self.num(v),
+            None => self.raw("null"),
+        }
+    }
+
+    /// Appends `true` or `false`.
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.raw(if v { "true" } else { "false" })
+    }
+
     /// Appends a quoted, escaped string. Bytes >= 0x80 are escaped as `\u00XX` (Latin-1).
     pub fn string(&mut self, s: &[u8]) -> &mut Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";

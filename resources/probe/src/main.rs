@@ -11,19 +11,29 @@
 #![allow(clippy::result_large_err)]
 
 mod acpi;
+mod blk;
+mod blkargs;
 mod bootinfo;
 mod cmd;
 mod cpuid;
 mod cpus;
+mod dma;
 mod error;
+mod hist;
 mod io;
+mod irq;
 mod json;
 mod list;
+mod mmio;
 mod mptable;
+mod pci;
 mod phys;
 mod power;
 mod serial;
 mod tsc;
+mod vblk;
+mod virtio;
+mod vring;
 
 use core::fmt::Write;
 

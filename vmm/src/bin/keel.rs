@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use vmm::config::{CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
+use vmm::config::{CpusConfig, DiskConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
 use vmm::vm::{Vm, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
@@ -28,9 +28,17 @@ struct Cli {
     /// Guest RAM: size=S (e.g. 512M, 2G).
     #[arg(long, default_value = "size=512M", value_parser = parse_memory)]
     memory: MemoryConfig,
+    /// virtio-blk disk (repeatable): path=FILE[,readonly=on][,cache=none|writeback][,queues=N]
+    /// [,queue_size=N][,iothread=NAME][,serial=ID][,id=NAME].
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_disk)]
+    disk: Vec<DiskConfig>,
     /// Serial console (COM1): tty, off, or file=PATH.
     #[arg(long, default_value = "tty", value_parser = parse_serial)]
     serial: SerialConfig,
+    /// At exit, print exit counters (Keel's and KVM's, per vCPU) as one
+    /// `keel-stats: {JSON}` line on stderr.
+    #[arg(long)]
+    stats: bool,
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
     log_level: log::LevelFilter,
@@ -44,6 +52,10 @@ fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
     MemoryConfig::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    DiskConfig::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse()
         .map_err(|_| format!("unknown log level '{s}' (off, error, warn, info, debug, trace)"))
@@ -51,6 +63,34 @@ fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     SerialConfig::parse(s).map_err(|e| e.to_string())
+}
+
+/// The `--stats` line: `{"vcpus":[{"index":0,"userspace":{...},"kvm":{...}}]}`.
+fn stats_json(stats: &[vmm::vm::VcpuStats]) -> String {
+    let vcpus: Vec<String> = stats
+        .iter()
+        .map(|s| {
+            let u = &s.userspace;
+            let kvm: Vec<String> = s
+                .kvm
+                .iter()
+                .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                .map(|(name, v)| format!("\"{name}\":{v}"))
+                .collect();
+            format!(
+                "{{\"index\":{},\"userspace\":{{\"total\":{},\"io\":{},\"mmio\":{},\"unclaimed\":{},\"interrupted\":{},\"other\":{}}},\"kvm\":{{{}}}}}",
+                s.index,
+                u.total,
+                u.io,
+                u.mmio,
+                u.unclaimed,
+                u.interrupted,
+                u.other,
+                kvm.join(",")
+            )
+        })
+        .collect();
+    format!("{{\"vcpus\":[{}]}}", vcpus.join(","))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -132,16 +172,22 @@ fn main() -> ExitCode {
             cmdline: cli.cmdline,
         },
         serial: cli.serial,
+        disks: cli.disk,
     };
     install_stop_handlers();
-    let running = match Vm::create(&config).and_then(Vm::start) {
+    let mut running = match Vm::create(&config).and_then(Vm::start) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("keel: error: {}", error_chain(&e));
             return ExitCode::from(1);
         }
     };
+    let stats_wanted = cli.stats;
     let outcome = running.wait(&STOP);
+    if stats_wanted {
+        eprintln!("keel-stats: {}", stats_json(&running.stats()));
+    }
+    drop(running);
     log_peak_rss();
     match outcome {
         VmOutcome::PowerOff => {

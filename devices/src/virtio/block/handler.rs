@@ -259,6 +259,12 @@ impl BlockQueueHandler {
                 return submitted;
             }
             submitted?;
+            if self.in_flight() > 0 {
+                // Every completion comes back through `complete`, which looks at the avail
+                // ring again: the driver need not kick while requests are in flight, so
+                // notifications stay off (with EVENT_IDX, avail_event stays behind).
+                return Ok(());
+            }
             match self.queue.enable_notification(&self.mem) {
                 Ok(true) => continue,
                 Ok(false) => return Ok(()),
@@ -382,27 +388,20 @@ impl BlockQueueHandler {
             .extend(ops.into_iter().map(|op| (slot as u64, op)));
     }
 
-    /// Reaps completions, finishes requests, resumes a throttled queue and signals the guest
-    /// once if anything was added to the used ring.
+    /// Reaps completions, finishes requests, signals the guest once if anything was added to
+    /// the used ring, then looks at the avail ring again (notifications are off while requests
+    /// are in flight, so this is where new requests are picked up without a kick).
     pub fn complete(&mut self) -> Result<(), HandlerError> {
-        let mut rounds = 0;
-        loop {
-            let mut done = std::mem::take(&mut self.completions);
-            let reaped = self.engine.reap(&mut done);
-            for c in done.drain(..) {
-                self.complete_one(c);
-            }
-            self.completions = done;
-            reaped.map_err(HandlerError::Engine)?;
-            // A throttled queue resumes once slots are free; bounded so a flooding driver
-            // cannot keep us here (process_queue re-kicks itself when its budget runs out).
-            if self.throttled && !self.free.is_empty() && rounds < 4 {
-                rounds += 1;
-                self.process_queue()?;
-                continue;
-            }
-            break;
+        let mut done = std::mem::take(&mut self.completions);
+        let reaped = self.engine.reap(&mut done);
+        for c in done.drain(..) {
+            self.complete_one(c);
         }
+        self.completions = done;
+        reaped.map_err(HandlerError::Engine)?;
+        self.signal()?;
+        self.process_queue()?;
+        // Requests finished while popping (rejects, GET_ID) need their own interrupt.
         self.signal()
     }
 

@@ -8,9 +8,11 @@
 //! [`completion_fd`](BlockQueueHandler::completion_fd) and calls
 //! [`handle_kick`](BlockQueueHandler::handle_kick) /
 //! [`handle_completion`](BlockQueueHandler::handle_completion) on the handler obtained from
-//! [`Block::handlers`].
+//! [`Block::handlers`]. With [`Block::set_iothreads`], activation puts each queue on one of
+//! the given I/O threads ([`dataplane`]) and a reset takes them off again.
 
 pub mod config;
+pub mod dataplane;
 pub mod engine;
 pub mod handler;
 pub mod request;
@@ -41,6 +43,9 @@ pub use handler::{BlockQueueHandler, HandlerError, HandlerParams};
 pub use request::{Request, RequestError, RequestLimits, SECTOR_SIZE};
 
 use crate::virtio::device::{DeviceError, VirtioDevice, VirtioInterrupt};
+use crate::virtio::iothread::{IoThreadError, IoThreadHandle};
+use dataplane::QueueSubscriber;
+use event_manager::SubscriberId;
 
 /// Errors from creating or activating a block device.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,9 @@ pub enum BlockError {
     /// A queue handler could not be created.
     #[error("cannot create a queue handler")]
     Handler(#[source] HandlerError),
+    /// A queue could not be put on its I/O thread.
+    #[error("cannot serve a queue on its I/O thread")]
+    IoThread(#[source] IoThreadError),
 }
 
 /// A virtio-blk device.
@@ -67,6 +75,9 @@ pub struct Block {
     acked_features: u64,
     writeback: Arc<AtomicBool>,
     handlers: Vec<Arc<Mutex<BlockQueueHandler>>>,
+    name: String,
+    iothreads: Vec<IoThreadHandle>,
+    subscriptions: Vec<(IoThreadHandle, SubscriberId)>,
 }
 
 fn bit(b: u32) -> u64 {
@@ -106,8 +117,19 @@ impl Block {
             acked_features: 0,
             writeback: Arc::new(AtomicBool::new(true)),
             handlers: Vec::new(),
+            name: config.path.display().to_string(),
+            iothreads: Vec::new(),
+            subscriptions: Vec::new(),
             config,
         })
+    }
+
+    /// Serves queue `i` on `iothreads[i % iothreads.len()]` from the next activation on;
+    /// `name` (the disk's ID) labels log lines. Without I/O threads the caller drives the
+    /// handlers itself.
+    pub fn set_iothreads(&mut self, name: &str, iothreads: Vec<IoThreadHandle>) {
+        self.name = name.to_string();
+        self.iothreads = iothreads;
     }
 
     /// Capacity in 512-byte sectors.
@@ -140,6 +162,34 @@ impl Block {
     fn update_writeback(&self) {
         let wb = self.acked(VIRTIO_BLK_F_FLUSH) && self.config_space.writeback() != 0;
         self.writeback.store(wb, Ordering::Release);
+    }
+
+    /// Puts every handler on its I/O thread; on failure takes the ones added off again.
+    fn subscribe(&mut self, handlers: &[Arc<Mutex<BlockQueueHandler>>]) -> Result<(), BlockError> {
+        if self.iothreads.is_empty() {
+            return Ok(());
+        }
+        for (i, h) in handlers.iter().enumerate() {
+            let thread = &self.iothreads[i % self.iothreads.len()];
+            let subscriber = QueueSubscriber::new(format!("{} queue {i}", self.name), h.clone());
+            match thread.add(Box::new(subscriber)) {
+                Ok(id) => self.subscriptions.push((thread.clone(), id)),
+                Err(e) => {
+                    self.unsubscribe();
+                    return Err(BlockError::IoThread(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every handler off its I/O thread (waiting until the thread lets go of it).
+    fn unsubscribe(&mut self) {
+        for (thread, id) in self.subscriptions.drain(..) {
+            if let Err(e) = thread.remove(id) {
+                log::error!("virtio-blk {}: {e}", self.name);
+            }
+        }
     }
 
     fn build_handlers(
@@ -241,10 +291,16 @@ impl VirtioDevice for Block {
         let handlers = self
             .build_handlers(mem, queues, interrupt)
             .map_err(|e| DeviceError::Activate(Box::new(e)))?;
+        if let Err(e) = self.subscribe(&handlers) {
+            for h in &handlers {
+                lock(h).shutdown();
+            }
+            return Err(DeviceError::Activate(Box::new(e)));
+        }
         if let Some(h) = handlers.first() {
             log::info!(
                 "virtio-blk {}: {} queue(s), {} I/O engine",
-                self.config.path.display(),
+                self.name,
                 handlers.len(),
                 lock(h).engine_name()
             );
@@ -254,6 +310,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> Result<(), DeviceError> {
+        self.unsubscribe();
         for h in self.handlers.drain(..) {
             lock(&h).shutdown();
         }

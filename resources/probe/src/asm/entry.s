@@ -147,18 +147,14 @@ tss:
     .word 0
     .word 104                   /* no I/O permission bitmap (IOPL=3 instead) */
 
-/* IDT: vectors 0-31 go to their own 16-byte stub in .text.isr, vectors 32-255 to the
- * stub at slot 32, which acknowledges the LAPIC and returns. All gates DPL 0. */
+/* IDT: every vector goes to its own 16-byte stub in .text.isr: exceptions (0-31) are
+ * reported, external interrupts (32-255) are counted and acknowledged. All gates DPL 0. */
     .balign 16
     .globl idt, idtr
 idt:
     .set vec, 0
     .rept 256
-    .if vec < 32
     .word isr_stubs_lo16 + vec * 16
-    .else
-    .word isr_stubs_lo16 + 32 * 16
-    .endif
     .word 0x10
     .word 0x8E00
     .word isr_stubs_hi16

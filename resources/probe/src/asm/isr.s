@@ -1,8 +1,10 @@
 /*
- * Exception stubs (CPL0). Each stub is 16 bytes at isr_stubs + 16 * vector. The common
- * handler records vector, error code, RIP and CR2 in the fault block, then rewrites the
- * iret frame so that iretq lands at CPL3 in fault_user_entry (which calls the Rust
- * reporter). A second exception (fault_count already non-zero) halts the CPU for good.
+ * Interrupt stubs (CPL0). Each stub is 16 bytes at isr_stubs + 16 * vector.
+ * Exceptions (0-31): the common handler records vector, error code, RIP and CR2 in the
+ * fault block, then rewrites the iret frame so that iretq lands at CPL3 in
+ * fault_user_entry (which calls the Rust reporter). A second exception (fault_count
+ * already non-zero) halts the CPU for good. External interrupts (32-255) are counted in
+ * irq_counts[vector] and acknowledged (irq_common).
  */
     .section .text.isr, "ax"
     .balign 16
@@ -55,19 +57,34 @@ isr_stubs:
     ISR_ERR 29
     ISR_ERR 30
     ISR_NOERR 31
-    /* Slot 32: external/spurious interrupts (vectors 32-255): LAPIC EOI, then return. */
+    /* Slots 32-255: external interrupts. Each stub pushes the address of its counter
+     * irq_counts[vector] and jumps to irq_common. */
+    .set irqv, 32
+    .rept 224
     .balign 16
-irq_ignore:
+    push $(irq_counts + 8 * irqv)
+    jmp irq_common
+    .set irqv, irqv + 1
+    .endr
+
+/* Counts the interrupt (plain add; only the BSP takes interrupts), LAPIC EOI, return. */
+    .balign 16
+irq_common:
+    /* Stack: counter address, rip, cs, rflags, rsp, ss. */
     push %rax
+    mov 8(%rsp), %rax
+    addq $1, (%rax)
     mov $0xfee000b0, %eax
     movl $0, (%rax)
     pop %rax
+    add $8, %rsp
     iretq
 
 /*
  * #GP: on PVM hosts user-mode port I/O faults even with IOPL=3, so a #GP from CPL3 on one
  * of the forms the probe uses (in/out with DX: EC, ED, EE, EF, 66 ED, 66 EF) is carried
- * out here at CPL0 and the instruction skipped. Anything else is reported as exception 13.
+ * out here at CPL0 and the instruction skipped; likewise cli (FA) and sti (FB) update IF in
+ * the saved RFLAGS. Anything else is reported as exception 13.
  */
     .balign 16
 gp_entry:
@@ -92,6 +109,10 @@ gp_entry:
     je gp_in32
     cmp $0xef, %eax
     je gp_out32
+    cmp $0xfb, %eax
+    je gp_sti
+    cmp $0xfa, %eax
+    je gp_cli
     cmp $0xef66, %edx
     je gp_out16
     cmp $0xed66, %edx
@@ -133,6 +154,16 @@ gp_in16:
     in %dx, %ax
     mov %rax, 8(%rsp)
     jmp gp_done2
+gp_sti:
+    mov 40(%rsp), %rax
+    or $0x200, %rax
+    mov %rax, 40(%rsp)
+    jmp gp_done1
+gp_cli:
+    mov 40(%rsp), %rax
+    and $-0x201, %rax
+    mov %rax, 40(%rsp)
+    jmp gp_done1
 gp_done1:
     mov 24(%rsp), %rax
     add $1, %rax
@@ -194,3 +225,10 @@ fault_cs:
     .quad 0
 fault_cr2:
     .quad 0
+
+/* Interrupt counters, indexed by vector (read by the CPL3 code, see irq.rs). */
+    .section .bss.irq, "aw", @nobits
+    .balign 8
+    .globl irq_counts
+irq_counts:
+    .space 256 * 8

@@ -116,3 +116,50 @@ fn activate_drive_and_reset() {
     // A handler kept by the iothread after reset is inert.
     lock(&handler).handle_kick().unwrap();
 }
+
+#[test]
+fn iothread_serves_queue_until_reset() {
+    use crate::virtio::iothread::IoThread;
+    let image = TempImage::new("iothr");
+    let mut dev = Block::new(config(&image, false, 1)).unwrap();
+    dev.ack_features(dev.features());
+    let thread = IoThread::spawn("blk-test").unwrap();
+    dev.set_iothreads("disk0", vec![thread.handle()]);
+    let mem = guest_memory();
+    let mut h = Harness::new(
+        &mem,
+        engine(Kind::Sync, disk(&image, false, false)).unwrap(),
+        limits(false),
+    );
+    let w = h.buf(512, 0);
+    mem.write_slice(&[0x5a; 512], w).unwrap();
+    let (head, st) = h.request(VIRTIO_BLK_T_OUT, 3, &[(w, 512, false)]);
+    let queue: Queue = h.mock.create_queue().unwrap();
+    let irq = Arc::new(RecordingInterrupt::default());
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    let guest_kick = kick.try_clone().unwrap();
+    dev.activate(mem.clone(), vec![(queue, kick)], irq.clone())
+        .unwrap();
+    guest_kick.write(1).unwrap();
+    for _ in 0..500 {
+        if irq.queue.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(
+        irq.queue.load(Ordering::SeqCst),
+        1,
+        "served by the iothread"
+    );
+    assert_eq!(h.status_of(st), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.used_for(head), Some(1));
+    assert_eq!(image.read(3 * 512, 512), vec![0x5a; 512]);
+    dev.reset().unwrap();
+    // After reset the thread no longer serves the old queue.
+    let (_, st2) = h.request(VIRTIO_BLK_T_OUT, 4, &[(w, 512, false)]);
+    guest_kick.write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(h.status_of(st2), 0xff);
+    assert_eq!(irq.queue.load(Ordering::SeqCst), 1);
+}

@@ -303,3 +303,53 @@ fn one_interrupt_per_batch() {
         assert_eq!(ok, 6);
     }
 }
+
+#[test]
+fn requests_queued_while_in_flight_need_no_kick() {
+    let image = TempImage::new("nokick");
+    let Some(engine) = engine(Kind::Uring, disk(&image, false, false)) else {
+        return;
+    };
+    let mem = guest_memory();
+    let mut h = Harness::with_event_idx(&mem, engine, limits(false), true);
+    // avail_event sits after the used ring entries.
+    let avail_event = h
+        .mock
+        .used_addr()
+        .unchecked_add(4 + 8 * u64::from(QUEUE_SIZE));
+    let b = h.buf(4096, 0);
+    let (_, first) = h.request(VIRTIO_BLK_T_IN, 0, &[(b, 4096, true)]);
+    // Submit without reaping: the request is in flight until a completion is handled.
+    h.handler.process_queue().unwrap();
+    assert_eq!(h.handler.in_flight(), 1);
+    let event: u16 = mem.read_obj(avail_event).unwrap();
+    assert_eq!(
+        event, 0,
+        "notifications stay off while a request is in flight"
+    );
+    // The driver queues more without kicking (avail_event 0 is behind its old index 1).
+    let mut rest = Vec::new();
+    for i in 1..4 {
+        let b = h.buf(4096, 0);
+        rest.push(h.request(VIRTIO_BLK_T_IN, i * 8, &[(b, 4096, true)]).1);
+    }
+    // Only completions drive the handler from here on.
+    for _ in 0..200 {
+        if h.used_idx() == 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        h.handler.handle_completion().unwrap();
+    }
+    assert_eq!(
+        h.used_idx(),
+        4,
+        "requests queued without a kick were served"
+    );
+    assert_eq!(h.status_of(first), OK);
+    for s in rest {
+        assert_eq!(h.status_of(s), OK);
+    }
+    let event: u16 = mem.read_obj(avail_event).unwrap();
+    assert_eq!(event, 4, "idle again: the next request must be kicked");
+}

@@ -3,6 +3,10 @@
 
 use std::path::PathBuf;
 
+mod disk;
+
+pub use disk::{CacheMode, DiskConfig, MAX_DISKS};
+
 /// Errors in user-supplied configuration. Each message names the option and the bad value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -83,6 +87,9 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A problem with the set of disks as a whole.
+    #[error("--disk: {0}")]
+    Disks(String),
     /// Command line too long.
     #[error("--cmdline: {len} bytes is longer than the {max} bytes Keel can pass")]
     CmdlineTooLong {
@@ -94,7 +101,7 @@ pub enum ConfigError {
 }
 
 /// Splits `input` (`k=v,k=v`) into pairs, checking keys against `known`.
-fn parse_group<'a>(
+pub(crate) fn parse_group<'a>(
     option: &'static str,
     input: &'a str,
     known: &'static [&'static str],
@@ -125,7 +132,7 @@ fn parse_group<'a>(
     Ok(pairs)
 }
 
-fn get<'a>(pairs: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+pub(crate) fn get<'a>(pairs: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
@@ -167,7 +174,11 @@ pub enum Toggle {
 }
 
 impl Toggle {
-    fn parse(option: &'static str, key: &'static str, value: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(
+        option: &'static str,
+        key: &'static str,
+        value: &str,
+    ) -> Result<Self, ConfigError> {
         match value {
             "auto" => Ok(Toggle::Auto),
             "on" | "true" => Ok(Toggle::On),
@@ -391,6 +402,15 @@ pub struct VmConfig {
     pub payload: PayloadConfig,
     /// COM1 wiring.
     pub serial: SerialConfig,
+    /// virtio-blk disks, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
+}
+
+impl VmConfig {
+    /// Checks what can be checked without a host: every disk, and the disks together.
+    pub fn validate_disks(&self) -> Result<(), ConfigError> {
+        disk::validate_all(&self.disks)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,249 @@
+//! Arguments of the `blk` command, parsed and validated before any command runs:
+//! `blk:disk=N,rw=read|write|randread|randwrite|randrw,bs=4k,iodepth=32,ios=N|runtime=S,
+//! verify=0|1,poll=0|1,queues=Q,size=BYTES,offset=BYTES,flush=0|1,seed=N,event_idx=0|1,
+//! indirect=0|1`. Sizes accept k/m/g suffixes (powers of 1024).
+
+use crate::err;
+use crate::error::Result;
+
+/// Access pattern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Read,
+    Write,
+    RandRead,
+    RandWrite,
+    RandRw,
+}
+
+impl Mode {
+    /// The name used on the command line and in the output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Read => "read",
+            Mode::Write => "write",
+            Mode::RandRead => "randread",
+            Mode::RandWrite => "randwrite",
+            Mode::RandRw => "randrw",
+        }
+    }
+
+    /// Whether the pattern writes.
+    pub fn writes(self) -> bool {
+        matches!(self, Mode::Write | Mode::RandWrite | Mode::RandRw)
+    }
+
+    /// Whether offsets are random.
+    pub fn random(self) -> bool {
+        matches!(self, Mode::RandRead | Mode::RandWrite | Mode::RandRw)
+    }
+}
+
+/// Parsed `blk` arguments.
+#[derive(Clone, Copy)]
+pub struct Args {
+    pub disk: u32,
+    pub rw: Mode,
+    pub bs: u32,
+    pub iodepth: u32,
+    pub ios: Option<u64>,
+    pub runtime_s: Option<u64>,
+    pub verify: bool,
+    pub poll: bool,
+    pub queues: u16,
+    pub size: Option<u64>,
+    pub offset: u64,
+    pub flush: bool,
+    pub seed: u64,
+    pub event_idx: bool,
+    pub indirect: Option<bool>,
+}
+
+/// Requests when neither `ios` nor `runtime` is given.
+pub const DEFAULT_IOS: u64 = 1000;
+pub const MAX_IOS: u64 = 1_000_000_000;
+pub const MAX_RUNTIME_S: u64 = 3600;
+pub const MAX_IODEPTH: u32 = 1024;
+
+fn show(b: &[u8]) -> &str {
+    core::str::from_utf8(b).unwrap_or("<non-utf8>")
+}
+
+fn num(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |a, &c| {
+        c.is_ascii_digit().then(|| a * 10 + (c - b'0') as u64)
+    })
+}
+
+/// A byte count with an optional k/m/g suffix (binary).
+fn bytes(v: &[u8]) -> Option<u64> {
+    let (digits, mult) = match v.last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num(digits)?.checked_mul(mult)
+}
+
+fn flag(v: &[u8]) -> Option<bool> {
+    match v {
+        b"0" => Some(false),
+        b"1" => Some(true),
+        _ => None,
+    }
+}
+
+/// Parses the part after `blk:` (None: all defaults).
+pub fn parse(args: Option<&[u8]>) -> Result<Args> {
+    let mut a = Args {
+        disk: 0,
+        rw: Mode::RandRead,
+        bs: 4096,
+        iodepth: 1,
+        ios: None,
+        runtime_s: None,
+        verify: false,
+        poll: false,
+        queues: 1,
+        size: None,
+        offset: 0,
+        flush: false,
+        seed: 0x2545_f491_4f6c_dd1d,
+        event_idx: true,
+        indirect: None,
+    };
+    let mut seen = [false; 16];
+    for arg in args.unwrap_or(b"").split(|&c| c == b',') {
+        if arg.is_empty() && args.is_none() {
+            continue;
+        }
+        let (k, v) = match arg.iter().position(|&c| c == b'=') {
+            Some(i) => (&arg[..i], &arg[i + 1..]),
+            None => return Err(err!("blk: bad argument '{}' (want key=value)", show(arg))),
+        };
+        let bad = || err!("blk: bad value '{}' for {}", show(v), show(k));
+        let idx = match k {
+            b"disk" => {
+                a.disk = num(v).filter(|&d| d < 256).ok_or_else(bad)? as u32;
+                0
+            }
+            b"rw" => {
+                a.rw = match v {
+                    b"read" => Mode::Read,
+                    b"write" => Mode::Write,
+                    b"randread" => Mode::RandRead,
+                    b"randwrite" => Mode::RandWrite,
+                    b"randrw" => Mode::RandRw,
+                    _ => return Err(bad()),
+                };
+                1
+            }
+            b"bs" => {
+                let bs = bytes(v)
+                    .filter(|&b| (512..=1 << 20).contains(&b) && b % 512 == 0)
+                    .ok_or_else(|| {
+                        err!("blk: bs '{}' must be 512..1m, a multiple of 512", show(v))
+                    })?;
+                a.bs = bs as u32;
+                2
+            }
+            b"iodepth" => {
+                a.iodepth = num(v)
+                    .filter(|&d| (1..=MAX_IODEPTH as u64).contains(&d))
+                    .ok_or_else(|| err!("blk: iodepth '{}' must be 1..{}", show(v), MAX_IODEPTH))?
+                    as u32;
+                3
+            }
+            b"ios" => {
+                let n = num(v).filter(|&n| (1..=MAX_IOS).contains(&n));
+                a.ios =
+                    Some(n.ok_or_else(|| err!("blk: ios '{}' must be 1..{}", show(v), MAX_IOS))?);
+                4
+            }
+            b"runtime" => {
+                let n = num(v).filter(|&n| (1..=MAX_RUNTIME_S).contains(&n));
+                a.runtime_s = Some(n.ok_or_else(|| {
+                    err!(
+                        "blk: runtime '{}' must be 1..{} seconds",
+                        show(v),
+                        MAX_RUNTIME_S
+                    )
+                })?);
+                5
+            }
+            b"verify" => {
+                a.verify = flag(v).ok_or_else(bad)?;
+                6
+            }
+            b"poll" => {
+                a.poll = flag(v).ok_or_else(bad)?;
+                7
+            }
+            b"queues" => {
+                a.queues = num(v)
+                    .filter(|&q| (1..=crate::vblk::MAX_QUEUES as u64).contains(&q))
+                    .ok_or_else(|| {
+                        err!(
+                            "blk: queues '{}' must be 1..{}",
+                            show(v),
+                            crate::vblk::MAX_QUEUES
+                        )
+                    })? as u16;
+                8
+            }
+            b"size" => {
+                let s = bytes(v).filter(|&s| s > 0 && s % 512 == 0);
+                a.size = Some(s.ok_or_else(|| {
+                    err!("blk: size '{}' must be a positive multiple of 512", show(v))
+                })?);
+                9
+            }
+            b"offset" => {
+                a.offset = bytes(v)
+                    .filter(|&s| s % 512 == 0)
+                    .ok_or_else(|| err!("blk: offset '{}' must be a multiple of 512", show(v)))?;
+                10
+            }
+            b"flush" => {
+                a.flush = flag(v).ok_or_else(bad)?;
+                11
+            }
+            b"seed" => {
+                a.seed = num(v).filter(|&s| s != 0).ok_or_else(bad)?;
+                12
+            }
+            b"event_idx" => {
+                a.event_idx = flag(v).ok_or_else(bad)?;
+                13
+            }
+            b"indirect" => {
+                a.indirect = Some(flag(v).ok_or_else(bad)?);
+                14
+            }
+            _ => return Err(err!("blk: unknown argument '{}'", show(k))),
+        };
+        if seen[idx] {
+            return Err(err!("blk: {} given twice", show(k)));
+        }
+        seen[idx] = true;
+    }
+    if a.ios.is_some() && a.runtime_s.is_some() {
+        return Err(err!("blk: give ios or runtime, not both"));
+    }
+    if a.ios.is_none() && a.runtime_s.is_none() {
+        a.ios = Some(DEFAULT_IOS);
+    }
+    if let Some(s) = a.size {
+        if s < a.bs as u64 {
+            return Err(err!("blk: size {} is smaller than bs {}", s, a.bs));
+        }
+    }
+    if a.offset.checked_add(a.size.unwrap_or(0)).is_none() {
+        return Err(err!("blk: offset + size overflows"));
+    }
+    Ok(a)
+}

@@ -1,0 +1,364 @@
+//! virtio-blk through Keel as the probe guest sees it: PCI enumeration, data written by the
+//! guest landing in the host file (and the reverse), read-only disks, two disks, multiqueue,
+//! MSI-X interrupts vs polling, and bad `--disk` input.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+const SECTOR: u64 = 512;
+
+/// A disk image in the temp dir, removed on drop.
+struct Image(PathBuf);
+
+impl Image {
+    /// A zero-filled image of `size` bytes.
+    fn zeroed(tag: &str, size: u64) -> Image {
+        let path = std::env::temp_dir().join(format!("keel-blk-{tag}-{}.img", std::process::id()));
+        let f = std::fs::File::create(&path).expect("create image");
+        f.set_len(size).expect("size image");
+        Image(path)
+    }
+
+    /// An image whose every 8-byte word of sector S holds S (the probe's verify pattern).
+    fn patterned(tag: &str, size: u64) -> Image {
+        let img = Image::zeroed(tag, size);
+        let mut buf = Vec::with_capacity(size as usize);
+        for sector in 0..size / SECTOR {
+            for _ in 0..SECTOR / 8 {
+                buf.extend_from_slice(&sector.to_le_bytes());
+            }
+        }
+        std::fs::write(&img.0, &buf).expect("fill image");
+        img
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+        let f = std::fs::File::open(&self.0).expect("open image");
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).expect("read image");
+        buf
+    }
+
+    /// Sectors in `[first, first + count)` that do not hold the pattern.
+    fn bad_pattern_sectors(&self, first: u64, count: u64) -> Vec<u64> {
+        let data = self.read(first * SECTOR, (count * SECTOR) as usize);
+        data.chunks_exact(SECTOR as usize)
+            .zip(first..)
+            .filter(|(chunk, sector)| {
+                chunk
+                    .chunks_exact(8)
+                    .any(|w| u64::from_le_bytes(w.try_into().unwrap()) != *sector)
+            })
+            .map(|(_, s)| s)
+            .collect()
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Boots the probe with `disks` (`--disk` groups) and probe commands `cmds`.
+fn run_with_disks(disks: &[String], cmds: &[&str]) -> Run {
+    let kernel = probe_image("probe.elf");
+    let cmdline = cmds
+        .iter()
+        .map(|c| format!("probe.cmd={c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut args = vec![
+        "--kernel".to_string(),
+        kernel.to_str().expect("utf-8 path").to_string(),
+        "--memory".into(),
+        "size=256M".into(),
+        "--cmdline".into(),
+        cmdline,
+    ];
+    for d in disks {
+        args.push("--disk".into());
+        args.push(d.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_keel(&args)
+}
+
+fn blk_reports(run: &Run) -> Vec<Value> {
+    run.json_lines()
+        .into_iter()
+        .filter(|v| v["cmd"] == "blk")
+        .collect()
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+/// A "0x..." string as a number.
+fn hex(v: &Value) -> u64 {
+    let text = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{v} is not a hex string"));
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+#[test]
+fn guest_finds_the_disk_on_pci() {
+    let img = Image::zeroed("pci", 1 << 20);
+    let run = run_with_disks(&[format!("path={}", img.path())], &["pci"]);
+    run.assert_probe_done();
+    let pci = run.report("pci");
+    let devices = pci["devices"].as_array().expect("devices");
+    let bdfs: Vec<&str> = devices.iter().filter_map(|d| d["bdf"].as_str()).collect();
+    assert_eq!(bdfs, ["00:00.0", "00:01.0"], "{}", run.describe());
+    assert_eq!(devices[1]["vendor"], "0x1af4");
+    assert_eq!(devices[1]["device"], "0x1042");
+}
+
+#[test]
+fn guest_writes_land_in_the_host_file() {
+    // 2 MiB written sequentially with the pattern; the rest of the disk must stay zero.
+    let img = Image::zeroed("write", 8 << 20);
+    let run = run_with_disks(
+        &[format!("path={}", img.path())],
+        &["blk:disk=0,rw=write,bs=4k,iodepth=8,ios=512,size=2M,verify=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(u(r, "ios"), 512, "{r}");
+    assert_eq!(u(r, "errors"), 0, "{r}");
+    assert_eq!(u(r, "verify_errors"), 0, "{r}");
+    assert_eq!(u(r, "capacity"), (8 << 20) / SECTOR, "{r}");
+    assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
+    assert!(img.read(2 << 20, 6 << 20).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn guest_reads_what_the_host_wrote_and_catches_a_bad_sector() {
+    let img = Image::patterned("read", 4 << 20);
+    let run = run_with_disks(
+        &[format!("path={},readonly=on", img.path())],
+        &["blk:disk=0,rw=randread,bs=4k,iodepth=16,ios=2000,verify=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(u(r, "errors"), 0, "{r}");
+    assert_eq!(u(r, "verify_errors"), 0, "{r}");
+
+    // Spoil one sector on the host: a sequential read over the whole disk must report it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.0)
+        .unwrap();
+    f.write_all_at(&[0xee; 8], 777 * SECTOR + 64).unwrap();
+    drop(f);
+    let run = run_with_disks(
+        &[format!("path={},readonly=on", img.path())],
+        &["blk:disk=0,rw=read,bs=64k,iodepth=4,ios=64,verify=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(u(r, "verify_errors"), 1, "{r}");
+    assert_eq!(u(r, "first_bad_sector"), 777, "{r}");
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    let img = Image::zeroed("ro", 1 << 20);
+    let run = run_with_disks(
+        &[format!("path={},readonly=on", img.path())],
+        &["blk:disk=0,rw=write,bs=4k,iodepth=4,ios=32"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(u(r, "errors"), 32, "every write fails: {r}");
+    let features = hex(&r["features"]);
+    assert_ne!(features & (1 << 5), 0, "VIRTIO_BLK_F_RO offered: {r}");
+    assert!(
+        img.read(0, 1 << 20).iter().all(|&b| b == 0),
+        "file untouched"
+    );
+}
+
+#[test]
+fn two_disks_at_once() {
+    let a = Image::zeroed("two-a", 1 << 20);
+    let b = Image::zeroed("two-b", 2 << 20);
+    let run = run_with_disks(
+        &[
+            format!("path={}", a.path()),
+            format!("path={},serial=second", b.path()),
+        ],
+        &["blk:disk=1,rw=write,bs=4k,iodepth=4,ios=64,size=256k,verify=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(
+        u(r, "capacity"),
+        (2 << 20) / SECTOR,
+        "disk 1 is the 2 MiB one: {r}"
+    );
+    assert_eq!(u(r, "errors"), 0, "{r}");
+    assert!(b.bad_pattern_sectors(0, (256 << 10) / SECTOR).is_empty());
+    assert!(
+        a.read(0, 1 << 20).iter().all(|&x| x == 0),
+        "disk 0 untouched"
+    );
+}
+
+#[test]
+fn multiqueue_spreads_requests_over_queues() {
+    let img = Image::zeroed("mq", 4 << 20);
+    let run = run_with_disks(
+        &[format!("path={},queues=2", img.path())],
+        &["blk:disk=0,rw=randwrite,bs=4k,iodepth=16,ios=1000,queues=2,verify=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(u(r, "num_queues"), 2, "{r}");
+    assert_eq!(u(r, "queues"), 2, "{r}");
+    assert_eq!(u(r, "errors"), 0, "{r}");
+    assert_eq!(u(r, "verify_errors"), 0, "{r}");
+    // Every 4K block is either untouched (zero) or holds the pattern.
+    let data = img.read(0, 4 << 20);
+    for (sector, chunk) in data.chunks_exact(SECTOR as usize).enumerate() {
+        let zero = chunk.iter().all(|&x| x == 0);
+        let pattern = chunk
+            .chunks_exact(8)
+            .all(|w| u64::from_le_bytes(w.try_into().unwrap()) == sector as u64);
+        assert!(
+            zero || pattern,
+            "sector {sector} is neither zero nor the pattern"
+        );
+    }
+}
+
+#[test]
+fn msix_interrupts_or_polling() {
+    let img = Image::patterned("irq", 1 << 20);
+    let disk = format!("path={}", img.path());
+    let run = run_with_disks(
+        &[disk],
+        &[
+            "blk:disk=0,rw=randread,bs=4k,iodepth=1,ios=50,poll=0",
+            "blk:disk=0,rw=randread,bs=4k,iodepth=1,ios=50,poll=1",
+        ],
+    );
+    run.assert_probe_done();
+    let reports = blk_reports(&run);
+    assert_eq!(reports.len(), 2, "{}", run.describe());
+    let (irq, poll) = (&reports[0], &reports[1]);
+    assert_eq!(irq["msix"], true, "{irq}");
+    assert!(
+        u(irq, "interrupts") > 0,
+        "interrupt mode got interrupts: {irq}"
+    );
+    assert_eq!(
+        u(poll, "interrupts"),
+        0,
+        "polling mode suppressed them: {poll}"
+    );
+}
+
+#[test]
+fn bad_disk_options_fail_before_boot() {
+    let kernel = probe_image("probe.elf");
+    let kernel = kernel.to_str().unwrap();
+    let small = Image::zeroed("small", 100);
+    let cases: Vec<(String, &str)> = vec![
+        ("path=/nonexistent/disk.img".into(), "/nonexistent/disk.img"),
+        ("readonly=on".into(), "missing 'path='"),
+        (format!("path={},queues=0", small.path()), "queues"),
+        (format!("path={}", small.path()), "smaller than one"),
+        (format!("path={},cache=unsafe", small.path()), "cache"),
+    ];
+    for (disk, needle) in cases {
+        let run = run_keel(&["--kernel", kernel, "--disk", &disk]);
+        assert_eq!(run.code(), Some(1), "{disk}\n{}", run.describe());
+        let line = run.stderr.trim();
+        assert_eq!(line.lines().count(), 1, "one line for {disk}: {line}");
+        assert!(line.contains(needle), "{disk}: {line}");
+    }
+}
+
+#[test]
+fn writeback_cache_flush_succeeds() {
+    let img = Image::zeroed("flush", 1 << 20);
+    let run = run_with_disks(
+        &[format!("path={},cache=writeback", img.path())],
+        &["blk:disk=0,rw=randwrite,bs=4k,iodepth=8,ios=200,verify=1,flush=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(r["flush_status"], "ok", "{r}");
+    assert_eq!(u(r, "errors"), 0, "{r}");
+    let features = hex(&r["features"]);
+    assert_ne!(features & (1 << 9), 0, "VIRTIO_BLK_F_FLUSH negotiated: {r}");
+}
+
+#[test]
+fn polling_guest_rarely_needs_to_kick() {
+    // With requests in flight the device keeps notifications off and picks up new requests
+    // when completions arrive, so a polling guest at depth 16 kicks only when the device
+    // went idle.
+    let img = Image::zeroed("kicks", 8 << 20);
+    let run = run_with_disks(
+        &[format!("path={}", img.path())],
+        &["blk:disk=0,rw=randwrite,bs=4k,iodepth=16,ios=4000,poll=1"],
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    let (ios, kicks) = (u(r, "ios"), u(r, "kicks"));
+    assert_eq!(ios, 4000, "{r}");
+    assert!(kicks * 4 < ios, "{kicks} kicks for {ios} I/Os: {r}");
+    assert_eq!(u(r, "interrupts"), 0, "{r}");
+}
+
+#[test]
+fn stats_line_reports_exits() {
+    let img = Image::zeroed("stats", 1 << 20);
+    let kernel = probe_image("probe.elf");
+    let disk = format!("path={}", img.path());
+    let run = run_keel(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        &disk,
+        "--stats",
+        "--cmdline",
+        "probe.cmd=blk:disk=0,rw=randread,bs=4k,iodepth=4,ios=100",
+    ]);
+    run.assert_probe_done();
+    let line = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("keel-stats: "))
+        .unwrap_or_else(|| panic!("no keel-stats line\n{}", run.describe()));
+    let stats: Value = serde_json::from_str(line).expect("keel-stats is JSON");
+    let vcpu = &stats["vcpus"][0];
+    // The probe enumerates PCI through ECAM and programs the device through its BAR: MMIO
+    // exits to userspace.
+    assert!(u(&vcpu["userspace"], "mmio") > 0, "{line}");
+    assert!(
+        u(&vcpu["userspace"], "total") >= u(&vcpu["userspace"], "mmio"),
+        "{line}"
+    );
+    if !vcpu["kvm"].as_object().unwrap().is_empty() {
+        assert!(
+            u(&vcpu["kvm"], "exits") >= u(&vcpu["userspace"], "mmio"),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! virtio-blk disks on PCI: backing files, I/O threads, MSI-X routes, INTx lines and queue
+//! notify ioeventfds.
+//!
+//! Disk `i` sits in PCI slot `i + 1` with one memory BAR in the 32-bit window. Its queues are
+//! served by I/O threads: one per queue named `<disk>-q<n>`, or one shared thread when the
+//! disk names an `iothread`. Each queue's notify address is a KVM ioeventfd, so a guest kick
+//! wakes the I/O thread without a userspace exit; completions go out through the MSI-X
+//! vectors' irqfds.
+
+use std::sync::{Arc, Mutex};
+
+use devices::pci::{BarAllocator, PciDevice, PciError, PciSegment};
+use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::iothread::{IoThread, IoThreadError, IoThreadHandle};
+use devices::virtio::pci::{VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::{CacheMode, DiskConfig};
+use crate::interrupts::{GsiRouter, InterruptError, IntxLine, MsiVectors};
+use crate::pci_bars::{BarWindow, BarWindowError};
+
+/// Errors attaching disks. Each names the disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockDeviceError {
+    /// The block device could not be created (backing file, configuration).
+    #[error("disk {disk}: cannot open {path}")]
+    Block {
+        /// Disk name.
+        disk: String,
+        /// Backing file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: BlockError,
+    },
+    /// An I/O thread could not be started.
+    #[error("disk {disk}: cannot start its I/O thread")]
+    IoThread {
+        /// Disk name.
+        disk: String,
+        /// Cause.
+        #[source]
+        source: IoThreadError,
+    },
+    /// Interrupt vectors or the INTx line could not be set up.
+    #[error("disk {disk}: cannot set up its interrupts")]
+    Interrupts {
+        /// Disk name.
+        disk: String,
+        /// Cause.
+        #[source]
+        source: InterruptError,
+    },
+    /// The virtio-pci transport refused the device.
+    #[error("disk {disk}: cannot create its virtio-pci function")]
+    Transport {
+        /// Disk name.
+        disk: String,
+        /// Cause.
+        #[source]
+        source: VirtioPciError,
+    },
+    /// No room for the BAR.
+    #[error("disk {disk}: no room left for its {size:#x}-byte BAR in the PCI window")]
+    NoBarSpace {
+        /// Disk name.
+        disk: String,
+        /// BAR size.
+        size: u64,
+    },
+    /// The PCI slot is taken or invalid.
+    #[error("disk {disk}: cannot plug it into PCI slot {slot}")]
+    Slot {
+        /// Disk name.
+        disk: String,
+        /// Slot.
+        slot: u8,
+        /// Cause.
+        #[source]
+        source: PciError,
+    },
+    /// The BAR or its notify ioeventfds could not be mapped.
+    #[error("disk {disk}: cannot map its BAR")]
+    Bar {
+        /// Disk name.
+        disk: String,
+        /// Cause.
+        #[source]
+        source: BarWindowError,
+    },
+}
+
+/// The disks of a running VM. Dropping it stops their I/O threads.
+pub struct BlockDevices {
+    // Threads stop before the devices they serve are dropped.
+    iothreads: Vec<IoThread>,
+    disks: Vec<AttachedDisk>,
+}
+
+/// One attached disk, as reported at start.
+pub struct AttachedDisk {
+    /// Disk name.
+    pub name: String,
+    /// PCI slot on bus 0.
+    pub slot: u8,
+    /// Guest-physical address of BAR 0.
+    pub bar: u64,
+    /// Names of the I/O threads serving its queues.
+    pub iothreads: Vec<String>,
+    _device: Arc<Mutex<VirtioPciDevice>>,
+}
+
+impl BlockDevices {
+    /// The attached disks, in slot order.
+    pub fn disks(&self) -> &[AttachedDisk] {
+        &self.disks
+    }
+
+    /// Linux thread IDs of the I/O threads, by name.
+    pub fn iothread_tids(&self) -> Vec<(String, Option<i32>)> {
+        self.iothreads
+            .iter()
+            .map(|t| (t.name().to_string(), t.tid().ok()))
+            .collect()
+    }
+}
+
+/// Everything `attach` needs from the VM under construction.
+pub struct AttachContext<'a> {
+    /// The VM (for ioeventfds and irqfds).
+    pub vm: &'a VmFd,
+    /// GSI routing for MSI-X vectors.
+    pub router: &'a Arc<GsiRouter>,
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// PCI segment 0.
+    pub segment: &'a Arc<Mutex<PciSegment>>,
+    /// The 32-bit BAR window the disks' BARs are mapped in.
+    pub window: &'a mut BarWindow,
+    /// Allocator over the same window.
+    pub bars: &'a mut BarAllocator,
+}
+
+/// Thread names are limited to 15 bytes by Linux.
+fn thread_name(name: String) -> String {
+    let mut n = name;
+    n.truncate(15);
+    n
+}
+
+/// Creates every disk in `disks` and plugs it into the VM.
+pub fn attach(
+    ctx: AttachContext<'_>,
+    disks: &[DiskConfig],
+) -> Result<BlockDevices, BlockDeviceError> {
+    let mut out = BlockDevices {
+        iothreads: Vec::new(),
+        disks: Vec::new(),
+    };
+    let AttachContext {
+        vm,
+        router,
+        mem,
+        segment,
+        window,
+        bars,
+    } = ctx;
+    for (index, cfg) in disks.iter().enumerate() {
+        let name = cfg.name(index);
+        // Slot 0 is the host bridge; MAX_DISKS keeps this within 1..=31.
+        let slot = u8::try_from(index + 1).unwrap_or(u8::MAX);
+        let mut block = Block::new(BlockConfig {
+            path: cfg.path.clone(),
+            readonly: cfg.readonly,
+            direct: cfg.cache == CacheMode::None,
+            num_queues: cfg.queues,
+            queue_size: cfg.queue_size,
+            serial: cfg.serial.clone(),
+        })
+        .map_err(|source| BlockDeviceError::Block {
+            disk: name.clone(),
+            path: cfg.path.display().to_string(),
+            source,
+        })?;
+        let handles = iothreads_for(&mut out.iothreads, cfg, &name)?;
+        let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
+        block.set_iothreads(&name, handles);
+
+        let irq_err = |source| BlockDeviceError::Interrupts {
+            disk: name.clone(),
+            source,
+        };
+        let msi = MsiVectors::new(router.clone(), cfg.queues + 1).map_err(irq_err)?;
+        let intx = IntxLine::new(vm, arch::layout::pci_intx_gsi(slot)).map_err(irq_err)?;
+        let intx_gsi = intx.gsi();
+        let mut dev = VirtioPciDevice::new(
+            Box::new(block),
+            mem.clone(),
+            Arc::new(msi),
+            Some(Arc::new(intx)),
+        )
+        .map_err(|source| BlockDeviceError::Transport {
+            disk: name.clone(),
+            source,
+        })?;
+        dev.set_interrupt_line(intx_gsi as u8);
+        let bar = bars
+            .allocate(VIRTIO_PCI_BAR_SIZE, VIRTIO_PCI_BAR_SIZE)
+            .ok_or_else(|| BlockDeviceError::NoBarSpace {
+                disk: name.clone(),
+                size: VIRTIO_PCI_BAR_SIZE,
+            })?;
+        dev.set_bar_address(0, bar)
+            .map_err(|source| BlockDeviceError::Transport {
+                disk: name.clone(),
+                source,
+            })?;
+        let ioevents: Vec<(u64, vmm_sys_util::eventfd::EventFd)> = dev
+            .notify_eventfds()
+            .into_iter()
+            .map(|(off, fd)| fd.try_clone().map(|fd| (off, fd)))
+            .collect::<Result<_, _>>()
+            .map_err(|source| BlockDeviceError::Interrupts {
+                disk: name.clone(),
+                source: InterruptError::EventFd { gsi: 0, source },
+            })?;
+        let dev = Arc::new(Mutex::new(dev));
+        let pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
+        segment
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add_device_at(slot, pci.clone())
+            .map_err(|source| BlockDeviceError::Slot {
+                disk: name.clone(),
+                slot,
+                source,
+            })?;
+        let refs: Vec<(u64, &vmm_sys_util::eventfd::EventFd)> =
+            ioevents.iter().map(|(off, fd)| (*off, fd)).collect();
+        window
+            .add(slot, 0, (bar, VIRTIO_PCI_BAR_SIZE), pci, &refs)
+            .map_err(|source| BlockDeviceError::Bar {
+                disk: name.clone(),
+                source,
+            })?;
+        log::info!(
+            "disk {name}: {} on PCI 00:{slot:02x}.0, BAR {bar:#x}, {} queue(s), INTx GSI {intx_gsi}",
+            cfg.path.display(),
+            cfg.queues
+        );
+        out.disks.push(AttachedDisk {
+            name,
+            slot,
+            bar,
+            iothreads: thread_names,
+            _device: dev,
+        });
+    }
+    Ok(out)
+}
+
+/// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread, or one new
+/// thread per queue.
+fn iothreads_for(
+    threads: &mut Vec<IoThread>,
+    cfg: &DiskConfig,
+    disk: &str,
+) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
+    let spawn = |name: String| {
+        IoThread::spawn(&name).map_err(|source| BlockDeviceError::IoThread {
+            disk: disk.to_string(),
+            source,
+        })
+    };
+    if let Some(shared) = &cfg.iothread {
+        if let Some(t) = threads.iter().find(|t| t.name() == shared) {
+            return Ok(vec![t.handle()]);
+        }
+        let t = spawn(shared.clone())?;
+        let handle = t.handle();
+        threads.push(t);
+        return Ok(vec![handle]);
+    }
+    let mut handles = Vec::with_capacity(usize::from(cfg.queues));
+    for q in 0..cfg.queues {
+        let t = spawn(thread_name(format!("{disk}-q{q}")))?;
+        handles.push(t.handle());
+        threads.push(t);
+    }
+    Ok(handles)
+}

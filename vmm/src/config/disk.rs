@@ -1,0 +1,327 @@
+//! `--disk path=FILE[,readonly=on][,cache=none|writeback][,queues=N][,queue_size=N]
+//! [,iothread=NAME][,serial=ID][,id=NAME]`: one virtio-blk disk per option, repeatable.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+
+use super::{get, parse_group, ConfigError, Toggle};
+
+/// Most disks one VM can have (PCI bus 0 slots left after the host bridge).
+pub const MAX_DISKS: usize = 31;
+/// Most request queues per disk.
+pub const MAX_QUEUES: u16 = 16;
+/// Largest queue size offered.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// Longest serial `GET_ID` can return.
+const MAX_SERIAL: usize = 20;
+
+/// How the backing file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// `O_DIRECT`: bypass the host page cache (what benchmarks want).
+    #[default]
+    None,
+    /// Through the host page cache; a guest FLUSH makes data durable.
+    Writeback,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file or host block device.
+    pub path: PathBuf,
+    /// Refuse guest writes (and open the file read-only).
+    pub readonly: bool,
+    /// Host caching.
+    pub cache: CacheMode,
+    /// Request queues (each served by its own I/O thread unless `iothread` is set).
+    pub queues: u16,
+    /// Size of each queue.
+    pub queue_size: u16,
+    /// Name of the I/O thread serving every queue of this disk; disks naming the same
+    /// thread share it. Default: one thread per queue, named after the disk.
+    pub iothread: Option<String>,
+    /// `GET_ID` serial (at most 20 bytes).
+    pub serial: Option<String>,
+    /// Name used in logs, thread names and counters; default `diskN`.
+    pub id: Option<String>,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            path: PathBuf::new(),
+            readonly: false,
+            cache: CacheMode::None,
+            queues: 1,
+            queue_size: 256,
+            iothread: None,
+            serial: None,
+            id: None,
+        }
+    }
+}
+
+fn invalid(key: &'static str, value: &str, reason: &'static str) -> ConfigError {
+    ConfigError::InvalidValue {
+        option: "disk",
+        key,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// A name usable in thread names and logs: 1-15 ASCII letters, digits, '-', '_' or '.'.
+fn check_name(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = (1..=15).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            value,
+            "expected 1-15 characters from A-Z a-z 0-9 - _ .",
+        ))
+    }
+}
+
+impl DiskConfig {
+    const KEYS: &'static [&'static str] = &[
+        "path",
+        "readonly",
+        "cache",
+        "queues",
+        "num_queues",
+        "queue_size",
+        "iothread",
+        "serial",
+        "id",
+    ];
+
+    /// Parses one `--disk` group.
+    pub fn parse(input: &str) -> Result<Self, ConfigError> {
+        let pairs = parse_group("disk", input, Self::KEYS)?;
+        let mut cfg = DiskConfig::default();
+        let path = get(&pairs, "path").ok_or(ConfigError::MissingKey {
+            option: "disk",
+            key: "path",
+        })?;
+        if path.is_empty() {
+            return Err(invalid("path", path, "expected a file or block device"));
+        }
+        cfg.path = PathBuf::from(path);
+        if let Some(v) = get(&pairs, "readonly") {
+            cfg.readonly = match Toggle::parse("disk", "readonly", v)? {
+                Toggle::On => true,
+                Toggle::Off => false,
+                Toggle::Auto => return Err(invalid("readonly", v, "expected on or off")),
+            };
+        }
+        if let Some(v) = get(&pairs, "cache") {
+            cfg.cache = match v {
+                "none" => CacheMode::None,
+                "writeback" => CacheMode::Writeback,
+                _ => return Err(invalid("cache", v, "expected none or writeback")),
+            };
+        }
+        if get(&pairs, "queues").is_some() && get(&pairs, "num_queues").is_some() {
+            return Err(ConfigError::DuplicateKey {
+                option: "disk",
+                key: "queues".into(),
+            });
+        }
+        if let Some(v) = get(&pairs, "queues").or_else(|| get(&pairs, "num_queues")) {
+            cfg.queues = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_QUEUES).contains(n))
+                .ok_or_else(|| invalid("queues", v, "expected 1 to 16"))?;
+        }
+        if let Some(v) = get(&pairs, "queue_size") {
+            cfg.queue_size = v
+                .parse::<u16>()
+                .ok()
+                .filter(|n| (4..=MAX_QUEUE_SIZE).contains(n) && n.is_power_of_two())
+                .ok_or_else(|| {
+                    invalid("queue_size", v, "expected a power of two from 4 to 1024")
+                })?;
+        }
+        if let Some(v) = get(&pairs, "iothread") {
+            check_name("iothread", v)?;
+            cfg.iothread = Some(v.to_string());
+        }
+        if let Some(v) = get(&pairs, "serial") {
+            if v.len() > MAX_SERIAL || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "serial",
+                    v,
+                    "expected at most 20 printable ASCII characters",
+                ));
+            }
+            cfg.serial = Some(v.to_string());
+        }
+        if let Some(v) = get(&pairs, "id") {
+            check_name("id", v)?;
+            cfg.id = Some(v.to_string());
+        }
+        Ok(cfg)
+    }
+
+    /// The disk's name: its `id`, or `disk{index}`.
+    pub fn name(&self, index: usize) -> String {
+        self.id.clone().unwrap_or_else(|| format!("disk{index}"))
+    }
+
+    /// Checks that the backing file exists and can be used.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadFile {
+            option: "disk",
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let meta = std::fs::metadata(&self.path).map_err(|e| bad(e.to_string()))?;
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(bad("not a regular file or block device".into()));
+        }
+        if kind.is_file() && meta.len() < 512 {
+            return Err(bad(format!(
+                "{} bytes is smaller than one 512-byte sector",
+                meta.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every disk and that no two share a name or a writable backing file.
+pub(super) fn validate_all(disks: &[DiskConfig]) -> Result<(), ConfigError> {
+    if disks.len() > MAX_DISKS {
+        return Err(ConfigError::Disks(format!(
+            "{} disks given, at most {MAX_DISKS} fit on the PCI bus",
+            disks.len()
+        )));
+    }
+    let mut names = Vec::with_capacity(disks.len());
+    let mut files = Vec::with_capacity(disks.len());
+    for (i, d) in disks.iter().enumerate() {
+        d.validate()?;
+        let name = d.name(i);
+        if names.contains(&name) {
+            return Err(ConfigError::Disks(format!("two disks are named '{name}'")));
+        }
+        names.push(name);
+        // Two writers on one file would corrupt it; compare the files, not the spellings.
+        let file = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+        if let Some((other, other_ro)) = files.iter().find(|(f, _)| *f == file) {
+            if !(d.readonly && *other_ro) {
+                return Err(ConfigError::Disks(format!(
+                    "{} is used by two disks and one of them is writable",
+                    PathBuf::from(other).display()
+                )));
+            }
+        }
+        files.push((file, d.readonly));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(tag: &str, len: u64) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("keel-diskcfg-{tag}-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(len).unwrap();
+        path
+    }
+
+    #[test]
+    fn full_group_parses() {
+        let d = DiskConfig::parse(
+            "path=/x.img,readonly=on,cache=writeback,queues=4,queue_size=128,iothread=io0,serial=SN-1,id=data",
+        )
+        .unwrap();
+        assert_eq!(d.path, PathBuf::from("/x.img"));
+        assert!(d.readonly);
+        assert_eq!(d.cache, CacheMode::Writeback);
+        assert_eq!((d.queues, d.queue_size), (4, 128));
+        assert_eq!(d.iothread.as_deref(), Some("io0"));
+        assert_eq!(d.serial.as_deref(), Some("SN-1"));
+        assert_eq!(d.name(3), "data");
+        let d = DiskConfig::parse("path=/y.img").unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/y.img".into(),
+                ..DiskConfig::default()
+            }
+        );
+        assert_eq!(d.name(2), "disk2");
+        assert_eq!(DiskConfig::parse("path=/y,num_queues=2").unwrap().queues, 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (input, key) in [
+            ("readonly=on", "path"),
+            ("path=", "path"),
+            ("path=/a,readonly=maybe", "readonly"),
+            ("path=/a,cache=unsafe", "cache"),
+            ("path=/a,queues=0", "queues"),
+            ("path=/a,queues=17", "queues"),
+            ("path=/a,queue_size=100", "queue_size"),
+            ("path=/a,queue_size=2048", "queue_size"),
+            ("path=/a,serial=this-serial-is-too-long", "serial"),
+            ("path=/a,serial=has space", "serial"),
+            ("path=/a,iothread=a/b", "iothread"),
+            ("path=/a,id=", "id"),
+            ("path=/a,queues=2,num_queues=2", "queues"),
+            ("path=/a,bogus=1", "bogus"),
+        ] {
+            let err = DiskConfig::parse(input).unwrap_err().to_string();
+            assert!(err.starts_with("--disk: "), "{input}: {err}");
+            assert!(err.contains(key), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn set_of_disks_is_checked() {
+        let a = image("a", 1 << 20);
+        let b = image("b", 1 << 20);
+        let tiny = image("tiny", 100);
+        let disk = |p: &PathBuf, ro: bool| DiskConfig {
+            path: p.clone(),
+            readonly: ro,
+            ..DiskConfig::default()
+        };
+        assert!(validate_all(&[disk(&a, false), disk(&b, false)]).is_ok());
+        assert!(validate_all(&[disk(&a, true), disk(&a, true)]).is_ok());
+        let err = validate_all(&[disk(&a, false), disk(&a, true)]).unwrap_err();
+        assert!(err.to_string().contains("two disks"), "{err}");
+        let named = DiskConfig {
+            id: Some("disk0".into()),
+            ..disk(&b, false)
+        };
+        let err = validate_all(&[disk(&a, false), named]).unwrap_err();
+        assert!(err.to_string().contains("named 'disk0'"), "{err}");
+        let err = validate_all(&[disk(&tiny, false)]).unwrap_err();
+        assert!(err.to_string().contains("smaller than one"), "{err}");
+        let err = validate_all(&[disk(&PathBuf::from("/nonexistent/x"), false)]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--disk: /nonexistent/x: "),
+            "{err}"
+        );
+        let err = validate_all(&[disk(&std::env::temp_dir(), false)]).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let many = vec![disk(&a, true); MAX_DISKS + 1];
+        assert!(validate_all(&many).is_err());
+        for p in [a, b, tiny] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
