@@ -362,3 +362,57 @@ fn stats_line_reports_exits() {
         );
     }
 }
+
+#[test]
+fn each_queue_gets_a_named_iothread_unless_shared() {
+    let a = Image::zeroed("thr-a", 1 << 20);
+    let b = Image::zeroed("thr-b", 1 << 20);
+    let c = Image::zeroed("thr-c", 1 << 20);
+    let kernel = probe_image("probe.elf");
+    let disks = [
+        format!("path={},queues=2", a.path()),
+        format!("path={},iothread=shared-io", b.path()),
+        format!("path={},iothread=shared-io,id=data", c.path()),
+    ];
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "probe.cmd=spin:ms=3000",
+    ];
+    for d in &disks {
+        args.extend(["--disk", d.as_str()]);
+    }
+    let child = spawn_keel(&args);
+    let tasks = format!("/proc/{}/task", child.id());
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        names = std::fs::read_dir(&tasks)
+            .map(|dir| {
+                dir.filter_map(|t| {
+                    let comm = t.ok()?.path().join("comm");
+                    Some(std::fs::read_to_string(comm).ok()?.trim().to_string())
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|n| n.starts_with("keel-vcpu")) {
+            break;
+        }
+    }
+    let run = finish(child, std::time::Duration::from_secs(60));
+    run.assert_probe_done();
+    names.sort();
+    let io: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        // keel's own threads and KVM's kernel workers aside.
+        .filter(|n| !n.starts_with("keel") && !n.starts_with("kvm"))
+        .collect();
+    assert_eq!(
+        io,
+        ["disk0-q0", "disk0-q1", "shared-io"],
+        "threads: {names:?}"
+    );
+}
