@@ -355,6 +355,13 @@ fn stats_line_reports_exits() {
         u(&vcpu["userspace"], "total") >= u(&vcpu["userspace"], "mmio"),
         "{line}"
     );
+    let disk = &stats["disks"][0];
+    assert_eq!(disk["name"], "disk0", "{line}");
+    assert!(u(disk, "requests") >= 100, "{line}");
+    assert!(u(disk, "read_bytes") >= 100 * 4096, "{line}");
+    assert_eq!(u(disk, "write_bytes"), 0, "{line}");
+    assert_eq!(u(disk, "errors"), 0, "{line}");
+    assert!(u(disk, "latency_ns") > 0, "{line}");
     if !vcpu["kvm"].as_object().unwrap().is_empty() {
         assert!(
             u(&vcpu["kvm"], "exits") >= u(&vcpu["userspace"], "mmio"),

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{BarAllocator, PciDevice, PciError, PciSegment};
-use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::block::{Block, BlockConfig, BlockError, IoStatsReader};
 use devices::virtio::iothread::{IoThread, IoThreadError, IoThreadHandle};
 use devices::virtio::pci::{VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
 use kvm_ioctls::VmFd;
@@ -108,6 +108,8 @@ pub struct AttachedDisk {
     pub bar: u64,
     /// Names of the I/O threads serving its queues.
     pub iothreads: Vec<String>,
+    /// Its I/O counters.
+    pub io_stats: IoStatsReader,
     _device: Arc<Mutex<VirtioPciDevice>>,
 }
 
@@ -183,6 +185,7 @@ pub fn attach(
             path: cfg.path.display().to_string(),
             source,
         })?;
+        let io_stats = block.io_stats_reader();
         let handles = iothreads_for(&mut out.iothreads, cfg, &name)?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
@@ -254,6 +257,7 @@ pub fn attach(
             slot,
             bar,
             iothreads: thread_names,
+            io_stats,
             _device: dev,
         });
     }

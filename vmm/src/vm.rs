@@ -29,6 +29,7 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::pci_bars::BarWindow;
 use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuStop};
 use devices::pci::BarAllocator;
+use devices::virtio::block::IoStats;
 
 /// Errors building or starting a VM.
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +410,16 @@ impl RunningVm {
                     .and_then(|s| s.read().map_err(|e| log::debug!("{e}")).ok())
                     .unwrap_or_default(),
             })
+            .collect()
+    }
+
+    /// Per-disk I/O counters, by disk name.
+    pub fn disk_stats(&self) -> Vec<(String, IoStats)> {
+        self._vm
+            .disks
+            .disks()
+            .iter()
+            .map(|d| (d.name.clone(), d.io_stats.read()))
             .collect()
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use devices::virtio::block::IoStats;
 use vmm::config::{CpusConfig, DiskConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
 use vmm::vm::{Vm, VmOutcome};
 
@@ -65,8 +66,8 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     SerialConfig::parse(s).map_err(|e| e.to_string())
 }
 
-/// The `--stats` line: `{"vcpus":[{"index":0,"userspace":{...},"kvm":{...}}]}`.
-fn stats_json(stats: &[vmm::vm::VcpuStats]) -> String {
+/// The `--stats` line: `{"vcpus":[{"index":0,"userspace":{...},"kvm":{...}}],"disks":[...]}`.
+fn stats_json(stats: &[vmm::vm::VcpuStats], disks: &[(String, IoStats)]) -> String {
     let vcpus: Vec<String> = stats
         .iter()
         .map(|s| {
@@ -90,7 +91,20 @@ fn stats_json(stats: &[vmm::vm::VcpuStats]) -> String {
             )
         })
         .collect();
-    format!("{{\"vcpus\":[{}]}}", vcpus.join(","))
+    let disks: Vec<String> = disks
+        .iter()
+        .map(|(name, d)| {
+            format!(
+                "{{\"name\":\"{name}\",\"requests\":{},\"errors\":{},\"read_bytes\":{},\"write_bytes\":{},\"latency_ns\":{}}}",
+                d.requests, d.errors, d.read_bytes, d.write_bytes, d.latency_ns
+            )
+        })
+        .collect();
+    format!(
+        "{{\"vcpus\":[{}],\"disks\":[{}]}}",
+        vcpus.join(","),
+        disks.join(",")
+    )
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -185,7 +199,10 @@ fn main() -> ExitCode {
     let stats_wanted = cli.stats;
     let outcome = running.wait(&STOP);
     if stats_wanted {
-        eprintln!("keel-stats: {}", stats_json(&running.stats()));
+        eprintln!(
+            "keel-stats: {}",
+            stats_json(&running.stats(), &running.disk_stats())
+        );
     }
     drop(running);
     log_peak_rss();

@@ -28,6 +28,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::counters::QueueCounters;
 use super::engine::{Completion, EngineError, IoEngine, IoOp};
 use super::request::{write_serial, Rejected, Request, RequestKind, RequestLimits, SERIAL_LEN};
 use crate::virtio::device::{DeviceError, VirtioInterrupt};
@@ -97,6 +98,10 @@ struct InFlight {
     /// Used length on success (bytes written to the guest, status included).
     used_len: u32,
     failed: bool,
+    /// A write (for the byte counters).
+    write: bool,
+    /// When the request was popped.
+    started: Instant,
 }
 
 /// Everything a handler needs besides its queue and engine.
@@ -115,6 +120,8 @@ pub struct HandlerParams {
     pub serial: [u8; SERIAL_LEN],
     /// Shared `writeback` state: when false, writes complete only once durable.
     pub writeback: Arc<AtomicBool>,
+    /// This queue's I/O counters.
+    pub counters: Arc<QueueCounters>,
 }
 
 /// Drives one virtio-blk queue. See the module documentation.
@@ -129,6 +136,7 @@ pub struct BlockQueueHandler {
     limits: RequestLimits,
     serial: [u8; SERIAL_LEN],
     writeback: Arc<AtomicBool>,
+    counters: Arc<QueueCounters>,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     batch: Vec<(u64, IoOp)>,
@@ -160,6 +168,7 @@ impl BlockQueueHandler {
             limits: params.limits,
             serial: params.serial,
             writeback: params.writeback,
+            counters: params.counters,
             slots: (0..size).map(|_| None).collect(),
             free: (0..size).rev().collect(),
             batch: Vec::new(),
@@ -321,7 +330,10 @@ impl BlockQueueHandler {
         );
         match r.status_addr {
             Some(addr) => self.finish(r.head_index, addr, r.error.status(), 1),
-            None => self.return_chain(r.head_index, 0),
+            None => {
+                self.counters.request(false);
+                self.return_chain(r.head_index, 0);
+            }
         }
     }
 
@@ -331,6 +343,7 @@ impl BlockQueueHandler {
         let mut ops = Vec::new();
         let mut expected = 0;
         let mut used_len = 1;
+        let write = matches!(req.kind, RequestKind::Out { .. });
         match req.kind {
             RequestKind::In { offset, iovecs } => {
                 expected = iovecs.total_len();
@@ -382,6 +395,8 @@ impl BlockQueueHandler {
             expected,
             used_len,
             failed: false,
+            write,
+            started: Instant::now(),
         });
         self.free.pop();
         self.batch
@@ -434,12 +449,15 @@ impl BlockQueueHandler {
             self.finish(inf.head_index, inf.status_addr, req_error_status(), 1);
         } else {
             let ok = VIRTIO_BLK_S_OK as u8;
+            let latency = u64::try_from(inf.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.counters.transfer(inf.write, inf.expected, latency);
             self.finish(inf.head_index, inf.status_addr, ok, inf.used_len);
         }
     }
 
     /// Writes the status byte and returns the chain with `used_len`.
     fn finish(&mut self, head: u16, status_addr: GuestAddress, status: u8, used_len: u32) {
+        self.counters.request(status == VIRTIO_BLK_S_OK as u8);
         if let Err(e) = self.mem.write_obj(status, status_addr) {
             self.log
                 .warn(self.queue_index, format_args!("cannot write status: {e}"));

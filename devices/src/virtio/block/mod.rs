@@ -12,6 +12,7 @@
 //! the given I/O threads ([`dataplane`]) and a reset takes them off again.
 
 pub mod config;
+pub mod counters;
 pub mod dataplane;
 pub mod engine;
 pub mod handler;
@@ -38,6 +39,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use config::{BlockConfig, ConfigError, ConfigSpace};
+pub use counters::{IoStats, QueueCounters};
 pub use engine::{open_engine, DiskImage, EngineError, IoEngine};
 pub use handler::{BlockQueueHandler, HandlerError, HandlerParams};
 pub use request::{Request, RequestError, RequestLimits, SECTOR_SIZE};
@@ -64,6 +66,17 @@ pub enum BlockError {
     IoThread(#[source] IoThreadError),
 }
 
+/// Reads a block device's I/O counters from any thread.
+#[derive(Clone, Debug)]
+pub struct IoStatsReader(Vec<Arc<QueueCounters>>);
+
+impl IoStatsReader {
+    /// The counters summed over the queues.
+    pub fn read(&self) -> IoStats {
+        counters::sum(self.0.iter().map(|q| q.as_ref()))
+    }
+}
+
 /// A virtio-blk device.
 pub struct Block {
     config: BlockConfig,
@@ -75,6 +88,7 @@ pub struct Block {
     acked_features: u64,
     writeback: Arc<AtomicBool>,
     handlers: Vec<Arc<Mutex<BlockQueueHandler>>>,
+    counters: Vec<Arc<QueueCounters>>,
     name: String,
     iothreads: Vec<IoThreadHandle>,
     subscriptions: Vec<(IoThreadHandle, SubscriberId)>,
@@ -117,6 +131,9 @@ impl Block {
             acked_features: 0,
             writeback: Arc::new(AtomicBool::new(true)),
             handlers: Vec::new(),
+            counters: (0..config.num_queues)
+                .map(|_| Arc::new(QueueCounters::default()))
+                .collect(),
             name: config.path.display().to_string(),
             iothreads: Vec::new(),
             subscriptions: Vec::new(),
@@ -130,6 +147,11 @@ impl Block {
     pub fn set_iothreads(&mut self, name: &str, iothreads: Vec<IoThreadHandle>) {
         self.name = name.to_string();
         self.iothreads = iothreads;
+    }
+
+    /// A reader for the device's I/O counters (all queues, across resets).
+    pub fn io_stats_reader(&self) -> IoStatsReader {
+        IoStatsReader(self.counters.clone())
     }
 
     /// Capacity in 512-byte sectors.
@@ -212,6 +234,7 @@ impl Block {
                 limits: self.limits,
                 serial: self.config.serial_bytes(),
                 writeback: self.writeback.clone(),
+                counters: self.counters.get(i).cloned().unwrap_or_default(),
             };
             let h = BlockQueueHandler::new(queue, engine, params).map_err(BlockError::Handler)?;
             handlers.push(Arc::new(Mutex::new(h)));

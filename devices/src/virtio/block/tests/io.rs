@@ -292,6 +292,13 @@ fn one_interrupt_per_batch() {
         );
         h.run();
         assert_eq!(h.used_idx(), 7);
+        let stats = crate::virtio::block::counters::sum(std::iter::once(h.counters.as_ref()));
+        assert_eq!((stats.requests, stats.errors), (7, 1), "{stats:?}");
+        assert_eq!(
+            (stats.read_bytes, stats.write_bytes),
+            (6 * 512, 0),
+            "{stats:?}"
+        );
         if kind == Kind::Sync {
             assert_eq!(h.irqs(), 1, "sync: one interrupt for the whole batch");
         } else {

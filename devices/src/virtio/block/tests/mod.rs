@@ -20,6 +20,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::BlockConfig;
+pub use super::counters::QueueCounters;
 use super::engine::{DiskImage, IoEngine};
 use super::handler::{BlockQueueHandler, HandlerParams};
 use super::request::RequestLimits;
@@ -135,6 +136,7 @@ pub struct Harness<'a> {
     pub handler: BlockQueueHandler,
     pub irq: Arc<RecordingInterrupt>,
     pub writeback: Arc<AtomicBool>,
+    pub counters: Arc<QueueCounters>,
     next_desc: u16,
     next_buf: u64,
 }
@@ -155,6 +157,7 @@ impl<'a> Harness<'a> {
         queue.set_event_idx(event_idx);
         let irq = Arc::new(RecordingInterrupt::default());
         let writeback = Arc::new(AtomicBool::new(true));
+        let counters = Arc::new(QueueCounters::default());
         let params = HandlerParams {
             queue_index: 0,
             mem: mem.clone(),
@@ -163,6 +166,7 @@ impl<'a> Harness<'a> {
             limits,
             serial: *b"keel-serial-0001\0\0\0\0",
             writeback: writeback.clone(),
+            counters: counters.clone(),
         };
         let handler = BlockQueueHandler::new(queue, engine, params).unwrap();
         Harness {
@@ -171,6 +175,7 @@ impl<'a> Harness<'a> {
             handler,
             irq,
             writeback,
+            counters,
             next_desc: 0,
             next_buf: 0x10_0000,
         }
