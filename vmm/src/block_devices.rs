@@ -219,15 +219,6 @@ pub fn attach(
                 disk: name.clone(),
                 source,
             })?;
-        let ioevents: Vec<(u64, vmm_sys_util::eventfd::EventFd)> = dev
-            .notify_eventfds()
-            .into_iter()
-            .map(|(off, fd)| fd.try_clone().map(|fd| (off, fd)))
-            .collect::<Result<_, _>>()
-            .map_err(|source| BlockDeviceError::Interrupts {
-                disk: name.clone(),
-                source: InterruptError::EventFd { gsi: 0, source },
-            })?;
         let dev = Arc::new(Mutex::new(dev));
         let pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
         segment
@@ -239,10 +230,17 @@ pub fn attach(
                 slot,
                 source,
             })?;
-        let refs: Vec<(u64, &vmm_sys_util::eventfd::EventFd)> =
-            ioevents.iter().map(|(off, fd)| (*off, fd)).collect();
+        // The window registers (duplicates of) the queue notify eventfds as ioeventfds.
         window
-            .add(slot, 0, (bar, VIRTIO_PCI_BAR_SIZE), pci, &refs)
+            .add(
+                slot,
+                0,
+                (bar, VIRTIO_PCI_BAR_SIZE),
+                pci,
+                &dev.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .notify_eventfds(),
+            )
             .map_err(|source| BlockDeviceError::Bar {
                 disk: name.clone(),
                 source,
