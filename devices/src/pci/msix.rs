@@ -593,4 +593,4 @@ impl MsixConfig {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

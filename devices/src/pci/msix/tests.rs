@@ -27,9 +27,9 @@ impl RaceHooks {
     }
 }
 
-/// Records every call.
+/// Records every call (also used by the virtio-pci transport tests).
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     updates: Mutex<Vec<(u16, MsiMessage, bool)>>,
     triggers: Mutex<Vec<u16>>,
 }
@@ -46,10 +46,10 @@ impl MsiInterrupt for Recorder {
 }
 
 impl Recorder {
-    fn triggers(&self) -> Vec<u16> {
+    pub(crate) fn triggers(&self) -> Vec<u16> {
         std::mem::take(&mut self.triggers.lock().unwrap())
     }
-    fn updates(&self) -> Vec<(u16, MsiMessage, bool)> {
+    pub(crate) fn updates(&self) -> Vec<(u16, MsiMessage, bool)> {
         std::mem::take(&mut self.updates.lock().unwrap())
     }
 }

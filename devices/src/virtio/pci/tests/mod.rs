@@ -14,7 +14,6 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::pci::msix::MsiMessage;
 
 pub const MEM_SIZE: usize = 0x10_0000;
 /// Maximum sizes of the fake device's two queues.
@@ -136,31 +135,7 @@ impl VirtioDevice for FakeDevice {
 }
 
 /// Records MSI-X route updates and triggers.
-#[derive(Default)]
-pub struct FakeMsi {
-    updates: Mutex<Vec<(u16, MsiMessage, bool)>>,
-    triggers: Mutex<Vec<u16>>,
-}
-
-impl MsiInterrupt for FakeMsi {
-    fn update(&self, vector: u16, msg: MsiMessage, masked: bool) -> std::io::Result<()> {
-        self.updates.lock().unwrap().push((vector, msg, masked));
-        Ok(())
-    }
-    fn trigger(&self, vector: u16) -> std::io::Result<()> {
-        self.triggers.lock().unwrap().push(vector);
-        Ok(())
-    }
-}
-
-impl FakeMsi {
-    pub fn triggers(&self) -> Vec<u16> {
-        std::mem::take(&mut self.triggers.lock().unwrap())
-    }
-    pub fn updates(&self) -> Vec<(u16, MsiMessage, bool)> {
-        std::mem::take(&mut self.updates.lock().unwrap())
-    }
-}
+pub(crate) use crate::pci::msix::tests::Recorder as FakeMsi;
 
 /// Counts INTx assertions.
 #[derive(Default)]
