@@ -46,6 +46,7 @@ bench: keel probe
 	python3 resources/bench/startup.py $(KEEL)
 	$(CARGO) build --release --locked -p vmm --bin keel-blkbench
 	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
+	python3 resources/bench/memwalk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 
 clean:
 	$(CARGO) clean

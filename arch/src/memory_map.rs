@@ -129,9 +129,71 @@ pub fn ram_below_and_above_4g(regions: &[(u64, u64)]) -> (u64, u64) {
     })
 }
 
+/// Splits the RAM `regions` (as laid out by [`ram_regions`]) among NUMA nodes holding
+/// `node_sizes` bytes each, in order: node 0 takes the lowest addresses. Returns
+/// `(start, size, node index)` pieces in address order; a node whose memory straddles the
+/// 32-bit hole gets one piece on each side. `None` if the sizes do not add up to the regions'.
+pub fn split_among_nodes(
+    regions: &[(u64, u64)],
+    node_sizes: &[u64],
+) -> Option<Vec<(u64, u64, usize)>> {
+    let total: u64 = regions.iter().map(|r| r.1).sum();
+    if node_sizes.iter().try_fold(0u64, |a, &s| a.checked_add(s))? != total {
+        return None;
+    }
+    let mut pieces = Vec::new();
+    let mut nodes = node_sizes
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, s)| s > 0);
+    let mut current = nodes.next();
+    for &(start, size) in regions {
+        let (mut at, end) = (start, start + size);
+        while at < end {
+            let (node, left) = current?;
+            let take = left.min(end - at);
+            pieces.push((at, take, node));
+            at += take;
+            current = if take == left {
+                nodes.next()
+            } else {
+                Some((node, left - take))
+            };
+        }
+    }
+    Some(pieces)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_split_the_regions_in_order() {
+        let gib = 1u64 << 30;
+        // 4 GiB: 3 GiB below the hole, 1 GiB above.
+        let regions = ram_regions(4 * gib, 40).unwrap();
+        let pieces = split_among_nodes(&regions, &[2 * gib, 2 * gib]).unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                (0, 2 * gib, 0),
+                (2 * gib, gib, 1),
+                (RAM_64BIT_START, gib, 1)
+            ]
+        );
+        let pieces = split_among_nodes(&regions, &[gib, gib, gib, gib]).unwrap();
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces[3], (RAM_64BIT_START, gib, 3));
+        assert_eq!(
+            split_among_nodes(&regions, &[4 * gib]).unwrap(),
+            vec![(0, 3 * gib, 0), (RAM_64BIT_START, gib, 0)]
+        );
+        assert!(split_among_nodes(&regions, &[gib, gib]).is_none());
+        assert!(split_among_nodes(&regions, &[5 * gib]).is_none());
+        assert!(split_among_nodes(&regions, &[u64::MAX, 2]).is_none());
+    }
 
     #[test]
     fn small_guest_is_one_region() {

@@ -19,6 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::{CacheMode, DiskConfig};
 use crate::interrupts::{GsiRouter, InterruptError, IntxLine, MsiVectors};
 use crate::pci_bars::{BarWindow, BarWindowError};
+use crate::placement::{self, CpuSet, PlacementError};
 
 /// Errors attaching disks. Each names the disk.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,15 @@ pub enum BlockDeviceError {
         /// Cause.
         #[source]
         source: BlockError,
+    },
+    /// An I/O thread could not be pinned to its CPUs.
+    #[error("cannot pin I/O thread {thread}")]
+    Pin {
+        /// Thread name.
+        thread: String,
+        /// Cause.
+        #[source]
+        source: PlacementError,
     },
     /// An I/O thread could not be started.
     #[error("disk {disk}: cannot start its I/O thread")]
@@ -152,9 +162,12 @@ fn thread_name(name: String) -> String {
 }
 
 /// Creates every disk in `disks` and plugs it into the VM.
+///
+/// `iothread_cpus[i]` (if given) are the host CPUs disk i's new I/O threads are pinned to.
 pub fn attach(
     ctx: AttachContext<'_>,
     disks: &[DiskConfig],
+    iothread_cpus: &[Option<CpuSet>],
 ) -> Result<BlockDevices, BlockDeviceError> {
     let mut out = BlockDevices {
         iothreads: Vec::new(),
@@ -186,7 +199,8 @@ pub fn attach(
             source,
         })?;
         let io_stats = block.io_stats_reader();
-        let handles = iothreads_for(&mut out.iothreads, cfg, &name)?;
+        let cpus = iothread_cpus.get(index).and_then(Option::as_ref);
+        let handles = iothreads_for(&mut out.iothreads, cfg, &name, cpus)?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
 
@@ -268,15 +282,32 @@ fn iothreads_for(
     threads: &mut Vec<IoThread>,
     cfg: &DiskConfig,
     disk: &str,
+    cpus: Option<&CpuSet>,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
     let spawn = |name: String| {
-        IoThread::spawn(&name).map_err(|source| BlockDeviceError::IoThread {
+        let thread = IoThread::spawn(&name).map_err(|source| BlockDeviceError::IoThread {
             disk: disk.to_string(),
             source,
-        })
+        })?;
+        if let Some(cpus) = cpus {
+            let tid = thread.tid().map_err(|source| BlockDeviceError::IoThread {
+                disk: disk.to_string(),
+                source,
+            })?;
+            placement::set_thread_affinity(Some(tid), cpus).map_err(|source| {
+                BlockDeviceError::Pin {
+                    thread: name.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(thread)
     };
     if let Some(shared) = &cfg.iothread {
         if let Some(t) = threads.iter().find(|t| t.name() == shared) {
+            if cpus.is_some() {
+                log::info!("{disk}: shares I/O thread {shared}, which keeps its first disk's CPUs");
+            }
             return Ok(vec![t.handle()]);
         }
         let t = spawn(shared.clone())?;

@@ -16,5 +16,6 @@ pub mod logger;
 pub mod memory;
 pub mod pci_bars;
 pub mod pci_host;
+pub mod placement;
 pub mod vcpu;
 pub mod vm;

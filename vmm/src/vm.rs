@@ -25,8 +25,9 @@ use crate::interrupts::GsiRouter;
 use crate::kvm_stats::KvmStats;
 use crate::legacy_devices::{self, LegacyDeviceError};
 use crate::loader::{self, EntryMode, LoaderError};
-use crate::memory::{GuestRam, MemoryError};
+use crate::memory::{Backing, GuestRam, MemoryError};
 use crate::pci_bars::BarWindow;
+use crate::placement::{self, CpuSet, HostTopology, PlacementError};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuStop};
 use devices::pci::BarAllocator;
 use devices::virtio::block::IoStats;
@@ -52,6 +53,9 @@ pub enum VmError {
     /// Guest RAM.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The host topology could not be read.
+    #[error("cannot read the host's CPU and NUMA topology")]
+    Topology(#[source] PlacementError),
     /// PCI host bridge.
     #[error(transparent)]
     PciHost(#[from] crate::pci_host::PciHostError),
@@ -113,6 +117,8 @@ pub enum VmOutcome {
 pub struct Vm {
     // Field order matters for drop: vCPU fds and the VM fd close before guest RAM unmaps.
     vcpus: Vec<Vcpu>,
+    /// Host CPUs each vCPU thread is pinned to.
+    vcpu_cpus: Vec<Option<CpuSet>>,
     /// Kept open for the VM's lifetime (devices hold irqfds registered on it).
     _vm_fd: Arc<VmFd>,
     /// virtio-blk disks and their I/O threads (stopped when the VM is dropped).
@@ -148,8 +154,10 @@ impl Vm {
         let (max_vcpus, why) = host.vcpu_limit();
         config.cpus.validate(max_vcpus, why)?;
         config.memory.validate(host.ram_bytes)?;
+        config.validate_numa()?;
         config.payload.validate()?;
         config.validate_disks()?;
+        let topology = HostTopology::from_host().map_err(VmError::Topology)?;
 
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
@@ -172,7 +180,8 @@ impl Vm {
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let supported = supported.as_slice().to_vec();
 
-        let ram = GuestRam::new(config.memory.size, phys_bits(&supported))?;
+        let plan = placement::plan(config, &topology, phys_bits(&supported))?;
+        let ram = map_guest_ram(config, &plan)?;
         ram.register(&vm_fd)?;
         let mem = &ram.mem;
 
@@ -200,7 +209,9 @@ impl Vm {
                 bars: &mut bars,
             },
             &config.disks,
+            &plan.iothread_cpus,
         )?;
+        log_iothread_placement(&disks);
         buses
             .mmio
             .insert(
@@ -227,7 +238,8 @@ impl Vm {
         };
         let num_vcpus = config.cpus.boot_vcpus;
         arch::mptable::setup_mptable(mem, num_vcpus).map_err(VmError::MpTable)?;
-        let rsdp = arch::acpi::create_acpi_tables(mem, num_vcpus).map_err(VmError::Acpi)?;
+        let rsdp = arch::acpi::create_acpi_tables(mem, num_vcpus, plan.numa.as_ref())
+            .map_err(VmError::Acpi)?;
         let e820 = arch::memory_map::e820_map(&ram.regions);
         let info = arch::boot_info::BootInfo {
             e820: &e820,
@@ -286,8 +298,12 @@ impl Vm {
                 hidden_features.join(",")
             );
         }
+        if plan.fully_bound {
+            placement::note_numa_balancing();
+        }
         Ok(Vm {
             vcpus,
+            vcpu_cpus: plan.vcpu_cpus,
             _vm_fd: vm_fd,
             disks,
             buses: Arc::new(buses),
@@ -334,9 +350,11 @@ impl Vm {
             let mem = self.ram.mem.clone();
             let stop = Arc::clone(&stop);
             let tx = tx.clone();
+            let cpus = self.vcpu_cpus.get(index as usize).cloned().flatten();
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
+                    pin_vcpu_thread(index, cpus.as_ref());
                     let (how, unclaimed) = vcpu.run(&buses, &mem, &stop);
                     // The receiver only goes away once the VM is torn down.
                     let _ = tx.send((index, how));
@@ -353,6 +371,87 @@ impl Vm {
             counters,
             kvm_stats,
         })
+    }
+}
+
+/// Maps guest RAM as `plan` lays it out, logs where each piece landed, and prefaults it if
+/// asked.
+fn map_guest_ram(config: &VmConfig, plan: &placement::Plan) -> Result<GuestRam, VmError> {
+    let m = &config.memory;
+    let backing = Backing {
+        page_size: m.page_size(),
+        hugetlb: m.hugepages,
+        shared: m.shared,
+        thp: m.use_thp(),
+        mergeable: m.mergeable,
+    };
+    let ram = GuestRam::with_pieces(plan.regions.clone(), &plan.pieces, &backing)?;
+    for p in &ram.pieces {
+        let policy = match placement::range_policy(p.host_addr as *const u8) {
+            Ok((mode, nodes)) => placement::describe_policy(mode, &nodes),
+            Err(e) => format!("policy unknown ({e})"),
+        };
+        log::info!(
+            "memory [{:#x}, {:#x}) guest node {} at host {:#x}: {}, {policy}",
+            p.piece.start,
+            p.piece.start + p.piece.size,
+            p.piece.guest_node,
+            p.host_addr,
+            backing.describe()
+        );
+    }
+    if m.prefault {
+        let cpus = placement::thread_affinity(None).map_err(VmError::Topology)?;
+        let report = ram.prefault(&cpus)?;
+        let workers: Vec<String> = report
+            .workers
+            .iter()
+            .map(|w| {
+                format!(
+                    "cpu {}: {} MiB in {} ms",
+                    w.cpu.map_or_else(|| "?".to_string(), |c| c.to_string()),
+                    w.bytes >> 20,
+                    w.cpu_time.as_millis()
+                )
+            })
+            .collect();
+        log::info!(
+            "prefaulted {} MiB of guest RAM in {} ms with {} on {} threads ({})",
+            report.bytes >> 20,
+            report.elapsed.as_millis(),
+            report.method,
+            report.workers.len(),
+            workers.join("; ")
+        );
+    }
+    Ok(ram)
+}
+
+/// Logs the CPUs each I/O thread may run on, as the kernel reports them.
+fn log_iothread_placement(disks: &BlockDevices) {
+    for (name, tid) in disks.iothread_tids() {
+        let Some(tid) = tid else { continue };
+        match placement::thread_affinity(Some(tid)) {
+            Ok(cpus) => log::info!("iothread {name} (tid {tid}): host CPUs {cpus}"),
+            Err(e) => log::warn!("iothread {name}: cannot read its CPU affinity: {e}"),
+        }
+    }
+}
+
+/// Pins the calling vCPU thread (if `cpus` is given) and logs where it may run.
+fn pin_vcpu_thread(index: u32, cpus: Option<&CpuSet>) {
+    if let Some(cpus) = cpus {
+        if let Err(e) = placement::set_thread_affinity(None, cpus) {
+            log::error!("vCPU {index}: cannot pin to host CPUs {cpus}: {e}");
+        }
+    }
+    match placement::thread_affinity(None) {
+        Ok(now) => log::info!(
+            "vCPU {index} (tid {}): host CPUs {now}{}",
+            placement::current_tid(),
+            if cpus.is_some() { " (pinned)" } else { "" }
+        ),
+        Err(e) => log::warn!("vCPU {index}: cannot read its CPU affinity: {e}"),
     }
 }
 

@@ -1,14 +1,16 @@
 //! ACPI tables for the guest (ACPI 6.5): RSDP, XSDT and RSDT, FADT with its FACS and DSDT, and
-//! the MADT, written into guest memory at [`ACPI_START`].
+//! the MADT, the MCFG and, for a NUMA guest, the SRAT and SLIT, written into guest memory at
+//! [`ACPI_START`].
 //!
 //! Layout: the RSDP sits at [`ACPI_START`] so a BIOS-area scan finds it; the FACS (64-byte
 //! aligned), the DSDT, every table the XSDT lists (16-byte aligned) and finally the XSDT and RSDT
-//! follow it, all within [`ACPI_MAX_SIZE`]. To add a table (MCFG, SRAT, ...), build it with
-//! [`sdt::Sdt`] and append the finished bytes to the list in [`create_acpi_tables`].
+//! follow it, all within [`ACPI_MAX_SIZE`]. To add a table, build it with [`sdt::Sdt`] and
+//! append the finished bytes to the list in [`create_acpi_tables`].
 
 pub mod aml;
 pub mod fadt;
 pub mod madt;
+pub mod numa;
 pub mod pci;
 pub mod sdt;
 
@@ -17,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 use crate::layout::ports::ACPI_S5_SLP_TYP;
 use crate::layout::{ACPI_MAX_SIZE, ACPI_START};
 use aml::AmlError;
+pub use numa::{NumaLayout, NumaNode};
 use sdt::{checksum, Sdt, OEM_ID};
 
 /// Errors building or writing the ACPI tables.
@@ -31,6 +34,76 @@ pub enum AcpiError {
     /// The DSDT's AML could not be encoded.
     #[error("failed to encode the DSDT")]
     Aml(#[source] AmlError),
+    /// The NUMA layout has no nodes.
+    #[error("the NUMA layout has no nodes")]
+    NumaNoNodes,
+    /// The NUMA distance matrix has a row count other than the number of nodes.
+    #[error("the NUMA distance matrix has {rows} rows, but there are {nodes} nodes")]
+    NumaDistanceRows {
+        /// Rows given.
+        rows: usize,
+        /// Nodes in the layout.
+        nodes: usize,
+    },
+    /// A row of the NUMA distance matrix has a length other than the number of nodes.
+    #[error(
+        "row {row} of the NUMA distance matrix has {len} entries, but there are {nodes} nodes"
+    )]
+    NumaDistanceRow {
+        /// The row (source node).
+        row: usize,
+        /// Its length.
+        len: usize,
+        /// Nodes in the layout.
+        nodes: usize,
+    },
+    /// A node's distance to itself is not 10.
+    #[error("the NUMA distance from node {node} to itself is {distance}; it must be 10")]
+    NumaLocalDistance {
+        /// The node.
+        node: usize,
+        /// The distance given.
+        distance: u8,
+    },
+    /// A distance between two different nodes is 10 or less (guests then ignore the SLIT).
+    #[error(
+        "the NUMA distance from node {from} to node {to} is {distance}; it must be at least 11 \
+         (10 means local)"
+    )]
+    NumaRemoteDistance {
+        /// Source node.
+        from: usize,
+        /// Destination node.
+        to: usize,
+        /// The distance given.
+        distance: u8,
+    },
+    /// An APIC ID appears twice in the NUMA layout.
+    #[error(
+        "APIC ID {apic_id} is listed twice in the NUMA layout ({})",
+        numa_places(*first, *second)
+    )]
+    NumaDuplicateApicId {
+        /// The APIC ID.
+        apic_id: u32,
+        /// The (lower) node it is first listed in.
+        first: usize,
+        /// The node of the second listing.
+        second: usize,
+    },
+    /// A NUMA memory range is empty or runs past the end of the 64-bit address space.
+    #[error(
+        "NUMA node {node} has a memory range of {size:#x} bytes at {start:#x}: it is empty or \
+         wraps past the end of the address space"
+    )]
+    NumaMemory {
+        /// The node.
+        node: usize,
+        /// Range start.
+        start: u64,
+        /// Range size.
+        size: u64,
+    },
     /// The tables run past the end of the ACPI area.
     #[error(
         "the ACPI {table} would end at {end:#x}, past the {ACPI_MAX_SIZE:#x}-byte ACPI area at \
@@ -53,6 +126,15 @@ pub enum AcpiError {
         #[source]
         source: GuestMemoryError,
     },
+}
+
+/// Where a duplicate APIC ID was listed, for [`AcpiError::NumaDuplicateApicId`].
+fn numa_places(first: usize, second: usize) -> String {
+    if first == second {
+        format!("both times in node {first}")
+    } else {
+        format!("nodes {first} and {second}")
+    }
 }
 
 // Every table lives below 1 MiB, so the 32-bit pointers (RSDT, FADT) can name all of them.
@@ -152,17 +234,26 @@ fn signature(table: &[u8]) -> String {
     String::from_utf8_lossy(table.get(..4).unwrap_or_default()).into_owned()
 }
 
-/// Writes the ACPI tables for `num_cpus` vCPUs and returns the RSDP's address
-/// ([`ACPI_START`]), to hand to the kernel in `boot_params.acpi_rsdp_addr` or PVH `rsdp_paddr`.
+/// Writes the ACPI tables for `num_cpus` vCPUs (APIC IDs `0..num_cpus`) and, with `numa`,
+/// the SRAT and SLIT describing that layout, and returns the RSDP's address ([`ACPI_START`]),
+/// to hand to the kernel in `boot_params.acpi_rsdp_addr` or PVH `rsdp_paddr`.
+///
+/// The NUMA layout is checked with [`NumaLayout::validate`] before anything is written. All
+/// tables must fit in the [`ACPI_MAX_SIZE`] bytes at [`ACPI_START`] (below 1 MiB); a layout
+/// with very many nodes, vCPUs or memory ranges can fail with [`AcpiError::TooLarge`].
 pub fn create_acpi_tables<M: GuestMemoryBackend>(
     mem: &M,
     num_cpus: u32,
+    numa: Option<&NumaLayout>,
 ) -> Result<GuestAddress, AcpiError> {
     if num_cpus == 0 {
         return Err(AcpiError::NoCpus);
     }
     if u64::from(num_cpus) * MADT_BYTES_PER_CPU > ACPI_MAX_SIZE {
         return Err(AcpiError::TooManyCpus(num_cpus));
+    }
+    if let Some(layout) = numa {
+        layout.validate()?;
     }
     let mut placer = Placer {
         mem,
@@ -172,11 +263,15 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let dsdt_addr = placer.place("DSDT", &dsdt().map_err(AcpiError::Aml)?, TABLE_ALIGN)?;
 
     // Every table the XSDT lists, in order. New tables go here.
-    let tables = [
+    let mut tables = vec![
         fadt::fadt(facs_addr as u32, dsdt_addr as u32),
         madt::madt(num_cpus),
         pci::mcfg(),
     ];
+    if let Some(layout) = numa {
+        tables.push(numa::srat(layout));
+        tables.push(numa::slit(layout));
+    }
 
     let mut entries = Vec::with_capacity(tables.len());
     for table in &tables {
@@ -186,7 +281,9 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let rsdt_addr = placer.place("RSDT", &root_table(false, &entries), TABLE_ALIGN)?;
     placer.write("RSDP", &rsdp(rsdt_addr as u32, xsdt_addr), ACPI_START)?;
     log::debug!(
-        "ACPI tables for {num_cpus} vCPUs at {ACPI_START:#x}..{:#x}, XSDT at {xsdt_addr:#x}",
+        "ACPI tables for {num_cpus} vCPUs ({} NUMA nodes) at {ACPI_START:#x}..{:#x}, XSDT at \
+         {xsdt_addr:#x}",
+        numa.map_or(0, |l| l.nodes.len()),
         placer.next
     );
     Ok(GuestAddress(ACPI_START))
@@ -244,7 +341,7 @@ mod tests {
 
     fn tables(num_cpus: u32) -> Tables {
         let m = mem(0x20_0000);
-        let rsdp_addr = create_acpi_tables(&m, num_cpus).unwrap();
+        let rsdp_addr = create_acpi_tables(&m, num_cpus, None).unwrap();
         assert_eq!(rsdp_addr, GuestAddress(ACPI_START));
         let rsdp = read(&m, ACPI_START, RSDP_SIZE);
         let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
@@ -394,17 +491,20 @@ mod tests {
     #[test]
     fn errors() {
         let m = mem(0x20_0000);
-        assert!(matches!(create_acpi_tables(&m, 0), Err(AcpiError::NoCpus)));
         assert!(matches!(
-            create_acpi_tables(&m, 100_000),
+            create_acpi_tables(&m, 0, None),
+            Err(AcpiError::NoCpus)
+        ));
+        assert!(matches!(
+            create_acpi_tables(&m, 100_000, None),
             Err(AcpiError::TooManyCpus(100_000))
         ));
         assert!(matches!(
-            create_acpi_tables(&m, u32::MAX),
+            create_acpi_tables(&m, u32::MAX, None),
             Err(AcpiError::TooManyCpus(_))
         ));
         // The most vCPUs the bound allows still fit.
-        create_acpi_tables(&m, (ACPI_MAX_SIZE / MADT_BYTES_PER_CPU) as u32).unwrap();
+        create_acpi_tables(&m, (ACPI_MAX_SIZE / MADT_BYTES_PER_CPU) as u32, None).unwrap();
         // A table that would run past the ACPI area is refused before anything is written.
         let mut placer = Placer {
             mem: &m,
@@ -420,7 +520,106 @@ mod tests {
         assert_eq!(read(&m, ACPI_START + ACPI_MAX_SIZE - 0x80, 1), [0]);
         // Memory that stops below the ACPI area.
         let small = mem(ACPI_START as usize);
-        let err = create_acpi_tables(&small, 1).unwrap_err();
+        let err = create_acpi_tables(&small, 1, None).unwrap_err();
         assert!(matches!(err, AcpiError::Write { .. }), "{err:?}");
+    }
+
+    /// The XSDT's entries after writing the tables for `num_cpus` vCPUs and `numa`.
+    fn xsdt_entries(m: &GuestMemoryMmap<()>) -> Vec<u64> {
+        let rsdp = read(m, ACPI_START, RSDP_SIZE);
+        let xsdt = table(m, u64_at(&rsdp, 24), b"XSDT");
+        let rsdt = table(m, u32_at(&rsdp, 16) as u64, b"RSDT");
+        let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
+        let rsdt: Vec<u64> = rsdt[36..].chunks(4).map(|c| u32_at(c, 0) as u64).collect();
+        assert_eq!(entries, rsdt);
+        entries
+    }
+
+    #[test]
+    fn numa_guests_get_srat_and_slit() {
+        let m = mem(0x20_0000);
+        let layout = numa::tests::layout(2, 2, 1 << 30);
+        create_acpi_tables(&m, 4, Some(&layout)).unwrap();
+        let entries = xsdt_entries(&m);
+        assert_eq!(entries.len(), 5);
+        table(&m, entries[0], b"FACP");
+        table(&m, entries[1], b"APIC");
+        table(&m, entries[2], b"MCFG");
+        let srat = table(&m, entries[3], b"SRAT");
+        let slit = table(&m, entries[4], b"SLIT");
+        assert_eq!(srat, numa::srat(&layout));
+        assert_eq!(slit, numa::slit(&layout));
+        assert_eq!(&slit[numa::SLIT_MATRIX_OFFSET..], &[10, 21, 21, 10]);
+        // Every APIC ID the SRAT places is one the MADT enables.
+        let t = tables(4);
+        let madt_ids: Vec<u32> = madt::tests::entries(&t.madt)
+            .iter()
+            .filter(|e| e[0] == 0)
+            .map(|e| u32::from(e[3]))
+            .collect();
+        let srat_ids: Vec<u32> = numa::tests::entries(&srat)
+            .iter()
+            .filter(|e| e[0] == 0)
+            .map(|e| u32::from(e[3]))
+            .collect();
+        assert_eq!(srat_ids, madt_ids);
+
+        let m = mem(0x20_0000);
+        let layout = numa::tests::layout(4, 1, 1 << 28);
+        create_acpi_tables(&m, 4, Some(&layout)).unwrap();
+        let entries = xsdt_entries(&m);
+        assert_eq!(entries.len(), 5);
+        let slit = table(&m, entries[4], b"SLIT");
+        assert_eq!(u64_at(&slit, 36), 4);
+        assert_eq!(slit.len(), numa::SLIT_MATRIX_OFFSET + 16);
+        let srat = table(&m, entries[3], b"SRAT");
+        assert_eq!(numa::tests::entries(&srat).len(), 8);
+
+        // Without a layout there is neither table.
+        let m = mem(0x20_0000);
+        create_acpi_tables(&m, 4, None).unwrap();
+        assert_eq!(xsdt_entries(&m).len(), 3);
+    }
+
+    #[test]
+    fn numa_errors() {
+        let m = mem(0x20_0000);
+        let mut layout = numa::tests::layout(2, 1, 1 << 30);
+        layout.distances[0][1] = 10;
+        let err = create_acpi_tables(&m, 2, Some(&layout)).unwrap_err();
+        assert!(
+            matches!(err, AcpiError::NumaRemoteDistance { .. }),
+            "{err:?}"
+        );
+        // Nothing was written.
+        assert_eq!(read(&m, ACPI_START, 8), [0; 8]);
+        let err = create_acpi_tables(&m, 2, Some(&NumaLayout::default())).unwrap_err();
+        assert!(matches!(err, AcpiError::NumaNoNodes), "{err:?}");
+
+        // A SLIT too large for the area below 1 MiB: 400 nodes need 160,000 distance bytes.
+        let big = NumaLayout {
+            nodes: vec![NumaNode::default(); 400],
+            distances: (0..400)
+                .map(|i| (0..400).map(|j| if i == j { 10 } else { 20 }).collect())
+                .collect(),
+        };
+        let err = create_acpi_tables(&m, 2, Some(&big)).unwrap_err();
+        assert!(
+            matches!(&err, AcpiError::TooLarge { table, .. } if table == "SLIT"),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("the ACPI SLIT would end at") && msg.contains("ACPI area at 0xe0000"),
+            "{msg}"
+        );
+        // So many memory ranges that the SRAT does not fit.
+        let mut many = numa::tests::layout(2, 1, 1 << 20);
+        many.nodes[1].memory = (0..4000u64).map(|i| (i << 21, 1 << 20)).collect();
+        let err = create_acpi_tables(&m, 2, Some(&many)).unwrap_err();
+        assert!(
+            matches!(&err, AcpiError::TooLarge { table, .. } if table == "SRAT"),
+            "{err:?}"
+        );
     }
 }

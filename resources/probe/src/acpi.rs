@@ -1,5 +1,6 @@
-//! Minimal, defensive ACPI table reading: RSDP discovery, RSDT/XSDT walk, MADT APIC IDs, the
-//! MCFG ECAM base and the FADT fields the probe needs (PM1a control, PM timer, DSDT `_S5_`). Every length read
+//! Minimal, defensive ACPI table reading: RSDP discovery, RSDT/XSDT walk (MADT, FADT, MCFG,
+//! SRAT, SLIT), MADT APIC IDs, the MCFG ECAM base and the FADT fields the probe needs (PM1a
+//! control, PM timer, DSDT `_S5_`); the SRAT and SLIT are parsed by `numa`. Every length read
 //! from the tables is bounded, so odd or hostile tables cannot hang or crash the probe.
 
 use crate::list::IdList;
@@ -23,6 +24,10 @@ pub struct Acpi {
     pub madt: Option<&'static [u8]>,
     pub fadt: Option<&'static [u8]>,
     pub mcfg: Option<&'static [u8]>,
+    /// System Resource Affinity Table (NUMA placement of CPUs and memory), parsed by `numa`.
+    pub srat: Option<&'static [u8]>,
+    /// System Locality Information Table (NUMA distances), parsed by `numa`.
+    pub slit: Option<&'static [u8]>,
 }
 
 fn rsdp_at(addr: u64, check: bool) -> Option<u64> {
@@ -58,7 +63,7 @@ pub fn table(addr: u64) -> Option<&'static [u8]> {
     phys::slice(addr, len)
 }
 
-/// Discovers the RSDP and the MADT and FADT.
+/// Discovers the RSDP and the tables of [`Acpi`] (the first of each signature).
 pub fn discover(hint: u64) -> Option<Acpi> {
     let rsdp = find_rsdp(hint)?;
     let r = phys::slice(rsdp, 36)?;
@@ -72,6 +77,8 @@ pub fn discover(hint: u64) -> Option<Acpi> {
         madt: None,
         fadt: None,
         mcfg: None,
+        srat: None,
+        slit: None,
     };
     let Some(sdt) = table(sdt) else {
         return Some(acpi);
@@ -91,6 +98,8 @@ pub fn discover(hint: u64) -> Option<Acpi> {
             b"APIC" if acpi.madt.is_none() => acpi.madt = Some(t),
             b"FACP" if acpi.fadt.is_none() => acpi.fadt = Some(t),
             b"MCFG" if acpi.mcfg.is_none() => acpi.mcfg = Some(t),
+            b"SRAT" if acpi.srat.is_none() => acpi.srat = Some(t),
+            b"SLIT" if acpi.slit.is_none() => acpi.slit = Some(t),
             _ => {}
         }
     }

@@ -69,7 +69,8 @@ fn show(b: &[u8]) -> &str {
     core::str::from_utf8(b).unwrap_or("<non-utf8>")
 }
 
-fn num(v: &[u8]) -> Option<u64> {
+/// A decimal number (at most 19 digits).
+pub fn num(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
         return None;
     }
@@ -78,8 +79,8 @@ fn num(v: &[u8]) -> Option<u64> {
     })
 }
 
-/// A byte count with an optional k/m/g suffix (binary).
-fn bytes(v: &[u8]) -> Option<u64> {
+/// A byte count with an optional k/m/g suffix (binary), as every probe command takes sizes.
+pub fn bytes(v: &[u8]) -> Option<u64> {
     let (digits, mult) = match v.last()? {
         b'k' | b'K' => (&v[..v.len() - 1], 1u64 << 10),
         b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),

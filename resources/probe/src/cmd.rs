@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::io::rdtsc;
 use crate::json::Line;
 use crate::tsc::{self, Tsc};
-use crate::{blk, blkargs, cpuid, cpus, pci, power};
+use crate::{blk, blkargs, cpuid, cpus, memwalk, numa, pci, power};
 
 const PREFIX: &[u8] = b"probe.cmd=";
 const MAX_CMDS: usize = 64;
@@ -25,6 +25,8 @@ pub enum Cmd {
     Fault,
     Pci,
     Blk(blkargs::Args),
+    Numa,
+    Memwalk(memwalk::Args),
 }
 
 /// State shared by the commands.
@@ -78,6 +80,8 @@ fn parse_one(spec: &[u8]) -> Result<Cmd> {
         b"fault" => simple(Cmd::Fault),
         b"pci" => simple(Cmd::Pci),
         b"blk" => Ok(Cmd::Blk(blkargs::parse(args)?)),
+        b"numa" => simple(Cmd::Numa),
+        b"memwalk" => Ok(Cmd::Memwalk(memwalk::parse(args)?)),
         b"spin" => {
             let mut ms = None;
             for arg in args.unwrap_or(b"").split(|&c| c == b',') {
@@ -144,6 +148,8 @@ fn run(cmd: Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Fault => fault(),
         Cmd::Pci => pci::run(ctx.boot, ctx.acpi.as_ref()),
         Cmd::Blk(a) => blk::run(ctx, &a),
+        Cmd::Numa => numa::run(ctx),
+        Cmd::Memwalk(a) => memwalk::run(ctx, &a),
     }
 }
 

@@ -55,6 +55,12 @@ const ALIGN_2M: u64 = 2 << 20;
 impl Arena {
     /// Takes the largest usable-RAM range above the image. Fails if another arena is alive.
     pub fn above_image(boot: &BootInfo) -> Result<Arena> {
+        Self::above_image_below(boot, phys::LIMIT)
+    }
+
+    /// As [`Arena::above_image`], but only RAM below `limit` (at most [`phys::LIMIT`]).
+    pub fn above_image_below(boot: &BootInfo, limit: u64) -> Result<Arena> {
+        let limit = limit.min(phys::LIMIT);
         let floor = image_range().1.div_ceil(ALIGN_2M) * ALIGN_2M;
         let best = boot
             .e820()
@@ -62,12 +68,18 @@ impl Arena {
             .filter(|e| e.kind == 1)
             .map(|e| {
                 let s = e.addr.max(floor);
-                let t = e.addr.saturating_add(e.size).min(phys::LIMIT);
+                let t = e.addr.saturating_add(e.size).min(limit);
                 (s, t)
             })
             .filter(|&(s, t)| t > s)
             .max_by_key(|&(s, t)| t - s)
-            .ok_or_else(|| err!("no usable RAM above the probe image ({:#x})", floor))?;
+            .ok_or_else(|| {
+                err!(
+                    "no usable RAM between the probe image ({:#x}) and {:#x}",
+                    floor,
+                    limit
+                )
+            })?;
         if TAKEN.swap(true, Ordering::Acquire) {
             return Err(err!("driver memory arena already in use"));
         }
@@ -76,6 +88,11 @@ impl Arena {
             end: best.1,
             next: Cell::new(best.0),
         })
+    }
+
+    /// Physical `[start, end)` of the arena.
+    pub fn range(&self) -> (u64, u64) {
+        (self.start, self.end)
     }
 
     /// Bytes handed out so far.

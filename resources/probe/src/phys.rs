@@ -3,6 +3,9 @@
 
 /// End of the identity map.
 pub const LIMIT: u64 = 0x1_0000_0000;
+/// End of the cacheable part of the identity map: the top GiB (MMIO: PCI, IOAPIC, LAPIC) is
+/// mapped uncached (PCD|PWT), see the page tables in `asm/entry.s`.
+pub const CACHED_LIMIT: u64 = 0xc000_0000;
 
 /// Returns `len` bytes at physical `addr`, or None if the range is null or not mapped.
 pub fn slice(addr: u64, len: u64) -> Option<&'static [u8]> {

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use devices::virtio::block::IoStats;
-use vmm::config::{CpusConfig, DiskConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
+use vmm::config::{
+    CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig, VmConfig,
+};
 use vmm::vm::{Vm, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
@@ -23,14 +25,19 @@ struct Cli {
     /// Kernel command line.
     #[arg(long, default_value = "")]
     cmdline: String,
-    /// vCPUs: boot=N[,pvm_compat=auto|on|off].
+    /// vCPUs: boot=N[,affinity=[0@[2,3],1@[4]]][,pvm_compat=auto|on|off].
     #[arg(long, default_value = "boot=1", value_parser = parse_cpus)]
     cpus: CpusConfig,
-    /// Guest RAM: size=S (e.g. 512M, 2G).
+    /// Guest RAM: size=S[,hugepages=on][,hugepage_size=2M|1G][,prefault=on][,thp=on|off]
+    /// [,shared=on][,mergeable=on].
     #[arg(long, default_value = "size=512M", value_parser = parse_memory)]
     memory: MemoryConfig,
+    /// Guest NUMA node (repeatable): guest_node=N,cpus=LIST,memory=SIZE[,host_node=H].
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_numa)]
+    numa: Vec<NumaNodeConfig>,
     /// virtio-blk disk (repeatable): path=FILE[,readonly=on][,cache=none|writeback][,queues=N]
-    /// [,queue_size=N][,iothread=NAME][,serial=ID][,id=NAME].
+    /// [,queue_size=N][,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID]
+    /// [,id=NAME].
     #[arg(long, value_name = "OPTIONS", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
     /// Serial console (COM1): tty, off, or file=PATH.
@@ -51,6 +58,10 @@ fn parse_cpus(s: &str) -> Result<CpusConfig, String> {
 
 fn parse_memory(s: &str) -> Result<MemoryConfig, String> {
     MemoryConfig::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_numa(s: &str) -> Result<NumaNodeConfig, String> {
+    NumaNodeConfig::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -187,6 +198,7 @@ fn main() -> ExitCode {
         },
         serial: cli.serial,
         disks: cli.disk,
+        numa: cli.numa,
     };
     install_stop_handlers();
     let mut running = match Vm::create(&config).and_then(Vm::start) {

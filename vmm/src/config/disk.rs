@@ -1,10 +1,12 @@
 //! `--disk path=FILE[,readonly=on][,cache=none|writeback][,queues=N][,queue_size=N]
-//! [,iothread=NAME][,serial=ID][,id=NAME]`: one virtio-blk disk per option, repeatable.
+//! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME]`: one
+//! virtio-blk disk per option, repeatable.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
-use super::{get, parse_group, ConfigError, Toggle};
+use super::{get, parse_group, strip_brackets, ConfigError, Toggle};
+use crate::placement::CpuSet;
 
 /// Most disks one VM can have (PCI bus 0 slots left after the host bridge).
 pub const MAX_DISKS: usize = 31;
@@ -41,6 +43,11 @@ pub struct DiskConfig {
     /// Name of the I/O thread serving every queue of this disk; disks naming the same
     /// thread share it. Default: one thread per queue, named after the disk.
     pub iothread: Option<String>,
+    /// Host CPUs for this disk's I/O threads (`iothread=cpus:LIST`); default: the CPUs of the
+    /// host node behind the disk's guest node.
+    pub iothread_cpus: Option<CpuSet>,
+    /// Guest NUMA node the disk is near (default 0); its I/O threads follow that node.
+    pub numa_node: Option<u32>,
     /// `GET_ID` serial (at most 20 bytes).
     pub serial: Option<String>,
     /// Name used in logs, thread names and counters; default `diskN`.
@@ -56,6 +63,8 @@ impl Default for DiskConfig {
             queues: 1,
             queue_size: 256,
             iothread: None,
+            iothread_cpus: None,
+            numa_node: None,
             serial: None,
             id: None,
         }
@@ -97,6 +106,7 @@ impl DiskConfig {
         "num_queues",
         "queue_size",
         "iothread",
+        "numa_node",
         "serial",
         "id",
     ];
@@ -150,8 +160,33 @@ impl DiskConfig {
                 })?;
         }
         if let Some(v) = get(&pairs, "iothread") {
-            check_name("iothread", v)?;
-            cfg.iothread = Some(v.to_string());
+            let (name, cpus) = match v.split_once("cpus:") {
+                Some((name, cpus)) => (name.strip_suffix(':').unwrap_or(name), Some(cpus)),
+                None => (v, None),
+            };
+            if let Some(cpus) = cpus {
+                let set = CpuSet::parse(strip_brackets(cpus))
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        invalid(
+                            "iothread",
+                            v,
+                            "expected cpus:LIST such as cpus:2-3 or cpus:[2,4]",
+                        )
+                    })?;
+                cfg.iothread_cpus = Some(set);
+            }
+            if !name.is_empty() || cpus.is_none() {
+                check_name("iothread", name)?;
+                cfg.iothread = Some(name.to_string());
+            }
+        }
+        if let Some(v) = get(&pairs, "numa_node") {
+            cfg.numa_node = Some(
+                v.parse()
+                    .map_err(|_| invalid("numa_node", v, "expected a guest node number"))?,
+            );
         }
         if let Some(v) = get(&pairs, "serial") {
             if v.len() > MAX_SERIAL || !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -263,6 +298,26 @@ mod tests {
         );
         assert_eq!(d.name(2), "disk2");
         assert_eq!(DiskConfig::parse("path=/y,num_queues=2").unwrap().queues, 2);
+    }
+
+    #[test]
+    fn iothread_cpus_and_numa_node_parse() {
+        let d = DiskConfig::parse("path=/y,iothread=cpus:[2,4],numa_node=1").unwrap();
+        assert_eq!(d.iothread, None);
+        assert_eq!(d.iothread_cpus.unwrap().to_string(), "2,4");
+        assert_eq!(d.numa_node, Some(1));
+        let d = DiskConfig::parse("path=/y,iothread=io0:cpus:1-3").unwrap();
+        assert_eq!(d.iothread.as_deref(), Some("io0"));
+        assert_eq!(d.iothread_cpus.unwrap().to_string(), "1-3");
+        for bad in [
+            "path=/y,iothread=cpus:",
+            "path=/y,iothread=cpus:x",
+            "path=/y,iothread=a/b:cpus:1",
+            "path=/y,numa_node=x",
+        ] {
+            let err = DiskConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--disk: "), "{bad}: {err}");
+        }
     }
 
     #[test]

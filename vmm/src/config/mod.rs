@@ -3,9 +3,15 @@
 
 use std::path::PathBuf;
 
+mod cpus;
 mod disk;
+mod memory;
+mod numa;
 
+pub use cpus::CpusConfig;
 pub use disk::{CacheMode, DiskConfig, MAX_DISKS};
+pub use memory::{page_size_name, MemoryConfig};
+pub use numa::{NumaNodeConfig, MAX_NUMA_NODES};
 
 /// Errors in user-supplied configuration. Each message names the option and the bad value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,6 +96,15 @@ pub enum ConfigError {
     /// A problem with the set of disks as a whole.
     #[error("--disk: {0}")]
     Disks(String),
+    /// vCPU options that do not go together.
+    #[error("--cpus: {0}")]
+    Cpus(String),
+    /// Memory options that do not go together.
+    #[error("--memory: {0}")]
+    Memory(String),
+    /// Guest NUMA nodes that do not fit the vCPUs, the memory or each other.
+    #[error("--numa: {0}")]
+    Numa(String),
     /// Command line too long.
     #[error("--cmdline: {len} bytes is longer than the {max} bytes Keel can pass")]
     CmdlineTooLong {
@@ -100,6 +115,35 @@ pub enum ConfigError {
     },
 }
 
+/// Splits `input` at the commas outside square brackets, so that values such as
+/// `affinity=[0@[2,3],1@[4]]` or `cpus=[0,2-3]` stay whole.
+pub(crate) fn split_top_level(input: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (i, c) in input.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&input[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&input[start..]);
+    parts.into_iter()
+}
+
+/// Removes one pair of enclosing square brackets, if present.
+pub(crate) fn strip_brackets(value: &str) -> &str {
+    value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value)
+}
+
 /// Splits `input` (`k=v,k=v`) into pairs, checking keys against `known`.
 pub(crate) fn parse_group<'a>(
     option: &'static str,
@@ -107,7 +151,7 @@ pub(crate) fn parse_group<'a>(
     known: &'static [&'static str],
 ) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    for item in input.split(',').filter(|s| !s.is_empty()) {
+    for item in split_top_level(input).filter(|s| !s.is_empty()) {
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| ConfigError::NotKeyValue {
@@ -190,120 +234,6 @@ impl Toggle {
                 reason: "expected on, off or auto",
             }),
         }
-    }
-}
-
-/// `--cpus boot=N[,pvm_compat=auto|on|off]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpusConfig {
-    /// vCPUs started at boot.
-    pub boot_vcpus: u32,
-    /// Hide CPUID features the PVM emulator cannot run (auto: when the host is PVM).
-    pub pvm_compat: Toggle,
-}
-
-impl Default for CpusConfig {
-    fn default() -> Self {
-        CpusConfig {
-            boot_vcpus: 1,
-            pvm_compat: Toggle::Auto,
-        }
-    }
-}
-
-impl CpusConfig {
-    const KEYS: &'static [&'static str] = &["boot", "pvm_compat"];
-
-    /// Parses the `--cpus` group.
-    pub fn parse(input: &str) -> Result<Self, ConfigError> {
-        let pairs = parse_group("cpus", input, Self::KEYS)?;
-        let mut cfg = CpusConfig::default();
-        if let Some(v) = get(&pairs, "boot") {
-            cfg.boot_vcpus = v.parse().map_err(|_| ConfigError::InvalidValue {
-                option: "cpus",
-                key: "boot",
-                value: v.to_string(),
-                reason: "expected a number of vCPUs",
-            })?;
-        }
-        if let Some(v) = get(&pairs, "pvm_compat") {
-            cfg.pvm_compat = Toggle::parse("cpus", "pvm_compat", v)?;
-        }
-        Ok(cfg)
-    }
-
-    /// Checks the count against `max` (the host's and Keel's limit).
-    pub fn validate(&self, max: u32, why: &'static str) -> Result<(), ConfigError> {
-        if self.boot_vcpus == 0 {
-            return Err(ConfigError::ZeroVcpus);
-        }
-        if self.boot_vcpus > max {
-            return Err(ConfigError::TooManyVcpus {
-                requested: self.boot_vcpus,
-                max,
-                why,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// `--memory size=S`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemoryConfig {
-    /// Guest RAM in bytes.
-    pub size: u64,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig { size: 512 << 20 }
-    }
-}
-
-impl MemoryConfig {
-    const KEYS: &'static [&'static str] = &["size"];
-
-    /// Parses the `--memory` group.
-    pub fn parse(input: &str) -> Result<Self, ConfigError> {
-        let pairs = parse_group("memory", input, Self::KEYS)?;
-        let v = get(&pairs, "size").ok_or(ConfigError::MissingKey {
-            option: "memory",
-            key: "size",
-        })?;
-        let size = parse_size(v).ok_or_else(|| ConfigError::InvalidValue {
-            option: "memory",
-            key: "size",
-            value: v.to_string(),
-            reason: "expected a size such as 512M or 2G",
-        })?;
-        Ok(MemoryConfig { size })
-    }
-
-    /// Checks the size against the minimum, page alignment and `host_ram` bytes of host RAM.
-    pub fn validate(&self, host_ram: Option<u64>) -> Result<(), ConfigError> {
-        let bad = |reason: String| ConfigError::BadMemorySize {
-            size: self.size,
-            reason,
-        };
-        if self.size < arch::memory_map::MIN_MEMORY {
-            return Err(bad(format!(
-                "too small; a guest needs at least {} MiB",
-                arch::memory_map::MIN_MEMORY >> 20
-            )));
-        }
-        if !self.size.is_multiple_of(4096) {
-            return Err(bad("not a multiple of the 4 KiB page size".into()));
-        }
-        if let Some(host) = host_ram {
-            if self.size > host {
-                return Err(bad(format!(
-                    "more than the host's {} MiB of RAM",
-                    host >> 20
-                )));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -404,12 +334,30 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// virtio-blk disks, in PCI slot order.
     pub disks: Vec<DiskConfig>,
+    /// Guest NUMA nodes (none: one node, no SRAT).
+    pub numa: Vec<NumaNodeConfig>,
 }
 
 impl VmConfig {
     /// Checks what can be checked without a host: every disk, and the disks together.
     pub fn validate_disks(&self) -> Result<(), ConfigError> {
-        disk::validate_all(&self.disks)
+        disk::validate_all(&self.disks)?;
+        if let Some((i, d)) = self.disks.iter().enumerate().find(|(_, d)| {
+            d.numa_node
+                .is_some_and(|n| n as usize >= self.numa.len().max(1))
+        }) {
+            return Err(ConfigError::Disks(format!(
+                "{}: numa_node={} is not a guest node",
+                d.name(i),
+                d.numa_node.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the guest NUMA nodes against the vCPUs and memory.
+    pub fn validate_numa(&self) -> Result<(), ConfigError> {
+        numa::validate_nodes(&self.numa, &self.cpus, &self.memory)
     }
 }
 
@@ -436,71 +384,6 @@ mod tests {
         ] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn cpus_group() {
-        assert_eq!(CpusConfig::parse("boot=2").unwrap().boot_vcpus, 2);
-        let c = CpusConfig::parse("boot=1,pvm_compat=off").unwrap();
-        assert_eq!(c.pvm_compat, Toggle::Off);
-        assert!(matches!(
-            CpusConfig::parse("boot=x"),
-            Err(ConfigError::InvalidValue { .. })
-        ));
-        assert!(matches!(
-            CpusConfig::parse("bot=2"),
-            Err(ConfigError::UnknownKey { .. })
-        ));
-        assert!(matches!(
-            CpusConfig::parse("boot"),
-            Err(ConfigError::NotKeyValue { .. })
-        ));
-        assert!(matches!(
-            CpusConfig::parse("boot=1,boot=2"),
-            Err(ConfigError::DuplicateKey { .. })
-        ));
-        assert_eq!(
-            CpusConfig::parse("boot=0").unwrap().validate(8, "KVM"),
-            Err(ConfigError::ZeroVcpus)
-        );
-        assert!(matches!(
-            CpusConfig::parse("boot=9").unwrap().validate(8, "KVM"),
-            Err(ConfigError::TooManyVcpus {
-                requested: 9,
-                max: 8,
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn unknown_key_message_lists_known_keys() {
-        let err = MemoryConfig::parse("sise=1G").unwrap_err().to_string();
-        assert_eq!(err, "--memory: unknown key 'sise' (known: size)");
-    }
-
-    #[test]
-    fn memory_group() {
-        assert_eq!(MemoryConfig::parse("size=1G").unwrap().size, 1 << 30);
-        assert!(matches!(
-            MemoryConfig::parse(""),
-            Err(ConfigError::MissingKey { .. })
-        ));
-        assert!(MemoryConfig::parse("size=0")
-            .unwrap()
-            .validate(None)
-            .is_err());
-        assert!(MemoryConfig {
-            size: (64 << 20) + 1
-        }
-        .validate(None)
-        .is_err());
-        assert!(MemoryConfig { size: 8 << 30 }
-            .validate(Some(4 << 30))
-            .is_err());
-        assert!(MemoryConfig { size: 1 << 30 }
-            .validate(Some(4 << 30))
-            .is_ok());
     }
 
     #[test]
