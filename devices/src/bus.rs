@@ -79,6 +79,8 @@ pub enum BusError {
 struct BusEntry {
     len: u64,
     name: String,
+    /// Index of `name` in [`Bus::device_names`].
+    index: usize,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
@@ -87,6 +89,8 @@ struct BusEntry {
 pub struct Bus {
     /// Keyed by range base.
     devices: BTreeMap<u64, BusEntry>,
+    /// Distinct device names, in the order they were first inserted.
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -155,15 +159,29 @@ impl Bus {
         if let Some(found) = self.devices.range(base..end).next() {
             return Err(overlap(found));
         }
+        let index = match self.names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                self.names.push(name.to_owned());
+                self.names.len() - 1
+            }
+        };
         self.devices.insert(
             base,
             BusEntry {
                 len,
                 name: name.to_owned(),
+                index,
                 device,
             },
         );
         Ok(())
+    }
+
+    /// The names of the devices on the bus; ranges inserted under one name count as one
+    /// device. [`Bus::read_from`] and [`Bus::write_to`] report indices into this list.
+    pub fn device_names(&self) -> &[String] {
+        &self.names
     }
 
     /// Finds the entry covering `addr` and its base.
@@ -178,22 +196,38 @@ impl Bus {
     /// The device gets `addr - base` as offset. Accesses spilling past the end of the range are
     /// delivered whole to the device that covers `addr`; devices must tolerate them.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
+        self.read_from(addr, data).map(|_| ())
+    }
+
+    /// [`Bus::read`], returning the index (in [`Bus::device_names`]) of the device that
+    /// served it.
+    pub fn read_from(&self, addr: u64, data: &mut [u8]) -> Result<usize, BusError> {
         let (base, entry) = self.lookup(addr).ok_or(BusError::Unclaimed {
             addr,
             len: data.len(),
         })?;
         lock(&entry.device).read(addr - base, data);
-        Ok(())
+        Ok(entry.index)
     }
 
     /// Writes `data` at `addr` to the device covering `addr`, returning what it asks of the
     /// machine, if anything.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<Option<MachineRequest>, BusError> {
+        self.write_to(addr, data).map(|(_, request)| request)
+    }
+
+    /// [`Bus::write`], also returning the index (in [`Bus::device_names`]) of the device that
+    /// took it.
+    pub fn write_to(
+        &self,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<(usize, Option<MachineRequest>), BusError> {
         let (base, entry) = self.lookup(addr).ok_or(BusError::Unclaimed {
             addr,
             len: data.len(),
         })?;
-        Ok(lock(&entry.device).write(addr - base, data))
+        Ok((entry.index, lock(&entry.device).write(addr - base, data)))
     }
 
     /// Name of the device covering `addr`, if any.
@@ -364,5 +398,22 @@ mod tests {
         let mut b = [0u8; 1];
         bus.read(3, &mut b).unwrap();
         assert_eq!(b[0], 3);
+    }
+
+    #[test]
+    fn accesses_report_which_device_served_them() {
+        let mut bus = Bus::new();
+        let a = Arc::new(Mutex::new(Probe::default()));
+        let b = Arc::new(Mutex::new(Probe::default()));
+        bus.insert("a", a.clone(), 0x10, 0x10).unwrap();
+        bus.insert("b", b, 0x40, 0x10).unwrap();
+        // A second range under an existing name is the same device.
+        bus.insert("a", a, 0x80, 0x10).unwrap();
+        assert_eq!(bus.device_names(), ["a", "b"]);
+        let mut data = [0u8; 1];
+        assert_eq!(bus.read_from(0x12, &mut data).unwrap(), 0);
+        assert_eq!(bus.read_from(0x41, &mut data).unwrap(), 1);
+        assert_eq!(bus.write_to(0x8f, &[1]).unwrap(), (0, None));
+        assert!(bus.read_from(0x30, &mut data).is_err());
     }
 }

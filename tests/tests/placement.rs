@@ -50,6 +50,7 @@ fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str, spin_ms: u64) -> (Run
         {
             // The vCPU threads pin themselves first thing; give them a moment.
             std::thread::sleep(Duration::from_millis(300));
+            // The guest spins for `spin_ms`, so keel is still there unless boot failed.
             snap = Some(Snapshot {
                 threads: threads_of(&proc_dir),
                 smaps: std::fs::read_to_string(format!("{proc_dir}/smaps")).unwrap_or_default(),
@@ -61,6 +62,11 @@ fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str, spin_ms: u64) -> (Run
     }
     let run = finish(child, Duration::from_secs(120));
     let snap = snap.unwrap_or_else(|| panic!("no vCPU threads seen\n{}", run.describe()));
+    assert!(
+        !snap.smaps.is_empty(),
+        "keel was gone before /proc was sampled\n{}",
+        run.describe()
+    );
     (run, snap)
 }
 
@@ -226,7 +232,7 @@ fn vcpus_and_iothreads_run_where_affinity_says() {
         ],
         2,
         "",
-        1500,
+        2000,
     );
     run.assert_probe_done();
     assert_eq!(snap.cpus_of("keel-vcpu0"), "1");
@@ -266,7 +272,7 @@ fn numa_nodes_are_bound_pinned_and_described_in_srat_and_slit() {
         ],
         2,
         "probe.cmd=numa",
-        1500,
+        2000,
     );
     run.assert_probe_done();
     let node0_cpus = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist")
@@ -337,7 +343,7 @@ fn hugepages_back_every_byte_of_guest_ram() {
     let _res = Reservation::new(2048, 128).expect("reserve 128 2 MiB pages");
     for shared in ["off", "on"] {
         let memory = format!("size=256M,hugepages=on,prefault=on,shared={shared}");
-        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "", 500);
+        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "", 2000);
         run.assert_probe_done();
         let pieces = ram_pieces(&run);
         assert_eq!(pieces.len(), 1);
@@ -379,7 +385,7 @@ fn gigantic_pages_when_the_host_can_reserve_them() {
         ],
         1,
         "",
-        500,
+        2000,
     );
     run.assert_probe_done();
     let pieces = ram_pieces(&run);
@@ -410,7 +416,7 @@ fn thp_backs_small_page_memory_unless_turned_off() {
     }
     for (thp, want_huge) in [("on", true), ("off", false)] {
         let memory = format!("size=256M,prefault=on,thp={thp}");
-        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "", 500);
+        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "", 2000);
         run.assert_probe_done();
         let pieces = ram_pieces(&run);
         let smaps = snap.smaps_at(pieces[0].3);
@@ -431,7 +437,7 @@ fn thp_backs_small_page_memory_unless_turned_off() {
 
 #[test]
 fn mergeable_memory_is_offered_to_ksm() {
-    let (run, snap) = run_and_sample(&["--memory", "size=128M,mergeable=on"], 1, "", 300);
+    let (run, snap) = run_and_sample(&["--memory", "size=128M,mergeable=on"], 1, "", 2000);
     run.assert_probe_done();
     let pieces = ram_pieces(&run);
     let smaps = snap.smaps_at(pieces[0].3);

@@ -65,9 +65,51 @@ pub struct ExitCounters {
     pub interrupted: AtomicU64,
     /// Other exits.
     pub other: AtomicU64,
+    /// Port exits per device, indexed like the PIO bus's `device_names()`.
+    pio_devices: Box<[AtomicU64]>,
+    /// MMIO exits per device, indexed like the MMIO bus's `device_names()`.
+    mmio_devices: Box<[AtomicU64]>,
 }
 
 impl ExitCounters {
+    /// Counters for a vCPU on `buses`, with one per-device slot for every device on them.
+    pub fn for_buses(buses: &Buses) -> Self {
+        let slots = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        ExitCounters {
+            pio_devices: slots(buses.pio.device_names().len()),
+            mmio_devices: slots(buses.mmio.device_names().len()),
+            ..Default::default()
+        }
+    }
+
+    fn bump_device(slots: &[AtomicU64], index: usize) {
+        if let Some(c) = slots.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Port and MMIO exits per device, named after `buses`' devices, skipping devices with
+    /// none: `(bus, device, count)` with bus "pio" or "mmio".
+    pub fn by_device(&self, buses: &Buses) -> Vec<DeviceExits> {
+        let mut out = Vec::new();
+        for (bus, names, slots) in [
+            ("pio", buses.pio.device_names(), &self.pio_devices),
+            ("mmio", buses.mmio.device_names(), &self.mmio_devices),
+        ] {
+            for (name, count) in names.iter().zip(slots.iter()) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    out.push(DeviceExits {
+                        bus,
+                        device: name.clone(),
+                        count,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -99,6 +141,17 @@ impl ExitCounters {
             total: self.total(),
         }
     }
+}
+
+/// Userspace exits one device caused on one vCPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceExits {
+    /// "pio" or "mmio".
+    pub bus: &'static str,
+    /// Device name as registered on the bus.
+    pub device: String,
+    /// Exits.
+    pub count: u64,
 }
 
 /// Userspace exit counts at one point in time.
@@ -170,17 +223,23 @@ pub fn handle_exit(
     match exit {
         VcpuExit::IoIn(port, data) => {
             ExitCounters::bump(&counters.io_in);
-            if buses.pio.read(u64::from(port), data).is_err() {
-                ExitCounters::bump(&counters.unclaimed);
-                unclaimed.port(port);
-                data.fill(0xff);
+            match buses.pio.read_from(u64::from(port), data) {
+                Ok(device) => ExitCounters::bump_device(&counters.pio_devices, device),
+                Err(_) => {
+                    ExitCounters::bump(&counters.unclaimed);
+                    unclaimed.port(port);
+                    data.fill(0xff);
+                }
             }
             Action::Continue
         }
         VcpuExit::IoOut(port, data) => {
             ExitCounters::bump(&counters.io_out);
-            match buses.pio.write(u64::from(port), data) {
-                Ok(request) => request_action(request),
+            match buses.pio.write_to(u64::from(port), data) {
+                Ok((device, request)) => {
+                    ExitCounters::bump_device(&counters.pio_devices, device);
+                    request_action(request)
+                }
                 Err(_) => {
                     ExitCounters::bump(&counters.unclaimed);
                     unclaimed.port(port);
@@ -190,17 +249,23 @@ pub fn handle_exit(
         }
         VcpuExit::MmioRead(addr, data) => {
             ExitCounters::bump(&counters.mmio_read);
-            if buses.mmio.read(addr, data).is_err() {
-                ExitCounters::bump(&counters.unclaimed);
-                unclaimed.mmio(addr);
-                data.fill(0xff);
+            match buses.mmio.read_from(addr, data) {
+                Ok(device) => ExitCounters::bump_device(&counters.mmio_devices, device),
+                Err(_) => {
+                    ExitCounters::bump(&counters.unclaimed);
+                    unclaimed.mmio(addr);
+                    data.fill(0xff);
+                }
             }
             Action::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
             ExitCounters::bump(&counters.mmio_write);
-            match buses.mmio.write(addr, data) {
-                Ok(request) => request_action(request),
+            match buses.mmio.write_to(addr, data) {
+                Ok((device, request)) => {
+                    ExitCounters::bump_device(&counters.mmio_devices, device);
+                    request_action(request)
+                }
                 Err(_) => {
                     ExitCounters::bump(&counters.unclaimed);
                     unclaimed.mmio(addr);
@@ -290,6 +355,41 @@ mod tests {
         assert_eq!(data, [3]);
         assert_eq!(c.io_in.load(Ordering::Relaxed), 2);
         assert_eq!(c.io_out.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn exits_are_counted_per_device() {
+        let mut b = buses();
+        let other = Arc::new(Mutex::new(Reg {
+            value: 1,
+            request_on: None,
+        }));
+        b.pio.insert("other", other, 0x70, 2).unwrap();
+        let c = ExitCounters::for_buses(&b);
+        let mut u = Unclaimed::default();
+        let mut data = [0u8; 1];
+        for _ in 0..3 {
+            handle_exit(&b, VcpuExit::IoIn(0x71, &mut data), &c, &mut u);
+        }
+        handle_exit(&b, VcpuExit::IoOut(0x64, &[1]), &c, &mut u);
+        handle_exit(&b, VcpuExit::MmioRead(0xd000_0000, &mut data), &c, &mut u);
+        handle_exit(&b, VcpuExit::IoIn(0x1234, &mut data), &c, &mut u);
+        let rows: Vec<(&str, String, u64)> = c
+            .by_device(&b)
+            .into_iter()
+            .map(|d| (d.bus, d.device, d.count))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("pio", "reg".to_string(), 1),
+                ("pio", "other".to_string(), 3),
+                ("mmio", "pm".to_string(), 1)
+            ]
+        );
+        assert_eq!(u.ports.get(&0x1234), Some(&1));
+        // Counters made before the devices existed simply have no per-device slots.
+        assert!(ExitCounters::default().by_device(&b).is_empty());
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl KvmStats {
         Self::parse(file)
     }
 
+    /// Reads an already open statistics fd (for example one taken from another process).
+    pub fn from_stats_file(file: File) -> Result<Self, KvmStatsError> {
+        Self::parse(file)
+    }
+
     fn parse(file: File) -> Result<Self, KvmStatsError> {
         let mut header = [0u8; HEADER_LEN];
         file.read_exact_at(&mut header, 0)

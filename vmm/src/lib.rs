@@ -17,5 +17,7 @@ pub mod memory;
 pub mod pci_bars;
 pub mod pci_host;
 pub mod placement;
+pub mod remote_stats;
+pub mod stats_view;
 pub mod vcpu;
 pub mod vm;

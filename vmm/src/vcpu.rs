@@ -102,8 +102,8 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// KVM_CREATE_VCPU.
-    pub fn new(vm: &VmFd, index: u32) -> Result<Self, VcpuError> {
+    /// KVM_CREATE_VCPU; `counters` are its exit counters (see [`ExitCounters::for_buses`]).
+    pub fn new(vm: &VmFd, index: u32, counters: ExitCounters) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
@@ -117,7 +117,7 @@ impl Vcpu {
         Ok(Vcpu {
             index,
             fd,
-            counters: Arc::new(ExitCounters::default()),
+            counters: Arc::new(counters),
             kvm_stats,
         })
     }

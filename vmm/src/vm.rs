@@ -19,7 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::block_devices::{self, AttachContext, BlockDeviceError, BlockDevices};
 use crate::config::{ConfigError, Toggle, VmConfig};
-use crate::exit::{Buses, ExitCounters, ExitSnapshot, ResetCause, Unclaimed};
+use crate::exit::{Buses, DeviceExits, ExitCounters, ExitSnapshot, ResetCause, Unclaimed};
 use crate::host::HostInfo;
 use crate::interrupts::GsiRouter;
 use crate::kvm_stats::KvmStats;
@@ -119,6 +119,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     /// Host CPUs each vCPU thread is pinned to.
     vcpu_cpus: Vec<Option<CpuSet>>,
+    /// KVM's VM-wide counters (None if the host lacks binary stats).
+    kvm_stats: Option<KvmStats>,
     /// Kept open for the VM's lifetime (devices hold irqfds registered on it).
     _vm_fd: Arc<VmFd>,
     /// virtio-blk disks and their I/O threads (stopped when the VM is dropped).
@@ -269,7 +271,7 @@ impl Vm {
         let mut vcpus = Vec::with_capacity(num_vcpus as usize);
         let mut hidden_features = Vec::new();
         for index in 0..num_vcpus {
-            let vcpu = Vcpu::new(&vm_fd, index)?;
+            let vcpu = Vcpu::new(&vm_fd, index, ExitCounters::for_buses(&buses))?;
             let cfg = CpuidConfig {
                 vcpu_index: index,
                 num_vcpus,
@@ -301,9 +303,13 @@ impl Vm {
         if plan.fully_bound {
             placement::note_numa_balancing();
         }
+        let kvm_stats = KvmStats::open(vm_fd.as_ref())
+            .map_err(|e| log::debug!("no VM-level KVM statistics: {e}"))
+            .ok();
         Ok(Vm {
             vcpus,
             vcpu_cpus: plan.vcpu_cpus,
+            kvm_stats,
             _vm_fd: vm_fd,
             disks,
             buses: Arc::new(buses),
@@ -475,8 +481,31 @@ pub struct VcpuStats {
     pub index: usize,
     /// Userspace exits Keel handled, by kind.
     pub userspace: ExitSnapshot,
+    /// Port and MMIO exits by device (devices with none left out).
+    pub devices: Vec<DeviceExits>,
     /// KVM's counters by name (empty if the host has no binary stats).
     pub kvm: Vec<(String, u64)>,
+}
+
+/// Every counter of a running VM at one point in time: per vCPU (Keel's userspace exits,
+/// by kind and by device, and KVM's in-kernel counters), KVM's VM-wide counters, and each
+/// disk's I/O counters, so exits per I/O can be read off one snapshot.
+#[derive(Debug, Clone)]
+pub struct VmCounters {
+    /// When it was taken.
+    pub taken: std::time::Instant,
+    /// Per vCPU.
+    pub vcpus: Vec<VcpuStats>,
+    /// KVM's VM-wide counters by name (empty if the host has no binary stats).
+    pub vm: Vec<(String, u64)>,
+    /// Per disk, by name.
+    pub disks: Vec<(String, IoStats)>,
+}
+
+fn read_kvm(stats: Option<&KvmStats>) -> Vec<(String, u64)> {
+    stats
+        .and_then(|s| s.read().map_err(|e| log::debug!("{e}")).ok())
+        .unwrap_or_default()
 }
 
 /// A VM whose vCPU threads are running.
@@ -490,11 +519,6 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
-    /// Per-vCPU exit counters.
-    pub fn counters(&self) -> &[Arc<ExitCounters>] {
-        &self.counters
-    }
-
     /// Per-vCPU statistics: Keel's userspace exit counters and KVM's in-kernel counters.
     pub fn stats(&self) -> Vec<VcpuStats> {
         self.counters
@@ -504,12 +528,20 @@ impl RunningVm {
             .map(|(index, (counters, kvm))| VcpuStats {
                 index,
                 userspace: counters.snapshot(),
-                kvm: kvm
-                    .as_ref()
-                    .and_then(|s| s.read().map_err(|e| log::debug!("{e}")).ok())
-                    .unwrap_or_default(),
+                devices: counters.by_device(&self._vm.buses),
+                kvm: read_kvm(kvm.as_deref()),
             })
             .collect()
+    }
+
+    /// A snapshot of every counter: vCPUs, the VM, disks.
+    pub fn counters(&self) -> VmCounters {
+        VmCounters {
+            taken: std::time::Instant::now(),
+            vcpus: self.stats(),
+            vm: read_kvm(self._vm.kvm_stats.as_ref()),
+            disks: self.disk_stats(),
+        }
     }
 
     /// Per-disk I/O counters, by disk name.
@@ -525,11 +557,29 @@ impl RunningVm {
     /// Waits until the guest ends the VM or `interrupt` becomes true; then stops every vCPU.
     /// The VM (devices, counters) stays until `self` is dropped.
     pub fn wait(&mut self, interrupt: &AtomicBool) -> VmOutcome {
+        loop {
+            if let Some(outcome) = self.wait_for(interrupt, Duration::from_secs(3600)) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Like [`RunningVm::wait`], but gives up after `timeout` and returns `None` with the VM
+    /// still running (for callers that do something periodically, such as printing stats).
+    pub fn wait_for(&mut self, interrupt: &AtomicBool, timeout: Duration) -> Option<VmOutcome> {
+        let deadline = std::time::Instant::now() + timeout;
         let outcome = loop {
             if interrupt.load(Ordering::Acquire) {
                 break VmOutcome::Stopped;
             }
-            match self.events.recv_timeout(Duration::from_millis(20)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self
+                .events
+                .recv_timeout(left.min(Duration::from_millis(20)))
+            {
                 Ok((_, VcpuStop::Requested)) => {}
                 Ok((_, VcpuStop::PowerOff)) => break VmOutcome::PowerOff,
                 Ok((_, VcpuStop::Reset(cause))) => break VmOutcome::Reset(cause),
@@ -539,7 +589,7 @@ impl RunningVm {
             }
         };
         self.stop_vcpus();
-        outcome
+        Some(outcome)
     }
 
     fn stop_vcpus(&mut self) {

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use devices::virtio::block::IoStats;
 use vmm::config::{
     CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig, VmConfig,
 };
+use vmm::stats_view;
 use vmm::vm::{Vm, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
@@ -43,10 +43,14 @@ struct Cli {
     /// Serial console (COM1): tty, off, or file=PATH.
     #[arg(long, default_value = "tty", value_parser = parse_serial)]
     serial: SerialConfig,
-    /// At exit, print exit counters (Keel's and KVM's, per vCPU) as one
-    /// `keel-stats: {JSON}` line on stderr.
+    /// At exit, print every counter (Keel's exits by kind and device, KVM's per vCPU and per
+    /// VM, each disk's I/O) on stderr as a table and as one `keel-stats: {JSON}` line.
     #[arg(long)]
     stats: bool,
+    /// While the VM runs, print the counters' rates every SECONDS on stderr, busiest first
+    /// (a kvm_stat-style view).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    stats_interval: Option<std::time::Duration>,
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
     log_level: log::LevelFilter,
@@ -68,6 +72,14 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     DiskConfig::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && (0.1..=86400.0).contains(v))
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("invalid interval '{s}': expected seconds from 0.1 to 86400"))
+}
+
 fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse()
         .map_err(|_| format!("unknown log level '{s}' (off, error, warn, info, debug, trace)"))
@@ -75,47 +87,6 @@ fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     SerialConfig::parse(s).map_err(|e| e.to_string())
-}
-
-/// The `--stats` line: `{"vcpus":[{"index":0,"userspace":{...},"kvm":{...}}],"disks":[...]}`.
-fn stats_json(stats: &[vmm::vm::VcpuStats], disks: &[(String, IoStats)]) -> String {
-    let vcpus: Vec<String> = stats
-        .iter()
-        .map(|s| {
-            let u = &s.userspace;
-            let kvm: Vec<String> = s
-                .kvm
-                .iter()
-                .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                .map(|(name, v)| format!("\"{name}\":{v}"))
-                .collect();
-            format!(
-                "{{\"index\":{},\"userspace\":{{\"total\":{},\"io\":{},\"mmio\":{},\"unclaimed\":{},\"interrupted\":{},\"other\":{}}},\"kvm\":{{{}}}}}",
-                s.index,
-                u.total,
-                u.io,
-                u.mmio,
-                u.unclaimed,
-                u.interrupted,
-                u.other,
-                kvm.join(",")
-            )
-        })
-        .collect();
-    let disks: Vec<String> = disks
-        .iter()
-        .map(|(name, d)| {
-            format!(
-                "{{\"name\":\"{name}\",\"requests\":{},\"errors\":{},\"read_bytes\":{},\"write_bytes\":{},\"latency_ns\":{}}}",
-                d.requests, d.errors, d.read_bytes, d.write_bytes, d.latency_ns
-            )
-        })
-        .collect();
-    format!(
-        "{{\"vcpus\":[{}],\"disks\":[{}]}}",
-        vcpus.join(","),
-        disks.join(",")
-    )
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -165,7 +136,70 @@ fn log_peak_rss() {
     }
 }
 
+/// `keel stat --pid PID [--interval SECONDS] [--count N]`: KVM's counters of a running keel.
+#[derive(Parser, Debug)]
+#[command(
+    name = "keel stat",
+    about = "KVM exit counters of a running keel, as rates per second"
+)]
+struct StatCli {
+    /// Process id of the keel to watch.
+    #[arg(long)]
+    pid: i32,
+    /// Seconds between views.
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    interval: std::time::Duration,
+    /// Stop after this many views (default: until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Rows per view.
+    #[arg(long, default_value_t = 25)]
+    top: usize,
+}
+
+/// Runs `keel stat`.
+fn stat_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match StatCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let remote = match vmm::remote_stats::RemoteStats::attach(cli.pid) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel stat: error: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    install_stop_handlers();
+    let mut prev = remote.read();
+    let mut at = std::time::Instant::now();
+    let mut views = 0;
+    while cli.count.is_none_or(|n| views < n) && !STOP.load(Ordering::Acquire) {
+        std::thread::sleep(cli.interval);
+        if !std::path::Path::new(&format!("/proc/{}", cli.pid)).exists() {
+            eprintln!("keel stat: process {} has exited", cli.pid);
+            break;
+        }
+        let now = remote.read();
+        let secs = at.elapsed().as_secs_f64();
+        at = std::time::Instant::now();
+        let rows = stats_view::rates(&prev, &now, secs);
+        println!("{}", stats_view::rate_table(&rows, cli.top));
+        prev = now;
+        views += 1;
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "stat") {
+        let program = args.next().unwrap_or_default();
+        return stat_main(std::iter::once(program).chain(args.skip(1)));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -208,13 +242,30 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let stats_wanted = cli.stats;
-    let outcome = running.wait(&STOP);
-    if stats_wanted {
-        eprintln!(
-            "keel-stats: {}",
-            stats_json(&running.stats(), &running.disk_stats())
-        );
+    let outcome = match cli.stats_interval {
+        None => running.wait(&STOP),
+        Some(interval) => {
+            let mut prev = running.counters();
+            loop {
+                if let Some(outcome) = running.wait_for(&STOP, interval) {
+                    break outcome;
+                }
+                let now = running.counters();
+                let secs = now.taken.duration_since(prev.taken).as_secs_f64();
+                let rows = stats_view::rates(
+                    &stats_view::flatten(&prev),
+                    &stats_view::flatten(&now),
+                    secs,
+                );
+                eprint!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
+                prev = now;
+            }
+        }
+    };
+    if cli.stats {
+        let counters = running.counters();
+        eprint!("{}", stats_view::table(&counters));
+        eprintln!("keel-stats: {}", stats_view::json(&counters));
     }
     drop(running);
     log_peak_rss();

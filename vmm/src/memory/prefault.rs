@@ -191,6 +191,13 @@ pub fn prefault(
         .take(MAX_WORKERS.min(shared.chunks.len()).max(1))
         .collect();
     let page = page_size as usize;
+    if total >= PROGRESS_MIN {
+        log::info!(
+            "prefaulting {} MiB of guest RAM on {} threads",
+            total >> 20,
+            worker_cpus.len()
+        );
+    }
     let workers = std::thread::scope(|scope| {
         let handles: Vec<_> = worker_cpus
             .iter()
