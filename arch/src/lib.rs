@@ -7,6 +7,8 @@
 pub mod acpi;
 pub mod boot_info;
 pub mod cpuid;
+pub mod hyperv;
+pub mod kvm_pv;
 pub mod layout;
 pub mod memory_map;
 pub mod mptable;

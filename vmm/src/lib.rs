@@ -14,6 +14,7 @@ pub mod legacy_devices;
 pub mod loader;
 pub mod logger;
 pub mod memory;
+pub mod paravirt;
 pub mod pci_bars;
 pub mod pci_host;
 pub mod placement;

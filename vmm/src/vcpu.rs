@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arch::cpuid::CpuidConfig;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, Msrs};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -13,10 +12,20 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::exit::{handle_exit, Action, Buses, ExitCounters, ResetCause, Unclaimed};
 use crate::kvm_stats::KvmStats;
 use crate::loader::EntryMode;
+use crate::paravirt::{Paravirt, ParavirtError};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// A paravirtual capability could not be enabled.
+    #[error("vCPU {index}: paravirtual setup failed")]
+    Paravirt {
+        /// vCPU index.
+        index: u32,
+        /// Cause.
+        #[source]
+        source: ParavirtError,
+    },
     /// KVM_CREATE_VCPU failed.
     #[error("failed to create vCPU {index}")]
     Create {
@@ -136,22 +145,26 @@ impl Vcpu {
         self.fd.get_tsc_khz().ok().filter(|&k| k != 0)
     }
 
-    /// Sets CPUID (from `supported`, adjusted by `cfg`), MSRs, FPU and LAPIC LINT pins.
-    /// Returns the names of CPUID features hidden for PVM.
+    /// Sets CPUID (`entries`, final), the paravirtual capabilities that go with it, MSRs,
+    /// FPU and LAPIC LINT pins.
     pub fn configure(
         &self,
-        supported: &[kvm_cpuid_entry2],
-        cfg: &CpuidConfig,
-    ) -> Result<Vec<&'static str>, VcpuError> {
-        let mut entries = supported.to_vec();
-        let hidden = arch::cpuid::adjust(&mut entries, cfg);
-        let cpuid = CpuId::from_entries(&entries).map_err(|_| VcpuError::Fam {
+        entries: &[kvm_cpuid_entry2],
+        paravirt: &Paravirt,
+    ) -> Result<(), VcpuError> {
+        let cpuid = CpuId::from_entries(entries).map_err(|_| VcpuError::Fam {
             index: self.index,
             what: "CPUID",
         })?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.setup_err("KVM_SET_CPUID2"))?;
+        paravirt
+            .enable_vcpu_caps(&self.fd)
+            .map_err(|source| VcpuError::Paravirt {
+                index: self.index,
+                source,
+            })?;
 
         let msr_entries = arch::regs::boot_msrs();
         let msrs = Msrs::from_entries(&msr_entries).map_err(|_| VcpuError::Fam {
@@ -180,7 +193,7 @@ impl Vcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(self.setup_err("KVM_SET_LAPIC"))?;
-        Ok(hidden)
+        Ok(())
     }
 
     /// Puts the boot vCPU at the kernel entry.

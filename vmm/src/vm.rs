@@ -26,6 +26,7 @@ use crate::kvm_stats::KvmStats;
 use crate::legacy_devices::{self, LegacyDeviceError};
 use crate::loader::{self, EntryMode, LoaderError};
 use crate::memory::{Backing, GuestRam, MemoryError};
+use crate::paravirt::{Paravirt, ParavirtError};
 use crate::pci_bars::BarWindow;
 use crate::placement::{self, CpuSet, HostTopology, PlacementError};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuStop};
@@ -89,6 +90,9 @@ pub enum VmError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// KVM PV or Hyper-V requests the host cannot meet.
+    #[error(transparent)]
+    Paravirt(#[from] ParavirtError),
     /// A thread could not be spawned.
     #[error("failed to spawn thread {name}")]
     Spawn {
@@ -268,6 +272,8 @@ impl Vm {
             Toggle::On => true,
             Toggle::Off => false,
         };
+        let paravirt = Paravirt::new(&kvm, config.cpus.kvm_pv, &config.cpus.hyperv)?;
+        let x2apic_api = crate::paravirt::enable_x2apic_api(&vm_fd);
         let mut vcpus = Vec::with_capacity(num_vcpus as usize);
         let mut hidden_features = Vec::new();
         for index in 0..num_vcpus {
@@ -283,7 +289,13 @@ impl Vm {
                 tsc_deadline: host.tsc_deadline,
                 hide_pvm_unsupported: hide_pvm,
             };
-            hidden_features = vcpu.configure(&supported, &cfg)?;
+            let mut entries = supported.clone();
+            hidden_features = arch::cpuid::adjust(&mut entries, &cfg);
+            let (pv, hv) = paravirt.apply_cpuid(&mut entries, num_vcpus)?;
+            if index == 0 {
+                log_paravirt(&pv, &hv, x2apic_api);
+            }
+            vcpu.configure(&entries, &paravirt)?;
             if index == 0 {
                 let entry = BootEntry {
                     mode: kernel.mode,
@@ -431,6 +443,24 @@ fn map_guest_ram(config: &VmConfig, plan: &placement::Plan) -> Result<GuestRam, 
         );
     }
     Ok(ram)
+}
+
+/// Logs what the guest gets besides plain hardware.
+fn log_paravirt(pv: &arch::kvm_pv::KvmPvFeatures, hv: &[&str], x2apic_api: bool) {
+    let apicv = match crate::paravirt::host_apic_virtualization() {
+        Some((what, true)) => format!("{what} on"),
+        Some((what, false)) => format!("{what} off"),
+        None => "no APICv/AVIC reported by the host".to_string(),
+    };
+    log::info!(
+        "paravirt: KVM PV features {pv}; Hyper-V {}; x2APIC API {}; {apicv}",
+        if hv.is_empty() {
+            "off".to_string()
+        } else {
+            hv.join(",")
+        },
+        if x2apic_api { "on" } else { "unavailable" }
+    );
 }
 
 /// Logs the CPUs each I/O thread may run on, as the kernel reports them.

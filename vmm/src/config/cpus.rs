@@ -1,8 +1,11 @@
-//! `--cpus boot=N[,affinity=[0@[2,3],1@[4]]][,pvm_compat=auto|on|off]`: how many vCPUs boot,
-//! and which host CPUs each may run on (Cloud Hypervisor's affinity syntax).
+//! `--cpus boot=N[,affinity=[0@[2,3],1@[4]]][,kvm_pv=on|off|[LIST]][,hyperv=on|off|[LIST]]
+//! [,pvm_compat=auto|on|off]`: how many vCPUs boot, which host CPUs each may run on (Cloud
+//! Hypervisor's affinity syntax), and the paravirtual interfaces they see.
 
 use super::{get, parse_group, split_top_level, strip_brackets, ConfigError, Toggle};
 use crate::placement::CpuSet;
+use arch::hyperv::HypervConfig;
+use arch::kvm_pv::KvmPvRequest;
 
 /// `--cpus`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +14,10 @@ pub struct CpusConfig {
     pub boot_vcpus: u32,
     /// Explicit host CPUs per vCPU index; vCPUs not listed follow the NUMA policy.
     pub affinity: Vec<(u32, CpuSet)>,
+    /// KVM paravirtual features (CPUID 0x40000001): every one the host offers by default.
+    pub kvm_pv: KvmPvRequest,
+    /// Hyper-V enlightenments: off by default.
+    pub hyperv: HypervConfig,
     /// Hide CPUID features the PVM emulator cannot run (auto: when the host is PVM).
     pub pvm_compat: Toggle,
 }
@@ -20,6 +27,8 @@ impl Default for CpusConfig {
         CpusConfig {
             boot_vcpus: 1,
             affinity: Vec::new(),
+            kvm_pv: KvmPvRequest::On,
+            hyperv: HypervConfig::off(),
             pvm_compat: Toggle::Auto,
         }
     }
@@ -71,7 +80,7 @@ fn parse_affinity(value: &str) -> Result<Vec<(u32, CpuSet)>, ConfigError> {
 }
 
 impl CpusConfig {
-    const KEYS: &'static [&'static str] = &["boot", "affinity", "pvm_compat"];
+    const KEYS: &'static [&'static str] = &["boot", "affinity", "kvm_pv", "hyperv", "pvm_compat"];
 
     /// Parses the `--cpus` group.
     pub fn parse(input: &str) -> Result<Self, ConfigError> {
@@ -84,6 +93,14 @@ impl CpusConfig {
         }
         if let Some(v) = get(&pairs, "affinity") {
             cfg.affinity = parse_affinity(v)?;
+        }
+        if let Some(v) = get(&pairs, "kvm_pv") {
+            cfg.kvm_pv = KvmPvRequest::parse(strip_brackets(v))
+                .map_err(|e| ConfigError::Cpus(e.to_string()))?;
+        }
+        if let Some(v) = get(&pairs, "hyperv") {
+            cfg.hyperv = HypervConfig::parse(strip_brackets(v))
+                .map_err(|e| ConfigError::Cpus(e.to_string()))?;
         }
         if let Some(v) = get(&pairs, "pvm_compat") {
             cfg.pvm_compat = Toggle::parse("cpus", "pvm_compat", v)?;
@@ -159,6 +176,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn paravirt_lists_parse() {
+        let c = CpusConfig::parse("boot=1").unwrap();
+        assert_eq!(c.kvm_pv, KvmPvRequest::On);
+        assert!(!c.hyperv.enabled());
+        let c =
+            CpusConfig::parse("boot=2,kvm_pv=[kvmclock,pv_eoi],hyperv=[relaxed,vpindex]").unwrap();
+        assert!(matches!(c.kvm_pv, KvmPvRequest::List(_)));
+        assert_eq!(c.hyperv.names(), ["relaxed", "vpindex"]);
+        assert_eq!(
+            CpusConfig::parse("kvm_pv=off").unwrap().kvm_pv,
+            KvmPvRequest::Off
+        );
+        assert!(CpusConfig::parse("hyperv=on").unwrap().hyperv.is_on());
+        for bad in ["kvm_pv=[warp]", "hyperv=[relaxed,warp]", "kvm_pv="] {
+            let err = CpusConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--cpus: "), "{bad}: {err}");
+        }
     }
 
     #[test]
