@@ -47,6 +47,7 @@ bench: keel probe
 	$(CARGO) build --release --locked -p vmm --bin keel-blkbench
 	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/memwalk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
+	python3 resources/bench/clock.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 
 clean:
 	$(CARGO) clean

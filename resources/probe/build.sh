@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the probe guest into OUTDIR: probe.elf (64-bit entry), probe-pvh.elf (with the Xen
 # PVH note) and probe.bzimage (Linux boot protocol). Usage: build.sh OUTDIR
+# PROBE_TARGET_DIR (optional): cargo's target directory instead of resources/probe/target, so
+# that a second checkout or build does not share (and race on) the default one.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -10,13 +12,18 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"
+target="$here/target"
+if [[ -n "${PROBE_TARGET_DIR:-}" ]]; then
+    mkdir -p "$PROBE_TARGET_DIR"
+    target="$(cd "$PROBE_TARGET_DIR" && pwd)"
+fi
 
 # Flags from the environment would replace the ones in .cargo/config.toml.
 unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET CARGO_TARGET_DIR
 
 cd "$here"
-cargo build --release --offline --locked --quiet
-elf="$here/target/release/probe"
+CARGO_TARGET_DIR="$target" cargo build --release --offline --locked --quiet
+elf="$target/release/probe"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::io::rdtsc;
 use crate::json::Line;
 use crate::tsc::{self, Tsc};
-use crate::{blk, blkargs, cpuid, cpus, memwalk, numa, pci, power};
+use crate::{blk, blkargs, clock, cpuid, cpus, hv, memwalk, numa, pci, power};
 
 const PREFIX: &[u8] = b"probe.cmd=";
 const MAX_CMDS: usize = 64;
@@ -27,6 +27,8 @@ pub enum Cmd {
     Blk(blkargs::Args),
     Numa,
     Memwalk(memwalk::Args),
+    Hv(hv::Args),
+    Clock(clock::Args),
 }
 
 /// State shared by the commands.
@@ -58,7 +60,8 @@ fn parse_u64(v: &[u8]) -> Option<u64> {
     })
 }
 
-fn show(b: &[u8]) -> &str {
+/// A command-line word for error messages.
+pub fn show(b: &[u8]) -> &str {
     core::str::from_utf8(b).unwrap_or("<non-utf8>")
 }
 
@@ -82,6 +85,8 @@ fn parse_one(spec: &[u8]) -> Result<Cmd> {
         b"blk" => Ok(Cmd::Blk(blkargs::parse(args)?)),
         b"numa" => simple(Cmd::Numa),
         b"memwalk" => Ok(Cmd::Memwalk(memwalk::parse(args)?)),
+        b"hv" => Ok(Cmd::Hv(hv::parse(args)?)),
+        b"clock" => Ok(Cmd::Clock(clock::parse(args)?)),
         b"spin" => {
             let mut ms = None;
             for arg in args.unwrap_or(b"").split(|&c| c == b',') {
@@ -150,6 +155,8 @@ fn run(cmd: Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Blk(a) => blk::run(ctx, &a),
         Cmd::Numa => numa::run(ctx),
         Cmd::Memwalk(a) => memwalk::run(ctx, &a),
+        Cmd::Hv(a) => hv::run(&a),
+        Cmd::Clock(a) => clock::run(ctx, &a),
     }
 }
 

@@ -1,7 +1,8 @@
 /*
  * Boot entry points and CPL0 setup. Everything here runs at CPL0 and must stay within the
  * instruction subset that the host's CPL0 emulator handles: plain integer ops, lgdt/lidt/ltr,
- * control-register moves, rdmsr/wrmsr (EFER.LME only), far jumps/returns, iretq.
+ * control-register moves, rdmsr/wrmsr (EFER and STAR here; any MSR on behalf of CPL3 in
+ * isr.s), far jumps/returns, iretq.
  *
  * Image layout: offset 0x000 (phys 0x100000) is the Linux 32-bit boot protocol entry
  * (ESI = boot_params), the PVH entry follows it, and offset 0x200 (phys 0x100200) is the
@@ -76,12 +77,14 @@ long_reload:
     lidt idtr(%rip)
     mov $0x40, %eax
     ltr %ax
-    /* SSE for the CPL3 Rust code: CR0.EM=0, CR0.TS=0, CR0.MP=1, CR4.OSFXSR|OSXMMEXCPT. */
+    /* SSE for the CPL3 Rust code: CR0.EM=0, CR0.TS=0, CR0.MP=1, CR4.OSFXSR|OSXMMEXCPT.
+     * CR4.TSD=0 so that rdtsc works at CPL3 whatever the loader left there. */
     mov %cr0, %rax
     and $-13, %rax
     or $2, %rax
     mov %rax, %cr0
     mov %cr4, %rax
+    and $-5, %rax
     or $0x600, %rax
     mov %rax, %cr4
     /* MSR_STAR: kernel CS 0x10 (DS 0x18), user CS32 0x23 (so user CS 0x33, SS 0x2b). */

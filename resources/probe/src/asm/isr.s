@@ -84,18 +84,33 @@ irq_common:
  * #GP: on PVM hosts user-mode port I/O faults even with IOPL=3, so a #GP from CPL3 on one
  * of the forms the probe uses (in/out with DX: EC, ED, EE, EF, 66 ED, 66 EF) is carried
  * out here at CPL0 and the instruction skipped; likewise cli (FA) and sti (FB) update IF in
- * the saved RFLAGS. Anything else is reported as exception 13.
+ * the saved RFLAGS.
+ *
+ * MSR access for CPL3 (rdmsr 0F 32, wrmsr 0F 30, no prefixes; see msr.rs): always a #GP at
+ * CPL3, so the instruction is carried out here with the CPL3 code's ECX (and EDX:EAX for
+ * wrmsr), the result goes into the saved RDX/RAX (rdmsr), the instruction is skipped and
+ * the saved RFLAGS.CF reports the outcome: CF=0 done, CF=1 the MSR access itself raised
+ * #GP at CPL0 (MSR not offered, or value refused). The CPL3 wrapper clears CF first, so CF=1
+ * can only come from here. That inner #GP is the only exception this handler may take at
+ * CPL0: the CPU pushes a second frame below the first one on the same kernel stack (no IST,
+ * no stack switch), and gp_entry sees CS.RPL=0. If the faulting RIP is exactly one of the
+ * two protected instructions (gp_msr_rd_insn, gp_msr_wr_insn), it rewrites that frame's RIP
+ * to the matching fixup label and returns there (iretq to CPL0); the fixup then finishes
+ * the outer #GP with CF=1 (rdmsr: saved RAX/RDX zeroed; wrmsr: left as they were). Nothing
+ * is held in registers across the protected instruction but RAX/RDX, which are saved in the
+ * outer frame and reloaded from it, so the interrupted state needs no other repair. Any
+ * other #GP at CPL0, and anything else from CPL3, is reported as exception 13.
  */
     .balign 16
 gp_entry:
     /* Stack: error, rip, cs, rflags, rsp, ss. */
     push %rax
     push %rdx
-    /* Stack: rdx, rax, error, rip, cs, ... */
+    /* Stack: rdx, rax, error, rip, cs, rflags, ... */
     mov 32(%rsp), %rax
     and $3, %eax
     cmp $3, %eax
-    jne gp_other
+    jne gp_kernel
     mov 24(%rsp), %rax
     mov (%rax), %edx
     and $0xffff, %edx
@@ -117,11 +132,59 @@ gp_entry:
     je gp_out16
     cmp $0xed66, %edx
     je gp_in16
+    /* Checked last: on PVM hosts every instruction here is emulated, and port I/O is the
+     * hot path. */
+    cmp $0x320f, %edx
+    je gp_rdmsr
+    cmp $0x300f, %edx
+    je gp_wrmsr
 gp_other:
     pop %rdx
     pop %rax
     push $13
     jmp isr_common
+/* #GP at CPL0: redirect a faulting protected MSR instruction to its fixup (see above). */
+gp_kernel:
+    mov 24(%rsp), %rax
+    mov $gp_msr_rd_fixup, %edx
+    cmp $gp_msr_rd_insn, %rax
+    je gp_kernel_fixup
+    mov $gp_msr_wr_fixup, %edx
+    cmp $gp_msr_wr_insn, %rax
+    jne gp_other
+gp_kernel_fixup:
+    mov %rdx, 24(%rsp)
+    pop %rdx
+    pop %rax
+    add $8, %rsp
+    iretq
+/* rdmsr for CPL3: ECX is the caller's; EDX:EAX go to the saved RDX/RAX. */
+gp_rdmsr:
+gp_msr_rd_insn:
+    rdmsr
+    mov %rax, 8(%rsp)
+    mov %rdx, (%rsp)
+    jmp gp_msr_ok
+/* wrmsr for CPL3: ECX is the caller's; EDX:EAX are reloaded from the saved RDX/RAX. */
+gp_wrmsr:
+    mov 8(%rsp), %rax
+    mov (%rsp), %rdx
+gp_msr_wr_insn:
+    wrmsr
+gp_msr_ok:
+    mov 40(%rsp), %rax
+    and $-2, %rax
+    mov %rax, 40(%rsp)
+    jmp gp_done2
+/* Reached by iretq from the inner #GP, on the outer frame's stack. */
+gp_msr_rd_fixup:
+    movq $0, 8(%rsp)
+    movq $0, (%rsp)
+gp_msr_wr_fixup:
+    mov 40(%rsp), %rax
+    or $1, %rax
+    mov %rax, 40(%rsp)
+    jmp gp_done2
 gp_out8:
     mov 8(%rsp), %rax
     mov (%rsp), %rdx
