@@ -6,7 +6,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{finish, keel_bin, probe_image, run_keel, spawn_keel};
+use common::{
+    finish, keel_bin, print_and_poweroff, probe_image, run_keel, spawn_keel, tiny_kernel,
+};
 use serde_json::Value;
 
 fn stats_json(stderr: &str) -> Value {
@@ -145,4 +147,24 @@ fn keel_stat_reads_a_running_keel() {
     assert_eq!(not_keel.status.code(), Some(1));
     let err = String::from_utf8_lossy(&not_keel.stderr);
     assert!(err.contains("has no KVM VM statistics open"), "{err}");
+}
+
+#[test]
+fn unclaimed_ports_are_reported_by_number() {
+    // mov dx, 0x99; in al, dx; in al, dx; mov dx, 0x99; out dx, al; then print and power off.
+    let mut code = vec![0x66, 0xba, 0x99, 0x00, 0xec, 0xec, 0xee];
+    code.extend(print_and_poweroff(b"ok"));
+    let kernel = tiny_kernel("unclaimed-port", &code);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap(), "--stats"]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let stats = stats_json(&run.stderr);
+    let vcpu = &stats["vcpus"][0];
+    assert_eq!(vcpu["unclaimed"]["pio.0x99"], 3, "{vcpu}");
+    assert_eq!(vcpu["userspace"]["unclaimed"], 3, "{vcpu}");
+    assert_eq!(vcpu["devices"]["pio.com1"], 2, "{vcpu}");
+    assert!(
+        run.stderr.contains("keel.unclaimed.pio.0x99"),
+        "{}",
+        run.describe()
+    );
 }

@@ -4,7 +4,7 @@
 //!
 //! - `keel.exits`, `keel.io`, `keel.mmio`, `keel.unclaimed`, `keel.interrupted`, `keel.other`:
 //!   Keel's userspace exits, summed over vCPUs; `keel.pio.<device>` / `keel.mmio.<device>` by
-//!   device;
+//!   device; `keel.unclaimed.pio.<port>` / `keel.unclaimed.mmio.<address>` once vCPUs stopped;
 //! - `kvm.<name>`: KVM's per-vCPU counters summed over vCPUs; `kvm.vm.<name>`: VM-wide ones;
 //! - `disk.<name>.requests|errors|read_bytes|write_bytes|latency_ns`.
 
@@ -31,6 +31,9 @@ pub fn flatten(c: &VmCounters) -> BTreeMap<String, u64> {
         }
         for d in &v.devices {
             add(format!("keel.{}.{}", d.bus, d.device), d.count);
+        }
+        for (what, n) in &v.unclaimed {
+            add(format!("keel.unclaimed.{what}"), *n);
         }
         for (k, n) in &v.kvm {
             add(format!("kvm.{k}"), *n);
@@ -156,7 +159,7 @@ pub fn json(c: &VmCounters) -> String {
         .map(|s| {
             let u = &s.userspace;
             format!(
-                "{{\"index\":{},\"userspace\":{{\"total\":{},\"io\":{},\"mmio\":{},\"unclaimed\":{},\"interrupted\":{},\"other\":{}}},\"devices\":{},\"kvm\":{}}}",
+                "{{\"index\":{},\"userspace\":{{\"total\":{},\"io\":{},\"mmio\":{},\"unclaimed\":{},\"interrupted\":{},\"other\":{}}},\"devices\":{},\"unclaimed\":{},\"kvm\":{}}}",
                 s.index,
                 u.total,
                 u.io,
@@ -165,6 +168,7 @@ pub fn json(c: &VmCounters) -> String {
                 u.interrupted,
                 u.other,
                 pairs_json(s.devices.iter().map(|d| (format!("{}.{}", d.bus, d.device), d.count))),
+                pairs_json(s.unclaimed.iter().cloned()),
                 pairs_json(s.kvm.iter().cloned())
             )
         })
@@ -207,6 +211,7 @@ mod tests {
                 device: "serial".into(),
                 count: serial,
             }],
+            unclaimed: vec![("pio.0x80".into(), 2)],
             kvm: vec![("exits".into(), exits), ("halt_exits".into(), 1)],
         };
         VmCounters {
@@ -231,6 +236,7 @@ mod tests {
         assert_eq!(flat["keel.io"], 6);
         assert_eq!(flat["kvm.vm.remote_tlb_flush"], 4);
         assert_eq!(flat["disk.disk0.requests"], 50);
+        assert_eq!(flat["keel.unclaimed.pio.0x80"], 4);
         assert_eq!(exits_per_io(&counters(100, 3, 50)), Some((4.0, 0.12)));
         assert_eq!(exits_per_io(&counters(100, 3, 0)), None);
     }

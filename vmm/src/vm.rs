@@ -388,6 +388,7 @@ impl Vm {
             events: rx,
             counters,
             kvm_stats,
+            unclaimed: Vec::new(),
         })
     }
 }
@@ -513,6 +514,9 @@ pub struct VcpuStats {
     pub userspace: ExitSnapshot,
     /// Port and MMIO exits by device (devices with none left out).
     pub devices: Vec<DeviceExits>,
+    /// Accesses no device claimed, by port (`pio.0x80`) or address (`mmio.0x...`); filled in
+    /// once the vCPU has stopped (its thread keeps them while it runs).
+    pub unclaimed: Vec<(String, u64)>,
     /// KVM's counters by name (empty if the host has no binary stats).
     pub kvm: Vec<(String, u64)>,
 }
@@ -546,6 +550,8 @@ pub struct RunningVm {
     events: Receiver<(u32, VcpuStop)>,
     counters: Vec<Arc<ExitCounters>>,
     kvm_stats: Vec<Option<Arc<KvmStats>>>,
+    /// Where each vCPU's unclaimed accesses went, known once its thread has ended.
+    unclaimed: Vec<Unclaimed>,
 }
 
 impl RunningVm {
@@ -559,6 +565,11 @@ impl RunningVm {
                 index,
                 userspace: counters.snapshot(),
                 devices: counters.by_device(&self._vm.buses),
+                unclaimed: self
+                    .unclaimed
+                    .get(index)
+                    .map(unclaimed_rows)
+                    .unwrap_or_default(),
                 kvm: read_kvm(kvm.as_deref()),
             })
             .collect()
@@ -633,11 +644,30 @@ impl RunningVm {
                 std::thread::sleep(Duration::from_millis(1));
             }
             match handle.join() {
-                Ok(unclaimed) => report_unclaimed(&unclaimed),
-                Err(_) => log::error!("a vCPU thread panicked"),
+                Ok(unclaimed) => {
+                    report_unclaimed(&unclaimed);
+                    self.unclaimed.push(unclaimed);
+                }
+                Err(_) => {
+                    log::error!("a vCPU thread panicked");
+                    self.unclaimed.push(Unclaimed::default());
+                }
             }
         }
     }
+}
+
+/// `("pio.0x80", n)` / `("mmio.0xfed00000", n)` rows for the stats views.
+fn unclaimed_rows(unclaimed: &Unclaimed) -> Vec<(String, u64)> {
+    let ports = unclaimed
+        .ports
+        .iter()
+        .map(|(p, n)| (format!("pio.{p:#x}"), *n));
+    let mmio = unclaimed
+        .mmio
+        .iter()
+        .map(|(a, n)| (format!("mmio.{a:#x}"), *n));
+    ports.chain(mmio).collect()
 }
 
 fn report_unclaimed(unclaimed: &Unclaimed) {
