@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 mod cpus;
 mod disk;
+mod json;
 mod memory;
 mod numa;
 
 pub use cpus::CpusConfig;
 pub use disk::{CacheMode, DiskConfig, MAX_DISKS};
+pub use json::{vm_config_from_json, vm_config_to_json, JsonConfigError};
 pub use memory::{page_size_name, MemoryConfig};
 pub use numa::{NumaNodeConfig, MAX_NUMA_NODES};
 
