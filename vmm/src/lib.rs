@@ -7,6 +7,7 @@
 pub mod block_devices;
 pub mod config;
 pub mod exit;
+pub mod handle;
 pub mod host;
 pub mod interrupts;
 pub mod kvm_stats;
@@ -21,4 +22,5 @@ pub mod placement;
 pub mod remote_stats;
 pub mod stats_view;
 pub mod vcpu;
+pub mod vcpu_control;
 pub mod vm;

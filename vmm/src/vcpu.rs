@@ -2,7 +2,6 @@
 //! the run loop, which hands every exit to [`crate::exit::handle_exit`] and reports how the
 //! vCPU stopped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, Msrs};
@@ -13,6 +12,7 @@ use crate::exit::{handle_exit, Action, Buses, ExitCounters, ResetCause, Unclaime
 use crate::kvm_stats::KvmStats;
 use crate::loader::EntryMode;
 use crate::paravirt::{Paravirt, ParavirtError};
+use crate::vcpu_control::VcpuControl;
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -228,13 +228,13 @@ impl Vcpu {
             .map_err(self.setup_err("KVM_SET_REGS"))
     }
 
-    /// Runs until the guest or `stop` ends it. `stop` is checked whenever KVM_RUN returns
-    /// EINTR (the VM kicks vCPU threads with a signal).
+    /// Runs until the guest or `control` ends it. `control` is checked before every KVM_RUN
+    /// (the VM kicks vCPU threads out of KVM_RUN with a signal); a pause parks the thread there.
     pub fn run(
         mut self,
         buses: &Buses,
         mem: &GuestMemoryMmap,
-        stop: &AtomicBool,
+        control: &VcpuControl,
     ) -> (VcpuStop, Unclaimed) {
         let mut unclaimed = Unclaimed::default();
         let counters = Arc::clone(&self.counters);
@@ -246,7 +246,7 @@ impl Vcpu {
             log::debug!("first KVM_RUN at unix time {:.6}", now.as_secs_f64());
         }
         loop {
-            if stop.load(Ordering::Acquire) {
+            if control.checkpoint() {
                 if log::log_enabled!(log::Level::Debug) {
                     log::debug!("vCPU {} stopped at {}", self.index, self.describe_rip(mem));
                 }

@@ -30,6 +30,7 @@ use crate::paravirt::{Paravirt, ParavirtError};
 use crate::pci_bars::BarWindow;
 use crate::placement::{self, CpuSet, HostTopology, PlacementError};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuStop};
+use crate::vcpu_control::VcpuControl;
 use devices::pci::BarAllocator;
 use devices::virtio::block::IoStats;
 
@@ -93,6 +94,9 @@ pub enum VmError {
     /// KVM PV or Hyper-V requests the host cannot meet.
     #[error(transparent)]
     Paravirt(#[from] ParavirtError),
+    /// vCPU threads did not park in time.
+    #[error("the vCPUs did not pause within 5 s")]
+    Pause,
     /// A thread could not be spawned.
     #[error("failed to spawn thread {name}")]
     Spawn {
@@ -354,7 +358,7 @@ impl Vm {
                 }
             })?;
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(VcpuControl::default());
         let (tx, rx) = channel();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
@@ -366,14 +370,14 @@ impl Vm {
             let index = vcpu.index;
             let buses = Arc::clone(&self.buses);
             let mem = self.ram.mem.clone();
-            let stop = Arc::clone(&stop);
+            let control = Arc::clone(&control);
             let tx = tx.clone();
             let cpus = self.vcpu_cpus.get(index as usize).cloned().flatten();
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
                     pin_vcpu_thread(index, cpus.as_ref());
-                    let (how, unclaimed) = vcpu.run(&buses, &mem, &stop);
+                    let (how, unclaimed) = vcpu.run(&buses, &mem, &control);
                     // The receiver only goes away once the VM is torn down.
                     let _ = tx.send((index, how));
                     unclaimed
@@ -384,7 +388,8 @@ impl Vm {
         Ok(RunningVm {
             _vm: self,
             threads,
-            stop,
+            control,
+            paused: false,
             events: rx,
             counters,
             kvm_stats,
@@ -546,7 +551,8 @@ fn read_kvm(stats: Option<&KvmStats>) -> Vec<(String, u64)> {
 pub struct RunningVm {
     _vm: Vm,
     threads: Vec<JoinHandle<Unclaimed>>,
-    stop: Arc<AtomicBool>,
+    control: Arc<VcpuControl>,
+    paused: bool,
     events: Receiver<(u32, VcpuStop)>,
     counters: Vec<Arc<ExitCounters>>,
     kvm_stats: Vec<Option<Arc<KvmStats>>>,
@@ -633,8 +639,43 @@ impl RunningVm {
         Some(outcome)
     }
 
+    /// Parks every vCPU thread outside KVM_RUN: the guest stops running until
+    /// [`RunningVm::resume`]. Devices (I/O threads) finish what is in flight.
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        if self.paused {
+            return Ok(());
+        }
+        self.control.pause();
+        let alive: Vec<&JoinHandle<Unclaimed>> =
+            self.threads.iter().filter(|t| !t.is_finished()).collect();
+        let parked = self
+            .control
+            .wait_parked(alive.len(), Duration::from_secs(5), || {
+                for t in &alive {
+                    let _ = t.kill(SIGRTMIN());
+                }
+            });
+        if !parked {
+            self.control.resume();
+            return Err(VmError::Pause);
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&mut self) {
+        self.control.resume();
+        self.paused = false;
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     fn stop_vcpus(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.control.stop();
         for handle in self.threads.drain(..) {
             // A vCPU halted in the kernel only notices `stop` once kicked; kick until it ends.
             while !handle.is_finished() {

@@ -1,0 +1,255 @@
+//! The embedding API: one [`VmHandle`] per VM, driven through its lifecycle
+//! (created -> running <-> paused -> stopped) with a stream of [`VmEvent`]s. Nothing here is
+//! process-global except the no-op SIGRTMIN handler vCPU kicks need (installed once, on the
+//! first boot); several VMs can live in one process.
+//!
+//! ```no_run
+//! use vmm::config::VmConfig;
+//! use vmm::handle::{VmEvent, VmHandle};
+//!
+//! let mut config = VmConfig::default();
+//! config.payload.kernel = "build/probe/probe.elf".into();
+//! config.payload.cmdline = "probe.cmd=boot".into();
+//! let mut vm = VmHandle::create(&config)?;
+//! let events = vm.take_events().expect("first call");
+//! vm.boot()?;
+//! let outcome = vm.wait();
+//! println!("{outcome:?}, {} vCPUs", vm.counters().map_or(0, |c| c.vcpus.len()));
+//! assert!(events.try_iter().any(|e| e == VmEvent::Booted));
+//! # Ok::<(), vmm::handle::HandleError>(())
+//! ```
+
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use crate::config::VmConfig;
+use crate::exit::ResetCause;
+use crate::vm::{RunningVm, Vm, VmCounters, VmError, VmOutcome};
+
+/// Where a VM is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, not booted.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked.
+    Paused,
+    /// Ended (guest powered off or reset, shut down, or failed).
+    Stopped,
+}
+
+/// Something that happened to a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// vCPUs started.
+    Booted,
+    /// vCPUs parked.
+    Paused,
+    /// vCPUs running again.
+    Resumed,
+    /// The guest powered off.
+    PowerOff,
+    /// The guest reset (Keel does not reboot it).
+    Reset(ResetCause),
+    /// Shut down by the embedder.
+    Shutdown,
+    /// A vCPU failed.
+    Error(String),
+}
+
+/// Errors driving a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Building or starting the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The request does not fit the VM's state (boot twice, pause a stopped VM, ...).
+    #[error("cannot {action} a VM that is {state:?}")]
+    WrongState {
+        /// What was asked.
+        action: &'static str,
+        /// The state it was in.
+        state: VmState,
+    },
+}
+
+enum Inner {
+    Created(Box<Vm>),
+    Running(Box<RunningVm>),
+    Stopped(Option<Box<RunningVm>>),
+}
+
+/// One VM and its lifecycle.
+pub struct VmHandle {
+    inner: Inner,
+    outcome: Option<VmOutcome>,
+    events: Sender<VmEvent>,
+    receiver: Option<Receiver<VmEvent>>,
+    never: AtomicBool,
+}
+
+impl VmHandle {
+    /// Validates `config` against the host and builds the VM (memory, devices, vCPUs); the
+    /// guest does not run until [`VmHandle::boot`].
+    pub fn create(config: &VmConfig) -> Result<Self, HandleError> {
+        let vm = Vm::create(config)?;
+        let (events, receiver) = channel();
+        Ok(VmHandle {
+            inner: Inner::Created(Box::new(vm)),
+            outcome: None,
+            events,
+            receiver: Some(receiver),
+            never: AtomicBool::new(false),
+        })
+    }
+
+    /// The event stream (once; later calls return `None`).
+    pub fn take_events(&mut self) -> Option<Receiver<VmEvent>> {
+        self.receiver.take()
+    }
+
+    /// The current state (a guest that powered off since the last call is noticed here).
+    pub fn state(&mut self) -> VmState {
+        self.poll();
+        match &self.inner {
+            Inner::Created(_) => VmState::Created,
+            Inner::Running(vm) if vm.is_paused() => VmState::Paused,
+            Inner::Running(_) => VmState::Running,
+            Inner::Stopped(_) => VmState::Stopped,
+        }
+    }
+
+    fn wrong(&mut self, action: &'static str) -> HandleError {
+        HandleError::WrongState {
+            action,
+            state: self.state(),
+        }
+    }
+
+    fn emit(&self, event: VmEvent) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Starts the vCPUs.
+    pub fn boot(&mut self) -> Result<(), HandleError> {
+        let inner = std::mem::replace(&mut self.inner, Inner::Stopped(None));
+        match inner {
+            Inner::Created(vm) => match vm.start() {
+                Ok(running) => {
+                    self.inner = Inner::Running(Box::new(running));
+                    self.emit(VmEvent::Booted);
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            other => {
+                self.inner = other;
+                Err(self.wrong("boot"))
+            }
+        }
+    }
+
+    /// Parks the vCPUs.
+    pub fn pause(&mut self) -> Result<(), HandleError> {
+        self.poll();
+        match &mut self.inner {
+            Inner::Running(vm) if !vm.is_paused() => {
+                vm.pause()?;
+                self.emit(VmEvent::Paused);
+                Ok(())
+            }
+            _ => Err(self.wrong("pause")),
+        }
+    }
+
+    /// Runs paused vCPUs again.
+    pub fn resume(&mut self) -> Result<(), HandleError> {
+        match &mut self.inner {
+            Inner::Running(vm) if vm.is_paused() => {
+                vm.resume();
+                self.emit(VmEvent::Resumed);
+                Ok(())
+            }
+            _ => Err(self.wrong("resume")),
+        }
+    }
+
+    /// Stops the vCPUs of a running or paused VM; the VM's counters stay readable.
+    pub fn shutdown(&mut self) -> Result<VmOutcome, HandleError> {
+        self.poll();
+        let stop = AtomicBool::new(true);
+        match &mut self.inner {
+            Inner::Running(vm) => {
+                let outcome = vm.wait(&stop);
+                self.finish(outcome.clone());
+                self.emit(VmEvent::Shutdown);
+                Ok(outcome)
+            }
+            _ => Err(self.wrong("shut down")),
+        }
+    }
+
+    fn finish(&mut self, outcome: VmOutcome) {
+        let inner = std::mem::replace(&mut self.inner, Inner::Stopped(None));
+        if let Inner::Running(vm) = inner {
+            self.inner = Inner::Stopped(Some(vm));
+        }
+        self.outcome = Some(outcome);
+    }
+
+    fn event_for(outcome: &VmOutcome) -> Option<VmEvent> {
+        match outcome {
+            VmOutcome::PowerOff => Some(VmEvent::PowerOff),
+            VmOutcome::Reset(c) => Some(VmEvent::Reset(*c)),
+            VmOutcome::Fatal(msg) => Some(VmEvent::Error(msg.clone())),
+            VmOutcome::Stopped => None,
+        }
+    }
+
+    /// Notices a guest that ended (without blocking).
+    fn poll(&mut self) {
+        if let Inner::Running(vm) = &mut self.inner {
+            if let Some(outcome) = vm.wait_for(&self.never, Duration::ZERO) {
+                if let Some(e) = Self::event_for(&outcome) {
+                    self.emit(e);
+                }
+                self.finish(outcome);
+            }
+        }
+    }
+
+    /// Waits until the guest ends the VM (or returns how it already ended).
+    pub fn wait(&mut self) -> Option<VmOutcome> {
+        while matches!(self.inner, Inner::Running(_)) {
+            self.wait_timeout(Duration::from_secs(3600));
+        }
+        self.outcome.clone()
+    }
+
+    /// Waits up to `timeout` for the guest to end the VM; `None` if it still runs or was
+    /// never booted.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<VmOutcome> {
+        if let Inner::Running(vm) = &mut self.inner {
+            let step = timeout.min(Duration::from_secs(3600));
+            if let Some(outcome) = vm.wait_for(&self.never, step) {
+                if let Some(e) = Self::event_for(&outcome) {
+                    self.emit(e);
+                }
+                self.finish(outcome);
+            }
+        }
+        self.outcome.clone()
+    }
+
+    /// Every counter (exits by kind and device, KVM's, disks'), once booted.
+    pub fn counters(&self) -> Option<VmCounters> {
+        match &self.inner {
+            Inner::Running(vm) => Some(vm.counters()),
+            Inner::Stopped(Some(vm)) => Some(vm.counters()),
+            _ => None,
+        }
+    }
+}
