@@ -1,9 +1,10 @@
 //! Keel: a small KVM virtual machine monitor for x86-64, built on the rust-vmm crates.
 //!
-//! The flow is CLI/API -> validated [`config::VmConfig`] -> [`vm::Vm::create`] (memory,
-//! irqchip, devices, boot) -> [`vm::Vm::start`] (one thread per vCPU) -> exits handled by
-//! [`exit::handle_exit`] -> devices on the buses.
+//! The flow is CLI or API socket ([`api`]) -> validated [`config::VmConfig`] ->
+//! [`vm::Vm::create`] (memory, irqchip, devices, boot) -> [`vm::Vm::start`] (one thread per
+//! vCPU) -> exits handled by [`exit::handle_exit`] -> devices on the buses.
 
+pub mod api;
 pub mod block_devices;
 pub mod config;
 pub mod exit;

@@ -3,7 +3,7 @@
 //! vCPU, until the guest powers off, resets, fails, or the caller stops it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -620,13 +620,19 @@ impl RunningVm {
                 break VmOutcome::Stopped;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            match self
-                .events
-                .recv_timeout(left.min(Duration::from_millis(20)))
-            {
+            // With no time left, still look once: a zero timeout must notice a guest that
+            // already ended.
+            let event = if left.is_zero() {
+                match self.events.try_recv() {
+                    Ok(event) => Ok(event),
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                }
+            } else {
+                self.events
+                    .recv_timeout(left.min(Duration::from_millis(20)))
+            };
+            match event {
                 Ok((_, VcpuStop::Requested)) => {}
                 Ok((_, VcpuStop::PowerOff)) => break VmOutcome::PowerOff,
                 Ok((_, VcpuStop::Reset(cause))) => break VmOutcome::Reset(cause),
@@ -709,6 +715,13 @@ fn unclaimed_rows(unclaimed: &Unclaimed) -> Vec<(String, u64)> {
         .iter()
         .map(|(a, n)| (format!("mmio.{a:#x}"), *n));
     ports.chain(mmio).collect()
+}
+
+impl Drop for RunningVm {
+    /// A VM dropped while running stops its vCPUs first (they borrow its memory and devices).
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
 }
 
 fn report_unclaimed(unclaimed: &Unclaimed) {

@@ -1,55 +1,70 @@
 //! The `keel` command: boots one VM from the command line and exits with the guest's fate
-//! (0: powered off or stopped by SIGINT/SIGTERM, 1: error, 3: guest reset).
+//! (0: powered off or stopped by SIGINT/SIGTERM, 1: error, 3: guest reset). With
+//! `--api-socket PATH` it serves the API socket instead (see [`vmm::api`]), with the VM of the
+//! command line booted if `--kernel` is given, and exits 0 on `vmm.shutdown` or SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use vmm::api::routes::ApiState;
+use vmm::api::{ApiServer, Served};
 use vmm::config::{
     CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig, VmConfig,
 };
+use vmm::handle::VmHandle;
 use vmm::stats_view;
-use vmm::vm::{Vm, VmOutcome};
+use vmm::vm::{Vm, VmCounters, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about)]
 struct Cli {
     /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage; the format is detected.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    /// Optional with --api-socket (the VM then comes from `vm.create`).
+    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    kernel: Option<PathBuf>,
+    /// Serve the HTTP API (Cloud Hypervisor's endpoints) on this Unix socket, created with mode
+    /// 0600 (`path=PATH` is accepted too). Keel runs until `PUT /api/v1/vmm.shutdown`.
+    #[arg(long, value_name = "PATH", value_parser = parse_api_socket)]
+    api_socket: Option<PathBuf>,
     /// Initramfs to load.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "kernel")]
     initramfs: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", requires = "kernel")]
     cmdline: String,
     /// vCPUs: boot=N[,affinity=[0@[2,3],1@[4]]][,pvm_compat=auto|on|off].
-    #[arg(long, default_value = "boot=1", value_parser = parse_cpus)]
+    #[arg(long, default_value = "boot=1", value_parser = parse_cpus, requires = "kernel")]
     cpus: CpusConfig,
     /// Guest RAM: size=S[,hugepages=on][,hugepage_size=2M|1G][,prefault=on][,thp=on|off]
     /// [,shared=on][,mergeable=on].
-    #[arg(long, default_value = "size=512M", value_parser = parse_memory)]
+    #[arg(long, default_value = "size=512M", value_parser = parse_memory, requires = "kernel")]
     memory: MemoryConfig,
     /// Guest NUMA node (repeatable): guest_node=N,cpus=LIST,memory=SIZE[,host_node=H].
-    #[arg(long, value_name = "OPTIONS", value_parser = parse_numa)]
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_numa, requires = "kernel")]
     numa: Vec<NumaNodeConfig>,
     /// virtio-blk disk (repeatable): path=FILE[,readonly=on][,cache=none|writeback][,queues=N]
     /// [,queue_size=N][,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID]
     /// [,id=NAME].
-    #[arg(long, value_name = "OPTIONS", value_parser = parse_disk)]
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_disk, requires = "kernel")]
     disk: Vec<DiskConfig>,
     /// Serial console (COM1): tty, off, or file=PATH.
-    #[arg(long, default_value = "tty", value_parser = parse_serial)]
+    #[arg(long, default_value = "tty", value_parser = parse_serial, requires = "kernel")]
     serial: SerialConfig,
     /// At exit, print every counter (Keel's exits by kind and device, KVM's per vCPU and per
     /// VM, each disk's I/O) on stderr as a table and as one `keel-stats: {JSON}` line.
     #[arg(long)]
     stats: bool,
     /// While the VM runs, print the counters' rates every SECONDS on stderr, busiest first
-    /// (a kvm_stat-style view).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    /// (a kvm_stat-style view). Not with --api-socket (GET /api/v1/vm.counters instead).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_interval,
+        conflicts_with = "api_socket"
+    )]
     stats_interval: Option<std::time::Duration>,
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
@@ -89,6 +104,15 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     SerialConfig::parse(s).map_err(|e| e.to_string())
 }
 
+/// `PATH` or, as Cloud Hypervisor writes it, `path=PATH`.
+fn parse_api_socket(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("path=").unwrap_or(s);
+    if path.is_empty() {
+        return Err("empty socket path".to_string());
+    }
+    Ok(PathBuf::from(path))
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -114,14 +138,7 @@ fn install_stop_handlers() {
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    vmm::api::routes::error_chain(err)
 }
 
 /// Logs the process's peak resident set (VmHWM) at debug level; `make bench` reads it.
@@ -222,17 +239,12 @@ fn main() -> ExitCode {
         }
     };
     vmm::logger::init(cli.log_level);
-    let config = VmConfig {
-        cpus: cli.cpus,
-        memory: cli.memory,
-        payload: PayloadConfig {
-            kernel: cli.kernel,
-            initramfs: cli.initramfs,
-            cmdline: cli.cmdline,
-        },
-        serial: cli.serial,
-        disks: cli.disk,
-        numa: cli.numa,
+    if let Some(path) = cli.api_socket.clone() {
+        return api_main(cli, &path);
+    }
+    let Some(config) = vm_config(&cli) else {
+        eprintln!("keel: error: --kernel is required");
+        return ExitCode::from(1);
     };
     install_stop_handlers();
     let mut running = match Vm::create(&config).and_then(Vm::start) {
@@ -263,9 +275,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.stats {
-        let counters = running.counters();
-        eprint!("{}", stats_view::table(&counters));
-        eprintln!("keel-stats: {}", stats_view::json(&counters));
+        print_stats(&running.counters());
     }
     drop(running);
     log_peak_rss();
@@ -275,13 +285,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         VmOutcome::Stopped => {
-            let signum = SIGNAL.load(Ordering::Relaxed);
-            let name = if signum == libc::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
-            eprintln!("keel: stopped by {name}");
+            eprintln!("keel: stopped by {}", signal_name());
             ExitCode::SUCCESS
         }
         VmOutcome::Reset(cause) => {
@@ -290,6 +294,85 @@ fn main() -> ExitCode {
         }
         VmOutcome::Fatal(msg) => {
             eprintln!("keel: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The VM of the command line, if `--kernel` was given.
+fn vm_config(cli: &Cli) -> Option<VmConfig> {
+    Some(VmConfig {
+        cpus: cli.cpus.clone(),
+        memory: cli.memory.clone(),
+        payload: PayloadConfig {
+            kernel: cli.kernel.clone()?,
+            initramfs: cli.initramfs.clone(),
+            cmdline: cli.cmdline.clone(),
+        },
+        serial: cli.serial.clone(),
+        disks: cli.disk.clone(),
+        numa: cli.numa.clone(),
+    })
+}
+
+fn print_stats(counters: &VmCounters) {
+    eprint!("{}", stats_view::table(counters));
+    eprintln!("keel-stats: {}", stats_view::json(counters));
+}
+
+fn signal_name() -> &'static str {
+    if SIGNAL.load(Ordering::Relaxed) == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
+}
+
+/// `keel --api-socket PATH [--kernel ...]`: serves the API until `vmm.shutdown` (exit 0) or
+/// SIGINT/SIGTERM (exit 0); a guest that powers off or resets leaves keel serving, its VM in
+/// state `Shutdown`. Exit 1 if the socket or the command line's VM cannot be set up.
+fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
+    let server = match ApiServer::bind(path) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("keel: error: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    install_stop_handlers();
+    let mut state = ApiState::new();
+    if let Some(config) = vm_config(&cli) {
+        let booted = VmHandle::create(&config).and_then(|mut vm| vm.boot().map(|()| vm));
+        match booted {
+            Ok(vm) => state.adopt(config, vm),
+            Err(e) => {
+                eprintln!("keel: error: {}", error_chain(&e));
+                return ExitCode::from(1);
+            }
+        }
+    }
+    log::info!("api: serving on {}", server.path().display());
+    let served = server.serve(&mut state, &STOP);
+    state.stop_vm();
+    if cli.stats {
+        if let Some(counters) = state.counters() {
+            print_stats(&counters);
+        }
+    }
+    drop(state);
+    drop(server);
+    log_peak_rss();
+    match served {
+        Ok(Served::VmmShutdown) => {
+            log::info!("api: vmm.shutdown");
+            ExitCode::SUCCESS
+        }
+        Ok(Served::Interrupted) => {
+            eprintln!("keel: stopped by {}", signal_name());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keel: error: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }

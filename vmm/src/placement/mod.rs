@@ -7,7 +7,7 @@
 //! - [`mempolicy`]: [`bind_to_node`] binds a mapped range to one NUMA node (`mbind(2)`), and
 //!   [`range_policy`] reads a range's policy back (`get_mempolicy(2)`).
 //!
-//! - [`plan`]: [`Plan`], where one VM's RAM pieces, vCPUs and I/O threads go, checked
+//! - [`mod@plan`]: [`Plan`], where one VM's RAM pieces, vCPUs and I/O threads go, checked
 //!   against the host before the VM exists.
 //!
 //! Every fallible call returns [`PlacementError`] (planning reports bad requests as

@@ -1,0 +1,471 @@
+//! `keel --api-socket` over a real Unix socket with real probe guests: the lifecycle
+//! (create -> boot -> pause -> counters -> resume -> shutdown) with `vm.info` along the way,
+//! bad requests answered with 4xx and a JSON error while the VM keeps running, the socket's
+//! mode and removal, exit status, and the server against its OpenAPI document.
+//!
+//! Requests are raw HTTP/1.1 written to a `UnixStream`. Every answer to an operation the
+//! OpenAPI document describes is checked against the statuses it lists for that operation.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const API: &str = "/api/v1";
+
+/// (METHOD, full path) -> the statuses the document lists for it.
+type Operations = BTreeMap<(String, String), BTreeSet<u16>>;
+
+fn openapi() -> &'static Operations {
+    static DOC: OnceLock<Operations> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/api/keel-api.yaml");
+        let text = std::fs::read_to_string(&path).expect("read keel-api.yaml");
+        let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("keel-api.yaml is YAML");
+        let doc = &docs[0];
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        assert_eq!(
+            doc["servers"][0]["url"].as_str(),
+            Some("http://localhost/api/v1")
+        );
+        let mut ops = Operations::new();
+        for (path, item) in doc["paths"].as_hash().expect("paths") {
+            let path = format!("{API}{}", path.as_str().expect("path key"));
+            for (method, op) in item.as_hash().expect("path item") {
+                let method = method.as_str().expect("method key").to_ascii_uppercase();
+                let statuses = op["responses"]
+                    .as_hash()
+                    .expect("responses")
+                    .keys()
+                    .map(|k| k.as_str().expect("quoted status").parse().expect("status"))
+                    .collect();
+                ops.insert((method, path.clone()), statuses);
+            }
+        }
+        ops
+    })
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// Asserts a 4xx with exactly `{"error": "one line"}`; returns the message.
+    fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        let value = self.json();
+        let object = value.as_object().expect("object");
+        assert_eq!(object.len(), 1, "{self:?}");
+        let message = object["error"].as_str().expect("string").to_string();
+        assert!(!message.is_empty() && !message.contains('\n'), "{message}");
+        message
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Writes `raw` on a new connection and reads the answer until the server closes.
+fn exchange(socket: &Path, raw: &[u8]) -> Answer {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // A refused body may not be read at all: the answer matters, not the write.
+    let _ = stream.write_all(raw);
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).expect("read the answer");
+    let text = String::from_utf8(bytes).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {head}"));
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+    {
+        assert_eq!(len.parse::<usize>().unwrap(), body.len(), "{text}");
+    }
+    Answer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// A keel serving an API socket; killed if the test ends without `finish`.
+struct Keel {
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+/// A fresh path in the temp directory, private to this test process.
+fn temp_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("keel-api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+impl Keel {
+    /// `keel --api-socket <tmp>/NAME.sock ARGS...`, once it answers vmm.ping.
+    fn start(name: &str, args: &[&str]) -> Keel {
+        Keel::start_at(temp_path(&format!("{name}.sock")), args)
+    }
+
+    /// `keel --api-socket SOCKET ARGS...`, once it answers vmm.ping.
+    fn start_at(socket: PathBuf, args: &[&str]) -> Keel {
+        let mut all = vec!["--api-socket", socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let keel = Keel {
+            child: Some(common::spawn_keel(&all)),
+            socket,
+        };
+        let start = Instant::now();
+        while UnixStream::connect(&keel.socket).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(keel.call("GET", "vmm.ping", None).status, 200);
+        keel
+    }
+
+    /// `METHOD /api/v1/ENDPOINT` with an optional body; checks the status against the
+    /// OpenAPI document when it describes the operation.
+    fn call(&self, method: &str, endpoint: &str, body: Option<&str>) -> Answer {
+        let path = format!("{API}/{endpoint}");
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        if let Some(body) = body {
+            raw.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        raw.push_str("\r\n");
+        raw.push_str(body.unwrap_or(""));
+        let answer = exchange(&self.socket, raw.as_bytes());
+        if let Some(statuses) = openapi().get(&(method.to_string(), path.clone())) {
+            assert!(
+                statuses.contains(&answer.status),
+                "{method} {path} answered {} which keel-api.yaml does not list ({statuses:?})",
+                answer.status
+            );
+        }
+        answer
+    }
+
+    fn put(&self, endpoint: &str) -> Answer {
+        self.call("PUT", endpoint, None)
+    }
+
+    fn state(&self) -> String {
+        let answer = self.call("GET", "vm.info", None);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.json()["state"].as_str().unwrap().to_string()
+    }
+
+    fn kvm_exits(&self) -> u64 {
+        let answer = self.call("GET", "vm.counters", None);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.json()["vcpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["kvm"]["exits"].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// Waits for keel to exit after `vmm.shutdown` or a signal.
+    fn finish(mut self) -> common::Run {
+        let child = self.child.take().expect("running");
+        common::finish(child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A vm.create body for the probe with `cmdline`, COM1 to a file.
+fn probe_body(tag: &str, cmdline: &str) -> (String, PathBuf) {
+    let serial = temp_path(&format!("{tag}.com1"));
+    let body = serde_json::json!({
+        "cpus": {"boot_vcpus": 1},
+        "memory": {"size": 128u64 << 20},
+        "payload": {"kernel": common::probe_image("probe.elf"), "cmdline": cmdline},
+        "serial": {"mode": "File", "file": serial},
+    });
+    (body.to_string(), serial)
+}
+
+fn assert_exits_cleanly(keel: Keel) {
+    let socket = keel.socket.clone();
+    let answer = keel.put("vmm.shutdown");
+    assert_eq!(answer.status, 204, "{answer:?}");
+    let run = keel.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+    assert!(!socket.exists(), "socket left behind");
+}
+
+#[test]
+fn lifecycle_create_boot_pause_counters_resume_shutdown() {
+    let keel = Keel::start("lifecycle", &[]);
+    let meta = std::fs::symlink_metadata(&keel.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let ping = keel.call("GET", "vmm.ping", None).json();
+    assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"));
+
+    keel.call("GET", "vm.info", None).error(409);
+    let (body, serial) = probe_body("lifecycle", "probe.cmd=spin:ms=60000");
+    assert_eq!(keel.call("PUT", "vm.create", Some(&body)).status, 204);
+    let info = keel.call("GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Created");
+    assert_eq!(info["config"]["memory"]["size"], 128u64 << 20);
+    assert_eq!(
+        info["config"]["payload"]["cmdline"],
+        "probe.cmd=spin:ms=60000"
+    );
+    assert_eq!(info["memory_actual_size"], 128u64 << 20);
+    keel.call("GET", "vm.counters", None).error(409);
+
+    assert_eq!(keel.put("vm.boot").status, 204);
+    assert_eq!(keel.state(), "Running");
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert_eq!(keel.put("vm.pause").status, 204);
+    assert_eq!(keel.state(), "Paused");
+    let counters = keel.call("GET", "vm.counters", None).json();
+    assert_eq!(counters["vcpus"].as_array().unwrap().len(), 1);
+    assert!(counters["vcpus"][0]["userspace"]["total"].as_u64().unwrap() > 0);
+    let frozen = keel.kvm_exits();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(keel.kvm_exits(), frozen, "a paused guest does not run");
+
+    assert_eq!(keel.put("vm.resume").status, 204);
+    assert_eq!(keel.state(), "Running");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(keel.put("vm.shutdown").status, 204);
+    assert_eq!(keel.state(), "Shutdown");
+    assert!(
+        keel.kvm_exits() > frozen,
+        "counters stay readable after shutdown"
+    );
+    let message = keel.put("vm.pause").error(409);
+    assert!(message.contains("Shutdown"), "{message}");
+    keel.put("vm.resume").error(409);
+    keel.put("vm.shutdown").error(409);
+
+    // As in Cloud Hypervisor, a shut-down VM boots again (rebuilt from its config).
+    assert_eq!(keel.put("vm.boot").status, 204);
+    assert_eq!(keel.state(), "Running");
+    assert_eq!(keel.put("vm.delete").status, 204);
+    keel.call("GET", "vm.info", None).error(409);
+    assert_eq!(keel.put("vm.delete").status, 204);
+
+    assert_exits_cleanly(keel);
+    let _ = std::fs::remove_file(serial);
+}
+
+#[test]
+fn bad_requests_get_4xx_and_json_and_the_vm_keeps_running() {
+    let keel = Keel::start("bad", &[]);
+    // No VM yet.
+    let cases = [
+        ("{", "VM config JSON"),
+        (
+            "{\"payload\":{\"kernel\":\"/k\"},\"net\":[{}]}",
+            "unknown field",
+        ),
+        (
+            "{\"payload\":{\"kernel\":\"/nonexistent/vmlinux\"}}",
+            "/nonexistent/vmlinux",
+        ),
+        ("", "needs a VmConfig"),
+    ];
+    for (body, expected) in cases {
+        let message = keel.call("PUT", "vm.create", Some(body)).error(400);
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    for endpoint in ["vm.boot", "vm.pause", "vm.resume", "vm.shutdown"] {
+        let message = keel.put(endpoint).error(409);
+        assert!(message.contains("no VM"), "{message}");
+    }
+
+    let (body, serial) = probe_body("bad", "probe.cmd=spin:ms=60000");
+    assert_eq!(keel.call("PUT", "vm.create", Some(&body)).status, 204);
+    keel.put("vm.pause").error(409);
+    keel.put("vm.resume").error(409);
+    assert_eq!(keel.put("vm.boot").status, 204);
+    let before = keel.kvm_exits();
+
+    // Every bad request below leaves the VM running.
+    let message = keel.call("PUT", "vm.create", Some(&body)).error(409);
+    assert!(message.contains("already exists"), "{message}");
+    keel.call("PUT", "vm.create", Some("{")).error(409);
+    let message = keel.put("vm.boot").error(409);
+    assert!(message.contains("Running"), "{message}");
+    keel.put("vm.resume").error(409);
+    assert_eq!(keel.put("vm.pause").status, 204);
+    keel.put("vm.pause").error(409);
+    assert_eq!(keel.put("vm.resume").status, 204);
+
+    let answer = keel.call("POST", "vm.boot", None);
+    answer.error(405);
+    assert_eq!(answer.header("Allow").as_deref(), Some("PUT"));
+    let answer = keel.call("PUT", "vm.info", Some("{}"));
+    answer.error(405);
+    assert_eq!(answer.header("Allow").as_deref(), Some("GET"));
+    keel.call("GET", "vm.snapshot", None).error(404);
+    exchange(&keel.socket, b"GET /nope HTTP/1.1\r\n\r\n").error(404);
+    exchange(&keel.socket, b"NOT HTTP\r\n\r\n").error(400);
+    exchange(&keel.socket, b"GET /api/v1/vm.info HTTP/3.0\r\n\r\n").error(505);
+
+    // A body over 1 MiB is refused before it is read.
+    let big = format!(
+        "{{\"payload\":{{\"cmdline\":\"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    let message = keel.call("PUT", "vm.create", Some(&big)).error(413);
+    assert!(message.contains("larger than"), "{message}");
+
+    assert_eq!(keel.state(), "Running");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(keel.kvm_exits() > before, "the guest still runs");
+    assert_exits_cleanly(keel);
+    let _ = std::fs::remove_file(serial);
+}
+
+#[test]
+fn the_command_line_vm_is_served_and_keel_outlives_its_poweroff() {
+    let serial = temp_path("cli.com1");
+    let serial_arg = format!("file={}", serial.display());
+    let kernel = common::probe_image("probe.elf");
+    let keel = Keel::start(
+        "cli",
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "size=128M",
+            "--cmdline",
+            "probe.cmd=boot",
+            "--serial",
+            &serial_arg,
+        ],
+    );
+    let start = Instant::now();
+    while keel.state() != "Shutdown" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the probe never powered off"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info = keel.call("GET", "vm.info", None).json();
+    assert_eq!(info["config"]["payload"]["cmdline"], "probe.cmd=boot");
+    assert_eq!(keel.call("GET", "vmm.ping", None).status, 200);
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(text.contains("{\"done\":true}"), "{text}");
+    assert_exits_cleanly(keel);
+    let _ = std::fs::remove_file(serial);
+}
+
+#[test]
+fn sigterm_stops_keel_and_removes_the_socket() {
+    let keel = Keel::start("sigterm", &[]);
+    let pid = keel.child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: signals the keel this test spawned and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let socket = keel.socket.clone();
+    let run = keel.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(
+        run.stderr.contains("stopped by SIGTERM"),
+        "{}",
+        run.describe()
+    );
+    assert!(!socket.exists());
+}
+
+#[test]
+fn an_existing_path_is_refused_unless_it_is_a_stale_socket() {
+    let path = temp_path("taken");
+    std::fs::write(&path, b"not a socket").unwrap();
+    let run = common::run_keel(&["--api-socket", path.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    assert!(run.stderr.contains("not a socket"), "{}", run.describe());
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    std::fs::remove_file(&path).unwrap();
+
+    // A socket nobody listens on is stale: replaced.
+    let socket = temp_path("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let keel = Keel::start_at(socket, &[]);
+    // A second keel on a live socket is refused and leaves it alone.
+    let run = common::run_keel(&["--api-socket", keel.socket.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    assert!(run.stderr.contains("another process"), "{}", run.describe());
+    assert_eq!(keel.call("GET", "vmm.ping", None).status, 200);
+    assert_exits_cleanly(keel);
+}
+
+#[test]
+fn the_server_matches_its_openapi_document() {
+    let documented: BTreeSet<(String, String)> = openapi().keys().cloned().collect();
+    let served: BTreeSet<(String, String)> = vmm::api::routes::ENDPOINTS
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, served, "keel-api.yaml and the server disagree");
+
+    let keel = Keel::start("openapi", &[]);
+    // Every documented operation is served (vmm.shutdown last: keel exits).
+    let mut ops: Vec<&(String, String)> = documented.iter().collect();
+    ops.sort_by_key(|(_, p)| p.ends_with("vmm.shutdown"));
+    for (method, path) in ops {
+        let endpoint = path.trim_start_matches(&format!("{API}/"));
+        let body = (endpoint == "vm.create").then_some("{}");
+        let answer = keel.call(method, endpoint, body);
+        assert!(
+            ![404, 405].contains(&answer.status),
+            "{method} {path} is documented but not served: {answer:?}"
+        );
+        if answer.status >= 400 {
+            answer.error(answer.status);
+        }
+    }
+    let socket = keel.socket.clone();
+    let run = keel.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(!socket.exists());
+}

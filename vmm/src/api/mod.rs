@@ -1,0 +1,317 @@
+//! The API socket: HTTP/1.1 with JSON over a Unix socket, with Cloud Hypervisor's endpoints
+//! (see [`routes`] for them and their status codes, and `resources/api/keel-api.yaml`).
+//!
+//! One thread ([`ApiServer::serve`]) accepts connections and answers one request on each, in
+//! turn; it owns the VM ([`routes::ApiState`], at most one `VmHandle`), so requests never race
+//! each other. Between requests it wakes every [`TICK`] to notice a guest that powered off or
+//! reset (the VM then shows `Shutdown`, and the server keeps serving until `vmm.shutdown`) and
+//! whether it was asked to stop. A client gets [`REQUEST_TIMEOUT`] to send its request.
+//!
+//! [`ApiServer::bind`] creates the socket file with mode 0600 before it accepts anything (the
+//! socket is bound, `chmod`ed, and only then listens, so no connection can arrive in between;
+//! the process umask is left alone). An existing file at the path is refused unless it is a
+//! socket nobody listens on, which is removed as stale. Dropping the server removes the socket
+//! file, if it is still the one it created.
+
+pub mod http;
+pub mod routes;
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use self::http::Response;
+use self::routes::{error_chain, error_json, ApiState};
+
+/// How often the server looks at the VM and at its stop flag while no request comes.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long a client has to send a whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing a response may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections the kernel queues while one is being served.
+const BACKLOG: libc::c_int = 16;
+
+/// Errors setting up or running the API socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Something other than a socket is at the path.
+    #[error("{}: exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    /// Another process listens on the socket.
+    #[error("{}: another process is listening on this socket", .0.display())]
+    InUse(PathBuf),
+    /// The existing file could not be checked or removed.
+    #[error("{}: cannot check or remove the existing socket", path.display())]
+    Stale {
+        /// The socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path cannot name a Unix socket.
+    #[error("{}: a Unix socket path must be 1 to 107 bytes without NUL", .0.display())]
+    BadPath(PathBuf),
+    /// Creating, binding, restricting or listening on the socket failed.
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for connections failed.
+    #[error("waiting for API connections failed")]
+    Poll(#[source] std::io::Error),
+}
+
+/// Why [`ApiServer::serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A client asked `PUT /api/v1/vmm.shutdown` (and got its answer).
+    VmmShutdown,
+    /// The stop flag was raised (SIGINT/SIGTERM in `keel`).
+    Interrupted,
+}
+
+/// A listening API socket.
+#[derive(Debug)]
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file created, so that only it is removed.
+    file_id: (u64, u64),
+}
+
+/// Refuses `path` if something other than a stale socket is there; removes a stale one.
+fn clear_stale(path: &Path) -> Result<(), ApiError> {
+    let stale = |source| ApiError::Stale {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(stale(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ApiError::NotASocket(path.to_path_buf()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ApiError::InUse(path.to_path_buf())),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(stale)?;
+            log::info!("api: removed the stale socket {}", path.display());
+            Ok(())
+        }
+        Err(e) => Err(stale(e)),
+    }
+}
+
+fn socket_address(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), ApiError> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ApiError::BadPath(path.to_path_buf()));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+/// socket + bind + chmod 0600 + listen: until `listen`, connections are refused, so nobody
+/// connects while the file still has the umask's mode.
+fn listen_owner_only(path: &Path) -> Result<UnixListener, ApiError> {
+    let (addr, len) = socket_address(path)?;
+    let fail = |source| ApiError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new socket nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` lies within it.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    let restricted = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let listening = restricted.and_then(|()| {
+        // SAFETY: listen(2) on the socket owned above.
+        if unsafe { libc::listen(socket.as_raw_fd(), BACKLOG) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    if let Err(e) = listening {
+        let _ = std::fs::remove_file(path);
+        return Err(fail(e));
+    }
+    Ok(UnixListener::from(socket))
+}
+
+impl ApiServer {
+    /// Creates the socket at `path` (mode 0600), replacing only a stale socket.
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        clear_stale(path)?;
+        let listener = listen_owner_only(path)?;
+        let fail = |source| ApiError::Listen {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+        let server = ApiServer {
+            listener,
+            path: path.to_path_buf(),
+            file_id: (meta.dev(), meta.ino()),
+        };
+        server.listener.set_nonblocking(true).map_err(fail)?;
+        Ok(server)
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves requests until `vmm.shutdown` or until `stop` is raised. The VM in `state` is
+    /// left as it is (the caller stops it).
+    pub fn serve(&self, state: &mut ApiState, stop: &AtomicBool) -> Result<Served, ApiError> {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Ok(Served::Interrupted);
+            }
+            state.refresh();
+            if !self.readable(TICK)? {
+                continue;
+            }
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock
+                            | ErrorKind::Interrupted
+                            | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the VM, try again later.
+                    log::warn!("api: accept failed: {e}");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            };
+            if serve_connection(stream, state) {
+                return Ok(Served::VmmShutdown);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a connection; false on timeout or a signal.
+    fn readable(&self, timeout: Duration) -> Result<bool, ApiError> {
+        let mut pfd = libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd, for the listener this server owns.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(ApiError::Poll(e))
+            };
+        }
+        Ok(rc > 0)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file_id);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("api: cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Reads one request from `stream`, answers it and closes; true if it was `vmm.shutdown`.
+fn serve_connection(mut stream: UnixStream, state: &mut ApiState) -> bool {
+    // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure of it anyway.
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+    {
+        log::warn!("api: cannot set up a connection: {e}");
+        return false;
+    }
+    match http::read_request(&mut stream, REQUEST_TIMEOUT) {
+        Ok(request) => {
+            let reply = routes::handle(&request.method, &request.path, &request.body, state);
+            log::debug!(
+                "api: {} {} -> {}",
+                request.method,
+                request.path,
+                reply.response.status
+            );
+            let head_only = request.method == "HEAD";
+            if let Err(e) = http::write_response(&mut stream, &reply.response, head_only) {
+                log::debug!("api: writing the response: {e}");
+            }
+            reply.exit
+        }
+        Err(e) => {
+            let message = error_chain(&e);
+            match e.status() {
+                Some(status) => {
+                    log::debug!("api: bad request ({status}): {message}");
+                    let response = Response {
+                        status,
+                        body: Some(error_json(&message)),
+                        allow: None,
+                    };
+                    if let Err(e) = http::write_response(&mut stream, &response, false) {
+                        log::debug!("api: writing the response: {e}");
+                    }
+                    http::linger(&mut stream);
+                }
+                None => log::debug!("api: {message}"),
+            }
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+//! The API's endpoints, in Cloud Hypervisor's shape, as one function of (method, path, body,
+//! state) -> response, so that they can be tested without a socket.
+//!
+//! | endpoint | method | success | errors |
+//! | --- | --- | --- | --- |
+//! | `/api/v1/vm.create` | PUT, body: a `VmConfig` ([`vm_config_from_json`]) | 204 | 400 bad body or the VM cannot be built; 409 a VM exists |
+//! | `/api/v1/vm.boot` | PUT | 204 | 409 no VM, or not `Created`/`Shutdown`; 400 a shut-down VM cannot be rebuilt; 500 |
+//! | `/api/v1/vm.pause` | PUT | 204 | 409 no VM, or not `Running`; 500 vCPUs did not park |
+//! | `/api/v1/vm.resume` | PUT | 204 | 409 no VM, or not `Paused` |
+//! | `/api/v1/vm.shutdown` | PUT | 204 | 409 no VM, or not `Running`/`Paused` |
+//! | `/api/v1/vm.delete` | PUT | 204 (also with no VM) | |
+//! | `/api/v1/vmm.shutdown` | PUT | 204, then keel exits | |
+//! | `/api/v1/vm.info` | GET | 200 `{"config", "state", "memory_actual_size"}` | 409 no VM |
+//! | `/api/v1/vm.counters` | GET | 200 [`stats_view::json`] | 409 no VM, or never booted |
+//! | `/api/v1/vmm.ping` | GET | 200 `{"version", "build_version", "pid", "features"}` | |
+//!
+//! Any other path is 404; another method on a known path is 405 with `Allow`. Every error
+//! carries `{"error": "one line"}`. A request that does not fit the VM's state is 409
+//! Conflict, and so is one that needs a VM when there is none (404 is kept for paths Keel does
+//! not serve). States are spelled as Cloud Hypervisor spells them: `Created`, `Running`,
+//! `Paused`, `Shutdown` (the guest powered off or reset, or `vm.shutdown`). `vm.boot` of a VM in
+//! `Shutdown` builds it afresh from its config and boots it, as Cloud Hypervisor allows. Bodies
+//! of endpoints other than `vm.create` are ignored.
+
+use std::time::Duration;
+
+use super::http::Response;
+use crate::config::VmConfig;
+use crate::config::{vm_config_from_json, vm_config_to_json, JsonConfigError};
+use crate::handle::{HandleError, VmHandle, VmState};
+use crate::stats_view;
+use crate::vm::VmCounters;
+
+/// Every endpoint served, as (method, path).
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("PUT", "/api/v1/vm.create"),
+    ("PUT", "/api/v1/vm.boot"),
+    ("PUT", "/api/v1/vm.pause"),
+    ("PUT", "/api/v1/vm.resume"),
+    ("PUT", "/api/v1/vm.shutdown"),
+    ("PUT", "/api/v1/vm.delete"),
+    ("PUT", "/api/v1/vmm.shutdown"),
+    ("GET", "/api/v1/vm.info"),
+    ("GET", "/api/v1/vm.counters"),
+    ("GET", "/api/v1/vmm.ping"),
+];
+
+/// Why a request was refused; [`RouteError::status`] is its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// No such endpoint.
+    #[error("no endpoint {0}")]
+    NotFound(String),
+    /// The endpoint exists, with another method.
+    #[error("{path} takes {allow}, not {method}")]
+    Method {
+        /// The path asked for.
+        path: String,
+        /// The method used.
+        method: String,
+        /// The method the endpoint takes.
+        allow: &'static str,
+    },
+    /// The body is not a VM config Keel accepts.
+    #[error(transparent)]
+    Config(#[from] JsonConfigError),
+    /// The body is unusable for another reason (missing, not UTF-8).
+    #[error("{0}")]
+    Body(&'static str),
+    /// The VM could not be built from its config on this host.
+    #[error("cannot build the VM: {0}")]
+    Build(String),
+    /// The request does not fit the VM's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The VM failed to do what was asked.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RouteError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::NotFound(_) => 404,
+            RouteError::Method { .. } => 405,
+            RouteError::Config(_) | RouteError::Body(_) | RouteError::Build(_) => 400,
+            RouteError::Conflict(_) => 409,
+            RouteError::Internal(_) => 500,
+        }
+    }
+}
+
+/// What the server does with a request: answer it, and maybe exit afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The response to send.
+    pub response: Response,
+    /// `vmm.shutdown`: stop serving once the response is out.
+    pub exit: bool,
+}
+
+/// A VM the API created (or was handed), with the config it was built from.
+struct ManagedVm {
+    config: VmConfig,
+    /// `None` only after a shut-down VM failed to be rebuilt by `vm.boot`.
+    handle: Option<VmHandle>,
+    /// Whether its end has been logged.
+    ended: bool,
+}
+
+/// The VM the API serves (at most one), owned by the server thread.
+#[derive(Default)]
+pub struct ApiState {
+    vm: Option<ManagedVm>,
+}
+
+/// The state as Cloud Hypervisor spells it.
+pub fn state_name(state: VmState) -> &'static str {
+    match state {
+        VmState::Created => "Created",
+        VmState::Running => "Running",
+        VmState::Paused => "Paused",
+        VmState::Stopped => "Shutdown",
+    }
+}
+
+/// `err` and its sources, joined with ": ", on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    one_line(&text)
+}
+
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn no_vm() -> RouteError {
+    RouteError::Conflict("no VM has been created (PUT /api/v1/vm.create first)".into())
+}
+
+fn from_handle(err: HandleError) -> RouteError {
+    match err {
+        HandleError::WrongState { action, state } => RouteError::Conflict(format!(
+            "cannot {action} a VM that is {}",
+            state_name(state)
+        )),
+        HandleError::Vm(e) => RouteError::Internal(error_chain(&e)),
+    }
+}
+
+impl ApiState {
+    /// No VM yet: the API waits for `vm.create`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `handle`, built from `config` (for `keel --api-socket --kernel ...`). A VM
+    /// already served is shut down and replaced.
+    pub fn adopt(&mut self, config: VmConfig, handle: VmHandle) {
+        self.stop_vm();
+        self.vm = Some(ManagedVm {
+            config,
+            handle: Some(handle),
+            ended: false,
+        });
+    }
+
+    /// Notices a guest that powered off or reset since the last call (logging it once).
+    pub fn refresh(&mut self) {
+        let Some(vm) = &mut self.vm else { return };
+        let Some(handle) = &mut vm.handle else { return };
+        if vm.ended {
+            return;
+        }
+        if let Some(outcome) = handle.wait_timeout(Duration::from_millis(1)) {
+            log::info!("api: the VM ended: {outcome:?}; serving until vmm.shutdown");
+            vm.ended = true;
+        }
+    }
+
+    /// The VM's state, if there is a VM.
+    pub fn vm_state(&mut self) -> Option<VmState> {
+        self.refresh();
+        let vm = self.vm.as_mut()?;
+        Some(vm.handle.as_mut().map_or(VmState::Stopped, VmHandle::state))
+    }
+
+    /// The VM's counters, once booted.
+    pub fn counters(&self) -> Option<VmCounters> {
+        self.vm.as_ref()?.handle.as_ref()?.counters()
+    }
+
+    /// Stops the VM's vCPUs if it runs (or is paused); the VM and its counters stay.
+    pub fn stop_vm(&mut self) {
+        if let Some(handle) = self.vm.as_mut().and_then(|vm| vm.handle.as_mut()) {
+            if matches!(handle.state(), VmState::Running | VmState::Paused) {
+                if let Err(e) = handle.shutdown() {
+                    log::warn!("api: stopping the VM: {}", error_chain(&e));
+                }
+            }
+        }
+    }
+
+    fn vm(&mut self) -> Result<&mut ManagedVm, RouteError> {
+        self.vm.as_mut().ok_or_else(no_vm)
+    }
+
+    fn handle(&mut self) -> Result<&mut VmHandle, RouteError> {
+        self.vm()?.handle.as_mut().ok_or_else(|| {
+            RouteError::Conflict("the VM is Shutdown; PUT /api/v1/vm.boot rebuilds it".into())
+        })
+    }
+}
+
+/// Answers one request. `path` carries no query string; `body` is the whole body.
+pub fn handle(method: &str, path: &str, body: &[u8], state: &mut ApiState) -> Reply {
+    state.refresh();
+    let result = route(method, path, body, state);
+    let exit = result.is_ok() && path == "/api/v1/vmm.shutdown";
+    let response = match result {
+        Ok(Some(json)) => Response {
+            status: 200,
+            body: Some(json),
+            allow: None,
+        },
+        Ok(None) => Response {
+            status: 204,
+            body: None,
+            allow: None,
+        },
+        Err(e) => Response {
+            status: e.status(),
+            body: Some(error_json(&error_chain(&e))),
+            allow: match e {
+                RouteError::Method { allow, .. } => Some(allow),
+                _ => None,
+            },
+        },
+    };
+    Reply { response, exit }
+}
+
+/// `{"error": message}`.
+pub fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+/// `Ok(Some(json))`: 200 with a body; `Ok(None)`: 204.
+fn route(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    state: &mut ApiState,
+) -> Result<Option<String>, RouteError> {
+    let Some(&(allow, _)) = ENDPOINTS.iter().find(|(_, p)| *p == path) else {
+        return Err(RouteError::NotFound(path.to_string()));
+    };
+    if method != allow {
+        return Err(RouteError::Method {
+            path: path.to_string(),
+            method: method.to_string(),
+            allow,
+        });
+    }
+    let endpoint = path.trim_start_matches("/api/v1/");
+    match endpoint {
+        "vm.create" => create(body, state).map(|()| None),
+        "vm.boot" => boot(state).map(|()| None),
+        "vm.pause" => state.handle()?.pause().map_err(from_handle).map(|()| None),
+        "vm.resume" => state.handle()?.resume().map_err(from_handle).map(|()| None),
+        "vm.shutdown" => state
+            .handle()?
+            .shutdown()
+            .map_err(from_handle)
+            .map(|_| None),
+        "vm.delete" => {
+            state.stop_vm();
+            state.vm = None;
+            Ok(None)
+        }
+        "vmm.shutdown" => Ok(None),
+        "vm.info" => info(state).map(Some),
+        "vm.counters" => {
+            let counters = state.handle()?.counters().ok_or_else(|| {
+                RouteError::Conflict("the VM has not been booted: no counters yet".into())
+            })?;
+            Ok(Some(stats_view::json(&counters)))
+        }
+        "vmm.ping" => Ok(Some(ping())),
+        _ => Err(RouteError::NotFound(path.to_string())),
+    }
+}
+
+fn create(body: &[u8], state: &mut ApiState) -> Result<(), RouteError> {
+    if let Some(s) = state.vm_state() {
+        return Err(RouteError::Conflict(format!(
+            "a VM already exists (state {}); PUT /api/v1/vm.delete first",
+            state_name(s)
+        )));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| RouteError::Body("body is not UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(RouteError::Body(
+            "vm.create needs a VmConfig JSON body (at least {\"payload\":{\"kernel\":...}})",
+        ));
+    }
+    let config = vm_config_from_json(text)?;
+    let handle = VmHandle::create(&config).map_err(|e| RouteError::Build(error_chain(&e)))?;
+    state.vm = Some(ManagedVm {
+        config,
+        handle: Some(handle),
+        ended: false,
+    });
+    Ok(())
+}
+
+fn boot(state: &mut ApiState) -> Result<(), RouteError> {
+    let current = state.vm_state().ok_or_else(no_vm)?;
+    let vm = state.vm()?;
+    if current == VmState::Stopped {
+        // As Cloud Hypervisor: a shut-down VM boots again, rebuilt from its config. The old
+        // one goes first, so that its memory (huge pages above all) is free for the new one.
+        vm.handle = None;
+        let handle =
+            VmHandle::create(&vm.config).map_err(|e| RouteError::Build(error_chain(&e)))?;
+        vm.handle = Some(handle);
+        vm.ended = false;
+    }
+    state.handle()?.boot().map_err(from_handle)
+}
+
+fn info(state: &mut ApiState) -> Result<String, RouteError> {
+    let current = state.vm_state().ok_or_else(no_vm)?;
+    let vm = state.vm()?;
+    Ok(format!(
+        "{{\"config\":{},\"state\":\"{}\",\"memory_actual_size\":{}}}",
+        vm_config_to_json(&vm.config),
+        state_name(current),
+        vm.config.memory.size
+    ))
+}
+
+fn ping() -> String {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build_version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "features": [],
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests;

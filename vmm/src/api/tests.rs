@@ -1,0 +1,114 @@
+//! The socket's life (mode, stale files, removal) and the serve loop over a real socket,
+//! without a VM.
+
+use super::*;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+fn temp_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("keel-api-unit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn send(path: &Path, request: &[u8]) -> String {
+    let mut stream = UnixStream::connect(path).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn the_socket_is_owner_only_and_removed_on_drop() {
+    let path = temp_path("mode.sock");
+    let server = ApiServer::bind(&path).unwrap();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(server.path(), path);
+    // Taken: a second server is refused and the first keeps its file.
+    assert!(matches!(ApiServer::bind(&path), Err(ApiError::InUse(_))));
+    assert!(path.exists());
+    drop(server);
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_other_files_are_refused() {
+    let path = temp_path("stale.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(
+        path.exists(),
+        "a dropped std listener leaves its file behind"
+    );
+    let server = ApiServer::bind(&path).unwrap();
+    drop(server);
+
+    std::fs::write(&path, b"data").unwrap();
+    assert!(matches!(
+        ApiServer::bind(&path),
+        Err(ApiError::NotASocket(_))
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    std::fs::remove_file(&path).unwrap();
+
+    let long = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
+    assert!(matches!(ApiServer::bind(&long), Err(ApiError::BadPath(_))));
+}
+
+#[test]
+fn drop_leaves_a_file_that_replaced_the_socket() {
+    let path = temp_path("replaced.sock");
+    let server = ApiServer::bind(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"someone else's").unwrap();
+    drop(server);
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn serves_until_vmm_shutdown_or_stop() {
+    let path = temp_path("serve.sock");
+    let server = ApiServer::bind(&path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let serving = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut state = ApiState::new();
+            let first = server.serve(&mut state, &stop).unwrap();
+            let second = server.serve(&mut state, &stop).unwrap();
+            (first, second)
+        })
+    };
+    let answer = send(&path, b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"version\""), "{answer}");
+
+    // A body over the limit: 413 without reading it, and the server goes on.
+    let big = format!(
+        "PUT /api/v1/vm.create HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        http::MAX_BODY + 1
+    );
+    let answer = send(&path, big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("{\"error\":"), "{answer}");
+
+    // A client that connects and leaves gets nothing and harms nothing.
+    drop(UnixStream::connect(&path).unwrap());
+
+    let answer = send(&path, b"PUT /api/v1/vmm.shutdown HTTP/1.1\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 204 No Content\r\n"),
+        "{answer}"
+    );
+    std::thread::sleep(TICK);
+    stop.store(true, Ordering::Release);
+    assert_eq!(
+        serving.join().unwrap(),
+        (Served::VmmShutdown, Served::Interrupted)
+    );
+    assert!(!path.exists());
+}
