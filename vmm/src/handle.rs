@@ -1,7 +1,8 @@
 //! The embedding API: one [`VmHandle`] per VM, driven through its lifecycle
 //! (created -> running <-> paused -> stopped) with a stream of [`VmEvent`]s. Nothing here is
 //! process-global except the no-op SIGRTMIN handler vCPU kicks need (installed once, on the
-//! first boot); several VMs can live in one process.
+//! first boot, unless [`VmHandle::without_signal_handler`] opts out); several VMs can live in
+//! one process.
 //!
 //! ```no_run
 //! use vmm::config::VmConfig;
@@ -88,6 +89,7 @@ pub struct VmHandle {
     events: Sender<VmEvent>,
     receiver: Option<Receiver<VmEvent>>,
     never: AtomicBool,
+    install_signal_handler: bool,
 }
 
 impl VmHandle {
@@ -102,7 +104,16 @@ impl VmHandle {
             events,
             receiver: Some(receiver),
             never: AtomicBool::new(false),
+            install_signal_handler: true,
         })
+    }
+
+    /// Opt out of Keel installing its no-op handler for the vCPU kick signal
+    /// ([`crate::vm::kick_signal`], SIGRTMIN) at boot. The caller must then install one itself
+    /// (without SA_RESTART), or the first kick terminates the process.
+    pub fn without_signal_handler(mut self) -> Self {
+        self.install_signal_handler = false;
+        self
     }
 
     /// The event stream (once; later calls return `None`).
@@ -137,7 +148,7 @@ impl VmHandle {
     pub fn boot(&mut self) -> Result<(), HandleError> {
         let inner = std::mem::replace(&mut self.inner, Inner::Stopped(None));
         match inner {
-            Inner::Created(vm) => match vm.start() {
+            Inner::Created(vm) => match vm.start_with(self.install_signal_handler) {
                 Ok(running) => {
                     self.inner = Inner::Running(Box::new(running));
                     self.emit(VmEvent::Booted);

@@ -348,8 +348,17 @@ impl Vm {
     }
 
     /// Starts one thread per vCPU (and the stdin reader for a tty console).
-    pub fn start(mut self) -> Result<RunningVm, VmError> {
-        install_kick_handler();
+    pub fn start(self) -> Result<RunningVm, VmError> {
+        self.start_with(true)
+    }
+
+    /// [`Vm::start`], choosing whether Keel installs its no-op handler for the vCPU kick
+    /// signal ([`kick_signal`]). An embedder that opts out must install a handler for that
+    /// signal itself (without SA_RESTART), or the first kick terminates the process.
+    pub fn start_with(mut self, install_signal_handler: bool) -> Result<RunningVm, VmError> {
+        if install_signal_handler {
+            install_kick_handler();
+        }
         if self.devices.serial_from_stdin {
             legacy_devices::spawn_stdin_reader(self.devices.serial.clone()).map_err(|source| {
                 VmError::Spawn {
@@ -501,6 +510,11 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 
 /// vCPU threads are kicked out of KVM_RUN with SIGRTMIN; it needs a (no-op) handler so that
 /// it interrupts the ioctl instead of killing the process.
+/// The signal Keel sends vCPU threads to kick them out of KVM_RUN (SIGRTMIN).
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
 fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
