@@ -12,9 +12,12 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 
 use vmm_sys_util::ioctl::ioctl;
-use vmm_sys_util::ioctl_io_nr;
-
-ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+/// The ioctl number (the macro makes a public function; kept inside this private module).
+mod numbers {
+    use vmm_sys_util::ioctl_io_nr;
+    ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
+}
+use numbers::KVM_GET_STATS_FD;
 
 /// Header size in bytes.
 const HEADER_LEN: usize = 24;

@@ -4,6 +4,8 @@
 //! [`vm::Vm::create`] (memory, irqchip, devices, boot) -> [`vm::Vm::start`] (one thread per
 //! vCPU) -> exits handled by [`exit::handle_exit`] -> devices on the buses.
 
+#![deny(missing_docs)]
+
 pub mod api;
 pub mod block_devices;
 pub mod config;

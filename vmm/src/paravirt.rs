@@ -14,7 +14,6 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
-use vmm_sys_util::ioctl_iowr_nr;
 
 /// Errors setting up paravirtual interfaces.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +35,18 @@ pub enum ParavirtError {
     },
 }
 
-const KVMIO: u32 = 0xAE;
-ioctl_iowr_nr!(
-    KVM_GET_SUPPORTED_HV_CPUID,
-    KVMIO,
-    0xc1,
-    kvm_bindings::kvm_cpuid2
-);
+/// The ioctl number (the macro makes a public function; kept inside this private module).
+mod numbers {
+    use vmm_sys_util::ioctl_iowr_nr;
+    const KVMIO: u32 = 0xAE;
+    ioctl_iowr_nr!(
+        KVM_GET_SUPPORTED_HV_CPUID,
+        KVMIO,
+        0xc1,
+        kvm_bindings::kvm_cpuid2
+    );
+}
+use numbers::KVM_GET_SUPPORTED_HV_CPUID;
 
 const HV_X64_MSR_RESET: u32 = 0x4000_0003;
 const HV_X64_MSR_VP_RUNTIME: u32 = 0x4000_0010;
