@@ -222,8 +222,14 @@ impl VmHandle {
 
     /// Notices a guest that ended (without blocking).
     fn poll(&mut self) {
+        self.observe(Duration::ZERO);
+    }
+
+    /// Waits up to `timeout` for a running guest to end; records how it ended and emits the
+    /// matching event.
+    fn observe(&mut self, timeout: Duration) {
         if let Inner::Running(vm) = &mut self.inner {
-            if let Some(outcome) = vm.wait_for(&self.never, Duration::ZERO) {
+            if let Some(outcome) = vm.wait_for(&self.never, timeout) {
                 if let Some(e) = Self::event_for(&outcome) {
                     self.emit(e);
                 }
@@ -243,15 +249,7 @@ impl VmHandle {
     /// Waits up to `timeout` for the guest to end the VM; `None` if it still runs or was
     /// never booted.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<VmOutcome> {
-        if let Inner::Running(vm) = &mut self.inner {
-            let step = timeout.min(Duration::from_secs(3600));
-            if let Some(outcome) = vm.wait_for(&self.never, step) {
-                if let Some(e) = Self::event_for(&outcome) {
-                    self.emit(e);
-                }
-                self.finish(outcome);
-            }
-        }
+        self.observe(timeout.min(Duration::from_secs(3600)));
         self.outcome.clone()
     }
 

@@ -164,10 +164,11 @@ impl Paravirt {
     /// Per-vCPU capabilities, after KVM_SET_CPUID2: enforce the offered CPUID (so MSRs that
     /// were not offered fault), SynIC v2 when `synic` is on.
     pub fn enable_vcpu_caps(&self, vcpu: &VcpuFd) -> Result<(), ParavirtError> {
-        let enable = |cap: u32, name: &'static str| {
+        // args[0] is 1 to switch a capability on; SYNIC2 takes no argument.
+        let enable = |cap: u32, arg: u64, name: &'static str| {
             let c = kvm_enable_cap {
                 cap,
-                args: [1, 0, 0, 0],
+                args: [arg, 0, 0, 0],
                 ..Default::default()
             };
             vcpu.enable_cap(&c)
@@ -176,23 +177,20 @@ impl Paravirt {
         if self.enforce_pv_cpuid {
             enable(
                 KVM_CAP_ENFORCE_PV_FEATURE_CPUID,
+                1,
                 "KVM_CAP_ENFORCE_PV_FEATURE_CPUID",
             )?;
         }
         if self.hyperv.enabled() {
             if self.host_hv.enforce_cpuid {
-                enable(KVM_CAP_HYPERV_ENFORCE_CPUID, "KVM_CAP_HYPERV_ENFORCE_CPUID")?;
+                enable(
+                    KVM_CAP_HYPERV_ENFORCE_CPUID,
+                    1,
+                    "KVM_CAP_HYPERV_ENFORCE_CPUID",
+                )?;
             }
             if self.hyperv.has(arch::hyperv::HvFeature::Synic) {
-                let c = kvm_enable_cap {
-                    cap: KVM_CAP_HYPERV_SYNIC2,
-                    ..Default::default()
-                };
-                vcpu.enable_cap(&c)
-                    .map_err(|source| ParavirtError::EnableCap {
-                        cap: "KVM_CAP_HYPERV_SYNIC2",
-                        source,
-                    })?;
+                enable(KVM_CAP_HYPERV_SYNIC2, 0, "KVM_CAP_HYPERV_SYNIC2")?;
             }
         }
         Ok(())
