@@ -6,12 +6,15 @@
 //! carry the pattern: every little-endian u64 of 512-byte sector S holds S (absolute sector).
 //! With verify=1, reads of read/randread are checked against it; reads of randrw only for
 //! blocks this run already wrote. Latency is TSC-timed per request, submit to completion.
+//! The result is one `{"cmd":"blk",...}` line, or with `report=fio` a fio-shaped document
+//! between marker lines (`fio`).
 
-use crate::blkargs::{Args, Mode};
+use crate::blkargs::{Args, Mode, Report};
 use crate::cmd::Ctx;
 use crate::dma::Arena;
 use crate::err;
 use crate::error::Result;
+use crate::fio;
 use crate::hist::{self, Hist};
 use crate::io::rdtsc;
 use crate::irq;
@@ -25,7 +28,7 @@ const TAG_CHECK: u8 = 1;
 
 /// Counters of one run.
 #[derive(Default)]
-struct Stats {
+pub struct Stats {
     ios: u64,
     ioerr: u64,
     unsupp: u64,
@@ -100,6 +103,8 @@ struct Timed<'a> {
     written: &'a mut [u64],
     st: Stats,
     hist: Hist<'a>,
+    /// Per direction ([read, write]) with `report=fio`; empty (never counting) otherwise.
+    dirs: [Hist<'a>; 2],
     tsc: Tsc,
 }
 
@@ -143,8 +148,9 @@ impl Work for Timed<'_> {
 
     fn done(&mut self, d: &Done, buf: &[u64], now: u64) {
         let ticks = now.wrapping_sub(d.info.submitted);
-        self.hist
-            .record((ticks as u128 * 1_000_000 / self.tsc.khz as u128) as u64);
+        let lat = (ticks as u128 * 1_000_000 / self.tsc.khz as u128) as u64;
+        self.hist.record(lat);
+        self.dirs[(d.info.kind == T_OUT) as usize].record(lat);
         self.st.ios += 1;
         match d.status {
             S_OK => {
@@ -321,6 +327,73 @@ fn run_inner(ctx: &mut Ctx, a: &Args, tsc: Tsc) -> Result<()> {
         &mut []
     };
     let buckets = arena.slice::<u64>(hist::BUCKETS, "latency histogram")?;
+    // 15 KiB of buckets each, from the arena like the rest of the driver memory.
+    let (read_buckets, write_buckets): (&mut [u64], &mut [u64]) = if a.report == Report::Fio {
+        (
+            arena.slice::<u64>(hist::BUCKETS, "read latency histogram")?,
+            arena.slice::<u64>(hist::BUCKETS, "write latency histogram")?,
+        )
+    } else {
+        (&mut [], &mut [])
+    };
+    let dirs = [Hist::new(read_buckets), Hist::new(write_buckets)];
+    if a.report == Report::Fio {
+        fio::start(&a.job_name());
+    }
+    let r = timed(&mut dev, a, tsc, region, written, buckets, dirs);
+    drop(dev);
+    let r = r.map(|m| Outcome {
+        a,
+        info,
+        access: pci.kind(),
+        serial: (id_status == S_OK).then_some(&serial[..serial_len]),
+        size,
+        st: m.st,
+        hist: m.hist,
+        dirs: m.dirs,
+        run: m.run,
+    });
+    match (a.report, r) {
+        (Report::Probe, Ok(o)) => o.probe_line(),
+        (Report::Fio, Ok(o)) => fio::report(&o),
+        (Report::Probe, Err(e)) => Err(e),
+        (Report::Fio, Err(e)) => {
+            fio::exit(1);
+            Err(e)
+        }
+    }
+}
+
+/// Timed-phase figures besides the counters.
+pub struct Run {
+    /// First submission to last completion.
+    pub elapsed_ns: u64,
+    pub kicks: u64,
+    pub interrupts: u64,
+    /// FLUSH status (flush=1).
+    pub flush: Option<u8>,
+}
+
+/// What `timed` measured.
+struct Measured<'h> {
+    st: Stats,
+    /// All timed-phase requests.
+    hist: Hist<'h>,
+    /// Timed-phase reads and writes.
+    dirs: [Hist<'h>; 2],
+    run: Run,
+}
+
+/// The timed phase, the flush and the read-back.
+fn timed<'h>(
+    dev: &mut Blk,
+    a: &Args,
+    tsc: Tsc,
+    region: Region,
+    written: &'h mut [u64],
+    buckets: &'h mut [u64],
+    dirs: [Hist<'h>; 2],
+) -> Result<Measured<'h>> {
     let mut t = Timed {
         a: *a,
         r: region,
@@ -333,12 +406,13 @@ fn run_inner(ctx: &mut Ctx, a: &Args, tsc: Tsc) -> Result<()> {
         written,
         st: Stats::default(),
         hist: Hist::new(buckets),
+        dirs,
         tsc,
     };
     let nq = dev.queues() as u8;
     let irq0 = irq::count_range(vblk::VECTOR_BASE, nq);
     let kicks0 = dev.kicks();
-    let (start, end) = phase(&mut dev, &mut t, a.bs)?;
+    let (start, end) = phase(dev, &mut t, a.bs)?;
     let kicks = dev.kicks() - kicks0;
     let interrupts = irq::count_range(vblk::VECTOR_BASE, nq) - irq0;
     let flush = if a.flush {
@@ -350,6 +424,7 @@ fn run_inner(ctx: &mut Ctx, a: &Args, tsc: Tsc) -> Result<()> {
         written,
         mut st,
         hist,
+        dirs,
         ..
     } = t;
     if a.verify && a.rw.writes() {
@@ -359,69 +434,131 @@ fn run_inner(ctx: &mut Ctx, a: &Args, tsc: Tsc) -> Result<()> {
             next_block: 0,
             st: &mut st,
         };
-        phase(&mut dev, &mut rb, a.bs)?;
+        phase(dev, &mut rb, a.bs)?;
     }
-    drop(dev);
-
-    let elapsed = ns(tsc, end.wrapping_sub(start)).max(1);
-    let bytes = st.ios * a.bs as u64;
-    let mut l = Line::new();
-    l.raw("{\"cmd\":\"blk\",\"disk\":")
-        .num(a.disk as u64)
-        .raw(",\"pci\":");
-    info.bdf.json(&mut l);
-    l.raw(",\"access\":\"").raw(pci.kind()).raw("\"");
-    l.raw(",\"device_features\":").hex(info.device_features);
-    l.raw(",\"features\":").hex(info.features);
-    l.raw(",\"capacity\":").num(info.capacity);
-    l.raw(",\"blk_size\":").num(bsz);
-    l.raw(",\"num_queues\":").num(info.num_queues as u64);
-    l.raw(",\"queue_size\":").num(info.queue_size as u64);
-    l.raw(",\"read_only\":").bool(info.read_only);
-    l.raw(",\"serial\":");
-    if id_status == S_OK {
-        l.string(&serial[..serial_len]);
-    } else {
-        l.raw("null");
-    }
-    l.raw(",\"rw\":\"").raw(a.rw.name()).raw("\"");
-    l.raw(",\"bs\":").num(a.bs as u64);
-    l.raw(",\"iodepth\":").num(a.iodepth as u64);
-    l.raw(",\"queues\":").num(a.queues as u64);
-    l.raw(",\"offset\":").num(a.offset);
-    l.raw(",\"size\":").num(size);
-    l.raw(",\"poll\":").bool(a.poll);
-    l.raw(",\"msix\":").bool(info.msix);
-    l.raw(",\"event_idx\":")
-        .bool(info.features & crate::virtio::F_EVENT_IDX != 0);
-    l.raw(",\"indirect\":").bool(info.indirect);
-    l.raw(",\"ios\":").num(st.ios);
-    l.raw(",\"errors\":").num(st.ioerr + st.unsupp + st.other);
-    l.raw(",\"error_status\":{\"ioerr\":").num(st.ioerr);
-    l.raw(",\"unsupp\":").num(st.unsupp);
-    l.raw(",\"other\":").num(st.other).raw("}");
-    l.raw(",\"verify\":").bool(a.verify);
-    l.raw(",\"verify_reads\":").num(st.verify_reads);
-    l.raw(",\"verify_errors\":").num(st.bad_sectors);
-    l.raw(",\"first_bad_sector\":").opt_num(st.first_bad);
-    l.raw(",\"elapsed_ns\":").num(elapsed);
-    l.raw(",\"iops\":")
-        .num((st.ios as u128 * 1_000_000_000 / elapsed as u128) as u64);
-    l.raw(",\"mbps\":")
-        .dec3((bytes as u128 * 1_000_000 / elapsed as u128) as u64);
-    l.raw(",\"lat_ns\":{\"min\":").num(hist.min);
-    l.raw(",\"mean\":").num(hist.mean());
-    for (name, pm) in [("p50", 500), ("p90", 900), ("p99", 990), ("p999", 999)] {
-        l.raw(",\"").raw(name).raw("\":").num(hist.percentile(pm));
-    }
-    l.raw(",\"max\":").num(hist.max).raw("}");
-    l.raw(",\"kicks\":").num(kicks);
-    l.raw(",\"interrupts\":").num(interrupts);
-    l.raw(",\"flush_status\":");
-    match flush {
-        Some(s) => l.raw("\"").raw(status_name(s)).raw("\""),
-        None => l.raw("null"),
+    let run = Run {
+        elapsed_ns: ns(tsc, end.wrapping_sub(start)).max(1),
+        kicks,
+        interrupts,
+        flush,
     };
-    l.raw("}");
-    l.finish()
+    Ok(Measured {
+        st,
+        hist,
+        dirs,
+        run,
+    })
+}
+
+/// Everything the result reports.
+pub struct Outcome<'a> {
+    pub a: &'a Args,
+    pub info: vblk::Info,
+    /// Config-space access (`ecam`, `cf8`).
+    pub access: &'static str,
+    /// GET_ID up to the first NUL, None if the device refused it.
+    pub serial: Option<&'a [u8]>,
+    /// Region size in bytes.
+    pub size: u64,
+    pub st: Stats,
+    /// All timed-phase requests.
+    pub hist: Hist<'a>,
+    /// Timed-phase reads and writes (report=fio only).
+    pub dirs: [Hist<'a>; 2],
+    pub run: Run,
+}
+
+impl Outcome<'_> {
+    /// Errors among the timed-phase requests.
+    pub fn errors(&self) -> u64 {
+        self.st.ioerr + self.st.unsupp + self.st.other
+    }
+
+    /// Bad sectors found by verify.
+    pub fn verify_errors(&self) -> u64 {
+        self.st.bad_sectors
+    }
+
+    /// `"disk":0,...,"serial":...` (no leading comma).
+    pub fn device_fields(&self, l: &mut Line) {
+        let info = &self.info;
+        l.raw("\"disk\":").num(self.a.disk as u64).raw(",\"pci\":");
+        info.bdf.json(l);
+        l.raw(",\"access\":\"").raw(self.access).raw("\"");
+        l.raw(",\"device_features\":").hex(info.device_features);
+        l.raw(",\"features\":").hex(info.features);
+        l.raw(",\"capacity\":").num(info.capacity);
+        l.raw(",\"blk_size\":").num(info.blk_size as u64);
+        l.raw(",\"num_queues\":").num(info.num_queues as u64);
+        l.raw(",\"queue_size\":").num(info.queue_size as u64);
+        l.raw(",\"read_only\":").bool(info.read_only);
+        l.raw(",\"serial\":");
+        match self.serial {
+            Some(s) => l.string(s),
+            None => l.raw("null"),
+        };
+    }
+
+    /// `"queues":1,...,"elapsed_ns":N` (no leading comma).
+    pub fn run_fields(&self, l: &mut Line) {
+        let (a, info, st) = (self.a, &self.info, &self.st);
+        l.raw("\"queues\":").num(a.queues as u64);
+        l.raw(",\"offset\":").num(a.offset);
+        l.raw(",\"size\":").num(self.size);
+        l.raw(",\"poll\":").bool(a.poll);
+        l.raw(",\"msix\":").bool(info.msix);
+        l.raw(",\"event_idx\":")
+            .bool(info.features & crate::virtio::F_EVENT_IDX != 0);
+        l.raw(",\"indirect\":").bool(info.indirect);
+        l.raw(",\"ios\":").num(st.ios);
+        l.raw(",\"errors\":").num(self.errors());
+        l.raw(",\"error_status\":{\"ioerr\":").num(st.ioerr);
+        l.raw(",\"unsupp\":").num(st.unsupp);
+        l.raw(",\"other\":").num(st.other).raw("}");
+        l.raw(",\"verify\":").bool(a.verify);
+        l.raw(",\"verify_reads\":").num(st.verify_reads);
+        l.raw(",\"verify_errors\":").num(st.bad_sectors);
+        l.raw(",\"first_bad_sector\":").opt_num(st.first_bad);
+        l.raw(",\"elapsed_ns\":").num(self.run.elapsed_ns);
+    }
+
+    /// `"kicks":N,"interrupts":N,"flush_status":...` (no leading comma).
+    pub fn notify_fields(&self, l: &mut Line) {
+        l.raw("\"kicks\":").num(self.run.kicks);
+        l.raw(",\"interrupts\":").num(self.run.interrupts);
+        l.raw(",\"flush_status\":");
+        match self.run.flush {
+            Some(s) => l.raw("\"").raw(status_name(s)).raw("\""),
+            None => l.raw("null"),
+        };
+    }
+
+    /// The `{"cmd":"blk",...}` line.
+    fn probe_line(&self) -> Result<()> {
+        let (a, st, hist) = (self.a, &self.st, &self.hist);
+        let elapsed = self.run.elapsed_ns;
+        let bytes = st.ios * a.bs as u64;
+        let mut l = Line::new();
+        l.raw("{\"cmd\":\"blk\",");
+        self.device_fields(&mut l);
+        l.raw(",\"rw\":\"").raw(a.rw.name()).raw("\"");
+        l.raw(",\"bs\":").num(a.bs as u64);
+        l.raw(",\"iodepth\":").num(a.iodepth as u64);
+        l.raw(",");
+        self.run_fields(&mut l);
+        l.raw(",\"iops\":")
+            .num((st.ios as u128 * 1_000_000_000 / elapsed as u128) as u64);
+        l.raw(",\"mbps\":")
+            .dec3((bytes as u128 * 1_000_000 / elapsed as u128) as u64);
+        l.raw(",\"lat_ns\":{\"min\":").num(hist.min);
+        l.raw(",\"mean\":").num(hist.mean());
+        for (name, pm) in [("p50", 500), ("p90", 900), ("p99", 990), ("p999", 999)] {
+            l.raw(",\"").raw(name).raw("\":").num(hist.percentile(pm));
+        }
+        l.raw(",\"max\":").num(hist.max).raw("}");
+        l.raw(",");
+        self.notify_fields(&mut l);
+        l.raw("}");
+        l.finish()
+    }
 }

@@ -1,7 +1,7 @@
 //! Arguments of the `blk` command, parsed and validated before any command runs:
 //! `blk:disk=N,rw=read|write|randread|randwrite|randrw,bs=4k,iodepth=32,ios=N|runtime=S,
 //! verify=0|1,poll=0|1,queues=Q,size=BYTES,offset=BYTES,flush=0|1,seed=N,event_idx=0|1,
-//! indirect=0|1`. Sizes accept k/m/g suffixes (powers of 1024).
+//! indirect=0|1,report=probe|fio,name=NAME`. Sizes accept k/m/g suffixes (powers of 1024).
 
 use crate::err;
 use crate::error::Result;
@@ -39,6 +39,70 @@ impl Mode {
     }
 }
 
+/// Output format of the result.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// One `{"cmd":"blk",...}` line.
+    Probe,
+    /// A fio-shaped JSON document between `KEEL-FIO-*` marker lines (`fio.rs`).
+    Fio,
+}
+
+/// Longest job name (`name=`).
+pub const MAX_NAME: usize = 32;
+
+/// A job name: 1..=MAX_NAME bytes of `[A-Za-z0-9._-]` (so it needs no JSON escaping).
+#[derive(Clone, Copy)]
+pub struct Name {
+    buf: [u8; MAX_NAME],
+    len: u8,
+}
+
+impl Name {
+    /// Validates a name.
+    pub fn parse(v: &[u8]) -> Option<Name> {
+        let ok = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
+        if v.is_empty() || v.len() > MAX_NAME || !v.iter().all(|&c| ok(c)) {
+            return None;
+        }
+        let mut buf = [0; MAX_NAME];
+        buf[..v.len()].copy_from_slice(v);
+        Some(Name {
+            buf,
+            len: v.len() as u8,
+        })
+    }
+
+    /// `disk<N>`, the default name.
+    pub fn disk(n: u32) -> Name {
+        let mut buf = [0; MAX_NAME];
+        buf[..4].copy_from_slice(b"disk");
+        let mut digits = [0u8; 10];
+        let (mut x, mut k) = (n, 0);
+        loop {
+            digits[k] = b'0' + (x % 10) as u8;
+            k += 1;
+            x /= 10;
+            if x == 0 {
+                break;
+            }
+        }
+        for (i, &d) in digits[..k].iter().rev().enumerate() {
+            buf[4 + i] = d;
+        }
+        Name {
+            buf,
+            len: 4 + k as u8,
+        }
+    }
+
+    /// The name's text.
+    pub fn as_str(&self) -> &str {
+        let b = self.buf.get(..self.len as usize).unwrap_or(&[]);
+        core::str::from_utf8(b).unwrap_or("")
+    }
+}
+
 /// Parsed `blk` arguments.
 #[derive(Clone, Copy)]
 pub struct Args {
@@ -57,6 +121,16 @@ pub struct Args {
     pub seed: u64,
     pub event_idx: bool,
     pub indirect: Option<bool>,
+    pub report: Report,
+    /// Job name for `report=fio` (None: `disk<N>`).
+    pub name: Option<Name>,
+}
+
+impl Args {
+    /// The fio job name: `name`, else `disk<N>`.
+    pub fn job_name(&self) -> Name {
+        self.name.unwrap_or(Name::disk(self.disk))
+    }
 }
 
 /// Requests when neither `ios` nor `runtime` is given.
@@ -116,8 +190,10 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
         seed: 0x2545_f491_4f6c_dd1d,
         event_idx: true,
         indirect: None,
+        report: Report::Probe,
+        name: None,
     };
-    let mut seen = [false; 16];
+    let mut seen = [false; 17];
     for arg in args.unwrap_or(b"").split(|&c| c == b',') {
         if arg.is_empty() && args.is_none() {
             continue;
@@ -224,6 +300,24 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
             b"indirect" => {
                 a.indirect = Some(flag(v).ok_or_else(bad)?);
                 14
+            }
+            b"report" => {
+                a.report = match v {
+                    b"probe" => Report::Probe,
+                    b"fio" => Report::Fio,
+                    _ => return Err(bad()),
+                };
+                15
+            }
+            b"name" => {
+                a.name = Some(Name::parse(v).ok_or_else(|| {
+                    err!(
+                        "blk: name '{}' must be 1..{} bytes of [A-Za-z0-9._-]",
+                        show(v),
+                        MAX_NAME
+                    )
+                })?);
+                16
             }
             _ => return Err(err!("blk: unknown argument '{}'", show(k))),
         };

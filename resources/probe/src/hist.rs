@@ -13,6 +13,8 @@ pub struct Hist<'a> {
     buckets: &'a mut [u64],
     pub count: u64,
     sum: u128,
+    /// Sum of squares (saturating), for the standard deviation.
+    sum_sq: u128,
     pub min: u64,
     pub max: u64,
 }
@@ -47,6 +49,7 @@ impl<'a> Hist<'a> {
             buckets,
             count: 0,
             sum: 0,
+            sum_sq: 0,
             min: 0,
             max: 0,
         }
@@ -65,6 +68,7 @@ impl<'a> Hist<'a> {
         self.max = self.max.max(v);
         self.count += 1;
         self.sum += v as u128;
+        self.sum_sq = self.sum_sq.saturating_add(v as u128 * v as u128);
     }
 
     /// Mean value (0 when empty).
@@ -76,12 +80,44 @@ impl<'a> Hist<'a> {
         }
     }
 
+    /// The mean times 10^6 (six fraction digits in fixed point; 0 when empty).
+    pub fn mean_micro(&self) -> u128 {
+        if self.count == 0 {
+            0
+        } else {
+            self.sum.saturating_mul(1_000_000) / self.count as u128
+        }
+    }
+
+    /// The sample standard deviation (n - 1, as fio) times 10^6; 0 below two values.
+    pub fn stddev_micro(&self) -> u128 {
+        if self.count < 2 {
+            return 0;
+        }
+        let n = self.count as u128;
+        // sum^2 <= sum_sq * n (Cauchy-Schwarz), so the subtraction only saturates when
+        // sum_sq saturated; the mean's fraction lost in sum^2 / n is below 1.
+        let var = self
+            .sum_sq
+            .saturating_sub(self.sum.saturating_mul(self.sum) / n)
+            / (n - 1);
+        match var.checked_mul(1_000_000_000_000) {
+            Some(v) => v.isqrt(),
+            None => var.isqrt().saturating_mul(1_000_000),
+        }
+    }
+
     /// The `permille`-th per-mille percentile (e.g. 999 for p99.9); 0 when empty.
     pub fn percentile(&self, permille: u64) -> u64 {
+        self.percentile_ppm(permille.saturating_mul(1000))
+    }
+
+    /// The percentile at `ppm` parts per million (e.g. 999_900 for p99.99); 0 when empty.
+    pub fn percentile_ppm(&self, ppm: u64) -> u64 {
         if self.count == 0 {
             return 0;
         }
-        let rank = ((self.count as u128 * permille as u128).div_ceil(1000) as u64).max(1);
+        let rank = ((self.count as u128 * ppm as u128).div_ceil(1_000_000) as u64).max(1);
         let mut seen = 0;
         for (i, &c) in self.buckets.iter().enumerate() {
             seen += c;

@@ -106,6 +106,21 @@ impl Line {
         self
     }
 
+    /// Appends `micro / 10^6` as a decimal number with six fraction digits, e.g. `1.500000`
+    /// (the integer part saturates at u64::MAX).
+    pub fn dec6(&mut self, micro: u128) -> &mut Self {
+        self.num(u64::try_from(micro / 1_000_000).unwrap_or(u64::MAX));
+        self.push(b'.');
+        let mut f = (micro % 1_000_000) as u32;
+        let mut digits = [0u8; 6];
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        self.raw_bytes(&digits);
+        self
+    }
+
     /// Appends a number, or `null` for None.
     pub fn opt_num(&mut self, v: Option<u64>) -> &mut Self {
         match v {
@@ -157,9 +172,15 @@ impl Line {
         self.raw("]")
     }
 
+    /// Whether the line does not fit together with its newline (`finish` then fails
+    /// without writing anything).
+    pub fn overflowed(&self) -> bool {
+        self.overflow || self.len >= CAP
+    }
+
     /// Appends a newline and writes the line to the serial port.
     pub fn finish(&mut self) -> Result<()> {
-        if self.overflow {
+        if self.overflowed() {
             return Err(err!("output line longer than {} bytes", CAP));
         }
         self.push(b'\n');

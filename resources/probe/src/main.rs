@@ -20,6 +20,7 @@ mod cpuid;
 mod cpus;
 mod dma;
 mod error;
+mod fio;
 mod hist;
 mod hv;
 mod io;
