@@ -2,11 +2,12 @@
 CARGO ?= cargo
 BUILD_DIR ?= build
 PROBE_DIR := $(BUILD_DIR)/probe
+GUEST_LINUX_DIR := $(BUILD_DIR)/guest-linux
 KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe demo test unit-test guest-test lint fmt bench clean
+.PHONY: all keel probe guest-linux demo test unit-test guest-test lint fmt bench bench-fio clean
 
 all: keel probe
 
@@ -15,6 +16,9 @@ keel:
 
 probe:
 	resources/probe/build.sh $(PROBE_DIR)
+
+guest-linux:
+	resources/guest-linux/build.sh $(GUEST_LINUX_DIR)
 
 DEMO_DISK := $(BUILD_DIR)/demo-disk.img
 DEMO_IO := bs=4k,iodepth=32,ios=20000
@@ -37,9 +41,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Unit tests, then the guest tests that boot the probe guest with keel on /dev/kvm.
-test: keel probe lint
+# Unit tests, then the guest tests that boot the probe guest (and the Linux fio guest) with
+# keel on /dev/kvm.
+test: keel probe guest-linux lint
 	KEEL_BIN=$(CURDIR)/$(KEEL) KEEL_PROBE_DIR=$(CURDIR)/$(PROBE_DIR) \
+		KEEL_GUEST_LINUX_DIR=$(CURDIR)/$(GUEST_LINUX_DIR) \
 		$(CARGO) test --release --locked --workspace
 
 bench: keel probe
@@ -48,6 +54,18 @@ bench: keel probe
 	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/memwalk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/clock.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
+
+# fio in a guest, Keel beside QEMU (iothread, aio=io_uring, cache=none) on the same guest,
+# disks and job. The Linux guest needs VT-x/AMD-V: on a PVM host (its kernel instructions
+# emulated) the probe guest runs the jobs instead, translated into its blk commands.
+FIO_JOBS ?= resources/fio/randread-4k-qd64.fio resources/fio/randwrite-4k-qd32-7disks.fio \
+	resources/fio/randread-4k-qd256-7disks.fio
+FIO_GUEST ?= $(if $(wildcard /sys/module/kvm_pvm),probe,linux)
+FIO_ARGS ?= --disk-size 1G --runtime 10 --cpus boot=2 --memory size=1G
+bench-fio: keel probe guest-linux
+	@for job in $(FIO_JOBS); do \
+		$(KEEL) bench fio --guest $(FIO_GUEST) --job $$job --compare qemu $(FIO_ARGS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean
