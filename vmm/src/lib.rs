@@ -10,6 +10,7 @@ pub mod api;
 pub mod block_devices;
 pub mod config;
 pub mod exit;
+pub mod fio_bench;
 pub mod handle;
 pub mod host;
 pub mod interrupts;

@@ -2,6 +2,11 @@
 //! (0: powered off or stopped by SIGINT/SIGTERM, 1: error, 3: guest reset). With
 //! `--api-socket PATH` it serves the API socket instead (see [`vmm::api`]), with the VM of the
 //! command line booted if `--kernel` is given, and exits 0 on `vmm.shutdown` or SIGINT/SIGTERM.
+//! `keel stat --pid PID` watches a running keel's KVM counters; `keel bench fio --job FILE`
+//! runs a fio benchmark in a guest (see `vmm::fio_bench`).
+
+#[path = "keel/bench.rs"]
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -137,6 +142,19 @@ fn install_stop_handlers() {
     }
 }
 
+/// clap's message up to its usage hint, joined into one line.
+fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    message.trim_start_matches("error: ").to_string()
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     vmm::api::routes::error_chain(err)
 }
@@ -213,23 +231,21 @@ fn stat_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
-    if std::env::args_os().nth(1).is_some_and(|a| a == "stat") {
-        let program = args.next().unwrap_or_default();
-        return stat_main(std::iter::once(program).chain(args.skip(1)));
+    match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
+        Some("stat") => {
+            let program = args.next().unwrap_or_default();
+            return stat_main(std::iter::once(program).chain(args.skip(1)));
+        }
+        Some("bench") => {
+            let program = args.next().unwrap_or_default();
+            return bench::main(std::iter::once(program).chain(args.skip(1)));
+        }
+        _ => {}
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line: clap's message up to its usage hint, joined.
-            let text = e.to_string();
-            let message = text
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("keel: {}", message.trim_start_matches("error: "));
+            eprintln!("keel: {}", clap_error_line(&e));
             return ExitCode::from(1);
         }
         Err(e) => {

@@ -1,0 +1,224 @@
+//! Presenting a benchmark: a side-by-side table (Keel, and QEMU when compared) of IOPS,
+//! bandwidth and latency percentiles per direction with Keel's exits per I/O, and one
+//! `keel-bench-fio: {JSON}` line with the same figures for scripts.
+
+use std::fmt::Write;
+
+use serde_json::{json, Value};
+
+use super::report::{DirectionTotal, Summary};
+use super::{BenchReport, GuestKind, SideResult, CONFIG_DISK_ID};
+
+/// Exits per I/O over fio's run, from Keel's counter window: (KVM exits, Keel userspace
+/// exits, data-disk requests Keel completed).
+pub fn exits_per_io(side: &SideResult) -> Option<(f64, f64, u64)> {
+    let window = side.run.window.as_ref()?;
+    let ios = side.summary.as_ref()?.total_ios();
+    (ios > 0).then(|| {
+        (
+            window.get("kvm.exits") as f64 / ios as f64,
+            window.get("keel.exits") as f64 / ios as f64,
+            window.disk_requests(CONFIG_DISK_ID),
+        )
+    })
+}
+
+fn direction_json(d: &DirectionTotal) -> Value {
+    json!({
+        "ios": d.ios, "bytes": d.bytes, "iops": d.iops, "bw_bytes": d.bw_bytes,
+        "lat_mean_ns": d.lat_mean_ns, "p50_ns": d.p50_ns, "p99_ns": d.p99_ns,
+        "p999_ns": d.p999_ns,
+    })
+}
+
+fn side_json(side: &SideResult) -> Value {
+    let mut v = json!({
+        "ok": side.ok(),
+        "problem": side.problem,
+        "wall_secs": side.run.wall.as_secs_f64(),
+        "fio_exit_codes": side.exit_codes,
+    });
+    if let Some(s) = &side.summary {
+        v["jobs"] = json!(s.jobs.len());
+        v["failed_jobs"] = json!(s.failed_jobs);
+        v["read"] = direction_json(&s.read);
+        v["write"] = direction_json(&s.write);
+    }
+    if let Some(w) = &side.run.window {
+        v["window_secs"] = json!(w.secs);
+        v["kvm_exits"] = json!(w.get("kvm.exits"));
+        v["keel_exits"] = json!(w.get("keel.exits"));
+        v["disk_requests"] = json!(w.disk_requests(CONFIG_DISK_ID));
+    }
+    if let Some((kvm, keel, _)) = exits_per_io(side) {
+        v["exits_per_io_kvm"] = json!(kvm);
+        v["exits_per_io_keel"] = json!(keel);
+    }
+    v
+}
+
+/// Total IOPS of a side (both directions), when it produced figures.
+fn iops(side: &SideResult) -> Option<f64> {
+    side.summary.as_ref().map(|s| s.read.iops + s.write.iops)
+}
+
+/// The `keel-bench-fio:` line's JSON.
+pub fn json(report: &BenchReport) -> Value {
+    let ratio = match (&report.keel, &report.qemu) {
+        (Some(k), Some(q)) if k.ok() && q.ok() => match (iops(k), iops(q)) {
+            (Some(k), Some(q)) if q > 0.0 => Some(k / q),
+            _ => None,
+        },
+        _ => None,
+    };
+    json!({
+        "job": report.job,
+        "guest": match report.guest { GuestKind::Linux => "linux", GuestKind::Probe => "probe" },
+        "disks": report.disks,
+        "disk_size": report.disk_size,
+        "vcpus": report.vcpus,
+        "memory": report.memory,
+        "keel": report.keel.as_ref().map(side_json),
+        "qemu": report.qemu.as_ref().map(side_json),
+        "iops_ratio_keel_to_qemu": ratio,
+    })
+}
+
+fn fmt_count(v: f64) -> String {
+    let n = v.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+/// Picks one direction of a summary.
+type PickDirection = fn(&Summary) -> &DirectionTotal;
+/// Formats one figure of a direction.
+type FormatCell = fn(&DirectionTotal) -> String;
+
+/// The side-by-side table, then each side's problem, if any.
+pub fn table(report: &BenchReport) -> String {
+    let sides = report.sides();
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let wanted = |pick: PickDirection| {
+        sides
+            .iter()
+            .filter_map(|s| s.summary.as_ref())
+            .any(|s| pick(s).ios > 0)
+    };
+    let dirs: [(&str, PickDirection); 2] = [("read", |s| &s.read), ("write", |s| &s.write)];
+    for (name, pick) in dirs {
+        if !wanted(pick) {
+            continue;
+        }
+        let cells: [(&str, FormatCell); 6] = [
+            ("IOPS", |d| fmt_count(d.iops)),
+            ("bandwidth MiB/s", |d| {
+                format!("{:.1}", d.bw_bytes / 1048576.0)
+            }),
+            ("latency mean us", |d| us(d.lat_mean_ns as u64)),
+            ("latency p50 us", |d| us(d.p50_ns)),
+            ("latency p99 us", |d| us(d.p99_ns)),
+            ("latency p99.9 us", |d| us(d.p999_ns)),
+        ];
+        for (label, cell) in cells {
+            rows.push((
+                format!("{name} {label}"),
+                sides
+                    .iter()
+                    .map(|s| s.summary.as_ref().map_or("-".into(), |x| cell(pick(x))))
+                    .collect(),
+            ));
+        }
+    }
+    let per_io = |f: fn((f64, f64, u64)) -> String| {
+        sides
+            .iter()
+            .map(|s| exits_per_io(s).map_or("n/a".into(), f))
+            .collect()
+    };
+    rows.push(("I/Os (fio)".into(), {
+        sides
+            .iter()
+            .map(|s| {
+                s.summary
+                    .as_ref()
+                    .map_or("-".into(), |x| fmt_count(x.total_ios() as f64))
+            })
+            .collect()
+    }));
+    rows.push((
+        "disk requests (keel)".into(),
+        per_io(|e| fmt_count(e.2 as f64)),
+    ));
+    rows.push((
+        "KVM exits per I/O".into(),
+        per_io(|e| format!("{:.4}", e.0)),
+    ));
+    rows.push((
+        "keel userspace exits per I/O".into(),
+        per_io(|e| format!("{:.4}", e.1)),
+    ));
+    rows.push((
+        "wall time s".into(),
+        sides
+            .iter()
+            .map(|s| format!("{:.1}", s.run.wall.as_secs_f64()))
+            .collect(),
+    ));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "fio job {} on {} disk(s) of {} MiB, {} guest, {} vCPU(s), {} MiB\n",
+        report.job,
+        report.disks,
+        report.disk_size >> 20,
+        match report.guest {
+            GuestKind::Linux => "Linux",
+            GuestKind::Probe => "probe",
+        },
+        report.vcpus,
+        report.memory >> 20
+    );
+    let _ = write!(out, "{:<width$}", "");
+    for s in &sides {
+        let _ = write!(out, " {:>14}", s.vmm);
+    }
+    out.push('\n');
+    for (label, cells) in rows {
+        let _ = write!(out, "{label:<width$}");
+        for c in cells {
+            let _ = write!(out, " {c:>14}");
+        }
+        out.push('\n');
+    }
+    if let Some(ratio) = json(report)["iops_ratio_keel_to_qemu"].as_f64() {
+        let _ = writeln!(out, "keel/qemu IOPS: {ratio:.2}");
+    }
+    for s in &sides {
+        if let Some(p) = &s.problem {
+            let _ = writeln!(out, "{}: {p}", s.vmm);
+            if !s.ok() && !s.run.console_tail.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{} console ({}), last lines:",
+                    s.vmm,
+                    s.run.console_path.display()
+                );
+                for line in s.run.console_tail.lines() {
+                    let _ = writeln!(out, "  | {}", line.trim_end());
+                }
+            }
+        }
+    }
+    out
+}

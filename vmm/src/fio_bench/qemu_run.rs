@@ -1,0 +1,277 @@
+//! Running the same guest and job under `qemu-system-x86_64`, configured the way a storage
+//! benchmark of QEMU is usually set up: one iothread per virtio-blk disk, `aio=io_uring`,
+//! `cache=none`, raw images; the config disk read-only after the data disks, as in Keel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::console_tail::ConsoleTail;
+use super::keel_run::{GuestEnd, GuestRun};
+
+/// How often the console is read while QEMU runs.
+const POLL: Duration = Duration::from_millis(50);
+
+/// QEMU's accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QemuAccel {
+    /// KVM (`-cpu host`): the comparison that means something.
+    Kvm,
+    /// TCG (`-cpu max`): binary translation, for hosts where KVM cannot run the guest.
+    Tcg,
+}
+
+impl QemuAccel {
+    /// Parses `kvm` or `tcg`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "kvm" => Ok(QemuAccel::Kvm),
+            "tcg" => Ok(QemuAccel::Tcg),
+            _ => Err(format!("unknown accelerator '{s}': expected kvm or tcg")),
+        }
+    }
+
+    /// The name QEMU uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            QemuAccel::Kvm => "kvm",
+            QemuAccel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What QEMU runs.
+#[derive(Debug, Clone)]
+pub struct QemuGuest {
+    /// The QEMU binary.
+    pub binary: PathBuf,
+    /// Accelerator.
+    pub accel: QemuAccel,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// RAM in MiB.
+    pub memory_mib: u64,
+    /// Kernel (bzImage or PVH ELF).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Data disks, then the config disk.
+    pub data_disks: Vec<PathBuf>,
+    /// The config disk.
+    pub config_disk: PathBuf,
+}
+
+/// Starting QEMU failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuRunError {
+    /// The binary would not start.
+    #[error("cannot start {binary}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path QEMU's option syntax cannot carry.
+    #[error("path {0} contains a comma, which QEMU's -drive syntax cannot take")]
+    Comma(String),
+}
+
+fn drive_path(path: &Path) -> Result<String, QemuRunError> {
+    let s = path.display().to_string();
+    if s.contains(',') {
+        return Err(QemuRunError::Comma(s));
+    }
+    Ok(s)
+}
+
+impl QemuGuest {
+    /// QEMU's arguments, console to `console`.
+    pub fn args(&self, console: &Path) -> Result<Vec<String>, QemuRunError> {
+        let mut a: Vec<String> = [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-machine",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(format!("pc,accel={}", self.accel.name()));
+        a.push("-cpu".into());
+        a.push(
+            if self.accel == QemuAccel::Kvm {
+                "host"
+            } else {
+                "max"
+            }
+            .into(),
+        );
+        a.extend([
+            "-smp".into(),
+            self.vcpus.to_string(),
+            "-m".into(),
+            format!("{}M", self.memory_mib),
+            "-serial".into(),
+            format!("file:{}", drive_path(console)?),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-append".into(),
+            self.cmdline.clone(),
+        ]);
+        if let Some(initramfs) = &self.initramfs {
+            a.push("-initrd".into());
+            a.push(initramfs.display().to_string());
+        }
+        for (i, disk) in self.data_disks.iter().enumerate() {
+            a.push("-object".into());
+            a.push(format!("iothread,id=iot{i}"));
+            a.push("-drive".into());
+            a.push(format!(
+                "file={},if=none,id=d{i},format=raw,cache=none,aio=io_uring",
+                drive_path(disk)?
+            ));
+            a.push("-device".into());
+            a.push(format!("virtio-blk-pci,drive=d{i},iothread=iot{i}"));
+        }
+        a.push("-drive".into());
+        a.push(format!(
+            "file={},if=none,id=cfg,format=raw,readonly=on,cache=none,aio=io_uring",
+            drive_path(&self.config_disk)?
+        ));
+        a.push("-device".into());
+        a.push("virtio-blk-pci,drive=cfg".into());
+        Ok(a)
+    }
+
+    /// Runs QEMU until it exits (at most `timeout`, or until `interrupt`).
+    pub fn run(
+        &self,
+        console_path: &Path,
+        echo: bool,
+        timeout: Duration,
+        interrupt: &AtomicBool,
+    ) -> Result<GuestRun, QemuRunError> {
+        let _ = std::fs::remove_file(console_path);
+        let args = self.args(console_path)?;
+        log::info!("running {} {}", self.binary.display(), args.join(" "));
+        let spawn_error = |source| QemuRunError::Spawn {
+            binary: self.binary.display().to_string(),
+            source,
+        };
+        // QEMU's stderr goes to a file: a pipe read only at the end could fill and block it.
+        let stderr_path = console_path.with_extension("qemu-stderr");
+        let stderr = std::fs::File::create(&stderr_path).map_err(spawn_error)?;
+        let mut child: Child = Command::new(&self.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(spawn_error)?;
+        let started = Instant::now();
+        let mut tail = ConsoleTail::new(console_path, echo);
+        let end = loop {
+            std::thread::sleep(POLL);
+            tail.poll();
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break GuestEnd::PowerOff,
+                Ok(Some(status)) => {
+                    let err = std::fs::read(&stderr_path).unwrap_or_default();
+                    let err = String::from_utf8_lossy(&err[..err.len().min(4096)]);
+                    break GuestEnd::Failed(format!("qemu exited with {status}: {}", err.trim()));
+                }
+                Ok(None) => {}
+                Err(e) => break GuestEnd::Failed(format!("cannot wait for qemu: {e}")),
+            }
+            let stop = if interrupt.load(Ordering::Acquire) {
+                Some(GuestEnd::Interrupted)
+            } else if started.elapsed() > timeout {
+                Some(GuestEnd::TimedOut)
+            } else {
+                None
+            };
+            if let Some(end) = stop {
+                let _ = child.kill();
+                let _ = child.wait();
+                break end;
+            }
+        };
+        tail.poll();
+        Ok(GuestRun {
+            console: tail.text(),
+            console_path: console_path.to_path_buf(),
+            console_tail: tail.tail(12),
+            end,
+            window: None,
+            wall: started.elapsed(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest() -> QemuGuest {
+        QemuGuest {
+            binary: "qemu-system-x86_64".into(),
+            accel: QemuAccel::Kvm,
+            vcpus: 2,
+            memory_mib: 1024,
+            kernel: "/k/vmlinuz".into(),
+            initramfs: Some("/k/initramfs.cpio".into()),
+            cmdline: "console=ttyS0 quiet".into(),
+            data_disks: vec!["/d/a.img".into(), "/d/b.img".into()],
+            config_disk: "/d/cfg.img".into(),
+        }
+    }
+
+    #[test]
+    fn command_line_has_iothreads_io_uring_and_cache_none() {
+        let args = guest().args(Path::new("/d/console")).unwrap().join(" ");
+        for want in [
+            "-machine pc,accel=kvm -cpu host -smp 2 -m 1024M",
+            "-serial file:/d/console",
+            "-kernel /k/vmlinuz -append console=ttyS0 quiet -initrd /k/initramfs.cpio",
+            "-object iothread,id=iot0 -drive file=/d/a.img,if=none,id=d0,format=raw,\
+             cache=none,aio=io_uring -device virtio-blk-pci,drive=d0,iothread=iot0",
+            "-object iothread,id=iot1",
+            "file=/d/cfg.img,if=none,id=cfg,format=raw,readonly=on",
+        ] {
+            assert!(args.contains(want), "{want} not in {args}");
+        }
+        // The config disk comes after the data disks, as /dev/vdc.
+        assert!(args.find("id=cfg").unwrap() > args.find("id=d1").unwrap());
+    }
+
+    #[test]
+    fn commas_in_paths_are_refused() {
+        let mut g = guest();
+        g.data_disks[0] = "/d/a,b.img".into();
+        assert!(matches!(
+            g.args(Path::new("/c")),
+            Err(QemuRunError::Comma(_))
+        ));
+        assert_eq!(QemuAccel::parse("tcg"), Ok(QemuAccel::Tcg));
+        assert!(QemuAccel::parse("hvf").is_err());
+    }
+
+    #[test]
+    fn missing_binary_is_a_spawn_error() {
+        let mut g = guest();
+        g.binary = "/nonexistent/qemu".into();
+        let stop = AtomicBool::new(false);
+        let path = std::env::temp_dir().join("keel-qemu-missing-console");
+        assert!(matches!(
+            g.run(&path, false, Duration::from_secs(1), &stop),
+            Err(QemuRunError::Spawn { .. })
+        ));
+    }
+}
