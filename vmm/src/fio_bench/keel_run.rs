@@ -55,12 +55,22 @@ pub struct CounterWindow {
 impl CounterWindow {
     /// Adds the increase from `a` to `b`.
     fn add(&mut self, a: &VmCounters, b: &VmCounters) {
-        let before = stats_view::flatten(a);
-        for (k, v) in stats_view::flatten(b) {
-            let was = before.get(&k).copied().unwrap_or(0);
-            *self.delta.entry(k).or_insert(0) += v.saturating_sub(was);
+        let secs = b.taken.duration_since(a.taken).as_secs_f64();
+        self.add_flat(&stats_view::flatten(a), &stats_view::flatten(b), secs);
+    }
+
+    /// Adds the increase from `before` to `after` (flattened counters), `secs` apart.
+    pub fn add_flat(
+        &mut self,
+        before: &BTreeMap<String, u64>,
+        after: &BTreeMap<String, u64>,
+        secs: f64,
+    ) {
+        for (k, v) in after {
+            let was = before.get(k).copied().unwrap_or(0);
+            *self.delta.entry(k.clone()).or_insert(0) += v.saturating_sub(was);
         }
-        self.secs += b.taken.duration_since(a.taken).as_secs_f64();
+        self.secs += secs;
     }
 
     /// A counter's increase (0 if unknown).

@@ -5,7 +5,7 @@
 //! runs the same guest, disks and job under `qemu-system-x86_64` and shows both.
 //!
 //! Pieces: [`job`] (job files, config disk, probe translation), [`disks`], [`keel_run`] and
-//! [`qemu_run`] (the two VMMs), [`console_tail`], [`report`] (console protocol and fio JSON)
+//! [`qemu_run`] (the two VMMs, with [`qmp_stats`] for QEMU's counters), [`console_tail`], [`report`] (console protocol and fio JSON)
 //! and [`output`] (table and JSON line).
 
 pub mod console_tail;
@@ -14,6 +14,7 @@ pub mod job;
 pub mod keel_run;
 pub mod output;
 pub mod qemu_run;
+pub mod qmp_stats;
 pub mod report;
 
 use std::path::PathBuf;

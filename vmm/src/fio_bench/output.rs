@@ -9,17 +9,28 @@ use serde_json::{json, Value};
 use super::report::{DirectionTotal, Summary};
 use super::{BenchReport, GuestKind, SideResult, CONFIG_DISK_ID};
 
-/// Exits per I/O over fio's run, from Keel's counter window: (KVM exits, Keel userspace
-/// exits, data-disk requests Keel completed).
-pub fn exits_per_io(side: &SideResult) -> Option<(f64, f64, u64)> {
+/// What a side's counter window says per fio I/O; each figure only where that side has the
+/// counter (QEMU's window holds KVM's counters only).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExitRates {
+    /// KVM exits (all reasons) per I/O.
+    pub kvm: Option<f64>,
+    /// Keel's userspace exits per I/O.
+    pub keel: Option<f64>,
+    /// Requests Keel's data disks completed.
+    pub disk_requests: Option<u64>,
+}
+
+/// The exit rates over fio's run, when the side has a counter window and fio did I/O.
+pub fn exit_rates(side: &SideResult) -> Option<ExitRates> {
     let window = side.run.window.as_ref()?;
     let ios = side.summary.as_ref()?.total_ios();
-    (ios > 0).then(|| {
-        (
-            window.get("kvm.exits") as f64 / ios as f64,
-            window.get("keel.exits") as f64 / ios as f64,
-            window.disk_requests(CONFIG_DISK_ID),
-        )
+    let per_io = |name: &str| window.delta.get(name).map(|&v| v as f64 / ios as f64);
+    let has_disks = window.delta.keys().any(|k| k.starts_with("disk."));
+    (ios > 0).then(|| ExitRates {
+        kvm: per_io("kvm.exits"),
+        keel: per_io("keel.exits"),
+        disk_requests: has_disks.then(|| window.disk_requests(CONFIG_DISK_ID)),
     })
 }
 
@@ -46,13 +57,14 @@ fn side_json(side: &SideResult) -> Value {
     }
     if let Some(w) = &side.run.window {
         v["window_secs"] = json!(w.secs);
-        v["kvm_exits"] = json!(w.get("kvm.exits"));
-        v["keel_exits"] = json!(w.get("keel.exits"));
-        v["disk_requests"] = json!(w.disk_requests(CONFIG_DISK_ID));
+        for (key, name) in [("kvm_exits", "kvm.exits"), ("keel_exits", "keel.exits")] {
+            v[key] = json!(w.delta.get(name));
+        }
     }
-    if let Some((kvm, keel, _)) = exits_per_io(side) {
-        v["exits_per_io_kvm"] = json!(kvm);
-        v["exits_per_io_keel"] = json!(keel);
+    if let Some(e) = exit_rates(side) {
+        v["exits_per_io_kvm"] = json!(e.kvm);
+        v["exits_per_io_keel"] = json!(e.keel);
+        v["disk_requests"] = json!(e.disk_requests);
     }
     v
 }
@@ -141,10 +153,10 @@ pub fn table(report: &BenchReport) -> String {
             ));
         }
     }
-    let per_io = |f: fn((f64, f64, u64)) -> String| {
+    let per_io = |f: fn(ExitRates) -> Option<String>| {
         sides
             .iter()
-            .map(|s| exits_per_io(s).map_or("n/a".into(), f))
+            .map(|s| exit_rates(s).and_then(f).unwrap_or_else(|| "n/a".into()))
             .collect()
     };
     rows.push(("I/Os (fio)".into(), {
@@ -159,15 +171,15 @@ pub fn table(report: &BenchReport) -> String {
     }));
     rows.push((
         "disk requests (keel)".into(),
-        per_io(|e| fmt_count(e.2 as f64)),
+        per_io(|e| e.disk_requests.map(|n| fmt_count(n as f64))),
     ));
     rows.push((
         "KVM exits per I/O".into(),
-        per_io(|e| format!("{:.4}", e.0)),
+        per_io(|e| e.kvm.map(|v| format!("{v:.4}"))),
     ));
     rows.push((
         "keel userspace exits per I/O".into(),
-        per_io(|e| format!("{:.4}", e.1)),
+        per_io(|e| e.keel.map(|v| format!("{v:.4}"))),
     ));
     rows.push((
         "wall time s".into(),

@@ -1,14 +1,17 @@
 //! Running the same guest and job under `qemu-system-x86_64`, configured the way a storage
 //! benchmark of QEMU is usually set up: one iothread per virtio-blk disk, `aio=io_uring`,
 //! `cache=none`, raw images; the config disk read-only after the data disks, as in Keel.
+//! KVM's counters over fio's run come from QMP `query-stats` at the same console markers
+//! Keel's are taken at.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::console_tail::ConsoleTail;
-use super::keel_run::{GuestEnd, GuestRun};
+use super::console_tail::{ConsoleTail, Marker};
+use super::keel_run::{CounterWindow, GuestEnd, GuestRun};
+use super::qmp_stats::Qmp;
 
 /// How often the console is read while QEMU runs.
 const POLL: Duration = Duration::from_millis(50);
@@ -90,8 +93,8 @@ fn drive_path(path: &Path) -> Result<String, QemuRunError> {
 }
 
 impl QemuGuest {
-    /// QEMU's arguments, console to `console`.
-    pub fn args(&self, console: &Path) -> Result<Vec<String>, QemuRunError> {
+    /// QEMU's arguments, console to `console`, QMP on the socket `qmp`.
+    pub fn args(&self, console: &Path, qmp: &Path) -> Result<Vec<String>, QemuRunError> {
         let mut a: Vec<String> = [
             "-nodefaults",
             "-no-user-config",
@@ -120,6 +123,8 @@ impl QemuGuest {
             format!("{}M", self.memory_mib),
             "-serial".into(),
             format!("file:{}", drive_path(console)?),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", drive_path(qmp)?),
             "-kernel".into(),
             self.kernel.display().to_string(),
             "-append".into(),
@@ -159,7 +164,9 @@ impl QemuGuest {
         interrupt: &AtomicBool,
     ) -> Result<GuestRun, QemuRunError> {
         let _ = std::fs::remove_file(console_path);
-        let args = self.args(console_path)?;
+        let qmp_path = console_path.with_extension("qmp");
+        let _ = std::fs::remove_file(&qmp_path);
+        let args = self.args(console_path, &qmp_path)?;
         log::info!("running {} {}", self.binary.display(), args.join(" "));
         let spawn_error = |source| QemuRunError::Spawn {
             binary: self.binary.display().to_string(),
@@ -177,9 +184,41 @@ impl QemuGuest {
             .map_err(spawn_error)?;
         let started = Instant::now();
         let mut tail = ConsoleTail::new(console_path, echo);
+        let mut qmp = match Qmp::connect(&qmp_path, started + Duration::from_secs(10)) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                log::warn!("no KVM counters from qemu: {e}");
+                None
+            }
+        };
+        let mut at_start: Option<(Instant, std::collections::BTreeMap<String, u64>)> = None;
+        let mut window: Option<CounterWindow> = None;
         let end = loop {
             std::thread::sleep(POLL);
-            tail.poll();
+            for marker in tail.poll() {
+                let Some(session) = qmp.as_mut() else {
+                    break;
+                };
+                let stats = match session.vcpu_stats() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("no KVM counters from qemu: {e}");
+                        qmp = None;
+                        break;
+                    }
+                };
+                match marker {
+                    Marker::Start => at_start = Some((Instant::now(), stats)),
+                    Marker::JsonBegin => {
+                        if let Some((t, before)) = at_start.take() {
+                            let secs = t.elapsed().as_secs_f64();
+                            window
+                                .get_or_insert_with(CounterWindow::default)
+                                .add_flat(&before, &stats, secs);
+                        }
+                    }
+                }
+            }
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => break GuestEnd::PowerOff,
                 Ok(Some(status)) => {
@@ -209,7 +248,7 @@ impl QemuGuest {
             console_path: console_path.to_path_buf(),
             console_tail: tail.tail(12),
             end,
-            window: None,
+            window,
             wall: started.elapsed(),
         })
     }
@@ -235,10 +274,13 @@ mod tests {
 
     #[test]
     fn command_line_has_iothreads_io_uring_and_cache_none() {
-        let args = guest().args(Path::new("/d/console")).unwrap().join(" ");
+        let args = guest()
+            .args(Path::new("/d/console"), Path::new("/d/qmp"))
+            .unwrap()
+            .join(" ");
         for want in [
             "-machine pc,accel=kvm -cpu host -smp 2 -m 1024M",
-            "-serial file:/d/console",
+            "-serial file:/d/console -qmp unix:/d/qmp,server=on,wait=off",
             "-kernel /k/vmlinuz -append console=ttyS0 quiet -initrd /k/initramfs.cpio",
             "-object iothread,id=iot0 -drive file=/d/a.img,if=none,id=d0,format=raw,\
              cache=none,aio=io_uring -device virtio-blk-pci,drive=d0,iothread=iot0",
@@ -256,7 +298,7 @@ mod tests {
         let mut g = guest();
         g.data_disks[0] = "/d/a,b.img".into();
         assert!(matches!(
-            g.args(Path::new("/c")),
+            g.args(Path::new("/c"), Path::new("/q")),
             Err(QemuRunError::Comma(_))
         ));
         assert_eq!(QemuAccel::parse("tcg"), Ok(QemuAccel::Tcg));
