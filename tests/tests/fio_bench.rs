@@ -172,7 +172,11 @@ fn probe_guest_compared_with_qemu() {
     // userspace and disk counters only on Keel's.
     for side in ["keel", "qemu"] {
         let per_io = r[side]["exits_per_io_kvm"].as_f64();
-        assert!(per_io.is_some_and(|v| v > 0.0), "{side}\n{}", run.describe());
+        assert!(
+            per_io.is_some_and(|v| v > 0.0),
+            "{side}\n{}",
+            run.describe()
+        );
     }
     assert!(r["qemu"]["exits_per_io_keel"].is_null());
     assert!(r["qemu"]["disk_requests"].is_null());

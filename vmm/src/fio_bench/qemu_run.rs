@@ -231,6 +231,9 @@ impl QemuGuest {
             }
             let stop = if interrupt.load(Ordering::Acquire) {
                 Some(GuestEnd::Interrupted)
+            } else if let Some(msg) = internal_error(&stderr_path) {
+                // QEMU pauses the guest and keeps running: nothing more will happen.
+                Some(GuestEnd::Failed(msg))
             } else if started.elapsed() > timeout {
                 Some(GuestEnd::TimedOut)
             } else {
@@ -252,6 +255,24 @@ impl QemuGuest {
             wall: started.elapsed(),
         })
     }
+}
+
+/// The gist of a "KVM internal error" QEMU reported on stderr (it then pauses the guest and
+/// waits), once its register dump is complete: the error, RIP and the code bytes.
+fn internal_error(stderr_path: &Path) -> Option<String> {
+    let text = std::fs::read(stderr_path).ok()?;
+    let text = String::from_utf8_lossy(&text[..text.len().min(64 * 1024)]);
+    if !text.contains("KVM internal error") || !text.contains("Code=") {
+        return None;
+    }
+    let wanted = |l: &&str| {
+        l.starts_with("KVM internal error")
+            || l.starts_with("emulation failure")
+            || l.starts_with("RIP=")
+            || l.starts_with("Code=")
+    };
+    let gist: Vec<&str> = text.lines().map(str::trim).filter(wanted).collect();
+    Some(format!("qemu: {}", gist.join("; ")))
 }
 
 #[cfg(test)]
@@ -303,6 +324,31 @@ mod tests {
         ));
         assert_eq!(QemuAccel::parse("tcg"), Ok(QemuAccel::Tcg));
         assert!(QemuAccel::parse("hvf").is_err());
+    }
+
+    #[test]
+    fn internal_errors_are_summarized_once_complete() {
+        let path = std::env::temp_dir().join(format!("keel-qemu-stderr-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "KVM internal error. Suberror: 1\nextra data[0]: 0x1\n",
+        )
+        .unwrap();
+        assert_eq!(internal_error(&path), None, "register dump not there yet");
+        std::fs::write(
+            &path,
+            "KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n\
+             RAX=0 RBX=0\nRIP=ffffffffb1117850 RFL=00000006 CPL=0\nCode=48 89 f0 <f0> 48 0f c7\n",
+        )
+        .unwrap();
+        assert_eq!(
+            internal_error(&path).unwrap(),
+            "qemu: KVM internal error. Suberror: 1; emulation failure; \
+             RIP=ffffffffb1117850 RFL=00000006 CPL=0; Code=48 89 f0 <f0> 48 0f c7"
+        );
+        std::fs::write(&path, "qemu-system-x86_64: warning: x\n").unwrap();
+        assert_eq!(internal_error(&path), None);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
