@@ -24,7 +24,13 @@ use vmm::vm::{Vm, VmCounters, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
 #[derive(Parser, Debug)]
-#[command(name = "keel", version, about)]
+#[command(
+    name = "keel",
+    version,
+    about,
+    after_help = "Other commands:\n  keel stat --pid PID        KVM counters of a running keel, as rates\n  \
+                  keel bench fio --job FILE  a fio benchmark in a guest (keel bench fio --help)"
+)]
 struct Cli {
     /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage; the format is detected.
     /// Optional with --api-socket (the VM then comes from `vm.create`).
@@ -175,6 +181,7 @@ fn log_peak_rss() {
 #[derive(Parser, Debug)]
 #[command(
     name = "keel stat",
+    bin_name = "keel stat",
     about = "KVM exit counters of a running keel, as rates per second"
 )]
 struct StatCli {

@@ -13,7 +13,7 @@ use vmm::fio_bench::{self, output, BenchOptions, GuestKind, QemuCompare};
 /// Boots a guest that runs a fio job on virtio-blk disks and prints fio's figures beside
 /// Keel's exits per I/O; optionally the same under QEMU, side by side.
 #[derive(Parser, Debug)]
-#[command(name = "keel bench fio")]
+#[command(name = "keel bench fio", bin_name = "keel bench fio")]
 struct FioCli {
     /// fio job file (its /dev/vdX filenames decide how many disks are created).
     #[arg(long, value_name = "FILE")]
