@@ -259,7 +259,7 @@ pub struct Summary {
 impl Summary {
     /// I/Os of both directions.
     pub fn total_ios(&self) -> u64 {
-        self.read.ios + self.write.ios
+        self.read.ios.saturating_add(self.write.ios)
     }
 }
 
@@ -269,10 +269,12 @@ fn total(docs: &[Vec<JobResult>], pick: fn(&JobResult) -> &Direction) -> Directi
     let mut lat_weight = 0.0;
     for doc in docs {
         // Jobs of one document ran together: their time is the longest one.
-        elapsed_ms += doc.iter().map(|j| pick(j).runtime_ms).max().unwrap_or(0);
+        // The numbers come from the guest: saturate rather than overflow.
+        let longest = doc.iter().map(|j| pick(j).runtime_ms).max().unwrap_or(0);
+        elapsed_ms = elapsed_ms.saturating_add(longest);
         for d in doc.iter().map(pick) {
-            t.ios += d.ios;
-            t.bytes += d.bytes;
+            t.ios = t.ios.saturating_add(d.ios);
+            t.bytes = t.bytes.saturating_add(d.bytes);
             lat_weight += d.lat_mean_ns * d.ios as f64;
             t.p50_ns = t.p50_ns.max(d.p50_ns);
             t.p99_ns = t.p99_ns.max(d.p99_ns);

@@ -118,3 +118,19 @@ fn broken_documents_are_errors_not_panics() {
     );
     assert_eq!(scan(&huge).unwrap_err(), ReportError::TooBig(0));
 }
+
+#[test]
+fn hostile_numbers_saturate() {
+    let doc = |ios: &str| {
+        format!(
+            "{{\"jobs\": [{{\"jobname\": \"x\", \"read\": {{\"io_bytes\": {ios}, \"iops\": 1e308, \
+             \"total_ios\": {ios}, \"runtime\": {ios}}}, \"write\": {{\"io_bytes\": -5, \"iops\": 0}}}}]}}"
+        )
+    };
+    let huge = doc("18446744073709551615");
+    let c = scan(&console(&[&huge, &huge])).unwrap();
+    let s = summarize(&c).unwrap();
+    assert_eq!(s.read.ios, u64::MAX);
+    assert_eq!(s.write.ios, 0);
+    assert_eq!(s.total_ios(), u64::MAX);
+}
