@@ -17,6 +17,9 @@ pub mod qemu_run;
 pub mod qmp_stats;
 pub mod report;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -189,8 +192,10 @@ impl SideResult {
                     problem = Some(format!("{failed} fio job(s) reported an error"));
                 } else if problem.is_none() && exit_codes.iter().any(|&c| c != 0) {
                     problem = Some(format!("fio exited with status {exit_codes:?}"));
-                } else if let Some(line) = console.stderr.first().filter(|_| problem.is_some()) {
-                    problem = problem.map(|p| format!("{p} (fio: {line})"));
+                }
+                // What fio said on stderr usually explains the failure best.
+                if let (Some(p), Some(line)) = (problem.as_mut(), console.stderr.first()) {
+                    p.push_str(&format!(" (fio: {line})"));
                 }
             }
         }

@@ -1,0 +1,78 @@
+use super::keel_run::{GuestEnd, GuestRun};
+use super::SideResult;
+use std::time::Duration;
+
+const DOC: &str = "{\"jobs\": [{\"jobname\": \"w\", \"error\": 0, \
+    \"read\": {\"io_bytes\": 0, \"iops\": 0, \"total_ios\": 0}, \
+    \"write\": {\"io_bytes\": 4096, \"iops\": 10, \"total_ios\": 1}}]}";
+
+fn side(console: &str, end: GuestEnd) -> SideResult {
+    SideResult::new(
+        "keel",
+        GuestRun {
+            console: console.to_string(),
+            console_path: "/x/keel-console.log".into(),
+            console_tail: String::new(),
+            end,
+            window: None,
+            wall: Duration::from_secs(1),
+        },
+    )
+}
+
+fn with_doc(doc: &str, rc: i32) -> String {
+    format!("KEEL-FIO-START job=w\nKEEL-FIO-JSON-BEGIN\n{doc}\nKEEL-FIO-JSON-END\nKEEL-FIO-EXIT rc={rc}\n")
+}
+
+#[test]
+fn a_powered_off_guest_with_a_clean_report_counts() {
+    let s = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
+    assert!(s.ok(), "{:?}", s.problem);
+    assert_eq!(s.summary.unwrap().write.ios, 1);
+    assert_eq!(s.exit_codes, vec![0]);
+}
+
+#[test]
+fn each_failure_is_named() {
+    let bad_job = "KEEL-FIO-START job=w\nKEEL-FIO-STDERR: fio: failed parsing rw=bogus\n\
+                   KEEL-FIO-EXIT rc=1\n";
+    let failed = DOC.replace("\"error\": 0", "\"error\": 5");
+    let cases = [
+        (
+            side(bad_job, GuestEnd::PowerOff),
+            "the guest printed no fio JSON (fio: fio: failed parsing rw=bogus)",
+        ),
+        (
+            side("KEEL-FIO-ERROR: no job\n", GuestEnd::PowerOff),
+            "the guest says: no job",
+        ),
+        (
+            side(&with_doc(&failed, 1), GuestEnd::PowerOff),
+            "1 fio job(s) reported an error",
+        ),
+        (
+            side(&with_doc(DOC, 2), GuestEnd::PowerOff),
+            "fio exited with status [2]",
+        ),
+        (
+            side(
+                "[ 1.0] Linux version 6.1\n",
+                GuestEnd::Failed("vCPU 0: boom".into()),
+            ),
+            "the guest stopped: vCPU 0: boom",
+        ),
+        (
+            side(&with_doc(DOC, 0), GuestEnd::TimedOut),
+            "the guest was still running after 1 s and was stopped",
+        ),
+        (
+            side("KEEL-FIO-JSON-BEGIN\n{\n", GuestEnd::PowerOff),
+            "has no KEEL-FIO-JSON-END line",
+        ),
+    ];
+    for (s, want) in cases {
+        let problem = s.problem.clone().unwrap_or_default();
+        assert!(problem.contains(want), "{problem:?} lacks {want:?}");
+        assert!(!s.ok());
+    }
+}
