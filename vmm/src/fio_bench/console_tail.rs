@@ -88,6 +88,11 @@ impl ConsoleTail {
         markers
     }
 
+    /// The file followed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Everything read so far (lossy UTF-8).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.text).into_owned()

@@ -5,10 +5,12 @@
 //! runs the same guest, disks and job under `qemu-system-x86_64` and shows both.
 //!
 //! Pieces: [`job`] (job files, config disk, probe translation), [`disks`], [`keel_run`] and
-//! [`qemu_run`] (the two VMMs, with [`qmp_stats`] for QEMU's counters), [`console_tail`], [`report`] (console protocol and fio JSON)
+//! [`qemu_run`] (the two VMMs, with [`qmp_stats`] for QEMU's counters), [`console_tail`] and
+//! [`counter_window`] (counters over fio's run), [`report`] (console protocol and fio JSON)
 //! and [`output`] (table and JSON line).
 
 pub mod console_tail;
+pub mod counter_window;
 pub mod disks;
 pub mod job;
 pub mod keel_run;

@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::console_tail::{ConsoleTail, Marker};
-use super::keel_run::{CounterWindow, GuestEnd, GuestRun};
+use super::console_tail::ConsoleTail;
+use super::counter_window::WindowTracker;
+use super::keel_run::{GuestEnd, GuestRun};
 use super::qmp_stats::Qmp;
 
 /// How often the console is read while QEMU runs.
@@ -191,33 +192,16 @@ impl QemuGuest {
                 None
             }
         };
-        let mut at_start: Option<(Instant, std::collections::BTreeMap<String, u64>)> = None;
-        let mut window: Option<CounterWindow> = None;
+        let mut window = WindowTracker::default();
         let end = loop {
             std::thread::sleep(POLL);
             for marker in tail.poll() {
-                let Some(session) = qmp.as_mut() else {
-                    break;
-                };
-                let stats = match session.vcpu_stats() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("no KVM counters from qemu: {e}");
-                        qmp = None;
-                        break;
-                    }
-                };
-                match marker {
-                    Marker::Start => at_start = Some((Instant::now(), stats)),
-                    Marker::JsonBegin => {
-                        if let Some((t, before)) = at_start.take() {
-                            let secs = t.elapsed().as_secs_f64();
-                            window
-                                .get_or_insert_with(CounterWindow::default)
-                                .add_flat(&before, &stats, secs);
-                        }
-                    }
+                let stats = qmp.as_mut().map(Qmp::vcpu_stats);
+                if let Some(Err(e)) = &stats {
+                    log::warn!("no KVM counters from qemu: {e}");
+                    qmp = None;
                 }
+                window.on_marker(marker, stats.and_then(Result::ok));
             }
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => break GuestEnd::PowerOff,
@@ -245,15 +229,7 @@ impl QemuGuest {
                 break end;
             }
         };
-        tail.poll();
-        Ok(GuestRun {
-            console: tail.text(),
-            console_path: console_path.to_path_buf(),
-            console_tail: tail.tail(12),
-            end,
-            window,
-            wall: started.elapsed(),
-        })
+        Ok(GuestRun::finish(tail, end, window.into_window(), started))
     }
 }
 
