@@ -65,36 +65,42 @@ const TINY_PROBE_JOB: &str = "; written, verified, then read back at random\n\
 [w]\nrw=randwrite\nfilename=/dev/vda\n\
 [r]\nrw=randread\nfilename=/dev/vdb\nsize=8m\n";
 
-fn probe_args<'a>(job: &'a str, dir: &'a str, guest_dir: &'a str) -> Vec<&'a str> {
-    vec![
+/// Runs `job` on the probe guest with `extra` options (16 MiB disks, 1 vCPU, 256 MiB);
+/// returns the run, the work directory and the disk directory (consoles stay there).
+fn probe_bench(
+    name: &str,
+    job: &str,
+    extra: &[&str],
+    timeout: Duration,
+) -> (Run, PathBuf, PathBuf) {
+    let dir = workdir(name);
+    let job = write_job(&dir, job);
+    let disks = dir.join("disks");
+    let guest_dir = probe_dir();
+    let mut args = vec![
         "--guest",
         "probe",
         "--guest-dir",
-        guest_dir,
+        &guest_dir,
         "--job",
-        job,
+        job.to_str().unwrap(),
         "--dir",
-        dir,
+        disks.to_str().unwrap(),
         "--disk-size",
         "16M",
         "--memory",
         "size=256M",
         "--cpus",
         "boot=1",
-    ]
+    ];
+    args.extend(extra);
+    let run = bench(&args, timeout);
+    (run, dir, disks)
 }
 
 #[test]
 fn probe_guest_runs_a_job_and_exits_per_io_are_reported() {
-    let dir = workdir("probe");
-    let job = write_job(&dir, TINY_PROBE_JOB);
-    let disks = dir.join("disks");
-    let guest_dir = probe_dir();
-    let (job_s, disks_s) = (job.to_str().unwrap(), disks.to_str().unwrap());
-    let run = bench(
-        &probe_args(job_s, disks_s, &guest_dir),
-        Duration::from_secs(120),
-    );
+    let (run, dir, disks) = probe_bench("probe", TINY_PROBE_JOB, &[], Duration::from_secs(120));
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     let r = result(&run);
     let keel = &r["keel"];
@@ -153,14 +159,12 @@ fn probe_guest_runs_a_job_and_exits_per_io_are_reported() {
 
 #[test]
 fn probe_guest_compared_with_qemu() {
-    let dir = workdir("qemu");
-    let job = write_job(&dir, TINY_PROBE_JOB);
-    let disks = dir.join("disks");
-    let guest_dir = probe_dir();
-    let (job_s, disks_s) = (job.to_str().unwrap(), disks.to_str().unwrap());
-    let mut args = probe_args(job_s, disks_s, &guest_dir);
-    args.extend(["--compare", "qemu", "--qemu-accel", "kvm"]);
-    let run = bench(&args, Duration::from_secs(300));
+    let (run, dir, _) = probe_bench(
+        "qemu",
+        TINY_PROBE_JOB,
+        &["--compare", "qemu", "--qemu-accel", "kvm"],
+        Duration::from_secs(300),
+    );
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     let r = result(&run);
     for side in ["keel", "qemu"] {
@@ -189,18 +193,13 @@ fn probe_guest_compared_with_qemu() {
 
 #[test]
 fn failing_jobs_are_reported_with_a_nonzero_exit() {
-    let dir = workdir("fail");
-    let job = write_job(
-        &dir,
-        "[w]\nrw=randwrite\nbs=4k\niodepth=4\nsize=1m\nfilename=/dev/vda\n",
-    );
-    let disks = dir.join("disks");
-    let guest_dir = probe_dir();
-    let (job_s, disks_s) = (job.to_str().unwrap(), disks.to_str().unwrap());
-    let mut args = probe_args(job_s, disks_s, &guest_dir);
     // Writes to a read-only disk fail with an I/O error status in the guest.
-    args.extend(["--disk-options", "readonly=on"]);
-    let run = bench(&args, Duration::from_secs(120));
+    let (run, dir, _) = probe_bench(
+        "fail",
+        "[w]\nrw=randwrite\nbs=4k\niodepth=4\nsize=1m\nfilename=/dev/vda\n",
+        &["--disk-options", "readonly=on"],
+        Duration::from_secs(120),
+    );
     assert_eq!(run.code(), Some(1), "{}", run.describe());
     let r = result(&run);
     assert_eq!(r["keel"]["ok"], false);

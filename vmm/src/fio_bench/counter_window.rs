@@ -32,11 +32,6 @@ impl CounterWindow {
         self.secs += secs;
     }
 
-    /// A counter's increase (0 if unknown).
-    pub fn get(&self, name: &str) -> u64 {
-        self.delta.get(name).copied().unwrap_or(0)
-    }
-
     /// Requests completed by the data disks (every disk but the config disk).
     pub fn disk_requests(&self, config_disk: &str) -> u64 {
         self.delta
@@ -102,7 +97,7 @@ mod tests {
         t.on_marker(Marker::JsonBegin, None);
         t.on_marker(Marker::JsonBegin, counters(&[("kvm.exits", 107)]));
         let w = t.into_window().unwrap();
-        assert_eq!(w.get("kvm.exits"), 5 + 7);
+        assert_eq!(w.delta["kvm.exits"], 5 + 7);
         assert_eq!(w.disk_requests("fio-config"), 4);
         assert_eq!(WindowTracker::default().into_window(), None);
     }
