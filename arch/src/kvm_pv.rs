@@ -1,10 +1,15 @@
 //! KVM's paravirtual features: the bits of CPUID 0x40000001 EAX ("KVM_CPUID_FEATURES") that tell
 //! a guest which KVM interfaces (kvmclock, PV EOI, PV spinlock unhalt, PV TLB flush, ...) it may
-//! use, and Keel's vocabulary for choosing them (`on`, `off` or a list of names).
+//! use, and Keel's vocabulary for choosing them (`on`, `off`, `hidden` or a list of names).
 //!
 //! The host's offer is whatever KVM_GET_SUPPORTED_CPUID returned in the KVM features leaf; the
 //! guest gets a subset of it. `off` clears the feature bits but keeps the "KVMKVMKVM" signature
 //! leaf, so the guest still knows it runs on KVM, just without paravirtual interfaces.
+//! `hidden` removes KVM's leaves altogether (signature, features and whatever else sits in
+//! KVM's 0x100-leaf block, such as Keel's 0x40000010 timing leaf), as QEMU's `-cpu ...,kvm=off`
+//! does: the guest finds no "KVMKVMKVM" at any 0x40000x00 base, so it neither uses kvmclock nor
+//! any other KVM interface, and a guest that also gets Hyper-V's leaves uses those (Linux
+//! prefers KVM's leaves whenever it finds them).
 //!
 //! The KVM leaves are found by their signature at 0x40000000 + n * 0x100, the way Linux looks for
 //! them, so this works before and after Hyper-V relocates them (see [`crate::hyperv`]).
@@ -238,7 +243,7 @@ pub const KVM_PV_NAMES: &[KvmPvName] = &[
 ];
 
 fn known_names() -> String {
-    let mut s = String::from("on, off");
+    let mut s = String::from("on, off, hidden");
     for n in KVM_PV_NAMES {
         s.push_str(", ");
         s.push_str(n.name);
@@ -260,7 +265,7 @@ pub enum KvmPvError {
         /// Every accepted word.
         known: String,
     },
-    /// `on` or `off` next to other words.
+    /// `on`, `off` or `hidden` next to other words.
     #[error("kvm_pv: `{0}` cannot be combined with other names")]
     Combined(String),
     /// A listed feature the host does not offer.
@@ -313,13 +318,13 @@ impl KvmPvFeatures {
             .map(|n| Self(n.required | n.optional))
     }
 
-    /// Parses a comma-separated list of names (no `on`/`off`): each name's required and
-    /// optional bits.
+    /// Parses a comma-separated list of names (no `on`/`off`/`hidden`): each name's required
+    /// and optional bits.
     pub fn parse_names(list: &str) -> Result<Self, KvmPvError> {
         let mut set = Self::empty();
         let mut any = false;
         for item in list.split(',').map(str::trim) {
-            if item == "on" || item == "off" {
+            if matches!(item, "on" | "off" | "hidden") {
                 return Err(KvmPvError::Combined(item.to_string()));
             }
             let named = Self::named(item).ok_or_else(|| KvmPvError::UnknownName {
@@ -370,18 +375,31 @@ pub enum KvmPvRequest {
     On,
     /// No features (the signature leaf stays).
     Off,
+    /// No KVM leaves at all: no signature, no features (QEMU's `kvm=off`).
+    Hidden,
     /// Exactly these features; each must be offered by the host.
     List(KvmPvFeatures),
 }
 
 impl KvmPvRequest {
-    /// Parses `on`, `off` or a comma-separated list of [`KVM_PV_NAMES`].
+    /// Parses `on`, `off`, `hidden` or a comma-separated list of [`KVM_PV_NAMES`].
     pub fn parse(list: &str) -> Result<Self, KvmPvError> {
         match list.trim() {
             "" => Err(KvmPvError::Empty),
             "on" => Ok(Self::On),
             "off" => Ok(Self::Off),
+            "hidden" => Ok(Self::Hidden),
             names => KvmPvFeatures::parse_names(names).map(Self::List),
+        }
+    }
+
+    /// The `kvm_pv=` text that [`Self::parse`] turns back into this request.
+    pub fn to_text(self) -> String {
+        match self {
+            Self::On => "on".to_string(),
+            Self::Off => "off".to_string(),
+            Self::Hidden => "hidden".to_string(),
+            Self::List(features) => features.names().join(","),
         }
     }
 }
@@ -421,23 +439,40 @@ pub fn kvm_base(entries: &[kvm_cpuid_entry2]) -> Option<u32> {
         })
 }
 
+/// Removes KVM's block of leaves, base..base+0xFF wherever the signature is (everything a
+/// relocation by [`crate::hyperv`] moves with it), and returns how many entries went. Other
+/// hypervisor leaves (Hyper-V's, once installed) stay.
+pub fn hide_kvm_leaves(entries: &mut Vec<kvm_cpuid_entry2>) -> usize {
+    let Some(base) = kvm_base(entries) else {
+        return 0;
+    };
+    let before = entries.len();
+    entries.retain(|e| !(base..base + 0x100).contains(&e.function));
+    before - entries.len()
+}
+
 /// Narrows the KVM features leaf of `entries` (as KVM_GET_SUPPORTED_CPUID left it, possibly
 /// already relocated) to `wanted` and returns what the guest gets.
 ///
 /// `On` keeps every bit the host offers; `Off` clears the feature bits and the hints (EDX);
-/// `List` keeps exactly the listed names' bits, failing on the first name whose required bit the
-/// host lacks. Bits Keel has no name for are dropped by a list.
+/// `Hidden` removes KVM's leaves ([`hide_kvm_leaves`]); `List` keeps exactly the listed names'
+/// bits, failing on the first name whose required bit the host lacks. Bits Keel has no name for
+/// are dropped by a list.
 pub fn apply_kvm_pv(
-    entries: &mut [kvm_cpuid_entry2],
+    entries: &mut Vec<kvm_cpuid_entry2>,
     wanted: KvmPvRequest,
 ) -> Result<KvmPvFeatures, KvmPvError> {
+    if wanted == KvmPvRequest::Hidden {
+        hide_kvm_leaves(entries);
+        return Ok(KvmPvFeatures::empty());
+    }
     let leaf = kvm_base(entries).map(|base| base + (KVM_CPUID_FEATURES - KVM_CPUID_SIGNATURE));
     let features = leaf.and_then(|leaf| entries.iter_mut().find(|e| e.function == leaf));
     let offer = features.as_ref().map_or(0, |e| e.eax);
 
     let granted = match wanted {
         KvmPvRequest::On => offer,
-        KvmPvRequest::Off => 0,
+        KvmPvRequest::Off | KvmPvRequest::Hidden => 0,
         KvmPvRequest::List(set) => {
             let mut granted = 0;
             for name in KVM_PV_NAMES.iter().filter(|n| set.contains(n.required)) {
@@ -603,7 +638,7 @@ mod tests {
         for n in KVM_PV_NAMES {
             assert!(msg.contains(n.name), "{msg} lacks {}", n.name);
         }
-        assert!(msg.contains("on, off"), "{msg}");
+        assert!(msg.contains("on, off, hidden"), "{msg}");
         assert!(KvmPvRequest::parse("kvmclock,,pv_eoi").is_err());
     }
 
@@ -627,6 +662,109 @@ mod tests {
         assert_eq!(kvm_base(&e), Some(0x4000_0000));
         assert_eq!(e[1].ebx, KVM_SIGNATURE[0]);
         assert!(got.msrs_offered().is_empty());
+    }
+
+    #[test]
+    fn hidden_parses_alone_only() {
+        assert_eq!(
+            KvmPvRequest::parse(" hidden ").unwrap(),
+            KvmPvRequest::Hidden
+        );
+        for bad in ["hidden,kvmclock", "kvmclock,hidden", "pv_eoi, hidden"] {
+            assert_eq!(
+                KvmPvRequest::parse(bad),
+                Err(KvmPvError::Combined("hidden".into())),
+                "{bad}"
+            );
+        }
+        let err = KvmPvRequest::parse("hide").unwrap_err().to_string();
+        assert!(err.contains("on, off, hidden, kvmclock"), "{err}");
+    }
+
+    #[test]
+    fn text_round_trips() {
+        for text in ["on", "off", "hidden", "kvmclock,pv_eoi"] {
+            let request = KvmPvRequest::parse(text).unwrap();
+            assert_eq!(request.to_text(), text);
+            assert_eq!(KvmPvRequest::parse(&request.to_text()).unwrap(), request);
+        }
+    }
+
+    /// KVM's leaves as `arch::cpuid::adjust` leaves them: signature, features, timing leaf.
+    fn leaves_with_timing(base: u32) -> Vec<kvm_cpuid_entry2> {
+        let mut e = leaves(base, HOST_OFFER);
+        e[1].eax = base + 0x10;
+        e.push(kvm_cpuid_entry2 {
+            function: base + 0x10,
+            eax: 2_000_000,
+            ebx: 1_000_000,
+            ..Default::default()
+        });
+        e.push(kvm_cpuid_entry2 {
+            function: 0x8000_0000,
+            eax: 0x8000_0008,
+            ..Default::default()
+        });
+        e
+    }
+
+    #[test]
+    fn hidden_removes_every_kvm_leaf_and_nothing_else() {
+        let mut e = leaves_with_timing(0x4000_0000);
+        let got = apply_kvm_pv(&mut e, KvmPvRequest::Hidden).unwrap();
+        assert_eq!(got, KvmPvFeatures::empty());
+        assert!(got.msrs_offered().is_empty());
+        assert_eq!(kvm_base(&e), None);
+        let functions: Vec<u32> = e.iter().map(|x| x.function).collect();
+        assert_eq!(functions, [1, 0x8000_0000]);
+        assert_eq!(e[0].ecx, 1 << 31, "the hypervisor bit stays");
+        // Idempotent, and a CPUID without KVM leaves is left alone.
+        assert_eq!(hide_kvm_leaves(&mut e), 0);
+        assert_eq!(e.len(), 2);
+    }
+
+    #[test]
+    fn hidden_finds_relocated_leaves_and_keeps_the_others() {
+        let mut e = leaves_with_timing(0x4000_0100);
+        // Another hypervisor's leaves below KVM's (Hyper-V's, after relocation).
+        e.push(kvm_cpuid_entry2 {
+            function: 0x4000_0000,
+            eax: 0x4000_000a,
+            ebx: 0x7263_694d,
+            ..Default::default()
+        });
+        assert_eq!(hide_kvm_leaves(&mut e), 3);
+        let functions: Vec<u32> = e.iter().map(|x| x.function).collect();
+        assert_eq!(functions, [1, 0x8000_0000, 0x4000_0000]);
+        assert!(e
+            .iter()
+            .all(|x| !(0x4000_0100..0x4000_0200).contains(&x.function)));
+    }
+
+    #[test]
+    fn leaves_stay_unless_hidden() {
+        for request in ["on", "off", "kvmclock,pv_eoi"] {
+            let before = leaves_with_timing(0x4000_0000);
+            let mut e = before.clone();
+            apply_kvm_pv(&mut e, KvmPvRequest::parse(request).unwrap()).unwrap();
+            let functions =
+                |v: &[kvm_cpuid_entry2]| v.iter().map(|x| x.function).collect::<Vec<_>>();
+            assert_eq!(functions(&e), functions(&before), "{request}");
+            assert_eq!(kvm_base(&e), Some(0x4000_0000), "{request}");
+            // Only the features leaf may change.
+            for (a, b) in e
+                .iter()
+                .zip(&before)
+                .filter(|(a, _)| a.function != KVM_CPUID_FEATURES)
+            {
+                assert_eq!(
+                    [a.eax, a.ebx, a.ecx, a.edx],
+                    [b.eax, b.ebx, b.ecx, b.edx],
+                    "{request}: leaf {:#x}",
+                    a.function
+                );
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 #   OUTDIR/vmlinuz          Debian cloud kernel bzImage (linux-image-cloud-amd64)
 #   OUTDIR/vmlinux          the uncompressed ELF64 kernel extracted from that bzImage
 #   OUTDIR/initramfs.cpio   newc cpio: busybox-static, fio + its shared libraries, virtio
-#                           modules, resources/fio/*.fio and ./init (also initramfs.cpio.gz)
+#                           modules, resources/fio/*.fio and ./jobs/*.fio (in /fio), ./init,
+#                           ./steps.sh (/tests/steps.sh) and keel-guest-tool (built here from
+#                           ./keel-guest-tool.c with the host's gcc, static) (also .cpio.gz)
 #   OUTDIR/kernel-version, OUTDIR/manifest.txt
 # Downloaded .debs are cached in OUTDIR/debs, so a rebuild is offline. See README.md.
 #
@@ -20,11 +22,12 @@ if [[ $# -ne 1 || -z "$1" || "$1" == -* ]]; then
 fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-JOBS_DIR=$(cd "$HERE/../fio" && pwd)
+JOBS_DIR=$(cd "$HERE/../fio" && pwd)         # benchmark jobs (keel bench fio)
+TEST_JOBS_DIR=$HERE/jobs                     # guest-suite jobs (keel.test=fio:NAME)
 mkdir -p "$1/debs"
 OUT=$(cd "$1" && pwd)
 DEBS=$OUT/debs
-for tool in apt-get apt-cache dpkg-deb readelf depmod modinfo cpio gzip grep; do
+for tool in apt-get apt-cache dpkg-deb readelf depmod modinfo cpio gzip grep gcc; do
     command -v "$tool" >/dev/null || die "missing '$tool' (apt-get install cpio kmod binutils gzip lz4)"
 done
 WORK=$(mktemp -d "$OUT/.work.XXXXXX")
@@ -220,7 +223,16 @@ mkdir -p "$ROOT"/{dev,proc,sys,tmp,run,root,fio}
 chmod 1777 "$ROOT/tmp"
 [[ $EUID -eq 0 ]] && mknod -m 600 "$ROOT/dev/console" c 5 1
 install -m 0755 "$HERE/init" "$ROOT/init"
+install -D -m 0644 "$HERE/steps.sh" "$ROOT/tests/steps.sh"
 cp "$JOBS_DIR"/*.fio "$ROOT/fio/"
+for job in "$TEST_JOBS_DIR"/*.fio; do
+    [[ ! -e "$ROOT/fio/${job##*/}" ]] || die "job ${job##*/} is in both resources/fio and $TEST_JOBS_DIR"
+    cp "$job" "$ROOT/fio/"
+done
+log "building keel-guest-tool"
+gcc -O2 -Wall -Wextra -Werror -static -s -o "$ROOT/usr/bin/keel-guest-tool" "$HERE/keel-guest-tool.c" ||
+    die "gcc could not build keel-guest-tool (needs gcc and libc6-dev)"
+"$ROOT/usr/bin/keel-guest-tool" clock 1000 >/dev/null || die "keel-guest-tool does not run"
 echo "$KVER" >"$ROOT/etc/kernel-version"
 
 if [[ $EUID -eq 0 ]]; then

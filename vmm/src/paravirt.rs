@@ -1,7 +1,8 @@
 //! Paravirtual interfaces offered to the guest: the in-kernel APIC's x2APIC API, KVM's PV
-//! features (CPUID 0x40000001) and Hyper-V enlightenments (CPUID 0x40000000..0x4000000A, KVM's
-//! leaves moved to 0x40000100). The host is probed for each capability; a requested feature
-//! the host cannot provide is refused before boot, naming the capability it lacks.
+//! features (CPUID 0x40000001; `kvm_pv=hidden` removes KVM's leaves altogether) and Hyper-V
+//! enlightenments (CPUID 0x40000000..0x4000000A, KVM's leaves, unless hidden, moved to
+//! 0x40000100). The host is probed for each capability; a requested feature the host cannot
+//! provide is refused before boot, naming the capability it lacks.
 
 use arch::hyperv::{apply_hyperv, HostHvSupport, HypervConfig, HypervError};
 use arch::kvm_pv::{apply_kvm_pv, KvmPvError, KvmPvFeatures, KvmPvRequest};
@@ -149,7 +150,8 @@ impl Paravirt {
     }
 
     /// Applies KVM PV and Hyper-V to one vCPU's CPUID (after `arch::cpuid::adjust`). Returns
-    /// the KVM PV features and Hyper-V enlightenments the guest gets.
+    /// the KVM PV features and Hyper-V enlightenments the guest gets. With `kvm_pv` hidden,
+    /// KVM's leaves go first, so Hyper-V's (if any) stay alone at 0x40000000.
     pub fn apply_cpuid(
         &self,
         entries: &mut Vec<kvm_cpuid_entry2>,

@@ -297,7 +297,7 @@ impl Vm {
             hidden_features = arch::cpuid::adjust(&mut entries, &cfg);
             let (pv, hv) = paravirt.apply_cpuid(&mut entries, num_vcpus)?;
             if index == 0 {
-                log_paravirt(&pv, &hv, x2apic_api);
+                log_paravirt(paravirt.kvm_pv, &pv, &hv, x2apic_api);
             }
             vcpu.configure(&entries, &paravirt)?;
             if index == 0 {
@@ -461,14 +461,24 @@ fn map_guest_ram(config: &VmConfig, plan: &placement::Plan) -> Result<GuestRam, 
 }
 
 /// Logs what the guest gets besides plain hardware.
-fn log_paravirt(pv: &arch::kvm_pv::KvmPvFeatures, hv: &[&str], x2apic_api: bool) {
+fn log_paravirt(
+    request: arch::kvm_pv::KvmPvRequest,
+    pv: &arch::kvm_pv::KvmPvFeatures,
+    hv: &[&str],
+    x2apic_api: bool,
+) {
+    let kvm = if request == arch::kvm_pv::KvmPvRequest::Hidden {
+        "KVM leaves hidden (no KVM signature)".to_string()
+    } else {
+        format!("KVM PV features {pv}")
+    };
     let apicv = match crate::paravirt::host_apic_virtualization() {
         Some((what, true)) => format!("{what} on"),
         Some((what, false)) => format!("{what} off"),
         None => "no APICv/AVIC reported by the host".to_string(),
     };
     log::info!(
-        "paravirt: KVM PV features {pv}; Hyper-V {}; x2APIC API {}; {apicv}",
+        "paravirt: {kvm}; Hyper-V {}; x2APIC API {}; {apicv}",
         if hv.is_empty() {
             "off".to_string()
         } else {

@@ -542,6 +542,40 @@ fn apply_installs_hyperv_below_kvm() {
 }
 
 #[test]
+fn hidden_kvm_leaves_leave_hyperv_alone_at_the_base() {
+    use crate::kvm_pv::{apply_kvm_pv, KvmPvRequest};
+    let cfg = HypervConfig::parse("relaxed,vpindex,time").unwrap();
+    // As Keel applies them (KVM PV first), and the other way round: the same leaves.
+    let mut first = kvm_leaves();
+    apply_kvm_pv(&mut first, KvmPvRequest::Hidden).unwrap();
+    apply_hyperv(&mut first, &cfg, &full_host(), 2).unwrap();
+    let mut second = kvm_leaves();
+    apply_hyperv(&mut second, &cfg, &full_host(), 2).unwrap();
+    apply_kvm_pv(&mut second, KvmPvRequest::Hidden).unwrap();
+    for e in [&first, &second] {
+        assert_eq!(kvm_base(e), None);
+        let functions: Vec<u32> = e
+            .iter()
+            .map(|x| x.function)
+            .filter(|f| (0x4000_0000..0x5000_0000).contains(f))
+            .collect();
+        assert_eq!(functions, (0x4000_0000..=0x4000_000a).collect::<Vec<_>>());
+        assert_eq!(find(e, 0x4000_0000).eax, HYPERV_CPUID_MAX_LEAF);
+        assert_eq!(find(e, 0x4000_0001).eax, HYPERV_INTERFACE_SIGNATURE);
+        assert_eq!(find(e, 1).ecx, 1 << 31, "the hypervisor bit stays");
+        find(e, 0x8000_0000);
+    }
+    let regs_of = |e: &[kvm_cpuid_entry2]| -> Vec<(u32, [u32; 4])> {
+        e.iter().map(|x| (x.function, regs(x))).collect()
+    };
+    let mut sorted = [first, second];
+    for e in &mut sorted {
+        e.sort_by_key(|x| x.function);
+    }
+    assert_eq!(regs_of(&sorted[0]), regs_of(&sorted[1]));
+}
+
+#[test]
 fn apply_off_and_errors_leave_entries_alone() {
     let before = kvm_leaves();
     let mut e = before.clone();

@@ -46,7 +46,8 @@ struct Cli {
     /// Kernel command line.
     #[arg(long, default_value = "", requires = "kernel")]
     cmdline: String,
-    /// vCPUs: boot=N[,affinity=[0@[2,3],1@[4]]][,pvm_compat=auto|on|off].
+    /// vCPUs: boot=N[,affinity=[0@[2,3],1@[4]]][,kvm_pv=on|off|hidden|[LIST]]
+    /// [,hyperv=on|off|[LIST]][,pvm_compat=auto|on|off].
     #[arg(long, default_value = "boot=1", value_parser = parse_cpus, requires = "kernel")]
     cpus: CpusConfig,
     /// Guest RAM: size=S[,hugepages=on][,hugepage_size=2M|1G][,prefault=on][,thp=on|off]

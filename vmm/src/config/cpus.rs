@@ -1,6 +1,7 @@
-//! `--cpus boot=N[,affinity=[0@[2,3],1@[4]]][,kvm_pv=on|off|[LIST]][,hyperv=on|off|[LIST]]
-//! [,pvm_compat=auto|on|off]`: how many vCPUs boot, which host CPUs each may run on (Cloud
-//! Hypervisor's affinity syntax), and the paravirtual interfaces they see.
+//! `--cpus boot=N[,affinity=[0@[2,3],1@[4]]][,kvm_pv=on|off|hidden|[LIST]]
+//! [,hyperv=on|off|[LIST]][,pvm_compat=auto|on|off]`: how many vCPUs boot, which host CPUs each
+//! may run on (Cloud Hypervisor's affinity syntax), and the paravirtual interfaces they see.
+//! `kvm_pv=hidden` leaves out KVM's CPUID leaves altogether (QEMU's `kvm=off`).
 
 use super::{get, parse_group, split_top_level, strip_brackets, ConfigError, Toggle};
 use crate::placement::CpuSet;
@@ -14,7 +15,8 @@ pub struct CpusConfig {
     pub boot_vcpus: u32,
     /// Explicit host CPUs per vCPU index; vCPUs not listed follow the NUMA policy.
     pub affinity: Vec<(u32, CpuSet)>,
-    /// KVM paravirtual features (CPUID 0x40000001): every one the host offers by default.
+    /// KVM paravirtual features (CPUID 0x40000001): every one the host offers by default;
+    /// `Hidden` leaves out KVM's leaves, signature included.
     pub kvm_pv: KvmPvRequest,
     /// Hyper-V enlightenments: off by default.
     pub hyperv: HypervConfig,
@@ -192,10 +194,35 @@ mod tests {
             KvmPvRequest::Off
         );
         assert!(CpusConfig::parse("hyperv=on").unwrap().hyperv.is_on());
-        for bad in ["kvm_pv=[warp]", "hyperv=[relaxed,warp]", "kvm_pv="] {
+        for bad in [
+            "kvm_pv=[warp]",
+            "hyperv=[relaxed,warp]",
+            "kvm_pv=",
+            "kvm_pv=[hidden,kvmclock]",
+        ] {
             let err = CpusConfig::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("--cpus: "), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn kvm_leaves_can_be_hidden() {
+        let c = CpusConfig::parse("boot=2,kvm_pv=hidden,hyperv=[relaxed,vpindex,time]").unwrap();
+        assert_eq!(c.kvm_pv, KvmPvRequest::Hidden);
+        assert_eq!(c.hyperv.names(), ["relaxed", "vpindex", "time"]);
+        assert_eq!(
+            CpusConfig::parse("kvm_pv=[hidden]").unwrap().kvm_pv,
+            KvmPvRequest::Hidden
+        );
+        // A list that asks for features cannot also hide them: one line naming the conflict.
+        let err = CpusConfig::parse("boot=1,kvm_pv=[kvmclock,hidden]")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--cpus: kvm_pv: `hidden` cannot be combined with other names"
+        );
+        assert!(!err.contains('\n'));
     }
 
     #[test]

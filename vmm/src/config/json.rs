@@ -23,9 +23,10 @@
 //!   `disks[].path`, `readonly`, `num_queues`, `queue_size`, `id`, `serial`, and
 //!   `serial.mode` (`Tty`, `Off`, `Null` or `File`, any case) with `serial.file`.
 //! - Keel's own: `cpus.kvm_pv`, `cpus.hyperv` (the `--cpus kvm_pv=` / `hyperv=` vocabulary, as
-//!   one string with or without brackets), `cpus.pvm_compat` (`auto`, `on`, `off`),
-//!   `memory.thp` (absent: auto), `disks[].cache` (`none`, `writeback`), `disks[].iothread`
-//!   (`--disk iothread=` syntax; `cpus:2,4` may leave out the brackets) and `disks[].numa_node`.
+//!   one string with or without brackets; `"kvm_pv": "hidden"` leaves out KVM's CPUID leaves),
+//!   `cpus.pvm_compat` (`auto`, `on`, `off`), `memory.thp` (absent: auto), `disks[].cache`
+//!   (`none`, `writeback`), `disks[].iothread` (`--disk iothread=` syntax; `cpus:2,4` may leave
+//!   out the brackets) and `disks[].numa_node`.
 //! - `numa` differs from Cloud Hypervisor's: there a node takes its RAM from named
 //!   `memory_zones`, and Keel has no zones. A Keel node gives its RAM directly:
 //!   `{"guest_numa_id", "cpus", "memory" (bytes), "host_numa_node"}`, as `--numa` does.
@@ -626,11 +627,7 @@ fn cpus_to(cpus: &CpusConfig) -> CpusWire {
                 })
                 .collect()
         }),
-        kvm_pv: Some(match cpus.kvm_pv {
-            KvmPvRequest::On => "on".to_string(),
-            KvmPvRequest::Off => "off".to_string(),
-            KvmPvRequest::List(features) => features.names().join(","),
-        }),
+        kvm_pv: Some(cpus.kvm_pv.to_text()),
         hyperv: Some(hyperv_text(&cpus.hyperv)),
         pvm_compat: Some(
             match cpus.pvm_compat {

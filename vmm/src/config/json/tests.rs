@@ -208,6 +208,10 @@ fn invalid_values_name_the_field() {
         ),
         (r#""cpus": {"kvm_pv": ""}"#, "cpus.kvm_pv: empty feature list"),
         (
+            r#""cpus": {"kvm_pv": "[kvmclock,hidden]"}"#,
+            "cpus.kvm_pv: `hidden` cannot be combined with other names",
+        ),
+        (
             r#""cpus": {"hyperv": "[relaxed,warp]"}"#,
             "cpus.hyperv: unknown item `warp`",
         ),
@@ -388,6 +392,13 @@ fn cli_configs() -> Vec<VmConfig> {
         cfg(
             "boot=1,kvm_pv=off,hyperv=on",
             "size=1G,hugepages=on",
+            &[],
+            &[],
+            "tty",
+        ),
+        cfg(
+            "boot=2,kvm_pv=hidden,hyperv=[relaxed,vpindex,time]",
+            "size=1G",
             &[],
             &[],
             "tty",
