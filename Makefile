@@ -7,7 +7,7 @@ KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe guest-linux demo test unit-test guest-test lint fmt bench bench-fio clean
+.PHONY: all keel probe guest-linux rig-bin rig-image rig demo test unit-test guest-test lint fmt bench bench-fio clean
 
 all: keel probe
 
@@ -19,6 +19,24 @@ probe:
 
 guest-linux:
 	resources/guest-linux/build.sh $(GUEST_LINUX_DIR)
+
+# The Linux guest suite (rig/): keel-rig runs the named scenarios (all by default; `make rig
+# RIG_SCENARIOS="boot-pvh-1cpu console-echo"`) directly on a host whose KVM has VT-x/AMD-V, or
+# inside the nested rig's L1 (QEMU TCG + kvm_amd, resources/rig/) on PVM hosts, in one L1 boot.
+RIG_DIR := $(BUILD_DIR)/rig
+RIG := target/release/keel-rig
+RIG_SCENARIOS ?=
+RIG_ARGS ?=
+rig-bin:
+	$(CARGO) build --release --locked -p keel-rig --bin keel-rig
+
+rig-image: keel rig-bin guest-linux
+	resources/rig/build.sh $(RIG_DIR) $(KEEL) $(RIG) $(GUEST_LINUX_DIR)
+
+rig: rig-image
+	$(RIG) test --keel $(KEEL) --guest $(GUEST_LINUX_DIR) --work $(RIG_DIR)/work \
+		--qemu "$$(command -v qemu-system-x86_64)" --fio-jobs resources/fio \
+		--rig-dir $(RIG_DIR) $(RIG_ARGS) $(RIG_SCENARIOS)
 
 DEMO_DISK := $(BUILD_DIR)/demo-disk.img
 DEMO_IO := bs=4k,iodepth=32,ios=20000
@@ -42,11 +60,13 @@ fmt:
 	$(CARGO) fmt --all
 
 # Unit tests, then the guest tests that boot the probe guest (and the Linux fio guest) with
-# keel on /dev/kvm.
+# keel on this host's /dev/kvm, then the Linux guest suite (directly, or in the nested rig on
+# PVM hosts). See README "Where each test runs".
 test: keel probe guest-linux lint
 	KEEL_BIN=$(CURDIR)/$(KEEL) KEEL_PROBE_DIR=$(CURDIR)/$(PROBE_DIR) \
 		KEEL_GUEST_LINUX_DIR=$(CURDIR)/$(GUEST_LINUX_DIR) \
 		$(CARGO) test --release --locked --workspace
+	$(MAKE) rig
 
 bench: keel probe
 	python3 resources/bench/startup.py $(KEEL)

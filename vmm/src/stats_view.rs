@@ -176,10 +176,16 @@ pub fn json(c: &VmCounters) -> String {
     let disks: Vec<String> = c
         .disks
         .iter()
-        .map(|(name, d)| {
+        .enumerate()
+        .map(|(i, (name, d))| {
+            let queues: Vec<String> = c
+                .disk_queue_requests
+                .get(i)
+                .map(|q| q.iter().map(u64::to_string).collect())
+                .unwrap_or_default();
             format!(
-                "{{\"name\":\"{name}\",\"requests\":{},\"errors\":{},\"read_bytes\":{},\"write_bytes\":{},\"latency_ns\":{}}}",
-                d.requests, d.errors, d.read_bytes, d.write_bytes, d.latency_ns
+                "{{\"name\":\"{name}\",\"requests\":{},\"errors\":{},\"read_bytes\":{},\"write_bytes\":{},\"latency_ns\":{},\"queue_requests\":[{}]}}",
+                d.requests, d.errors, d.read_bytes, d.write_bytes, d.latency_ns, queues.join(",")
             )
         })
         .collect();
@@ -225,6 +231,7 @@ mod tests {
                     ..Default::default()
                 },
             )],
+            disk_queue_requests: vec![vec![requests - 1, 1]],
         }
     }
 
@@ -277,5 +284,6 @@ mod tests {
         assert!(j.contains("\"devices\":{\"pio.serial\":3}"), "{j}");
         assert!(j.contains("\"vm\":{\"remote_tlb_flush\":4}"), "{j}");
         assert!(j.starts_with("{\"vcpus\":[{\"index\":0,"), "{j}");
+        assert!(j.contains("\"queue_requests\":[49,1]}"), "{j}");
     }
 }

@@ -563,6 +563,8 @@ pub struct VmCounters {
     pub vm: Vec<(String, u64)>,
     /// Per disk, by name.
     pub disks: Vec<(String, IoStats)>,
+    /// Per disk (same order as `disks`), the requests each of its queues completed.
+    pub disk_queue_requests: Vec<Vec<u64>>,
 }
 
 fn read_kvm(stats: Option<&KvmStats>) -> Vec<(String, u64)> {
@@ -612,6 +614,13 @@ impl RunningVm {
             vcpus: self.stats(),
             vm: read_kvm(self._vm.kvm_stats.as_ref()),
             disks: self.disk_stats(),
+            disk_queue_requests: self
+                ._vm
+                .disks
+                .disks()
+                .iter()
+                .map(|d| d.io_stats.queue_requests())
+                .collect(),
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Longest wait for one QMP answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one QMP answer (a hang guard: QEMU under emulation answers in seconds).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest line accepted from QEMU.
 const MAX_LINE: usize = 1 << 20;
 
@@ -41,12 +41,17 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects to `path`, retrying until `deadline` while QEMU creates the socket.
-    pub fn connect(path: &Path, deadline: Instant) -> Result<Self, QmpError> {
+    /// Connects to `path`, retrying while QEMU creates the socket: until `deadline`, or until
+    /// `alive` says QEMU is gone.
+    pub fn connect(
+        path: &Path,
+        deadline: Instant,
+        mut alive: impl FnMut() -> bool,
+    ) -> Result<Self, QmpError> {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => return Err(e.into()),
+                Err(e) if Instant::now() >= deadline || !alive() => return Err(e.into()),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
@@ -157,7 +162,7 @@ mod tests {
                 .unwrap();
         });
         let deadline = Instant::now() + Duration::from_secs(2);
-        let mut qmp = Qmp::connect(&path, deadline).unwrap();
+        let mut qmp = Qmp::connect(&path, deadline, || true).unwrap();
         assert_eq!(qmp.vcpu_stats().unwrap().get("kvm.exits"), Some(&7));
         match qmp.execute("query-stats", json!({})) {
             Err(QmpError::Refused { error, .. }) => assert_eq!(error, "nope"),

@@ -31,6 +31,11 @@ pub struct IoStats {
 }
 
 impl QueueCounters {
+    /// Requests this queue completed so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// Counts a completed request.
     pub(super) fn request(&self, ok: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);

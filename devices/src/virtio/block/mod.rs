@@ -75,6 +75,11 @@ impl IoStatsReader {
     pub fn read(&self) -> IoStats {
         counters::sum(self.0.iter().map(|q| q.as_ref()))
     }
+
+    /// Requests completed by each queue, in queue order.
+    pub fn queue_requests(&self) -> Vec<u64> {
+        self.0.iter().map(|q| q.requests()).collect()
+    }
 }
 
 /// A virtio-blk device.

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Builds the nested test rig's L1: a Debian cloud kernel VM, run by QEMU's TCG with `-cpu max`
+# (which offers AMD SVM), whose kvm_amd module gives an ordinary KVM on hosts that have none
+# (PVM hosts). Everything comes from Debian packages and this project's own build:
+#   OUTDIR/vmlinuz            the L1 kernel (the same Debian cloud kernel as the Linux guest)
+#   OUTDIR/initramfs.cpio.gz  L1's first stage: busybox, virtio modules, an init that mounts
+#                             the payload disk and switches to it
+#   OUTDIR/payload.img        ext4 root of L1 (sparse, SIZE): busybox, kvm modules, keel,
+#                             keel-rig, qemu-system-x86_64 with its libraries and firmware,
+#                             the Linux guest (GUEST_DIR), the fio jobs; its free space holds
+#                             the scenarios' disk images (O_DIRECT works on ext4)
+#   OUTDIR/manifest.txt       what went in
+# The kernel and busybox .debs come from GUEST_DIR/debs (make guest-linux downloads them).
+#
+# Usage: resources/rig/build.sh OUTDIR KEEL_BIN KEEL_RIG_BIN GUEST_DIR [QEMU_BIN]
+set -euo pipefail
+shopt -s nullglob
+
+die() { echo "rig/build.sh: error: $*" >&2; exit 1; }
+log() { echo "==> rig: $*" >&2; }
+[[ $# -ge 4 ]] || { echo "usage: $0 OUTDIR KEEL_BIN KEEL_RIG_BIN GUEST_DIR [QEMU_BIN]" >&2; exit 2; }
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p "$1"
+OUT=$(cd "$1" && pwd)
+KEEL_BIN=$2 RIG_BIN=$3 GUEST_DIR=$4 QEMU_BIN=${5:-$(command -v qemu-system-x86_64 || true)}
+PAYLOAD_SIZE=${RIG_PAYLOAD_SIZE:-8G}
+for f in "$KEEL_BIN" "$RIG_BIN" "$GUEST_DIR/vmlinuz" "$GUEST_DIR/vmlinux" "$GUEST_DIR/initramfs.cpio.gz"; do
+    [[ -f $f ]] || die "missing $f (make keel rig-bin guest-linux)"
+done
+[[ -n $QEMU_BIN && -x $QEMU_BIN ]] || die "qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+for tool in dpkg-deb depmod modinfo cpio gzip mke2fs ldd; do
+    command -v "$tool" >/dev/null || die "missing '$tool' (apt-get install cpio kmod e2fsprogs)"
+done
+kdebs=("$GUEST_DIR"/debs/linux-image-[0-9]*-cloud-amd64_*.deb)
+bdebs=("$GUEST_DIR"/debs/busybox-static_*.deb)
+[[ ${#kdebs[@]} -ge 1 && ${#bdebs[@]} -ge 1 ]] || die "no kernel or busybox .deb in $GUEST_DIR/debs (make guest-linux)"
+KDEB=$(printf '%s\n' "${kdebs[@]}" | sort -V | tail -n 1)
+BDEB=$(printf '%s\n' "${bdebs[@]}" | sort -V | tail -n 1)
+
+WORK=$(mktemp -d "$OUT/.work.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+KROOT=$WORK/kernel STAGE1=$WORK/stage1 ROOT=$WORK/root
+mkdir -p "$KROOT" "$STAGE1" "$ROOT"
+dpkg-deb -x "$KDEB" "$KROOT"
+kdirs=("$KROOT"/lib/modules/*)
+[[ ${#kdirs[@]} -eq 1 ]] || die "expected one module directory in $KDEB"
+KVER=${kdirs[0]##*/}
+depmod -b "$KROOT" "$KVER"
+
+# add_modules DESTROOT ORDERFILE MODULE...: copy the modules and their dependencies into
+# DESTROOT (uncompressed), appending their paths in load order to DESTROOT/ORDERFILE.
+add_modules() {
+    local dest=$1 order=$2 m
+    shift 2
+    declare -gA SEEN_MOD=()
+    mkdir -p "$dest/$(dirname "$order")"
+    : >"$dest/$order"
+    for m in "$@"; do add_module "$dest" "$order" "$m"; done
+}
+add_module() {
+    local dest=$1 order=$2 m=${3//-/_} dep f
+    [[ -n ${SEEN_MOD[$m]:-} ]] && return 0
+    SEEN_MOD[$m]=1
+    sed 's/-/_/g' "$KROOT/lib/modules/$KVER/modules.builtin" | grep -q "/$m\.ko$" && return 0
+    for dep in $(modinfo -b "$KROOT" -k "$KVER" -F depends "$m" | tr ',' ' '); do
+        add_module "$dest" "$order" "$dep"
+    done
+    f=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$m") || die "module $m not found in $KDEB"
+    f=${f#"$KROOT"/}
+    mkdir -p "$dest/$(dirname "$f")"
+    case $f in
+        *.ko) cp "$KROOT/$f" "$dest/$f" ;;
+        *.ko.xz) xz -dc "$KROOT/$f" >"$dest/${f%.xz}" ;;
+        *.ko.zst) zstd -dcq "$KROOT/$f" >"$dest/${f%.zst}" ;;
+        *) die "unknown module format: $f" ;;
+    esac
+    echo "/${f%.ko*}.ko" >>"$dest/$order"
+}
+
+# install_busybox DESTROOT: busybox-static and a link per applet.
+install_busybox() {
+    local dest=$1 applet
+    dpkg-deb -x "$BDEB" "$WORK/busybox"
+    install -D -m 0755 "$WORK/busybox/bin/busybox" "$dest/bin/busybox"
+    for applet in $("$dest/bin/busybox" --list-full); do
+        [[ -e "$dest/$applet" || -L "$dest/$applet" ]] && continue
+        mkdir -p "$dest/$(dirname "$applet")"
+        ln -s /bin/busybox "$dest/$applet"
+    done
+}
+
+# install_program DESTROOT PATH [NAME]: the program as /usr/bin/NAME plus its shared
+# libraries (ldd's closure, at their host paths, symlinks resolved).
+install_program() {
+    local dest=$1 bin=$2 name=${3:-${2##*/}} lib
+    install -D -m 0755 "$bin" "$dest/usr/bin/$name"
+    while read -r lib; do
+        [[ -e "$dest$lib" ]] || install -D -m 0755 "$(readlink -f "$lib")" "$dest$lib"
+    done < <(ldd "$bin" | grep -oE '(/[^ ]+)' | grep -v '^/usr/bin' || true)
+}
+
+log "stage 1: busybox, virtio modules, init"
+install_busybox "$STAGE1"
+add_modules "$STAGE1" etc/modules-order virtio_pci virtio_blk
+mkdir -p "$STAGE1"/{dev,proc,sys,newroot}
+[[ $EUID -eq 0 ]] && mknod -m 600 "$STAGE1/dev/console" c 5 1
+install -m 0755 "$HERE/init-stage1" "$STAGE1/init"
+(cd "$STAGE1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) |
+    gzip -1 -n >"$WORK/initramfs.cpio.gz"
+
+log "payload root: busybox, kvm modules, keel, keel-rig, QEMU, the Linux guest"
+install_busybox "$ROOT"
+add_modules "$ROOT" etc/rig-modules kvm_amd
+install_program "$ROOT" "$KEEL_BIN" keel
+install_program "$ROOT" "$RIG_BIN" keel-rig
+install_program "$ROOT" "$QEMU_BIN" qemu-system-x86_64
+for d in /usr/share/qemu /usr/share/seabios; do
+    [[ -d $d ]] && mkdir -p "$ROOT$d" && cp -rL "$d/." "$ROOT$d/" 2>/dev/null || true
+done
+mkdir -p "$ROOT"/{dev,proc,sys,tmp,run,root,work,guest,fio,etc}
+cp "$GUEST_DIR"/{vmlinuz,vmlinux,initramfs.cpio.gz,kernel-version} "$ROOT/guest/"
+cp "$HERE"/../fio/*.fio "$ROOT/fio/"
+install -m 0755 "$HERE/init-l1" "$ROOT/init-l1"
+echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
+
+log "payload.img: ext4, $PAYLOAD_SIZE (sparse)"
+rm -f "$WORK/payload.img"
+mke2fs -q -t ext4 -L keel-rig -E root_owner=0:0 -d "$ROOT" "$WORK/payload.img" "$PAYLOAD_SIZE" ||
+    die "mke2fs of the payload failed"
+{
+    echo "# Keel nested test rig (L1), built by resources/rig/build.sh"
+    echo "kernel: $KVER ($(basename "$KDEB"))"
+    echo "busybox: $(basename "$BDEB")"
+    echo "qemu: $("$QEMU_BIN" --version | head -n 1)"
+    echo "stage-1 modules: $(tr '\n' ' ' <"$STAGE1/etc/modules-order")"
+    echo "payload modules: $(tr '\n' ' ' <"$ROOT/etc/rig-modules")"
+    echo "payload: $(du -sh "$ROOT" | cut -f1) in an ext4 image of $PAYLOAD_SIZE"
+} >"$WORK/manifest.txt"
+cp "$GUEST_DIR/vmlinuz" "$WORK/vmlinuz"
+for f in vmlinuz initramfs.cpio.gz payload.img manifest.txt; do mv -f "$WORK/$f" "$OUT/$f"; done
+log "done: $OUT"

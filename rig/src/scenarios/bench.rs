@@ -1,0 +1,146 @@
+//! Exits per I/O with a real driver: `keel bench fio --guest linux --compare qemu` for each fio
+//! job of the benchmark set, Keel beside QEMU with KVM on the same guest, disks and job, at a
+//! short runtime. Figures, not pass/fail thresholds: the scenario fails only when Keel's side
+//! produced none. QEMU's side is reported, figures or failure, but never fails the scenario:
+//! no test depends on a peer VMM's quirks. (IOPS in a nested rig mean nothing; exits per I/O
+//! do.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::Scenario;
+use crate::error::{check, io, RigError};
+use crate::Ctx;
+
+const RUNTIME_SECS: &str = "3";
+const DISK_SIZE: &str = "256M";
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![Scenario {
+        name: "bench-fio-exits-vs-qemu",
+        about: "keel bench fio --compare qemu for each benchmark job: KVM exits per I/O, Keel beside QEMU",
+        run: bench,
+    }]
+}
+
+fn jobs(ctx: &Ctx) -> Result<Vec<PathBuf>, RigError> {
+    let dir = ctx
+        .fio_jobs
+        .as_ref()
+        .ok_or_else(|| RigError::Check("no --fio-jobs directory given".into()))?;
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io("cannot list", dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("fio"))
+        .collect();
+    v.sort();
+    check(!v.is_empty(), || {
+        format!("no .fio jobs in {}", dir.display())
+    })?;
+    Ok(v)
+}
+
+fn bench(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
+    let qemu = ctx
+        .qemu
+        .as_ref()
+        .ok_or_else(|| RigError::Check("no --qemu given: the comparison needs QEMU".into()))?;
+    let mut rows = Vec::new();
+    for job in jobs(ctx)? {
+        let name = job
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("job")
+            .to_string();
+        let v = run_job(ctx, dir, qemu, &job, &name)?;
+        let keel = &v["keel"];
+        let k = keel["exits_per_io_kvm"].as_f64();
+        check(keel["ok"] == true && k.is_some(), || {
+            format!("{name}: Keel's side produced no exits per I/O: {keel}")
+        })?;
+        let k = format!("{:.3}", k.unwrap_or(0.0));
+        let q = match v["qemu"]["exits_per_io_kvm"].as_f64() {
+            Some(q) => format!("{q:.3}"),
+            None => format!(
+                "none ({})",
+                v["qemu"]["problem"].as_str().unwrap_or("no QMP counters")
+            ),
+        };
+        crate::say(format!(
+            "RIG-FIGURE bench {name} kvm_exits_per_io keel={k} qemu={q}"
+        ));
+        rows.push(format!("{name}: Keel {k} / QEMU {q}"));
+    }
+    Ok(format!("KVM exits per I/O, {}", rows.join("; ")))
+}
+
+fn run_job(
+    ctx: &Ctx,
+    dir: &Path,
+    qemu: &Path,
+    job: &Path,
+    name: &str,
+) -> Result<serde_json::Value, RigError> {
+    let work = dir.join(name);
+    std::fs::create_dir_all(&work).map_err(io("cannot create", &work))?;
+    let log = dir.join(format!("{name}.out"));
+    let file = std::fs::File::create(&log).map_err(io("cannot create", &log))?;
+    let err = file.try_clone().map_err(io("cannot duplicate", &log))?;
+    let guest = |f: &str| ctx.guest.join(f).display().to_string();
+    let status = Command::new(&ctx.keel)
+        .args([
+            "bench",
+            "fio",
+            "--guest",
+            "linux",
+            "--compare",
+            "qemu",
+            "--runtime",
+            RUNTIME_SECS,
+        ])
+        .args([
+            "--disk-size",
+            DISK_SIZE,
+            "--fill",
+            "sparse",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=1G",
+        ])
+        .arg("--job")
+        .arg(job)
+        .arg("--dir")
+        .arg(&work)
+        .arg("--qemu")
+        .arg(qemu)
+        .args([
+            "--guest-dir",
+            &guest(""),
+            "--initramfs",
+            &guest("initramfs.cpio.gz"),
+        ])
+        .args(["--timeout", &ctx.guest_timeout.as_secs().to_string()])
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .status()
+        .map_err(|source| RigError::Spawn {
+            program: "keel bench fio".into(),
+            source,
+        })?;
+    let text = std::fs::read_to_string(&log).map_err(io("cannot read", &log))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keel-bench-fio: "))
+        .ok_or_else(|| {
+            RigError::Check(format!(
+                "{name}: keel bench fio printed no result ({status})"
+            ))
+        })?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|source| RigError::Json {
+        what: "keel-bench-fio",
+        source,
+    })?;
+    Ok(v)
+}

@@ -1,0 +1,115 @@
+//! Boot paths: the PVH vmlinux and the bzImage with 1, 2 and 4 vCPUs, and a guest with RAM
+//! above 4 GiB. Each guest reports its CPUs, memory, command line and clocksource and powers
+//! off; keel must exit 0.
+
+use std::path::Path;
+
+use super::{nonce, Scenario};
+use crate::error::{check, RigError};
+use crate::guest::{Guest, Kernel, Launch};
+use crate::report::Report;
+use crate::Ctx;
+
+/// MemTotal must be at least this share of `--memory` (the kernel keeps its image, page
+/// structures and reserved ranges out of MemTotal; a few percent on these sizes).
+const MEMTOTAL_MIN_SHARE: f64 = 0.90;
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "boot-pvh-1cpu",
+            about: "PVH vmlinux, 1 vCPU: CPUs, MemTotal, command line, kvm-clock",
+            run: |c, d| boot(c, d, Kernel::Pvh, 1, 1024),
+        },
+        Scenario {
+            name: "boot-pvh-2cpu",
+            about: "PVH vmlinux, 2 vCPUs",
+            run: |c, d| boot(c, d, Kernel::Pvh, 2, 1024),
+        },
+        Scenario {
+            name: "boot-pvh-4cpu",
+            about: "PVH vmlinux, 4 vCPUs",
+            run: |c, d| boot(c, d, Kernel::Pvh, 4, 1024),
+        },
+        Scenario {
+            name: "boot-bzimage-1cpu",
+            about: "bzImage, 1 vCPU",
+            run: |c, d| boot(c, d, Kernel::BzImage, 1, 1024),
+        },
+        Scenario {
+            name: "boot-bzimage-2cpu",
+            about: "bzImage, 2 vCPUs",
+            run: |c, d| boot(c, d, Kernel::BzImage, 2, 1024),
+        },
+        Scenario {
+            name: "boot-bzimage-4cpu",
+            about: "bzImage, 4 vCPUs",
+            run: |c, d| boot(c, d, Kernel::BzImage, 4, 1024),
+        },
+        Scenario {
+            name: "boot-above-4g",
+            about: "5 GiB of RAM, most of it above the 32-bit hole: MemTotal counts it",
+            run: |c, d| boot(c, d, Kernel::Pvh, 2, 5 * 1024),
+        },
+    ]
+}
+
+fn boot(ctx: &Ctx, dir: &Path, kernel: Kernel, cpus: u32, mib: u64) -> Result<String, RigError> {
+    let token = format!("keel.nonce={}", nonce());
+    let mut launch = Launch::new(kernel, cpus, &["info"]);
+    launch.memory = format!("size={mib}M");
+    launch.cmdline.push(token.clone());
+    let out = Guest::start(ctx, dir, "guest", &launch)?.finish()?;
+    out.report.expect_clean()?;
+    check(out.code() == Some(0), || {
+        format!(
+            "keel exited {:?} after the guest powered off, not 0",
+            out.code()
+        )
+    })?;
+    expect_cpus(&out.report, cpus)?;
+    let share = expect_memory(&out.report, mib)?;
+    let cmdline = out.report.value("cmdline", "text")?;
+    check(cmdline.split(' ').any(|w| w == token), || {
+        format!("the guest's /proc/cmdline lacks {token}: {cmdline}")
+    })?;
+    let clock = out.report.value("info", "clocksource")?;
+    check(clock == "kvm-clock", || {
+        format!("clocksource is {clock}, not kvm-clock")
+    })?;
+    Ok(format!(
+        "{cpus} vCPUs online, MemTotal {:.1}% of {mib} MiB, command line seen, clocksource {clock}",
+        share * 100.0
+    ))
+}
+
+/// The guest sees exactly `cpus` CPUs online.
+pub fn expect_cpus(report: &Report, cpus: u32) -> Result<(), RigError> {
+    let nproc = report.number("info", "nproc")?;
+    check(nproc == u64::from(cpus), || {
+        format!("the guest has {nproc} CPUs online, not {cpus}")
+    })?;
+    let online = report.value("info", "cpus_online")?;
+    let want = if cpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", cpus - 1)
+    };
+    check(online == want, || {
+        format!("online CPUs are {online}, not {want}")
+    })
+}
+
+/// MemTotal is at most `mib` and at least `MEMTOTAL_MIN_SHARE` of it; returns the share.
+pub fn expect_memory(report: &Report, mib: u64) -> Result<f64, RigError> {
+    let kb = report.number("info", "memtotal_kb")?;
+    let share = (kb * 1024) as f64 / (mib << 20) as f64;
+    check((MEMTOTAL_MIN_SHARE..=1.0).contains(&share), || {
+        format!(
+            "MemTotal {kb} kB is {:.1}% of --memory {mib} MiB (want {:.0}-100%)",
+            share * 100.0,
+            MEMTOTAL_MIN_SHARE * 100.0
+        )
+    })?;
+    Ok(share)
+}
