@@ -25,6 +25,18 @@ cd "$here"
 CARGO_TARGET_DIR="$target" cargo build --release --offline --locked --quiet
 elf="$target/release/probe"
 
+# CPUID at CPL3 is not intercepted on some PVM hosts (it returns the host's values), so every
+# cpuid outside the CPL0 code must be io::cpuid's `hlt; cpuid`, which the #GP handler runs at
+# CPL0 (see src/io.rs). The CPL0 ones: gp_cpuid (that handler) and ap_entry64 (AP start-up).
+bare="$(objdump -d --no-show-raw-insn "$elf" | awk '
+    /^[0-9a-f]+ <.*>:$/ { sym = $2 }
+    /\tcpuid/ && prev !~ /\thlt/ && sym != "<gp_cpuid>:" && sym != "<ap_entry64>:" { print sym, $1 }
+    { prev = $0 }')"
+if [[ -n "$bare" ]]; then
+    echo "$0: cpuid not through io::cpuid (would run at CPL3): $bare" >&2
+    exit 1
+fi
+
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cc -c -x assembler -o "$tmp/setup16.o" tools/setup16.s

@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Child, ChildStdout, Command};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{
@@ -93,18 +95,62 @@ fn stats_interval_prints_rates_while_the_guest_runs() {
     );
 }
 
+/// Reads `pipe` one byte at a time (so nothing past the line is consumed) until a line
+/// containing `wanted`; false at EOF or on an error.
+fn read_to_line(pipe: &mut ChildStdout, wanted: &str) -> bool {
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    loop {
+        match pipe.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => {
+                if String::from_utf8_lossy(&line).contains(wanted) {
+                    return true;
+                }
+                line.clear();
+            }
+            Ok(1) => line.push(byte[0]),
+            _ => return false,
+        }
+    }
+}
+
+/// Waits for a line containing `needle` on `child`'s stdout, then puts the pipe back for
+/// `finish`. Kills the child and fails if that line does not come within `timeout`.
+fn wait_for_line(child: &mut Child, needle: &str, timeout: Duration) {
+    let mut pipe = child.stdout.take().expect("stdout piped");
+    let wanted = needle.to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let found = read_to_line(&mut pipe, &wanted);
+        let _ = tx.send((found, pipe));
+    });
+    let found = rx.recv_timeout(timeout);
+    if let Ok((true, pipe)) = found {
+        child.stdout = Some(pipe);
+        return;
+    }
+    let _ = child.kill();
+    match found {
+        Ok(_) => panic!("keel's stdout ended without a line containing {needle}"),
+        Err(_) => panic!("keel printed no line containing {needle} within {timeout:?}"),
+    }
+}
+
 #[test]
 fn keel_stat_reads_a_running_keel() {
     let kernel = probe_image("probe.elf");
-    let child = spawn_keel(&[
+    // The guest spins far longer than the test needs and is stopped with SIGTERM once
+    // `keel stat` is done, so nothing depends on how long either takes.
+    let mut child = spawn_keel(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--cpus",
         "boot=2",
         "--cmdline",
-        "probe.cmd=spin:ms=3000",
+        "probe.cmd=boot probe.cmd=spin:ms=600000",
     ]);
-    std::thread::sleep(Duration::from_millis(400));
+    // The boot line comes from the running guest: the VM and its statistics exist.
+    wait_for_line(&mut child, "\"cmd\":\"boot\"", Duration::from_secs(60));
     let out = Command::new(keel_bin())
         .args([
             "stat",
@@ -116,15 +162,29 @@ fn keel_stat_reads_a_running_keel() {
         .args(["--count", "2"])
         .output()
         .unwrap();
+    // SAFETY: sending a signal to our own child process by pid.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     let run = finish(child, Duration::from_secs(60));
-    run.assert_probe_done();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(
+        run.stderr.contains("stopped by SIGTERM"),
+        "{}",
+        run.describe()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.matches("event ").count(), 2, "{text}");
+    // One table per sample, each under its header row (a counter row such as
+    // `kvm.req_event` may contain the word too, so whole rows are compared).
+    let headers = text
+        .lines()
+        .filter(|l| l.split_whitespace().eq(["event", "total", "rate/s"]))
+        .count();
+    assert_eq!(headers, 2, "{text}");
     // A running guest takes at least host timer interrupts.
     let exits = text
         .lines()

@@ -1,4 +1,6 @@
-//! Port I/O, TSC and CPUID wrappers (CPL3 with IOPL=3).
+//! Port I/O, TSC and CPUID wrappers for the CPL3 code. Port I/O is legal at CPL3 (IOPL=3); on
+//! PVM hosts it raises #GP and the #GP handler (`gp_entry` in `asm/isr.s`) performs it at CPL0.
+//! CPUID always goes through that handler (see `cpuid`).
 
 use core::arch::asm;
 
@@ -52,10 +54,36 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Executes CPUID and returns `[eax, ebx, ecx, edx]`.
+/// Executes CPUID at CPL0 and returns `[eax, ebx, ecx, edx]`.
+///
+/// CPUID at CPL3 is not always intercepted: on AMD PVM hosts without CPUID faulting it runs
+/// natively and returns the host's values (leaf 1 EBX[31:24] is then the APIC ID of whichever
+/// host CPU the vCPU thread runs on, 0x40000001 EAX the host KVM's features), not the
+/// hypervisor's table. So the probe executes it at CPL0, through the #GP trap it uses for port
+/// I/O: `hlt` raises #GP at CPL3 everywhere, and `gp_entry` (`asm/isr.s`) recognises exactly
+/// the bytes `F4 0F A2` (`hlt; cpuid`) at the faulting RIP, executes `cpuid` at CPL0 with this
+/// code's EAX and ECX, returns EAX/EDX through the saved registers and EBX/ECX in the
+/// registers themselves, and resumes after the three bytes. The `cpuid` here is never executed
+/// at CPL3. One #GP round trip per call (tens of microseconds on PVM hosts).
 pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    #[allow(unused_unsafe)]
-    // SAFETY: CPUID is available on every x86-64 CPU and has no memory effects.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
-    [r.eax, r.ebx, r.ecx, r.edx]
+    let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
+    // SAFETY: `hlt` at CPL3 traps to the #GP handler, which performs the CPUID at CPL0 and
+    // changes only EAX, EBX, ECX and EDX of this code (RBX is saved in `tmp` around it, as
+    // LLVM reserves it; `tmp` receives the result); RFLAGS and memory are left alone. The
+    // handler matches `hlt; cpuid` as one byte sequence: the two instructions are adjacent
+    // in the template, with nothing emitted between them.
+    unsafe {
+        asm!(
+            "mov {tmp:r}, rbx",
+            "hlt",
+            "cpuid",
+            "xchg {tmp:r}, rbx",
+            tmp = out(reg) ebx,
+            inout("eax") leaf => eax,
+            inout("ecx") subleaf => ecx,
+            out("edx") edx,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    [eax, ebx, ecx, edx]
 }

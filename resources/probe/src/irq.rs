@@ -28,7 +28,9 @@ pub fn count_range(first: u8, n: u8) -> u64 {
     (0..n).map(|i| count(first.wrapping_add(i))).sum()
 }
 
-/// The BSP's initial APIC ID (CPUID 1 EBX[31:24]).
+/// The BSP's initial APIC ID (CPUID 1 EBX[31:24]). `io::cpuid` runs at CPL0, so this is the
+/// hypervisor's value; a native CPL3 CPUID on some PVM hosts gives the host CPU's APIC ID, and
+/// MSI-X messages aimed at it are lost.
 pub fn apic_id() -> u32 {
     cpuid(1, 0)[1] >> 24
 }

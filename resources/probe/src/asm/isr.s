@@ -100,6 +100,14 @@ irq_common:
  * is held in registers across the protected instruction but RAX/RDX, which are saved in the
  * outer frame and reloaded from it, so the interrupted state needs no other repair. Any
  * other #GP at CPL0, and anything else from CPL3, is reported as exception 13.
+ *
+ * CPUID for CPL3 (hlt; cpuid = F4 0F A2, see io.rs): on AMD PVM hosts without CPUID faulting
+ * a CPL3 cpuid is not intercepted and returns the host's values, so the probe never runs it
+ * at CPL3. hlt always raises #GP at CPL3; when the three bytes at the faulting RIP are exactly
+ * F4 0F A2, cpuid is executed here at CPL0 (intercepted by every hypervisor: the answer comes
+ * from its CPUID table) with the caller's EAX (saved RAX) and ECX (still live). EAX/EDX go to
+ * the saved RAX/RDX, EBX/ECX stay in the registers for iretq (the caller declares both), and
+ * the three bytes are skipped. cpuid at CPL0 cannot fault.
  */
     .balign 16
 gp_entry:
@@ -138,6 +146,8 @@ gp_entry:
     je gp_rdmsr
     cmp $0x300f, %edx
     je gp_wrmsr
+    cmp $0xf4, %eax
+    je gp_hlt
 gp_other:
     pop %rdx
     pop %rax
@@ -176,6 +186,23 @@ gp_msr_ok:
     and $-2, %rax
     mov %rax, 40(%rsp)
     jmp gp_done2
+/* hlt: only the CPUID sequence F4 0F A2 is carried out; any other hlt is reported. */
+gp_hlt:
+    mov 24(%rsp), %rax
+    mov (%rax), %edx
+    and $0xffffff, %edx
+    cmp $0xa20ff4, %edx
+    jne gp_other
+/* cpuid for CPL3: EAX from the saved RAX, ECX the caller's; EBX/ECX returned in place. */
+gp_cpuid:
+    mov 8(%rsp), %rax
+    cpuid
+    mov %rax, 8(%rsp)
+    mov %rdx, (%rsp)
+    mov 24(%rsp), %rax
+    add $3, %rax
+    mov %rax, 24(%rsp)
+    jmp gp_return
 /* Reached by iretq from the inner #GP, on the outer frame's stack. */
 gp_msr_rd_fixup:
     movq $0, 8(%rsp)
