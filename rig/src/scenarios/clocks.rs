@@ -25,7 +25,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "clock-hyperv-tsc-page",
-            about: "hyperv=on with the KVM signature hidden: Linux detects Hyper-V and reads the TSC page without exits",
+            about: "hyperv=on,kvm_pv=hidden: Linux detects Hyper-V, its default clocksource is the TSC page, reads never exit to keel",
             run: hyperv_tsc_page,
         },
     ]
