@@ -12,7 +12,7 @@ DEMO_MEMORY ?= 512M
 all: keel probe
 
 keel:
-	$(CARGO) build --release --locked -p vmm --bin keel
+	$(CARGO) build --release --locked -p keel --bin keel
 
 probe:
 	resources/probe/build.sh $(PROBE_DIR)
@@ -70,7 +70,7 @@ test: keel probe guest-linux lint
 
 bench: keel probe
 	python3 resources/bench/startup.py $(KEEL)
-	$(CARGO) build --release --locked -p vmm --bin keel-blkbench
+	$(CARGO) build --release --locked -p keel-bench --bin keel-blkbench
 	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/memwalk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/clock.py --keel $(KEEL) --probe-dir $(PROBE_DIR)

@@ -1,14 +1,14 @@
-//! `keel bench fio`: the command-line front of [`vmm::fio_bench`].
+//! `keel bench fio`: the command-line front of [`keel_bench::fio`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use keel_bench::fio::disks::{Fill, MAX_DISK_SIZE, MIN_DISK_SIZE};
+use keel_bench::fio::qemu_run::QemuAccel;
+use keel_bench::fio::{self, output, BenchOptions, GuestKind, QemuCompare};
 use vmm::config::{parse_size, CpusConfig, MemoryConfig, NumaNodeConfig};
-use vmm::fio_bench::disks::{Fill, MAX_DISK_SIZE, MIN_DISK_SIZE};
-use vmm::fio_bench::qemu_run::QemuAccel;
-use vmm::fio_bench::{self, output, BenchOptions, GuestKind, QemuCompare};
 
 /// Boots a guest that runs a fio job on virtio-blk disks and prints fio's figures beside
 /// Keel's exits per I/O; optionally the same under QEMU, side by side.
@@ -226,7 +226,7 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    vmm::logger::init(cli.log_level);
+    crate::logger::init(cli.log_level);
     let opts = match options(cli) {
         Ok(o) => o,
         Err(e) => {
@@ -235,7 +235,7 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
         }
     };
     super::install_stop_handlers();
-    let report = match fio_bench::run(&opts, &super::STOP) {
+    let report = match fio::run(&opts, &super::STOP) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keel: bench fio: {}", super::error_chain(&e));

@@ -1,12 +1,17 @@
-//! The `keel` command: boots one VM from the command line and exits with the guest's fate
-//! (0: powered off or stopped by SIGINT/SIGTERM, 1: error, 3: guest reset). With
-//! `--api-socket PATH` it serves the API socket instead (see [`vmm::api`]), with the VM of the
-//! command line booted if `--kernel` is given, and exits 0 on `vmm.shutdown` or SIGINT/SIGTERM.
-//! `keel stat --pid PID` watches a running keel's KVM counters; `keel bench fio --job FILE`
-//! runs a fio benchmark in a guest (see `vmm::fio_bench`).
+//! The `keel` command, a front end of the [`vmm`] library: it boots one VM from the command
+//! line and exits with the guest's fate (0: powered off or stopped by SIGINT/SIGTERM, 1: error,
+//! 3: guest reset). With `--api-socket PATH` it serves the API socket instead (see
+//! [`vmm::api`]), with the VM of the command line booted if `--kernel` is given, and exits 0 on
+//! `vmm.shutdown` or SIGINT/SIGTERM.
+//!
+//! Two more commands: `keel stat --pid PID` ([`stat`]) watches a running keel's KVM counters,
+//! taking its statistics fds from the other process; `keel bench fio --job FILE` ([`bench`])
+//! runs a fio benchmark in a guest, parsing the command line of the `keel-bench` crate's
+//! harness ([`keel_bench::fio`]).
 
-#[path = "keel/bench.rs"]
 mod bench;
+mod logger;
+mod stat;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -178,71 +183,12 @@ fn log_peak_rss() {
     }
 }
 
-/// `keel stat --pid PID [--interval SECONDS] [--count N]`: KVM's counters of a running keel.
-#[derive(Parser, Debug)]
-#[command(
-    name = "keel stat",
-    bin_name = "keel stat",
-    about = "KVM exit counters of a running keel, as rates per second"
-)]
-struct StatCli {
-    /// Process id of the keel to watch.
-    #[arg(long)]
-    pid: i32,
-    /// Seconds between views.
-    #[arg(long, default_value = "1", value_parser = parse_interval)]
-    interval: std::time::Duration,
-    /// Stop after this many views (default: until interrupted).
-    #[arg(long)]
-    count: Option<u64>,
-    /// Rows per view.
-    #[arg(long, default_value_t = 25)]
-    top: usize,
-}
-
-/// Runs `keel stat`.
-fn stat_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
-    let cli = match StatCli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
-        }
-    };
-    let remote = match vmm::remote_stats::RemoteStats::attach(cli.pid) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("keel stat: error: {}", error_chain(&e));
-            return ExitCode::from(1);
-        }
-    };
-    install_stop_handlers();
-    let mut prev = remote.read();
-    let mut at = std::time::Instant::now();
-    let mut views = 0;
-    while cli.count.is_none_or(|n| views < n) && !STOP.load(Ordering::Acquire) {
-        std::thread::sleep(cli.interval);
-        if !std::path::Path::new(&format!("/proc/{}", cli.pid)).exists() {
-            eprintln!("keel stat: process {} has exited", cli.pid);
-            break;
-        }
-        let now = remote.read();
-        let secs = at.elapsed().as_secs_f64();
-        at = std::time::Instant::now();
-        let rows = stats_view::rates(&prev, &now, secs);
-        println!("{}", stats_view::rate_table(&rows, cli.top));
-        prev = now;
-        views += 1;
-    }
-    ExitCode::SUCCESS
-}
-
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
         Some("stat") => {
             let program = args.next().unwrap_or_default();
-            return stat_main(std::iter::once(program).chain(args.skip(1)));
+            return stat::main(std::iter::once(program).chain(args.skip(1)));
         }
         Some("bench") => {
             let program = args.next().unwrap_or_default();
@@ -262,7 +208,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    vmm::logger::init(cli.log_level);
+    logger::init(cli.log_level);
     if let Some(path) = cli.api_socket.clone() {
         return api_main(cli, &path);
     }

@@ -8,8 +8,73 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
-use crate::kvm_stats::{KvmStats, KvmStatsError};
+use clap::Parser;
+use vmm::kvm_stats::{KvmStats, KvmStatsError};
+use vmm::stats_view;
+
+use super::{error_chain, install_stop_handlers, parse_interval, STOP};
+
+/// `keel stat --pid PID [--interval SECONDS] [--count N]`: KVM's counters of a running keel.
+#[derive(Parser, Debug)]
+#[command(
+    name = "keel stat",
+    bin_name = "keel stat",
+    about = "KVM exit counters of a running keel, as rates per second"
+)]
+struct StatCli {
+    /// Process id of the keel to watch.
+    #[arg(long)]
+    pid: i32,
+    /// Seconds between views.
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    interval: std::time::Duration,
+    /// Stop after this many views (default: until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Rows per view.
+    #[arg(long, default_value_t = 25)]
+    top: usize,
+}
+
+/// Runs `keel stat ARGS...`; `args` starts with the program name, `stat` removed.
+pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match StatCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let remote = match RemoteStats::attach(cli.pid) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel stat: error: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    install_stop_handlers();
+    let mut prev = remote.read();
+    let mut at = std::time::Instant::now();
+    let mut views = 0;
+    while cli.count.is_none_or(|n| views < n) && !STOP.load(Ordering::Acquire) {
+        std::thread::sleep(cli.interval);
+        if !std::path::Path::new(&format!("/proc/{}", cli.pid)).exists() {
+            eprintln!("keel stat: process {} has exited", cli.pid);
+            break;
+        }
+        let now = remote.read();
+        let secs = at.elapsed().as_secs_f64();
+        at = std::time::Instant::now();
+        let rows = stats_view::rates(&prev, &now, secs);
+        println!("{}", stats_view::rate_table(&rows, cli.top));
+        prev = now;
+        views += 1;
+    }
+    ExitCode::SUCCESS
+}
 
 /// Errors attaching to another keel.
 #[derive(Debug, thiserror::Error)]

@@ -413,7 +413,7 @@ def main():
     a = parse_args()
     if not os.access(a.blkbench, os.X_OK):
         raise BenchError(f"{a.blkbench} not found; build it with "
-                         "`cargo build --release -p vmm --bin keel-blkbench` (make bench does)")
+                         "`cargo build --release -p keel-bench --bin keel-blkbench` (make bench does)")
     errors = []
     tmpdir = None
     path = a.file

@@ -111,7 +111,7 @@ impl DiskSet {
         if !size.is_multiple_of(512) || !(MIN_DISK_SIZE..=MAX_DISK_SIZE).contains(&size) {
             return Err(DiskError::BadSize(size));
         }
-        let max = crate::config::MAX_DISKS - 1;
+        let max = vmm::config::MAX_DISKS - 1;
         if count > max {
             return Err(DiskError::TooMany { count, max });
         }
@@ -251,7 +251,7 @@ mod tests {
         assert_ne!(a, b, "each disk has its own data");
         assert!(a.chunks(4096).all(|blk| blk.iter().any(|&x| x != 0)));
         let cfg = std::fs::read(&set.config).unwrap();
-        assert_eq!(&cfg[..16], crate::fio_bench::job::CONFIG_DISK_MAGIC);
+        assert_eq!(&cfg[..16], crate::fio::job::CONFIG_DISK_MAGIC);
         let paths: Vec<PathBuf> = set.data.clone();
         drop(set);
         assert!(paths.iter().all(|p| !p.exists()));

@@ -388,7 +388,7 @@ fn probe_rw(job: &EffectiveJob) -> Result<&'static str, JobError> {
 /// A fio size: a number with an optional k/m/g/t suffix (powers of 1024, fio's default
 /// `kb_base`), optionally followed by `b`/`ib`.
 pub fn fio_size(text: &str) -> Option<u64> {
-    crate::config::parse_size(text)
+    vmm::config::parse_size(text)
 }
 
 /// A fio time in whole seconds: plain seconds or a `s`, `m`, `h` suffix (`ms`/`us` values

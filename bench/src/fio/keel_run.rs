@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use vmm::config::{SerialConfig, VmConfig};
+use vmm::handle::{HandleError, VmHandle};
+use vmm::stats_view;
+use vmm::vm::VmOutcome;
+
 use super::console_tail::ConsoleTail;
 use super::counter_window::{CounterWindow, WindowTracker};
-use crate::config::{SerialConfig, VmConfig};
-use crate::handle::{HandleError, VmHandle};
-use crate::stats_view;
-use crate::vm::VmOutcome;
 
 /// How often the console is read while the guest runs.
 const POLL: Duration = Duration::from_millis(5);

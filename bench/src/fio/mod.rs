@@ -26,9 +26,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::config::{
+use vmm::config::{
     CacheMode, CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, VmConfig,
 };
+
 use disks::{DiskSet, Fill};
 use job::FioJob;
 use keel_run::{GuestEnd, GuestRun};
@@ -141,7 +142,7 @@ pub enum FioBenchError {
         options: String,
         /// Why.
         #[source]
-        source: crate::config::ConfigError,
+        source: vmm::config::ConfigError,
     },
     /// The disks.
     #[error("cannot create the disks")]

@@ -12,11 +12,8 @@
 //! is low; it exits non-zero only when it cannot run (bad arguments, I/O errors, a request
 //! the device completed with an error).
 
-#[path = "keel_blkbench/common.rs"]
 mod common;
-#[path = "keel_blkbench/device.rs"]
 mod device;
-#[path = "keel_blkbench/raw.rs"]
 mod raw;
 
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
 //! A minimal `log` backend: one line per record on stderr, prefixed with `keel` and the level.
+//! The `vmm` library only logs through the `log` facade; installing a backend is the program's
+//! business (an embedder installs its own).
 
 use std::io::Write;
 
