@@ -22,6 +22,8 @@ if [[ $# -ne 1 || -z "$1" || "$1" == -* ]]; then
 fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lib/kmodules.sh
+source "$HERE/../lib/kmodules.sh"
 JOBS_DIR=$(cd "$HERE/../fio" && pwd)         # benchmark jobs (keel bench fio)
 TEST_JOBS_DIR=$HERE/jobs                     # guest-suite jobs (keel.test=fio:NAME)
 mkdir -p "$1/debs"
@@ -189,32 +191,7 @@ log "vmlinux: ELF64 ($vmlinux_how), PVH note: $pvh"
 log "collecting modules"
 depmod -b "$KROOT" "$KVER"
 MODDIR=lib/modules/$KVER
-declare -A MSEEN=()
-MORDER=()
-add_module() {
-    local m=${1//-/_} dep f
-    [[ -n ${MSEEN[$m]:-} ]] && return 0
-    MSEEN[$m]=1
-    if sed 's/-/_/g' "$KROOT/$MODDIR/modules.builtin" | grep -q "/$m\.ko$"; then
-        MORDER+=("$m (built in)"); return 0
-    fi
-    for dep in $(modinfo -b "$KROOT" -k "$KVER" -F depends "$m" | tr ',' ' '); do add_module "$dep"; done
-    f=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$m") || die "module $m not found in $kpkg"
-    f=${f#"$KROOT"/}
-    mkdir -p "$ROOT/$(dirname "$f")"
-    case $f in
-        *.ko) cp "$KROOT/$f" "$ROOT/$f" ;;
-        *.ko.xz) xz -dc "$KROOT/$f" >"$ROOT/${f%.xz}" ;;
-        *.ko.zst) zstd -dcq "$KROOT/$f" >"$ROOT/${f%.zst}" ;;
-        *.ko.gz) gzip -dc "$KROOT/$f" >"$ROOT/${f%.gz}" ;;
-        *) die "unknown module format: $f" ;;
-    esac
-    echo "/${f%.ko*}.ko" >>"$ROOT/etc/modules-order"
-    MORDER+=("$m")
-}
-mkdir -p "$ROOT/etc"
-: >"$ROOT/etc/modules-order"
-for m in virtio_pci virtio_blk; do add_module "$m"; done
+copy_modules "$KROOT" "$KVER" "$ROOT" etc/modules-order virtio_pci virtio_blk
 cp "$KROOT/$MODDIR"/modules.{builtin,builtin.modinfo,order} "$ROOT/$MODDIR/"
 depmod -b "$ROOT" "$KVER"     # lets busybox modprobe work too
 
@@ -261,7 +238,7 @@ echo "$KVER" >"$WORK/kernel-version"
     echo "vmlinux: ELF64, from the $vmlinux_how of vmlinuz"
     echo "vmlinux-pvh-note: $pvh"
     echo "fio: $fio_version"
-    echo "modules (load order): ${MORDER[*]}"
+    echo "modules (load order): ${KMOD_LOADED[*]}"
     echo "initramfs.cpio: $(stat -c %s "$WORK/initramfs.cpio") bytes"
     echo
     echo "## packages"

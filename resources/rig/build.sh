@@ -20,6 +20,8 @@ die() { echo "rig/build.sh: error: $*" >&2; exit 1; }
 log() { echo "==> rig: $*" >&2; }
 [[ $# -ge 4 ]] || { echo "usage: $0 OUTDIR KEEL_BIN KEEL_RIG_BIN GUEST_DIR [QEMU_BIN]" >&2; exit 2; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../lib/kmodules.sh
+source "$HERE/../lib/kmodules.sh"
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 KEEL_BIN=$2 RIG_BIN=$3 GUEST_DIR=$4 QEMU_BIN=${5:-$(command -v qemu-system-x86_64 || true)}
@@ -47,36 +49,6 @@ kdirs=("$KROOT"/lib/modules/*)
 KVER=${kdirs[0]##*/}
 depmod -b "$KROOT" "$KVER"
 
-# add_modules DESTROOT ORDERFILE MODULE...: copy the modules and their dependencies into
-# DESTROOT (uncompressed), appending their paths in load order to DESTROOT/ORDERFILE.
-add_modules() {
-    local dest=$1 order=$2 m
-    shift 2
-    declare -gA SEEN_MOD=()
-    mkdir -p "$dest/$(dirname "$order")"
-    : >"$dest/$order"
-    for m in "$@"; do add_module "$dest" "$order" "$m"; done
-}
-add_module() {
-    local dest=$1 order=$2 m=${3//-/_} dep f
-    [[ -n ${SEEN_MOD[$m]:-} ]] && return 0
-    SEEN_MOD[$m]=1
-    sed 's/-/_/g' "$KROOT/lib/modules/$KVER/modules.builtin" | grep -q "/$m\.ko$" && return 0
-    for dep in $(modinfo -b "$KROOT" -k "$KVER" -F depends "$m" | tr ',' ' '); do
-        add_module "$dest" "$order" "$dep"
-    done
-    f=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$m") || die "module $m not found in $KDEB"
-    f=${f#"$KROOT"/}
-    mkdir -p "$dest/$(dirname "$f")"
-    case $f in
-        *.ko) cp "$KROOT/$f" "$dest/$f" ;;
-        *.ko.xz) xz -dc "$KROOT/$f" >"$dest/${f%.xz}" ;;
-        *.ko.zst) zstd -dcq "$KROOT/$f" >"$dest/${f%.zst}" ;;
-        *) die "unknown module format: $f" ;;
-    esac
-    echo "/${f%.ko*}.ko" >>"$dest/$order"
-}
-
 # install_busybox DESTROOT: busybox-static and a link per applet.
 install_busybox() {
     local dest=$1 applet
@@ -101,7 +73,7 @@ install_program() {
 
 log "stage 1: busybox, virtio modules, init"
 install_busybox "$STAGE1"
-add_modules "$STAGE1" etc/modules-order virtio_pci virtio_blk
+copy_modules "$KROOT" "$KVER" "$STAGE1" etc/modules-order virtio_pci virtio_blk
 mkdir -p "$STAGE1"/{dev,proc,sys,newroot}
 [[ $EUID -eq 0 ]] && mknod -m 600 "$STAGE1/dev/console" c 5 1
 install -m 0755 "$HERE/init-stage1" "$STAGE1/init"
@@ -110,7 +82,7 @@ install -m 0755 "$HERE/init-stage1" "$STAGE1/init"
 
 log "payload root: busybox, kvm modules, keel, keel-rig, QEMU, the Linux guest"
 install_busybox "$ROOT"
-add_modules "$ROOT" etc/rig-modules kvm_amd
+copy_modules "$KROOT" "$KVER" "$ROOT" etc/rig-modules kvm_amd
 install_program "$ROOT" "$KEEL_BIN" keel
 install_program "$ROOT" "$RIG_BIN" keel-rig
 install_program "$ROOT" "$QEMU_BIN" qemu-system-x86_64
@@ -125,7 +97,7 @@ echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 
 log "payload.img: ext4, $PAYLOAD_SIZE (sparse)"
 rm -f "$WORK/payload.img"
-mke2fs -q -t ext4 -L keel-rig -E root_owner=0:0 -d "$ROOT" "$WORK/payload.img" "$PAYLOAD_SIZE" ||
+mke2fs -q -t ext4 -L keel-rig -E root_owner=0:0 -d "$ROOT" "$WORK/payload.img" "$PAYLOAD_SIZE" >/dev/null ||
     die "mke2fs of the payload failed"
 {
     echo "# Keel nested test rig (L1), built by resources/rig/build.sh"
