@@ -58,7 +58,7 @@ struct ZeroPage(boot_params);
 unsafe impl ByteValued for ZeroPage {}
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+const KERNEL_HDR_MAGIC: u32 = u32::from_le_bytes(crate::kernel::SETUP_HEADER_MAGIC);
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 const LOADED_HIGH: u8 = 0x1;

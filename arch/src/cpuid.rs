@@ -146,6 +146,20 @@ fn find_mut(
     entries.iter_mut().find(|e| answers(e, leaf, subleaf))
 }
 
+/// Address-sizes leaf: EAX[7:0] is the physical address width.
+pub const ADDRESS_SIZES_LEAF: u32 = 0x8000_0008;
+/// Physical address width assumed when CPUID does not give a plausible one (PAE's 36 bits).
+pub const DEFAULT_PHYS_BITS: u32 = 36;
+
+/// The guest's physical address width: CPUID.80000008H:EAX[7:0], or [`DEFAULT_PHYS_BITS`] when
+/// the leaf is absent or says less than 32.
+pub fn phys_bits(entries: &[kvm_cpuid_entry2]) -> u32 {
+    find(entries, ADDRESS_SIZES_LEAF, 0)
+        .map(|e| e.eax & 0xff)
+        .filter(|&b| b >= 32)
+        .unwrap_or(DEFAULT_PHYS_BITS)
+}
+
 /// Whether `bit` is set in `entries`.
 pub fn has_feature(entries: &[kvm_cpuid_entry2], bit: &FeatureBit) -> bool {
     find(entries, bit.leaf, bit.subleaf)
@@ -280,6 +294,15 @@ pub fn adjust(entries: &mut Vec<kvm_cpuid_entry2>, cfg: &CpuidConfig) -> Vec<&'s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phys_bits_from_cpuid_or_default() {
+        let e = entry(0x8000_0008, 0, false, [0x3027, 0, 0, 0]);
+        assert_eq!(phys_bits(&[e]), 39);
+        assert_eq!(phys_bits(&[]), 36);
+        let bogus = entry(0x8000_0008, 0, false, [0x3010, 0, 0, 0]);
+        assert_eq!(phys_bits(&[bogus]), 36, "below 32 bits is not believed");
+    }
 
     fn entry(function: u32, index: u32, indexed: bool, regs: [u32; 4]) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {

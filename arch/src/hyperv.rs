@@ -2,11 +2,12 @@
 //! above all) believe it runs on a Hyper-V compatible hypervisor and use KVM's implementation of
 //! the Hyper-V synthetic MSRs and hypercalls.
 //!
-//! The vocabulary is QEMU's `hv-*` flags without the prefix (`relaxed`, `vapic`,
-//! `spinlocks=N`, `vpindex`, `runtime`, `crash`, `time`, `synic`, `stimer`, `stimer-direct`,
-//! `frequencies`, `reenlightenment`, `tlbflush`, `tlbflush-ext`, `tlbflush-direct`, `ipi`,
-//! `reset`, `avic`, plus `vendor-id=STRING`), or `on` (every enlightenment the host supports) or
-//! `off`. Bit positions are those of the Hyper-V TLFS as spelled in Linux's
+//! Each enlightenment is named as QEMU's `hv-*` flag without the prefix ([`HvFeature::name`]:
+//! `relaxed`, `vapic`, `spinlocks`, `vpindex`, `runtime`, `crash`, `time`, `synic`, `stimer`,
+//! `stimer-direct`, `frequencies`, `reenlightenment`, `tlbflush`, `tlbflush-ext`,
+//! `tlbflush-direct`, `ipi`, `reset`, `avic`); the words a user types (`on`, `off` or a list,
+//! with `spinlocks=N` and `vendor-id=STRING`) are parsed by the VMM's configuration into a
+//! [`HypervConfig`], which is plain data. Bit positions are those of the Hyper-V TLFS as spelled in Linux's
 //! `arch/x86/include/asm/hyperv-tlfs.h` and `include/asm-generic/hyperv-tlfs.h`; which bit each
 //! enlightenment sets is Keel's own table ([`HvFeature::cpuid_bits`]).
 //!
@@ -57,6 +58,8 @@ pub const HYPERV_CPUID_MAX_LEAF: u32 = HYPERV_CPUID_NESTED_FEATURES;
 pub const HYPERV_INTERFACE_SIGNATURE: u32 = 0x3123_7648;
 /// Default vendor id in EBX/ECX/EDX of 0x40000000.
 pub const HYPERV_DEFAULT_VENDOR_ID: &str = "Microsoft Hv";
+/// The vendor id fills EBX, ECX and EDX of 0x40000000: at most 12 bytes.
+pub const HYPERV_VENDOR_ID_MAX_LEN: usize = 12;
 /// Build number reported in 0x40000002 EAX: Windows Server 2016 (14393).
 pub const HYPERV_BUILD_NUMBER: u32 = 14393;
 /// Major version reported in 0x40000002 EBX bits 31:16.
@@ -303,57 +306,9 @@ impl HvFeature {
     }
 }
 
-fn known_items() -> String {
-    let mut s = String::from("on, off");
-    for f in HvFeature::ALL {
-        s.push_str(", ");
-        s.push_str(f.name());
-        if f == HvFeature::Spinlocks {
-            s.push_str("=N");
-        }
-    }
-    s.push_str(", vendor-id=STRING");
-    s
-}
-
 /// Errors choosing Hyper-V enlightenments.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HypervError {
-    /// Nothing was given.
-    #[error("hyperv: empty list; give on, off or a comma-separated list of items")]
-    EmptyList,
-    /// The list had an empty item.
-    #[error("hyperv: empty item in `{0}`")]
-    EmptyItem(String),
-    /// An item Keel does not know.
-    #[error("hyperv: unknown item `{item}`; known: {known}")]
-    UnknownItem {
-        /// The item as given.
-        item: String,
-        /// Every accepted item.
-        known: String,
-    },
-    /// `on` or `off` next to other items.
-    #[error("hyperv: `{0}` cannot be combined with other items")]
-    Combined(String),
-    /// `spinlocks` or `vendor-id` without `=value`.
-    #[error("hyperv: {0} needs a value ({0}=...)")]
-    MissingValue(&'static str),
-    /// A value given to an item that takes none.
-    #[error("hyperv: `{0}` takes no value")]
-    UnexpectedValue(String),
-    /// A spinlock retry count that is not a u32.
-    #[error(
-        "hyperv: spinlocks={0} is not a retry count (a u32, decimal or 0x-hex; \
-         0xffffffff means never notify)"
-    )]
-    BadSpinlocks(String),
-    /// A vendor id that is empty or longer than 12 bytes.
-    #[error("hyperv: vendor-id `{0}` must be 1 to 12 bytes")]
-    BadVendorId(String),
-    /// An item given twice.
-    #[error("hyperv: `{0}` is given twice")]
-    Duplicate(String),
     /// An enlightenment whose prerequisite is off.
     #[error("hyperv: {feature} needs {needs}")]
     MissingDependency {
@@ -404,6 +359,15 @@ impl HypervConfig {
         HvFeature::ALL.into_iter().fold(Self::off(), Self::with)
     }
 
+    /// `on`: every enlightenment Keel knows, narrowed to what the host supports by
+    /// [`HypervConfig::resolve`].
+    pub fn on() -> Self {
+        Self {
+            host_all: true,
+            ..Self::all()
+        }
+    }
+
     /// This configuration with `feature` on (no dependency check).
     pub fn with(mut self, feature: HvFeature) -> Self {
         self.features |= feature.mask();
@@ -416,58 +380,18 @@ impl HypervConfig {
         self
     }
 
-    /// Parses `on`, `off` or a comma-separated list of items (see the module doc).
-    pub fn parse(list: &str) -> Result<Self, HypervError> {
-        let list = list.trim();
-        match list {
-            "on" => {
-                return Ok(Self {
-                    host_all: true,
-                    ..Self::all()
-                })
-            }
-            "off" => return Ok(Self::off()),
-            "" => return Err(HypervError::EmptyList),
-            _ => {}
-        }
-        let mut cfg = Self::off();
-        let mut seen: Vec<&str> = Vec::new();
-        for item in list.split(',').map(str::trim) {
-            let (key, value) = match item.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim())),
-                None => (item, None),
-            };
-            if key.is_empty() {
-                return Err(HypervError::EmptyItem(list.to_string()));
-            }
-            if key == "on" || key == "off" {
-                return Err(HypervError::Combined(key.to_string()));
-            }
-            if seen.contains(&key) {
-                return Err(HypervError::Duplicate(key.to_string()));
-            }
-            seen.push(key);
-            if key == "vendor-id" {
-                let id = value.ok_or(HypervError::MissingValue("vendor-id"))?;
-                if id.is_empty() || id.len() > 12 {
-                    return Err(HypervError::BadVendorId(id.to_string()));
-                }
-                cfg.vendor_id = id.to_string();
-                continue;
-            }
-            let feature = HvFeature::from_name(key).ok_or_else(|| HypervError::UnknownItem {
-                item: item.to_string(),
-                known: known_items(),
-            })?;
-            match (feature, value) {
-                (HvFeature::Spinlocks, None) => return Err(HypervError::MissingValue("spinlocks")),
-                (HvFeature::Spinlocks, Some(v)) => cfg.spinlocks = parse_u32(v)?,
-                (_, Some(_)) => return Err(HypervError::UnexpectedValue(item.to_string())),
-                (_, None) => {}
-            }
-            cfg = cfg.with(feature);
-        }
-        Ok(cfg)
+    /// This configuration with `retries` reported as the spinlock retry count (0x40000004 EBX;
+    /// [`SPINLOCKS_NEVER_NOTIFY`] means never notify). Does not turn `spinlocks` on.
+    pub fn with_spinlocks(mut self, retries: u32) -> Self {
+        self.spinlocks = retries;
+        self
+    }
+
+    /// This configuration with `id` as the vendor id (0x40000000 EBX/ECX/EDX; bytes past
+    /// [`HYPERV_VENDOR_ID_MAX_LEN`] are not reported). Enables nothing by itself.
+    pub fn with_vendor_id(mut self, id: &str) -> Self {
+        self.vendor_id = id.to_string();
+        self
     }
 
     /// Whether any enlightenment is on (`vendor-id` alone enables nothing).
@@ -581,30 +505,14 @@ impl HypervConfig {
     }
 
     fn vendor_regs(&self) -> [u32; 3] {
-        let mut bytes = [0u8; 12];
+        let mut bytes = [0u8; HYPERV_VENDOR_ID_MAX_LEN];
         let id = self.vendor_id.as_bytes();
-        let n = id.len().min(12);
+        let n = id.len().min(HYPERV_VENDOR_ID_MAX_LEN);
         bytes[..n].copy_from_slice(&id[..n]);
         let word =
             |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         [word(0), word(4), word(8)]
     }
-}
-
-impl std::str::FromStr for HypervConfig {
-    type Err = HypervError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-fn parse_u32(v: &str) -> Result<u32, HypervError> {
-    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    parsed.map_err(|_| HypervError::BadSpinlocks(v.to_string()))
 }
 
 fn leaf(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {

@@ -1,6 +1,8 @@
 //! KVM's paravirtual features: the bits of CPUID 0x40000001 EAX ("KVM_CPUID_FEATURES") that tell
 //! a guest which KVM interfaces (kvmclock, PV EOI, PV spinlock unhalt, PV TLB flush, ...) it may
-//! use, and Keel's vocabulary for choosing them (`on`, `off`, `hidden` or a list of names).
+//! use, and the named groups of them Keel grants ([`KVM_PV_NAMES`]). The words a user types
+//! (`on`, `off`, `hidden` or a list of names) are parsed by the VMM's configuration into a
+//! [`KvmPvRequest`].
 //!
 //! The host's offer is whatever KVM_GET_SUPPORTED_CPUID returned in the KVM features leaf; the
 //! guest gets a subset of it. `off` clears the feature bits but keeps the "KVMKVMKVM" signature
@@ -18,7 +20,6 @@
 //! KVM_CAP_ENFORCE_PV_FEATURE_CPUID on the vCPU; without it a hidden MSR still works.
 
 use std::fmt;
-use std::str::FromStr;
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -242,32 +243,9 @@ pub const KVM_PV_NAMES: &[KvmPvName] = &[
     ),
 ];
 
-fn known_names() -> String {
-    let mut s = String::from("on, off, hidden");
-    for n in KVM_PV_NAMES {
-        s.push_str(", ");
-        s.push_str(n.name);
-    }
-    s
-}
-
-/// Errors choosing KVM paravirtual features.
+/// Errors granting KVM paravirtual features.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvmPvError {
-    /// The list was empty.
-    #[error("kvm_pv: empty feature list; give on, off or a comma-separated list of names")]
-    Empty,
-    /// A name Keel does not know.
-    #[error("kvm_pv: unknown feature `{name}`; known: {known}")]
-    UnknownName {
-        /// The name as given.
-        name: String,
-        /// Every accepted word.
-        known: String,
-    },
-    /// `on`, `off` or `hidden` next to other words.
-    #[error("kvm_pv: `{0}` cannot be combined with other names")]
-    Combined(String),
     /// A listed feature the host does not offer.
     #[error("kvm_pv: the host does not offer {name} ({constant}, CPUID 0x40000001 EAX bit {bit})")]
     HostLacks {
@@ -318,29 +296,6 @@ impl KvmPvFeatures {
             .map(|n| Self(n.required | n.optional))
     }
 
-    /// Parses a comma-separated list of names (no `on`/`off`/`hidden`): each name's required
-    /// and optional bits.
-    pub fn parse_names(list: &str) -> Result<Self, KvmPvError> {
-        let mut set = Self::empty();
-        let mut any = false;
-        for item in list.split(',').map(str::trim) {
-            if matches!(item, "on" | "off" | "hidden") {
-                return Err(KvmPvError::Combined(item.to_string()));
-            }
-            let named = Self::named(item).ok_or_else(|| KvmPvError::UnknownName {
-                name: item.to_string(),
-                known: known_names(),
-            })?;
-            set.0 |= named.0;
-            any = true;
-        }
-        if any {
-            Ok(set)
-        } else {
-            Err(KvmPvError::Empty)
-        }
-    }
-
     /// Keel's names whose required bit is in the set, in [`KVM_PV_NAMES`] order (for logs).
     pub fn names(self) -> Vec<&'static str> {
         KVM_PV_NAMES
@@ -368,7 +323,7 @@ impl KvmPvFeatures {
     }
 }
 
-/// What the user asked for.
+/// Which KVM paravirtual features the guest should get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvmPvRequest {
     /// Every feature the host offers, named or not.
@@ -379,37 +334,6 @@ pub enum KvmPvRequest {
     Hidden,
     /// Exactly these features; each must be offered by the host.
     List(KvmPvFeatures),
-}
-
-impl KvmPvRequest {
-    /// Parses `on`, `off`, `hidden` or a comma-separated list of [`KVM_PV_NAMES`].
-    pub fn parse(list: &str) -> Result<Self, KvmPvError> {
-        match list.trim() {
-            "" => Err(KvmPvError::Empty),
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            "hidden" => Ok(Self::Hidden),
-            names => KvmPvFeatures::parse_names(names).map(Self::List),
-        }
-    }
-
-    /// The `kvm_pv=` text that [`Self::parse`] turns back into this request.
-    pub fn to_text(self) -> String {
-        match self {
-            Self::On => "on".to_string(),
-            Self::Off => "off".to_string(),
-            Self::Hidden => "hidden".to_string(),
-            Self::List(features) => features.names().join(","),
-        }
-    }
-}
-
-impl FromStr for KvmPvRequest {
-    type Err = KvmPvError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
 }
 
 impl fmt::Display for KvmPvFeatures {
@@ -543,6 +467,15 @@ mod tests {
         ]
     }
 
+    /// The request for exactly the named features (as the VMM's `kvm_pv=[...]` builds it).
+    fn list(names: &[&str]) -> KvmPvRequest {
+        let bits = names
+            .iter()
+            .map(|n| KvmPvFeatures::named(n).unwrap().bits())
+            .fold(0, |acc, b| acc | b);
+        KvmPvRequest::List(KvmPvFeatures::from_bits(bits))
+    }
+
     fn eax(entries: &[kvm_cpuid_entry2], leaf: u32) -> u32 {
         entries.iter().find(|e| e.function == leaf).unwrap().eax
     }
@@ -589,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn every_name_parses_to_its_bits() {
+    fn every_name_stands_for_its_bits() {
         let expected = [
             ("kvmclock", bit(0) | bit(3) | bit(24)),
             ("pv_eoi", bit(6)),
@@ -604,42 +537,13 @@ mod tests {
         ];
         assert_eq!(expected.len(), KVM_PV_NAMES.len());
         for (name, bits) in expected {
-            let parsed = KvmPvRequest::parse(name).unwrap();
             assert_eq!(
-                parsed,
-                KvmPvRequest::List(KvmPvFeatures::from_bits(bits)),
+                KvmPvFeatures::named(name),
+                Some(KvmPvFeatures::from_bits(bits)),
                 "{name}"
             );
             assert_eq!(KvmPvFeatures::from_bits(bits).names(), vec![name]);
         }
-    }
-
-    #[test]
-    fn parse_on_off_and_lists() {
-        assert_eq!(KvmPvRequest::parse("on").unwrap(), KvmPvRequest::On);
-        assert_eq!(" off ".parse::<KvmPvRequest>().unwrap(), KvmPvRequest::Off);
-        let list = KvmPvRequest::parse("kvmclock, pv_ipi,pv_eoi").unwrap();
-        let KvmPvRequest::List(set) = list else {
-            panic!("not a list: {list:?}");
-        };
-        assert_eq!(set.names(), ["kvmclock", "pv_eoi", "pv_ipi"]);
-        assert_eq!(KvmPvRequest::parse(""), Err(KvmPvError::Empty));
-        assert_eq!(
-            KvmPvRequest::parse("kvmclock,off"),
-            Err(KvmPvError::Combined("off".into()))
-        );
-    }
-
-    #[test]
-    fn unknown_name_lists_known_names() {
-        let err = KvmPvRequest::parse("kvmclock,pv_spinlocks").unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("`pv_spinlocks`"), "{msg}");
-        for n in KVM_PV_NAMES {
-            assert!(msg.contains(n.name), "{msg} lacks {}", n.name);
-        }
-        assert!(msg.contains("on, off, hidden"), "{msg}");
-        assert!(KvmPvRequest::parse("kvmclock,,pv_eoi").is_err());
     }
 
     #[test]
@@ -662,32 +566,6 @@ mod tests {
         assert_eq!(kvm_base(&e), Some(0x4000_0000));
         assert_eq!(e[1].ebx, KVM_SIGNATURE[0]);
         assert!(got.msrs_offered().is_empty());
-    }
-
-    #[test]
-    fn hidden_parses_alone_only() {
-        assert_eq!(
-            KvmPvRequest::parse(" hidden ").unwrap(),
-            KvmPvRequest::Hidden
-        );
-        for bad in ["hidden,kvmclock", "kvmclock,hidden", "pv_eoi, hidden"] {
-            assert_eq!(
-                KvmPvRequest::parse(bad),
-                Err(KvmPvError::Combined("hidden".into())),
-                "{bad}"
-            );
-        }
-        let err = KvmPvRequest::parse("hide").unwrap_err().to_string();
-        assert!(err.contains("on, off, hidden, kvmclock"), "{err}");
-    }
-
-    #[test]
-    fn text_round_trips() {
-        for text in ["on", "off", "hidden", "kvmclock,pv_eoi"] {
-            let request = KvmPvRequest::parse(text).unwrap();
-            assert_eq!(request.to_text(), text);
-            assert_eq!(KvmPvRequest::parse(&request.to_text()).unwrap(), request);
-        }
     }
 
     /// KVM's leaves as `arch::cpuid::adjust` leaves them: signature, features, timing leaf.
@@ -743,14 +621,18 @@ mod tests {
 
     #[test]
     fn leaves_stay_unless_hidden() {
-        for request in ["on", "off", "kvmclock,pv_eoi"] {
+        for request in [
+            KvmPvRequest::On,
+            KvmPvRequest::Off,
+            list(&["kvmclock", "pv_eoi"]),
+        ] {
             let before = leaves_with_timing(0x4000_0000);
             let mut e = before.clone();
-            apply_kvm_pv(&mut e, KvmPvRequest::parse(request).unwrap()).unwrap();
+            apply_kvm_pv(&mut e, request).unwrap();
             let functions =
                 |v: &[kvm_cpuid_entry2]| v.iter().map(|x| x.function).collect::<Vec<_>>();
-            assert_eq!(functions(&e), functions(&before), "{request}");
-            assert_eq!(kvm_base(&e), Some(0x4000_0000), "{request}");
+            assert_eq!(functions(&e), functions(&before), "{request:?}");
+            assert_eq!(kvm_base(&e), Some(0x4000_0000), "{request:?}");
             // Only the features leaf may change.
             for (a, b) in e
                 .iter()
@@ -760,7 +642,7 @@ mod tests {
                 assert_eq!(
                     [a.eax, a.ebx, a.ecx, a.edx],
                     [b.eax, b.ebx, b.ecx, b.edx],
-                    "{request}: leaf {:#x}",
+                    "{request:?}: leaf {:#x}",
                     a.function
                 );
             }
@@ -770,7 +652,7 @@ mod tests {
     #[test]
     fn list_keeps_exactly_the_named_bits() {
         let mut e = leaves(0x4000_0000, HOST_OFFER);
-        let wanted = KvmPvRequest::parse("kvmclock,pv_unhalt,async_pf").unwrap();
+        let wanted = list(&["kvmclock", "pv_unhalt", "async_pf"]);
         let got = apply_kvm_pv(&mut e, wanted).unwrap();
         let expected = bit(0) | bit(3) | bit(24) | bit(7) | bit(4) | bit(10) | bit(14);
         assert_eq!(got.bits(), expected);
@@ -784,14 +666,14 @@ mod tests {
         // An old host: kvmclock without the STABLE bit, async PF without interrupt delivery.
         let offer = bit(KVM_FEATURE_CLOCKSOURCE2) | bit(KVM_FEATURE_ASYNC_PF);
         let mut e = leaves(0x4000_0000, offer);
-        let got = apply_kvm_pv(&mut e, KvmPvRequest::parse("kvmclock,async_pf").unwrap());
+        let got = apply_kvm_pv(&mut e, list(&["kvmclock", "async_pf"]));
         assert_eq!(got.unwrap().bits(), offer);
     }
 
     #[test]
     fn host_lacking_a_listed_feature_fails() {
         let mut e = leaves(0x4000_0000, HOST_OFFER & !bit(KVM_FEATURE_PV_SEND_IPI));
-        let err = apply_kvm_pv(&mut e, KvmPvRequest::parse("kvmclock,pv_ipi").unwrap());
+        let err = apply_kvm_pv(&mut e, list(&["kvmclock", "pv_ipi"]));
         let err = err.unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -806,11 +688,11 @@ mod tests {
 
         // KVM never offers MSI_EXT_DEST_ID by itself.
         let mut e = leaves(0x4000_0000, HOST_OFFER);
-        let err = apply_kvm_pv(&mut e, KvmPvRequest::parse("msi_ext_dest_id").unwrap());
+        let err = apply_kvm_pv(&mut e, list(&["msi_ext_dest_id"]));
         assert!(matches!(err, Err(KvmPvError::HostLacks { bit: 15, .. })));
         // ...so a VMM that routes extended destination IDs adds it to the offer.
         e[2].eax |= bit(KVM_FEATURE_MSI_EXT_DEST_ID);
-        let got = apply_kvm_pv(&mut e, KvmPvRequest::parse("msi_ext_dest_id").unwrap());
+        let got = apply_kvm_pv(&mut e, list(&["msi_ext_dest_id"]));
         assert_eq!(got.unwrap().bits(), bit(15));
     }
 
@@ -822,7 +704,7 @@ mod tests {
         }];
         assert_eq!(apply_kvm_pv(&mut e, KvmPvRequest::On).unwrap().bits(), 0);
         assert_eq!(apply_kvm_pv(&mut e, KvmPvRequest::Off).unwrap().bits(), 0);
-        let err = apply_kvm_pv(&mut e, KvmPvRequest::parse("kvmclock").unwrap()).unwrap_err();
+        let err = apply_kvm_pv(&mut e, list(&["kvmclock"])).unwrap_err();
         assert!(matches!(
             err,
             KvmPvError::HostLacks {
@@ -837,7 +719,7 @@ mod tests {
     fn relocated_leaves_are_found_by_signature() {
         let mut e = leaves(0x4000_0100, HOST_OFFER);
         assert_eq!(kvm_base(&e), Some(0x4000_0100));
-        let got = apply_kvm_pv(&mut e, KvmPvRequest::parse("pv_eoi").unwrap()).unwrap();
+        let got = apply_kvm_pv(&mut e, list(&["pv_eoi"])).unwrap();
         assert_eq!(eax(&e, 0x4000_0101), bit(6));
         assert_eq!(got.bits(), bit(6));
     }

@@ -231,7 +231,8 @@ impl Bus {
     }
 
     /// Name of the device covering `addr`, if any.
-    pub fn device_name(&self, addr: u64) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn device_name(&self, addr: u64) -> Option<&str> {
         self.lookup(addr).map(|(_, e)| e.name.as_str())
     }
 }

@@ -1,11 +1,16 @@
 //! Kernel loading with format detection: ELF vmlinux (PVH entry when it carries the PVH note,
 //! 64-bit entry otherwise) or bzImage (64-bit boot protocol); plus the initramfs and the
 //! command line. Produces the entry point the boot vCPU starts at.
+//!
+//! The files and guest memory are handled here; the x86 rules (magic numbers, the bzImage
+//! header, where the initramfs may go, the entry modes) are [`arch::kernel`]'s.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use arch::kernel::{self as image, BZIMAGE_64BIT_ENTRY_OFFSET, FORMAT_PROBE_LEN};
+pub use arch::kernel::{EntryMode, KernelFormat};
 use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
@@ -64,24 +69,6 @@ pub enum LoaderError {
     CmdlineWrite(#[source] linux_loader::loader::Error),
 }
 
-/// How the boot vCPU enters the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryMode {
-    /// Long mode at the address, RSI = zero page.
-    Linux64,
-    /// 32-bit protected mode at the address, EBX = hvm_start_info.
-    Pvh,
-}
-
-/// The detected image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelFormat {
-    /// ELF vmlinux.
-    Elf,
-    /// bzImage.
-    BzImage,
-}
-
 /// A loaded kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadedKernel {
@@ -97,13 +84,6 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
-const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
-const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
-const BZIMAGE_MAGIC: [u8; 4] = *b"HdrS";
-const XLF_KERNEL_64: u16 = 1;
-/// The 64-bit entry sits 0x200 bytes into the protected-mode image.
-const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
-
 fn open(what: &'static str, path: &Path) -> Result<File, LoaderError> {
     File::open(path).map_err(|source| LoaderError::Open {
         what,
@@ -112,20 +92,19 @@ fn open(what: &'static str, path: &Path) -> Result<File, LoaderError> {
     })
 }
 
-/// Detects the format of `file` from its magic numbers.
-pub fn detect_format(file: &mut File) -> std::io::Result<Option<KernelFormat>> {
-    let mut magic = [0u8; 4];
+/// Detects the format of `file` from its first bytes (a file that cannot be read has none).
+fn detect_format(file: &mut File) -> std::io::Result<Option<KernelFormat>> {
     file.seek(SeekFrom::Start(0))?;
-    if file.read_exact(&mut magic).is_ok() && magic == ELF_MAGIC {
-        return Ok(Some(KernelFormat::Elf));
-    }
-    if file.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).is_ok()
-        && file.read_exact(&mut magic).is_ok()
-        && magic == BZIMAGE_MAGIC
+    let mut head = Vec::with_capacity(FORMAT_PROBE_LEN);
+    if file
+        .by_ref()
+        .take(FORMAT_PROBE_LEN as u64)
+        .read_to_end(&mut head)
+        .is_err()
     {
-        return Ok(Some(KernelFormat::BzImage));
+        head.clear();
     }
-    Ok(None)
+    Ok(image::detect_format(&head))
 }
 
 /// Loads the kernel at `path` into `mem`.
@@ -167,7 +146,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
                     source,
                 })?;
             let hdr = r.setup_header;
-            if hdr.is_some_and(|h| h.xloadflags & XLF_KERNEL_64 == 0) {
+            if hdr.is_some_and(|h| !image::has_64bit_entry(&h)) {
                 return Err(LoaderError::No64BitEntry(shown()));
             }
             Ok(LoadedKernel {
@@ -181,12 +160,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
     }
 }
 
-/// Highest address an initramfs may end at when the kernel does not say (Linux's default
-/// initrd_addr_max).
-const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
-
 /// Copies the initramfs at `path` as high as possible below `low_ram_end` (and the kernel's
-/// initrd_addr_max), page aligned. Returns `(address, size)`.
+/// initrd_addr_max), page aligned ([`image::initramfs_start`]). Returns `(address, size)`.
 pub fn load_initramfs(
     mem: &GuestMemoryMmap,
     path: &Path,
@@ -202,21 +177,14 @@ pub fn load_initramfs(
             source,
         })?
         .len();
-    let addr_max = kernel
-        .setup_header
-        .map(|h| u64::from(h.initrd_addr_max))
-        .filter(|&m| m != 0)
-        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    let addr_max = image::initrd_addr_max(kernel.setup_header.as_ref());
     let limit = low_ram_end.min(addr_max + 1);
     let too_large = || LoaderError::InitramfsTooLarge {
         size,
         kernel_end: kernel.end,
         limit,
     };
-    let start = limit.checked_sub(size).ok_or_else(too_large)? & !0xfff;
-    if start < kernel.end {
-        return Err(too_large());
-    }
+    let start = image::initramfs_start(size, kernel.end, limit).ok_or_else(too_large)?;
     let region_len = usize::try_from(size).map_err(|_| too_large())?;
     mem.read_exact_volatile_from(GuestAddress(start), &mut file, region_len)
         .map_err(LoaderError::InitramfsCopy)?;

@@ -47,6 +47,7 @@ const SCOPE_OP: u8 = 0x10;
 const BUFFER_OP: u8 = 0x11;
 const PACKAGE_OP: u8 = 0x12;
 const METHOD_OP: u8 = 0x14;
+#[cfg(test)]
 const RETURN_OP: u8 = 0xa4;
 const EXT_OP_PREFIX: u8 = 0x5b;
 const DEVICE_OP: u8 = 0x82;
@@ -251,7 +252,8 @@ pub fn method(
 }
 
 /// `Return (value)`.
-pub fn return_value(value: &[u8]) -> Vec<u8> {
+#[cfg(test)]
+pub(crate) fn return_value(value: &[u8]) -> Vec<u8> {
     let mut out = vec![RETURN_OP];
     out.extend_from_slice(value);
     out

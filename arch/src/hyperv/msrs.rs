@@ -1,5 +1,6 @@
-//! Hyper-V synthetic MSR numbers and which enlightenment offers each, for tests that check a
-//! guest can use exactly the MSRs its CPUID offers.
+//! Hyper-V synthetic MSR numbers and which enlightenment offers each: the VMM looks for some of
+//! them in KVM_GET_MSR_INDEX_LIST to learn what the host supports (see [`super::HostHvSupport`]),
+//! and tests check a guest can use exactly the MSRs its CPUID offers.
 //!
 //! The MSR-to-enlightenment mapping follows the CPUID bit KVM checks before it lets a guest
 //! touch each MSR when KVM_CAP_HYPERV_ENFORCE_CPUID is on (`hv_check_msr_access` in Linux's

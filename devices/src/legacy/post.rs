@@ -18,7 +18,8 @@ impl PostCode {
     }
 
     /// The last byte the guest wrote, if any.
-    pub fn last_code(&self) -> Option<u8> {
+    #[cfg(test)]
+    pub(crate) fn last_code(&self) -> Option<u8> {
         self.last
     }
 }

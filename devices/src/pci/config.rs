@@ -257,7 +257,8 @@ impl PciConfiguration {
     }
 
     /// The interrupt line register.
-    pub fn interrupt_line(&self) -> u8 {
+    #[cfg(test)]
+    pub(crate) fn interrupt_line(&self) -> u8 {
         self.regs[INTERRUPT_LINE]
     }
 

@@ -49,7 +49,8 @@ impl PciConfigIo {
     }
 
     /// The current CONFIG_ADDRESS value.
-    pub fn config_address(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn config_address(&self) -> u32 {
         self.address
     }
 

@@ -1,8 +1,10 @@
 //! `--cpus boot=N[,affinity=[0@[2,3],1@[4]]][,kvm_pv=on|off|hidden|[LIST]]
 //! [,hyperv=on|off|[LIST]][,pvm_compat=auto|on|off]`: how many vCPUs boot, which host CPUs each
 //! may run on (Cloud Hypervisor's affinity syntax), and the paravirtual interfaces they see.
-//! `kvm_pv=hidden` leaves out KVM's CPUID leaves altogether (QEMU's `kvm=off`).
+//! `kvm_pv=hidden` leaves out KVM's CPUID leaves altogether (QEMU's `kvm=off`); the `kvm_pv`
+//! and `hyperv` vocabularies are [`super::paravirt`]'s.
 
+use super::paravirt::{parse_hyperv, parse_kvm_pv};
 use super::{get, parse_group, split_top_level, strip_brackets, ConfigError, Toggle};
 use crate::placement::CpuSet;
 use arch::hyperv::HypervConfig;
@@ -97,12 +99,12 @@ impl CpusConfig {
             cfg.affinity = parse_affinity(v)?;
         }
         if let Some(v) = get(&pairs, "kvm_pv") {
-            cfg.kvm_pv = KvmPvRequest::parse(strip_brackets(v))
-                .map_err(|e| ConfigError::Cpus(e.to_string()))?;
+            cfg.kvm_pv =
+                parse_kvm_pv(strip_brackets(v)).map_err(|e| ConfigError::Cpus(e.to_string()))?;
         }
         if let Some(v) = get(&pairs, "hyperv") {
-            cfg.hyperv = HypervConfig::parse(strip_brackets(v))
-                .map_err(|e| ConfigError::Cpus(e.to_string()))?;
+            cfg.hyperv =
+                parse_hyperv(strip_brackets(v)).map_err(|e| ConfigError::Cpus(e.to_string()))?;
         }
         if let Some(v) = get(&pairs, "pvm_compat") {
             cfg.pvm_compat = Toggle::parse("cpus", "pvm_compat", v)?;

@@ -45,10 +45,9 @@
 
 use std::path::{Path, PathBuf};
 
-use arch::hyperv::{HvFeature, HypervConfig, HYPERV_DEFAULT_VENDOR_ID};
-use arch::kvm_pv::KvmPvRequest;
 use serde::{Deserialize, Serialize};
 
+use super::paravirt::{hyperv_text, kvm_pv_text, parse_hyperv, parse_kvm_pv};
 use super::{
     strip_brackets, CacheMode, ConfigError, CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig,
     PayloadConfig, SerialConfig, Toggle, VmConfig,
@@ -407,11 +406,11 @@ fn cpus_from(wire: CpusWire) -> Result<CpusConfig, JsonConfigError> {
         cfg.affinity = affinity_from(&list)?;
     }
     if let Some(v) = wire.kvm_pv {
-        cfg.kvm_pv = KvmPvRequest::parse(strip_brackets(&v))
+        cfg.kvm_pv = parse_kvm_pv(strip_brackets(&v))
             .map_err(|e| paravirt_error("kvm_pv", e.to_string()))?;
     }
     if let Some(v) = wire.hyperv {
-        cfg.hyperv = HypervConfig::parse(strip_brackets(&v))
+        cfg.hyperv = parse_hyperv(strip_brackets(&v))
             .map_err(|e| paravirt_error("hyperv", e.to_string()))?;
     }
     if let Some(v) = wire.pvm_compat {
@@ -627,7 +626,7 @@ fn cpus_to(cpus: &CpusConfig) -> CpusWire {
                 })
                 .collect()
         }),
-        kvm_pv: Some(cpus.kvm_pv.to_text()),
+        kvm_pv: Some(kvm_pv_text(cpus.kvm_pv)),
         hyperv: Some(hyperv_text(&cpus.hyperv)),
         pvm_compat: Some(
             match cpus.pvm_compat {
@@ -637,29 +636,6 @@ fn cpus_to(cpus: &CpusConfig) -> CpusWire {
             }
             .to_string(),
         ),
-    }
-}
-
-/// The `hyperv=` list that [`HypervConfig::parse`] turns back into `hyperv`.
-fn hyperv_text(hyperv: &HypervConfig) -> String {
-    if hyperv.is_on() {
-        return "on".to_string();
-    }
-    let mut items: Vec<String> = hyperv
-        .features()
-        .into_iter()
-        .map(|f| match f {
-            HvFeature::Spinlocks => format!("{}={}", f.name(), hyperv.spinlocks()),
-            _ => f.name().to_string(),
-        })
-        .collect();
-    if hyperv.vendor_id() != HYPERV_DEFAULT_VENDOR_ID {
-        items.push(format!("vendor-id={}", hyperv.vendor_id()));
-    }
-    if items.is_empty() {
-        "off".to_string()
-    } else {
-        items.join(",")
     }
 }
 

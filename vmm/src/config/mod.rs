@@ -8,6 +8,7 @@ mod disk;
 mod json;
 mod memory;
 mod numa;
+mod paravirt;
 
 pub use cpus::CpusConfig;
 pub use disk::{CacheMode, DiskConfig, MAX_DISKS};

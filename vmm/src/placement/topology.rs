@@ -116,7 +116,8 @@ impl HostTopology {
     }
 
     /// The node holding `cpu`.
-    pub fn node_of_cpu(&self, cpu: u32) -> Option<u32> {
+    #[cfg(test)]
+    pub(crate) fn node_of_cpu(&self, cpu: u32) -> Option<u32> {
         self.nodes
             .iter()
             .find(|node| node.cpus.contains(cpu))
