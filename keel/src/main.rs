@@ -24,8 +24,9 @@ use vmm::config::{
     CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig, VmConfig,
 };
 use vmm::handle::VmHandle;
-use vmm::stats_view;
-use vmm::vm::{Vm, VmCounters, VmOutcome};
+use vmm::stats::view as stats_view;
+use vmm::stats::VmCounters;
+use vmm::vm::{Vm, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
 #[derive(Parser, Debug)]

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use vmm::kvm_stats::{KvmStats, KvmStatsError};
-use vmm::stats_view;
+use vmm::stats::kvm::{KvmStats, KvmStatsError};
+use vmm::stats::view as stats_view;
 
 use super::{error_chain, install_stop_handlers, parse_interval, STOP};
 

@@ -65,7 +65,7 @@ pub fn shutdown(socket: &Path) -> Result<(), RigError> {
     }
 }
 
-/// Flattens a `keel-stats` / `vm.counters` document (see `vmm::stats_view::json`).
+/// Flattens a `keel-stats` / `vm.counters` document (see `vmm::stats::view::json`).
 pub fn flatten(v: &serde_json::Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let mut add = |k: String, n: Option<u64>| *out.entry(k).or_insert(0) += n.unwrap_or(0);

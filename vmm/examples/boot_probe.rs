@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use vmm::config::{SerialConfig, VmConfig};
 use vmm::handle::VmHandle;
-use vmm::stats_view;
+use vmm::stats::view as stats_view;
 
 fn main() -> ExitCode {
     let kernel = std::env::args()

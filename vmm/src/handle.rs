@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use crate::config::VmConfig;
 use crate::exit::ResetCause;
-use crate::vm::{RunningVm, Vm, VmCounters, VmError, VmOutcome};
+use crate::stats::VmCounters;
+use crate::vm::{RunningVm, Vm, VmError, VmOutcome};
 
 /// Where a VM is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,28 +4,28 @@
 //! `keel-blkbench` device benchmark) in the `keel-bench` crate, both built on this one.
 //!
 //! The flow is CLI or API socket ([`api`]) -> validated [`config::VmConfig`] ->
-//! [`vm::Vm::create`] (memory, irqchip, devices, boot) -> [`vm::Vm::start`] (one thread per
-//! vCPU) -> exits handled by [`exit::handle_exit`] -> devices on the buses. Embedders drive a
-//! VM through [`handle::VmHandle`].
+//! [`vm::Vm::create`] -> [`vm::Vm::start`] (one thread per vCPU, [`vcpu`]) -> exits handled by
+//! [`exit::handle_exit`] -> devices on the buses. Embedders drive a VM through
+//! [`handle::VmHandle`].
+//!
+//! `Vm::create` is a sequence of steps, each in its own module: the KVM VM and guest RAM
+//! ([`vm`], laid out by [`placement`] over [`memory`]), the devices ([`device_manager`]: the
+//! buses, legacy devices, PCI, BARs, interrupts and disks), the payload and boot tables
+//! ([`loader`], in [`vm`]), and the vCPUs ([`vcpu`], with [`paravirt`] and what [`host`]
+//! offers). [`stats`] holds the counters (userspace exits, KVM's statistics) and their views.
 
 #![deny(missing_docs)]
 
 pub mod api;
-pub mod block_devices;
 pub mod config;
+pub mod device_manager;
 pub mod exit;
 pub mod handle;
 pub mod host;
-pub mod interrupts;
-pub mod kvm_stats;
-pub mod legacy_devices;
 pub mod loader;
 pub mod memory;
 pub mod paravirt;
-pub mod pci_bars;
-pub mod pci_host;
 pub mod placement;
-pub mod stats_view;
+pub mod stats;
 pub mod vcpu;
-pub mod vcpu_control;
 pub mod vm;

@@ -13,7 +13,7 @@ use super::console_tail::Marker;
 pub struct CounterWindow {
     /// Seconds between the two snapshots.
     pub secs: f64,
-    /// Increase of every flattened counter (see [`vmm::stats_view::flatten`]).
+    /// Increase of every flattened counter (see [`vmm::stats::view::flatten`]).
     pub delta: BTreeMap<String, u64>,
 }
 

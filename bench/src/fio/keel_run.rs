@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vmm::config::{SerialConfig, VmConfig};
 use vmm::handle::{HandleError, VmHandle};
-use vmm::stats_view;
+use vmm::stats::view as stats_view;
 use vmm::vm::VmOutcome;
 
 use super::console_tail::ConsoleTail;

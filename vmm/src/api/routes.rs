@@ -11,7 +11,7 @@
 //! | `/api/v1/vm.delete` | PUT | 204 (also with no VM) | |
 //! | `/api/v1/vmm.shutdown` | PUT | 204, then keel exits | |
 //! | `/api/v1/vm.info` | GET | 200 `{"config", "state", "memory_actual_size"}` | 409 no VM |
-//! | `/api/v1/vm.counters` | GET | 200 [`stats_view::json`] | 409 no VM, or never booted |
+//! | `/api/v1/vm.counters` | GET | 200 [`view::json`] | 409 no VM, or never booted |
 //! | `/api/v1/vmm.ping` | GET | 200 `{"version", "build_version", "pid", "features"}` | |
 //!
 //! Any other path is 404; another method on a known path is 405 with `Allow`. Every error
@@ -28,8 +28,7 @@ use super::http::Response;
 use crate::config::VmConfig;
 use crate::config::{vm_config_from_json, vm_config_to_json, JsonConfigError};
 use crate::handle::{HandleError, VmHandle, VmState};
-use crate::stats_view;
-use crate::vm::VmCounters;
+use crate::stats::{view, VmCounters};
 
 /// Every endpoint served, as (method, path).
 pub const ENDPOINTS: &[(&str, &str)] = &[
@@ -293,7 +292,7 @@ fn route(
             let counters = state.handle()?.counters().ok_or_else(|| {
                 RouteError::Conflict("the VM has not been booted: no counters yet".into())
             })?;
-            Ok(Some(stats_view::json(&counters)))
+            Ok(Some(view::json(&counters)))
         }
         "vmm.ping" => Ok(Some(ping())),
         _ => Err(RouteError::NotFound(path.to_string())),

@@ -157,13 +157,8 @@ fn worker(shared: &Shared, cpu: u32, page: usize) -> WorkerReport {
     }
 }
 
-/// Faults in every range with one pinned worker per CPU in `cpus` (at most 64).
-pub fn prefault(
-    ranges: &[Range],
-    page_size: u64,
-    cpus: &CpuSet,
-) -> Result<PrefaultReport, MemoryError> {
-    let start = Instant::now();
+/// `ranges` cut into chunks of `CHUNK` bytes (or one page, if larger), the unit of work.
+fn split_into_chunks(ranges: &[Range], page_size: u64) -> Vec<Chunk> {
     let step = CHUNK.max(page_size) as usize;
     let mut chunks = Vec::new();
     for r in ranges {
@@ -177,32 +172,21 @@ pub fn prefault(
             off += len;
         }
     }
-    let total: u64 = ranges.iter().map(|r| r.len as u64).sum();
-    let shared = Shared {
-        chunks,
-        next: AtomicUsize::new(0),
-        done: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        error: Mutex::new(None),
-        touch_only: !populate_supported(),
-    };
-    let worker_cpus: Vec<u32> = cpus
-        .iter()
-        .take(MAX_WORKERS.min(shared.chunks.len()).max(1))
-        .collect();
-    let page = page_size as usize;
-    if total >= PROGRESS_MIN {
-        log::info!(
-            "prefaulting {} MiB of guest RAM on {} threads",
-            total >> 20,
-            worker_cpus.len()
-        );
-    }
-    let workers = std::thread::scope(|scope| {
+    chunks
+}
+
+/// Runs one worker per CPU in `worker_cpus` over `shared`'s chunks, logging progress every
+/// second for large amounts, and collects their reports.
+fn run_workers(
+    shared: &Shared,
+    worker_cpus: &[u32],
+    page: usize,
+    total: u64,
+) -> Result<Vec<WorkerReport>, MemoryError> {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = worker_cpus
             .iter()
             .map(|&cpu| {
-                let shared = &shared;
                 std::thread::Builder::new()
                     .name(format!("keel-prefault{cpu}"))
                     .spawn_scoped(scope, move || worker(shared, cpu, page))
@@ -232,7 +216,39 @@ pub fn prefault(
                     .and_then(|h| h.join().map_err(|_| MemoryError::PrefaultPanicked))
             })
             .collect::<Result<Vec<_>, _>>()
-    })?;
+    })
+}
+
+/// Faults in every range with one pinned worker per CPU in `cpus` (at most 64).
+pub fn prefault(
+    ranges: &[Range],
+    page_size: u64,
+    cpus: &CpuSet,
+) -> Result<PrefaultReport, MemoryError> {
+    let start = Instant::now();
+    let chunks = split_into_chunks(ranges, page_size);
+    let total: u64 = ranges.iter().map(|r| r.len as u64).sum();
+    let shared = Shared {
+        chunks,
+        next: AtomicUsize::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+        touch_only: !populate_supported(),
+    };
+    let worker_cpus: Vec<u32> = cpus
+        .iter()
+        .take(MAX_WORKERS.min(shared.chunks.len()).max(1))
+        .collect();
+    let page = page_size as usize;
+    if total >= PROGRESS_MIN {
+        log::info!(
+            "prefaulting {} MiB of guest RAM on {} threads",
+            total >> 20,
+            worker_cpus.len()
+        );
+    }
+    let workers = run_workers(&shared, &worker_cpus, page, total)?;
     if let Some(e) = shared.error.lock().ok().and_then(|mut e| e.take()) {
         return Err(e);
     }

@@ -12,7 +12,7 @@
 use arch::acpi::{NumaLayout, NumaNode};
 
 use super::{CpuSet, HostTopology};
-use crate::config::{page_size_name, ConfigError, VmConfig};
+use crate::config::{page_size_name, ConfigError, NumaNodeConfig, VmConfig};
 use crate::memory::RamPiece;
 
 /// Distance the guest sees between two nodes on the same host node (or unbound ones).
@@ -50,7 +50,26 @@ pub fn plan(config: &VmConfig, host: &HostTopology, phys_bits: u32) -> Result<Pl
             reason: e.to_string(),
         }
     })?;
-    let nodes = &config.numa;
+    check_host_nodes(&config.numa, host)?;
+    let pieces = ram_pieces(config, &regions)?;
+    check_hugepages(config, host, &pieces)?;
+    let vcpu_cpus = vcpu_placement(config, host)?;
+    let iothread_cpus = iothread_placement(config, host, &vcpu_cpus)?;
+    let numa = (!config.numa.is_empty()).then(|| numa_layout(config, host, &pieces));
+    let fully_bound =
+        vcpu_cpus.iter().all(Option::is_some) && pieces.iter().all(|p| p.host_node.is_some());
+    Ok(Plan {
+        regions,
+        pieces,
+        vcpu_cpus,
+        iothread_cpus,
+        numa,
+        fully_bound,
+    })
+}
+
+/// Every `host_node=` names a node the host has.
+fn check_host_nodes(nodes: &[NumaNodeConfig], host: &HostTopology) -> Result<(), ConfigError> {
     for n in nodes {
         if let Some(h) = n.host_node {
             if host.node(h).is_none() {
@@ -63,6 +82,28 @@ pub fn plan(config: &VmConfig, host: &HostTopology, phys_bits: u32) -> Result<Pl
             }
         }
     }
+    Ok(())
+}
+
+/// The host node guest node `g` is bound to, if any.
+fn host_node_of(nodes: &[NumaNodeConfig], g: u32) -> Option<u32> {
+    nodes
+        .iter()
+        .find(|n| n.guest_node == g)
+        .and_then(|n| n.host_node)
+}
+
+/// The guest node vCPU `vcpu` belongs to, if any.
+fn guest_node_of(nodes: &[NumaNodeConfig], vcpu: u32) -> Option<u32> {
+    nodes
+        .iter()
+        .find(|n| n.cpus.contains(vcpu))
+        .map(|n| n.guest_node)
+}
+
+/// `regions` split into pieces per guest node, each with the host node it is bound to.
+fn ram_pieces(config: &VmConfig, regions: &[(u64, u64)]) -> Result<Vec<RamPiece>, ConfigError> {
+    let nodes = &config.numa;
     let sizes: Vec<u64> = if nodes.is_empty() {
         vec![config.memory.size]
     } else {
@@ -75,30 +116,24 @@ pub fn plan(config: &VmConfig, host: &HostTopology, phys_bits: u32) -> Result<Pl
             })
             .collect()
     };
-    let host_node_of = |g: u32| {
-        nodes
-            .iter()
-            .find(|n| n.guest_node == g)
-            .and_then(|n| n.host_node)
-    };
-    let pieces: Vec<RamPiece> = arch::memory_map::split_among_nodes(&regions, &sizes)
+    Ok(arch::memory_map::split_among_nodes(regions, &sizes)
         .ok_or_else(|| numa_err("the guest nodes' memory does not match --memory size".into()))?
         .into_iter()
         .map(|(start, size, node)| RamPiece {
             start,
             size,
             guest_node: node as u32,
-            host_node: host_node_of(node as u32),
+            host_node: host_node_of(nodes, node as u32),
         })
-        .collect();
-    check_hugepages(config, host, &pieces)?;
+        .collect())
+}
 
-    let guest_node_of = |vcpu: u32| {
-        nodes
-            .iter()
-            .find(|n| n.cpus.contains(vcpu))
-            .map(|n| n.guest_node)
-    };
+/// Host CPUs per vCPU: its `affinity=`, else its guest node's host node's CPUs.
+fn vcpu_placement(
+    config: &VmConfig,
+    host: &HostTopology,
+) -> Result<Vec<Option<CpuSet>>, ConfigError> {
+    let nodes = &config.numa;
     let mut vcpu_cpus = Vec::with_capacity(config.cpus.boot_vcpus as usize);
     for vcpu in 0..config.cpus.boot_vcpus {
         let cpus = match config.cpus.affinity_of(vcpu) {
@@ -111,14 +146,24 @@ pub fn plan(config: &VmConfig, host: &HostTopology, phys_bits: u32) -> Result<Pl
                 })?;
                 Some(set.clone())
             }
-            None => guest_node_of(vcpu)
-                .and_then(host_node_of)
+            None => guest_node_of(nodes, vcpu)
+                .and_then(|g| host_node_of(nodes, g))
                 .and_then(|h| host.node(h))
                 .map(|n| n.cpus.clone()),
         };
         vcpu_cpus.push(cpus);
     }
+    Ok(vcpu_cpus)
+}
 
+/// Host CPUs for each disk's I/O threads: its `iothread=cpus:`, else its guest node's host
+/// node's CPUs, else the union of where that guest node's pinned vCPUs run.
+fn iothread_placement(
+    config: &VmConfig,
+    host: &HostTopology,
+    vcpu_cpus: &[Option<CpuSet>],
+) -> Result<Vec<Option<CpuSet>>, ConfigError> {
+    let nodes = &config.numa;
     let mut iothread_cpus = Vec::with_capacity(config.disks.len());
     for (i, disk) in config.disks.iter().enumerate() {
         let cpus = if let Some(set) = &disk.iothread_cpus {
@@ -132,10 +177,10 @@ pub fn plan(config: &VmConfig, host: &HostTopology, phys_bits: u32) -> Result<Pl
             Some(set.clone())
         } else {
             let g = disk.numa_node.unwrap_or(0);
-            match host_node_of(g).and_then(|h| host.node(h)) {
+            match host_node_of(nodes, g).and_then(|h| host.node(h)) {
                 Some(n) => Some(n.cpus.clone()),
                 None => {
-                    let on_node = |v: &u32| nodes.is_empty() || guest_node_of(*v) == Some(g);
+                    let on_node = |v: &u32| nodes.is_empty() || guest_node_of(nodes, *v) == Some(g);
                     let pinned: Vec<&CpuSet> = (0..config.cpus.boot_vcpus)
                         .filter(on_node)
                         .filter_map(|v| vcpu_cpus[v as usize].as_ref())
@@ -148,18 +193,7 @@ pub fn plan(config: &VmConfig, host: &HostTopology, phys_bits: u32) -> Result<Pl
         };
         iothread_cpus.push(cpus);
     }
-
-    let numa = (!nodes.is_empty()).then(|| numa_layout(config, host, &pieces));
-    let fully_bound =
-        vcpu_cpus.iter().all(Option::is_some) && pieces.iter().all(|p| p.host_node.is_some());
-    Ok(Plan {
-        regions,
-        pieces,
-        vcpu_cpus,
-        iothread_cpus,
-        numa,
-        fully_bound,
-    })
+    Ok(iothread_cpus)
 }
 
 /// `Err(the CPUs of `set` that are not online)`.

@@ -1,6 +1,8 @@
 //! vCPUs: per-vCPU setup (CPUID, MSRs, FPU, LAPIC, and the boot vCPU's entry registers) and
 //! the run loop, which hands every exit to [`crate::exit::handle_exit`] and reports how the
-//! vCPU stopped.
+//! vCPU stopped. [`control`] is how other threads pause and stop it.
+
+pub mod control;
 
 use std::sync::Arc;
 
@@ -8,11 +10,13 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId, Msrs};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::exit::{handle_exit, Action, Buses, ExitCounters, ResetCause, Unclaimed};
-use crate::kvm_stats::KvmStats;
+use crate::device_manager::Buses;
+use crate::exit::{handle_exit, Action, ResetCause};
 use crate::loader::EntryMode;
 use crate::paravirt::{Paravirt, ParavirtError};
-use crate::vcpu_control::VcpuControl;
+use crate::stats::exits::{ExitCounters, Unclaimed};
+use crate::stats::kvm::KvmStats;
+use control::VcpuControl;
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]

@@ -16,9 +16,9 @@ use devices::virtio::pci::{VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE}
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use super::interrupts::{GsiRouter, InterruptError, IntxLine, MsiVectors};
+use super::pci_bars::{BarWindow, BarWindowError};
 use crate::config::{CacheMode, DiskConfig};
-use crate::interrupts::{GsiRouter, InterruptError, IntxLine, MsiVectors};
-use crate::pci_bars::{BarWindow, BarWindowError};
 use crate::placement::{self, CpuSet, PlacementError};
 
 /// Errors attaching disks. Each names the disk.
@@ -165,7 +165,7 @@ fn thread_name(name: String) -> String {
 ///
 /// `iothread_cpus[i]` (if given) are the host CPUs disk i's new I/O threads are pinned to.
 pub fn attach(
-    ctx: AttachContext<'_>,
+    mut ctx: AttachContext<'_>,
     disks: &[DiskConfig],
     iothread_cpus: &[Option<CpuSet>],
 ) -> Result<BlockDevices, BlockDeviceError> {
@@ -173,97 +173,17 @@ pub fn attach(
         iothreads: Vec::new(),
         disks: Vec::new(),
     };
-    let AttachContext {
-        vm,
-        router,
-        mem,
-        segment,
-        window,
-        bars,
-    } = ctx;
     for (index, cfg) in disks.iter().enumerate() {
         let name = cfg.name(index);
         // Slot 0 is the host bridge; MAX_DISKS keeps this within 1..=31.
         let slot = u8::try_from(index + 1).unwrap_or(u8::MAX);
-        let mut block = Block::new(BlockConfig {
-            path: cfg.path.clone(),
-            readonly: cfg.readonly,
-            direct: cfg.cache == CacheMode::None,
-            num_queues: cfg.queues,
-            queue_size: cfg.queue_size,
-            serial: cfg.serial.clone(),
-        })
-        .map_err(|source| BlockDeviceError::Block {
-            disk: name.clone(),
-            path: cfg.path.display().to_string(),
-            source,
-        })?;
+        let mut block = open_block(cfg, &name)?;
         let io_stats = block.io_stats_reader();
         let cpus = iothread_cpus.get(index).and_then(Option::as_ref);
         let handles = iothreads_for(&mut out.iothreads, cfg, &name, cpus)?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
-
-        let irq_err = |source| BlockDeviceError::Interrupts {
-            disk: name.clone(),
-            source,
-        };
-        let msi = MsiVectors::new(router.clone(), cfg.queues + 1).map_err(irq_err)?;
-        let intx = IntxLine::new(vm, arch::layout::pci_intx_gsi(slot)).map_err(irq_err)?;
-        let intx_gsi = intx.gsi();
-        let mut dev = VirtioPciDevice::new(
-            Box::new(block),
-            mem.clone(),
-            Arc::new(msi),
-            Some(Arc::new(intx)),
-        )
-        .map_err(|source| BlockDeviceError::Transport {
-            disk: name.clone(),
-            source,
-        })?;
-        dev.set_interrupt_line(intx_gsi as u8);
-        let bar = bars
-            .allocate(VIRTIO_PCI_BAR_SIZE, VIRTIO_PCI_BAR_SIZE)
-            .ok_or_else(|| BlockDeviceError::NoBarSpace {
-                disk: name.clone(),
-                size: VIRTIO_PCI_BAR_SIZE,
-            })?;
-        dev.set_bar_address(0, bar)
-            .map_err(|source| BlockDeviceError::Transport {
-                disk: name.clone(),
-                source,
-            })?;
-        let dev = Arc::new(Mutex::new(dev));
-        let pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
-        segment
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .add_device_at(slot, pci.clone())
-            .map_err(|source| BlockDeviceError::Slot {
-                disk: name.clone(),
-                slot,
-                source,
-            })?;
-        // The window registers (duplicates of) the queue notify eventfds as ioeventfds.
-        window
-            .add(
-                slot,
-                0,
-                (bar, VIRTIO_PCI_BAR_SIZE),
-                pci,
-                &dev.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .notify_eventfds(),
-            )
-            .map_err(|source| BlockDeviceError::Bar {
-                disk: name.clone(),
-                source,
-            })?;
-        log::info!(
-            "disk {name}: {} on PCI 00:{slot:02x}.0, BAR {bar:#x}, {} queue(s), INTx GSI {intx_gsi}",
-            cfg.path.display(),
-            cfg.queues
-        );
+        let (dev, bar) = plug(&mut ctx, block, cfg, &name, slot)?;
         out.disks.push(AttachedDisk {
             name,
             slot,
@@ -274,6 +194,96 @@ pub fn attach(
         });
     }
     Ok(out)
+}
+
+/// Opens `cfg`'s backing file as a virtio-blk device.
+fn open_block(cfg: &DiskConfig, name: &str) -> Result<Block, BlockDeviceError> {
+    Block::new(BlockConfig {
+        path: cfg.path.clone(),
+        readonly: cfg.readonly,
+        direct: cfg.cache == CacheMode::None,
+        num_queues: cfg.queues,
+        queue_size: cfg.queue_size,
+        serial: cfg.serial.clone(),
+    })
+    .map_err(|source| BlockDeviceError::Block {
+        disk: name.to_string(),
+        path: cfg.path.display().to_string(),
+        source,
+    })
+}
+
+/// Wraps `block` in a virtio-pci function with its interrupts, gives it a BAR and plugs it
+/// into PCI `slot`. Returns the function and its BAR address.
+fn plug(
+    ctx: &mut AttachContext<'_>,
+    block: Block,
+    cfg: &DiskConfig,
+    name: &str,
+    slot: u8,
+) -> Result<(Arc<Mutex<VirtioPciDevice>>, u64), BlockDeviceError> {
+    let irq_err = |source| BlockDeviceError::Interrupts {
+        disk: name.to_string(),
+        source,
+    };
+    let msi = MsiVectors::new(ctx.router.clone(), cfg.queues + 1).map_err(irq_err)?;
+    let intx = IntxLine::new(ctx.vm, arch::layout::pci_intx_gsi(slot)).map_err(irq_err)?;
+    let intx_gsi = intx.gsi();
+    let transport_err = |source| BlockDeviceError::Transport {
+        disk: name.to_string(),
+        source,
+    };
+    let mut dev = VirtioPciDevice::new(
+        Box::new(block),
+        ctx.mem.clone(),
+        Arc::new(msi),
+        Some(Arc::new(intx)),
+    )
+    .map_err(transport_err)?;
+    dev.set_interrupt_line(intx_gsi as u8);
+    let bar = ctx
+        .bars
+        .allocate(VIRTIO_PCI_BAR_SIZE, VIRTIO_PCI_BAR_SIZE)
+        .ok_or_else(|| BlockDeviceError::NoBarSpace {
+            disk: name.to_string(),
+            size: VIRTIO_PCI_BAR_SIZE,
+        })?;
+    dev.set_bar_address(0, bar).map_err(transport_err)?;
+    let dev = Arc::new(Mutex::new(dev));
+    let pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
+    ctx.segment
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .add_device_at(slot, pci.clone())
+        .map_err(|source| BlockDeviceError::Slot {
+            disk: name.to_string(),
+            slot,
+            source,
+        })?;
+    // The window registers (duplicates of) the queue notify eventfds as ioeventfds.
+    {
+        let guard = dev
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ctx.window
+            .add(
+                slot,
+                0,
+                (bar, VIRTIO_PCI_BAR_SIZE),
+                pci,
+                &guard.notify_eventfds(),
+            )
+            .map_err(|source| BlockDeviceError::Bar {
+                disk: name.to_string(),
+                source,
+            })?;
+    }
+    log::info!(
+        "disk {name}: {} on PCI 00:{slot:02x}.0, BAR {bar:#x}, {} queue(s), INTx GSI {intx_gsi}",
+        cfg.path.display(),
+        cfg.queues
+    );
+    Ok((dev, bar))
 }
 
 /// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread, or one new

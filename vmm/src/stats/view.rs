@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::vm::VmCounters;
+use super::VmCounters;
 
 /// Every counter by dotted name.
 pub fn flatten(c: &VmCounters) -> BTreeMap<String, u64> {
@@ -200,8 +200,8 @@ pub fn json(c: &VmCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::{DeviceExits, ExitSnapshot};
-    use crate::vm::VcpuStats;
+    use crate::stats::exits::{DeviceExits, ExitSnapshot};
+    use crate::stats::VcpuStats;
     use devices::virtio::block::IoStats;
 
     fn counters(exits: u64, serial: u64, requests: u64) -> VmCounters {

@@ -8,7 +8,7 @@ use arch::layout::{ports, PCI_ECAM_SIZE, PCI_ECAM_START};
 use devices::bus::BusError;
 use devices::pci::{PciConfigIo, PciConfigMmio, PciSegment, PCI_MMIO_CONFIG_SIZE};
 
-use crate::exit::Buses;
+use super::Buses;
 
 /// Errors placing the host bridge.
 #[derive(Debug, thiserror::Error)]

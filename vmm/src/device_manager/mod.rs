@@ -1,0 +1,167 @@
+//! Every device a VM has, and the buses that reach them. [`DeviceManager::attach`] builds
+//! them in a fixed order: the PC platform devices on the port-I/O bus ([`legacy`]), the PCI
+//! host bridge ([`pci_host`]), then the virtio-blk disks ([`block`]) with their MSI-X and
+//! INTx interrupts ([`interrupts`]) and their BARs in the 32-bit window ([`pci_bars`]).
+//! The vCPU threads share the finished [`Buses`].
+
+pub mod block;
+pub mod interrupts;
+pub mod legacy;
+pub mod pci_bars;
+pub mod pci_host;
+
+use std::sync::{Arc, Mutex};
+
+use arch::layout;
+use devices::bus::{Bus, BusError};
+use devices::pci::{BarAllocator, PciSegment};
+use kvm_ioctls::VmFd;
+
+use crate::config::VmConfig;
+use crate::memory::GuestRam;
+use crate::placement::{self, CpuSet};
+use block::{AttachContext, BlockDeviceError, BlockDevices};
+use interrupts::GsiRouter;
+use legacy::{LegacyDeviceError, LegacyDevices};
+use pci_bars::BarWindow;
+use pci_host::PciHostError;
+
+/// The port-I/O and MMIO buses.
+#[derive(Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// Errors building a VM's devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The PC platform devices.
+    #[error(transparent)]
+    Legacy(#[from] LegacyDeviceError),
+    /// PCI host bridge.
+    #[error(transparent)]
+    PciHost(#[from] PciHostError),
+    /// A disk could not be attached.
+    #[error(transparent)]
+    Disk(#[from] BlockDeviceError),
+    /// A device range could not be put on a bus.
+    #[error("cannot map the {what}")]
+    Bus {
+        /// What.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: BusError,
+    },
+}
+
+/// A VM's devices: the buses the vCPUs dispatch to, the legacy devices the VMM keeps talking
+/// to, and the disks with their I/O threads (stopped when this is dropped).
+pub struct DeviceManager {
+    // Field order matters for drop: the disks' I/O threads stop first.
+    disks: BlockDevices,
+    buses: Arc<Buses>,
+    legacy: LegacyDevices,
+}
+
+impl DeviceManager {
+    /// Builds every device `config` asks for and puts it on the buses. `iothread_cpus[i]`
+    /// (if given) are the host CPUs disk i's new I/O threads are pinned to.
+    pub fn attach(
+        vm: &Arc<VmFd>,
+        ram: &GuestRam,
+        config: &VmConfig,
+        iothread_cpus: &[Option<CpuSet>],
+    ) -> Result<Self, DeviceError> {
+        let mut buses = Buses::default();
+        let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
+        let legacy = legacy::attach(vm, &mut buses.pio, &config.serial, below, above)?;
+        // The segment lives on through the buses' references to its config mechanisms.
+        let segment = pci_host::attach(&mut buses)?;
+        let disks = attach_disks(vm, ram, &segment, &mut buses, config, iothread_cpus)?;
+        Ok(DeviceManager {
+            disks,
+            buses: Arc::new(buses),
+            legacy,
+        })
+    }
+
+    /// The attached disks.
+    pub fn disks(&self) -> &BlockDevices {
+        &self.disks
+    }
+
+    /// The buses, shared with the vCPU threads.
+    pub fn buses(&self) -> &Arc<Buses> {
+        &self.buses
+    }
+
+    /// Starts feeding Keel's stdin to COM1 if the console is the terminal.
+    pub fn start_console_input(&self) -> std::io::Result<()> {
+        if self.legacy.serial_from_stdin {
+            legacy::spawn_stdin_reader(self.legacy.serial.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Attaches the disks on PCI with their BARs in the 32-bit window, and puts the window on
+/// the MMIO bus.
+fn attach_disks(
+    vm: &Arc<VmFd>,
+    ram: &GuestRam,
+    segment: &Arc<Mutex<PciSegment>>,
+    buses: &mut Buses,
+    config: &VmConfig,
+    iothread_cpus: &[Option<CpuSet>],
+) -> Result<BlockDevices, DeviceError> {
+    let router = Arc::new(GsiRouter::new(Arc::clone(vm)));
+    let (window_base, window_size) = (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
+    let mut bars = BarAllocator::new(window_base, window_base + window_size);
+    let mut window = BarWindow::new(
+        Arc::clone(segment),
+        Arc::clone(vm),
+        window_base,
+        window_size,
+    );
+    let disks = block::attach(
+        AttachContext {
+            vm,
+            router: &router,
+            mem: &ram.mem,
+            segment,
+            window: &mut window,
+            bars: &mut bars,
+        },
+        &config.disks,
+        iothread_cpus,
+    )?;
+    log_iothread_placement(&disks);
+    buses
+        .mmio
+        .insert(
+            "pci-bars",
+            Arc::new(Mutex::new(window)),
+            window_base,
+            window_size,
+        )
+        .map_err(|source| DeviceError::Bus {
+            what: "PCI BAR window",
+            source,
+        })?;
+    Ok(disks)
+}
+
+/// Logs the CPUs each I/O thread may run on, as the kernel reports them.
+fn log_iothread_placement(disks: &BlockDevices) {
+    for (name, tid) in disks.iothread_tids() {
+        let Some(tid) = tid else { continue };
+        match placement::thread_affinity(Some(tid)) {
+            Ok(cpus) => log::info!("iothread {name} (tid {tid}): host CPUs {cpus}"),
+            Err(e) => log::warn!("iothread {name}: cannot read its CPU affinity: {e}"),
+        }
+    }
+}

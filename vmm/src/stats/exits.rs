@@ -1,0 +1,173 @@
+//! Keel's userspace exit counters: per vCPU, by kind ([`ExitCounters`], read as an
+//! [`ExitSnapshot`]) and by device ([`DeviceExits`]), and the accesses no device claimed
+//! ([`Unclaimed`]). [`crate::exit::handle_exit`] bumps them; the stats views read them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::device_manager::Buses;
+
+/// Userspace exit counters of one vCPU. Atomic so others can read them while it runs; only
+/// the vCPU's own thread writes.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    /// Port reads.
+    pub io_in: AtomicU64,
+    /// Port writes.
+    pub io_out: AtomicU64,
+    /// MMIO reads.
+    pub mmio_read: AtomicU64,
+    /// MMIO writes.
+    pub mmio_write: AtomicU64,
+    /// Accesses no device claimed.
+    pub unclaimed: AtomicU64,
+    /// KVM_RUN interrupted by a signal.
+    pub interrupted: AtomicU64,
+    /// Other exits.
+    pub other: AtomicU64,
+    /// Port exits per device, indexed like the PIO bus's `device_names()`.
+    pio_devices: Box<[AtomicU64]>,
+    /// MMIO exits per device, indexed like the MMIO bus's `device_names()`.
+    mmio_devices: Box<[AtomicU64]>,
+}
+
+impl ExitCounters {
+    /// Counters for a vCPU on `buses`, with one per-device slot for every device on them.
+    pub fn for_buses(buses: &Buses) -> Self {
+        let slots = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        ExitCounters {
+            pio_devices: slots(buses.pio.device_names().len()),
+            mmio_devices: slots(buses.mmio.device_names().len()),
+            ..Default::default()
+        }
+    }
+
+    fn bump_device(slots: &[AtomicU64], index: usize) {
+        if let Some(c) = slots.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an exit the port-I/O bus's device `index` handled.
+    pub(crate) fn pio_device(&self, index: usize) {
+        Self::bump_device(&self.pio_devices, index);
+    }
+
+    /// Counts an exit the MMIO bus's device `index` handled.
+    pub(crate) fn mmio_device(&self, index: usize) {
+        Self::bump_device(&self.mmio_devices, index);
+    }
+
+    /// Port and MMIO exits per device, named after `buses`' devices, skipping devices with
+    /// none: `(bus, device, count)` with bus "pio" or "mmio".
+    pub fn by_device(&self, buses: &Buses) -> Vec<DeviceExits> {
+        let mut out = Vec::new();
+        for (bus, names, slots) in [
+            ("pio", buses.pio.device_names(), &self.pio_devices),
+            ("mmio", buses.mmio.device_names(), &self.mmio_devices),
+        ] {
+            for (name, count) in names.iter().zip(slots.iter()) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    out.push(DeviceExits {
+                        bus,
+                        device: name.clone(),
+                        count,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total userspace exits counted.
+    pub fn total(&self) -> u64 {
+        [
+            &self.io_in,
+            &self.io_out,
+            &self.mmio_read,
+            &self.mmio_write,
+            &self.interrupted,
+            &self.other,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+
+    /// The counters' current values.
+    pub fn snapshot(&self) -> ExitSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ExitSnapshot {
+            io: get(&self.io_in) + get(&self.io_out),
+            mmio: get(&self.mmio_read) + get(&self.mmio_write),
+            unclaimed: get(&self.unclaimed),
+            interrupted: get(&self.interrupted),
+            other: get(&self.other),
+            total: self.total(),
+        }
+    }
+}
+
+/// Userspace exits one device caused on one vCPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceExits {
+    /// "pio" or "mmio".
+    pub bus: &'static str,
+    /// Device name as registered on the bus.
+    pub device: String,
+    /// Exits.
+    pub count: u64,
+}
+
+/// Userspace exit counts at one point in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitSnapshot {
+    /// Port I/O exits.
+    pub io: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// Accesses (port or MMIO) no device claimed; also counted in `io`/`mmio`.
+    pub unclaimed: u64,
+    /// KVM_RUN interrupted by a signal.
+    pub interrupted: u64,
+    /// Other exits.
+    pub other: u64,
+    /// All userspace exits.
+    pub total: u64,
+}
+
+/// Where unclaimed accesses went, per vCPU (owned by the vCPU thread).
+#[derive(Debug, Default)]
+pub struct Unclaimed {
+    /// Port number -> count.
+    pub ports: BTreeMap<u16, u64>,
+    /// MMIO address -> count (bounded, see [`Unclaimed::MAX_ADDRESSES`]).
+    pub mmio: BTreeMap<u64, u64>,
+}
+
+impl Unclaimed {
+    /// At most this many distinct MMIO addresses are remembered; the rest are only counted.
+    pub const MAX_ADDRESSES: usize = 256;
+
+    pub(crate) fn port(&mut self, port: u16) {
+        let n = self.ports.entry(port).or_insert(0);
+        if *n == 0 {
+            log::debug!("unclaimed port {port:#x}");
+        }
+        *n += 1;
+    }
+
+    pub(crate) fn mmio(&mut self, addr: u64) {
+        if let Some(n) = self.mmio.get_mut(&addr) {
+            *n += 1;
+        } else if self.mmio.len() < Self::MAX_ADDRESSES {
+            log::debug!("unclaimed MMIO address {addr:#x}");
+            self.mmio.insert(addr, 1);
+        }
+    }
+}
