@@ -7,7 +7,7 @@ KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe guest-linux rig-bin rig-image rig demo test unit-test guest-test lint fmt bench bench-fio clean
+.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio clean
 
 all: keel probe
 
@@ -30,12 +30,24 @@ RIG_ARGS ?=
 rig-bin:
 	$(CARGO) build --release --locked -p keel-rig --bin keel-rig
 
-rig-image: keel rig-bin guest-linux
-	resources/rig/build.sh $(RIG_DIR) $(KEEL) $(RIG) $(GUEST_LINUX_DIR)
+# The probe's platform tests (tests/) that the rig also runs on its production-like KVM.
+RIG_PROBE_TESTS := probe_boot paravirt pci_host
+RIG_PROBE_TEST_DIR := $(RIG_DIR)/probe-tests
+rig-probe-tests:
+	rm -rf $(RIG_PROBE_TEST_DIR) && mkdir -p $(RIG_PROBE_TEST_DIR)
+	$(CARGO) test --release --locked -p keel-tests $(addprefix --test ,$(RIG_PROBE_TESTS)) --no-run \
+		2>&1 | sed -n 's/^ *Executable tests\/\([a-z_]*\)\.rs (\(.*\))$$/\1 \2/p' | \
+		while read -r name bin; do cp "$$bin" $(RIG_PROBE_TEST_DIR)/$$name; done
+	test "$$(ls $(RIG_PROBE_TEST_DIR) | wc -l)" -eq $(words $(RIG_PROBE_TESTS))
+
+rig-image: keel rig-bin guest-linux probe rig-probe-tests
+	PROBE_DIR=$(PROBE_DIR) PROBE_TESTS=$(RIG_PROBE_TEST_DIR) \
+		resources/rig/build.sh $(RIG_DIR) $(KEEL) $(RIG) $(GUEST_LINUX_DIR)
 
 rig: rig-image
 	$(RIG) test --keel $(KEEL) --guest $(GUEST_LINUX_DIR) --work $(RIG_DIR)/work \
 		--qemu "$$(command -v qemu-system-x86_64)" --fio-jobs resources/fio \
+		--probe $(PROBE_DIR) --probe-tests $(RIG_PROBE_TEST_DIR) \
 		--rig-dir $(RIG_DIR) $(RIG_ARGS) $(RIG_SCENARIOS)
 
 DEMO_DISK := $(BUILD_DIR)/demo-disk.img

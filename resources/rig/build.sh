@@ -10,6 +10,9 @@
 #                             the Linux guest (GUEST_DIR), the fio jobs; its free space holds
 #                             the scenarios' disk images (O_DIRECT works on ext4)
 #   OUTDIR/manifest.txt       what went in
+# With PROBE_DIR set, the probe guest's images go in /probe; with PROBE_TESTS set (a directory
+# of compiled test binaries from tests/), each goes in /usr/libexec/keel-tests with its
+# libraries.
 # The kernel and busybox .debs come from GUEST_DIR/debs (make guest-linux downloads them).
 #
 # Usage: resources/rig/build.sh OUTDIR KEEL_BIN KEEL_RIG_BIN GUEST_DIR [QEMU_BIN]
@@ -92,6 +95,17 @@ done
 mkdir -p "$ROOT"/{dev,proc,sys,tmp,run,root,work,guest,fio,etc}
 cp "$GUEST_DIR"/{vmlinuz,vmlinux,initramfs.cpio.gz,kernel-version} "$ROOT/guest/"
 cp "$HERE"/../fio/*.fio "$ROOT/fio/"
+if [[ -n ${PROBE_DIR:-} ]]; then
+    mkdir -p "$ROOT/probe"
+    cp "$PROBE_DIR"/{probe.elf,probe-pvh.elf,probe.bzimage} "$ROOT/probe/"
+fi
+if [[ -n ${PROBE_TESTS:-} ]]; then
+    for t in "$PROBE_TESTS"/*; do
+        install_program "$ROOT" "$t" "$(basename "$t")"
+        mkdir -p "$ROOT/usr/libexec/keel-tests"
+        mv "$ROOT/usr/bin/$(basename "$t")" "$ROOT/usr/libexec/keel-tests/"
+    done
+fi
 install -m 0755 "$HERE/init-l1" "$ROOT/init-l1"
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 

@@ -33,6 +33,10 @@ pub struct Ctx {
     pub qemu: Option<PathBuf>,
     /// The benchmark fio jobs.
     pub fio_jobs: Option<PathBuf>,
+    /// The probe guest's images (`make probe`).
+    pub probe: Option<PathBuf>,
+    /// Compiled probe test binaries (from `tests/`) to run here.
+    pub probe_tests: Option<PathBuf>,
     /// Longest one keel run may take before it is killed (a hang guard, not a measurement).
     pub guest_timeout: Duration,
 }
@@ -88,6 +92,12 @@ struct RunArgs {
     /// Directory of the benchmark fio jobs.
     #[arg(long)]
     fio_jobs: Option<PathBuf>,
+    /// Directory of the probe guest's images.
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// Directory of compiled probe test binaries (tests/) to run.
+    #[arg(long)]
+    probe_tests: Option<PathBuf>,
     /// Longest one keel run may take, in seconds.
     #[arg(long, default_value_t = 900)]
     guest_timeout: u64,
@@ -103,6 +113,8 @@ impl RunArgs {
             work: self.work.clone(),
             qemu: self.qemu.clone(),
             fio_jobs: self.fio_jobs.clone(),
+            probe: self.probe.clone(),
+            probe_tests: self.probe_tests.clone(),
             guest_timeout: Duration::from_secs(self.guest_timeout),
         }
     }

@@ -9,6 +9,7 @@ mod clocks;
 mod console;
 mod lifecycle;
 mod placement;
+mod probe;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,6 +35,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(placement::scenarios());
     v.extend(clocks::scenarios());
     v.extend(console::scenarios());
+    v.extend(probe::scenarios());
     v.extend(bench::scenarios());
     v
 }
