@@ -28,17 +28,24 @@ fn test_binaries(dir: &Path) -> Result<Vec<PathBuf>, RigError> {
         .filter(|p| p.is_file())
         .collect();
     v.sort();
-    check(!v.is_empty(), || format!("no test binaries in {}", dir.display()))?;
+    check(!v.is_empty(), || {
+        format!("no test binaries in {}", dir.display())
+    })?;
     Ok(v)
 }
 
 fn probe_tests(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
-    let missing = || RigError::Check("--probe and --probe-tests are needed for this scenario".into());
+    let missing =
+        || RigError::Check("--probe and --probe-tests are needed for this scenario".into());
     let probe = ctx.probe.as_ref().ok_or_else(missing)?;
     let bins = test_binaries(ctx.probe_tests.as_ref().ok_or_else(missing)?)?;
     let mut summary = Vec::new();
     for bin in bins {
-        let name = bin.file_name().and_then(|n| n.to_str()).unwrap_or("tests").to_string();
+        let name = bin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("tests")
+            .to_string();
         let passed = run_one(ctx, dir, probe, &bin, &name)?;
         summary.push(format!("{name}: {passed} passed"));
     }
@@ -60,7 +67,10 @@ fn run_one(ctx: &Ctx, dir: &Path, probe: &Path, bin: &Path, name: &str) -> Resul
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|source| RigError::Spawn { program: bin.display().to_string(), source })?;
+        .map_err(|source| RigError::Spawn {
+            program: bin.display().to_string(),
+            source,
+        })?;
     let deadline = Instant::now() + ctx.guest_timeout;
     let status = loop {
         if let Some(s) = child.try_wait().map_err(io("cannot wait for", bin))? {
@@ -78,7 +88,9 @@ fn run_one(ctx: &Ctx, dir: &Path, probe: &Path, bin: &Path, name: &str) -> Resul
     };
     let text = std::fs::read_to_string(&log).map_err(io("cannot read", &log))?;
     let failed: Vec<&str> = text.lines().filter(|l| l.ends_with("FAILED")).collect();
-    check(status.success(), || format!("{name} ({status}): {}", failed.join("; ")))?;
+    check(status.success(), || {
+        format!("{name} ({status}): {}", failed.join("; "))
+    })?;
     passed_count(&text).ok_or_else(|| RigError::Check(format!("{name}: no test result line")))
 }
 
@@ -96,8 +108,12 @@ mod tests {
 
     #[test]
     fn the_passed_count_comes_from_libtests_result_line() {
-        let out = "running 3 tests\ntest a ... ok\n\ntest result: ok. 3 passed; 0 failed; 0 ignored\n";
+        let out =
+            "running 3 tests\ntest a ... ok\n\ntest result: ok. 3 passed; 0 failed; 0 ignored\n";
         assert_eq!(passed_count(out), Some(3));
-        assert_eq!(passed_count("test result: FAILED. 1 passed; 2 failed"), None);
+        assert_eq!(
+            passed_count("test result: FAILED. 1 passed; 2 failed"),
+            None
+        );
     }
 }
