@@ -13,9 +13,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{wait_for_file, wait_until, Watched, BOOT_LINE, HANG_GUARD};
 
 use serde_json::Value;
 
@@ -89,9 +90,7 @@ impl Answer {
 /// Writes `raw` on a new connection and reads the answer until the server closes.
 fn exchange(socket: &Path, raw: &[u8]) -> Answer {
     let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
     // A refused body may not be read at all: the answer matters, not the write.
     let _ = stream.write_all(raw);
     let mut bytes = Vec::new();
@@ -118,7 +117,7 @@ fn exchange(socket: &Path, raw: &[u8]) -> Answer {
 
 /// A keel serving an API socket; killed if the test ends without `finish`.
 struct Keel {
-    child: Option<Child>,
+    process: Watched,
     socket: PathBuf,
 }
 
@@ -139,15 +138,24 @@ impl Keel {
     fn start_at(socket: PathBuf, args: &[&str]) -> Keel {
         let mut all = vec!["--api-socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);
-        let keel = Keel {
-            child: Some(common::spawn_keel(&all)),
+        let mut keel = Keel {
+            process: Watched::spawn(&all),
             socket,
         };
-        let start = Instant::now();
-        while UnixStream::connect(&keel.socket).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no socket");
-            std::thread::sleep(Duration::from_millis(10));
+        let listening = wait_until("keel listening on its socket", HANG_GUARD, || {
+            if UnixStream::connect(&keel.socket).is_ok() {
+                Some(true)
+            } else if keel.process.has_exited() {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if !listening {
+            let run = keel.finish();
+            panic!("keel exited without serving\n{}", run.describe());
         }
+        // Answered from the serving loop, which starts after the signal handlers are in.
         assert_eq!(keel.call("GET", "vmm.ping", None).status, 200);
         keel
     }
@@ -186,30 +194,40 @@ impl Keel {
         answer.json()["state"].as_str().unwrap().to_string()
     }
 
-    fn kvm_exits(&self) -> u64 {
+    /// The sum over vCPUs of `vm.counters`' `vcpus[].KIND.NAME`.
+    fn vcpu_counter(&self, kind: &str, name: &str) -> u64 {
         let answer = self.call("GET", "vm.counters", None);
         assert_eq!(answer.status, 200, "{answer:?}");
         answer.json()["vcpus"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|v| v["kvm"]["exits"].as_u64().unwrap_or(0))
+            .map(|v| v[kind][name].as_u64().unwrap_or(0))
             .sum()
     }
 
-    /// Waits for keel to exit after `vmm.shutdown` or a signal.
-    fn finish(mut self) -> common::Run {
-        let child = self.child.take().expect("running");
-        common::finish(child, Duration::from_secs(20))
+    /// Every exit KVM counted (host interrupts included).
+    fn kvm_exits(&self) -> u64 {
+        self.vcpu_counter("kvm", "exits")
     }
-}
 
-impl Drop for Keel {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    /// Exits Keel handled in userspace: each one an instruction the guest ran.
+    fn userspace_exits(&self) -> u64 {
+        self.vcpu_counter("userspace", "total")
+    }
+
+    /// Waits until the guest has exited to userspace more than `than` times: it runs. The
+    /// busy guest does so thousands of times a second.
+    fn wait_for_guest_progress(&self, than: u64, what: &str) -> u64 {
+        wait_until(what, HANG_GUARD, || {
+            let now = self.userspace_exits();
+            (now > than).then_some(now)
+        })
+    }
+
+    /// Waits for keel to exit after `vmm.shutdown` or a signal.
+    fn finish(self) -> common::Run {
+        self.process.finish(HANG_GUARD)
     }
 }
 
@@ -235,6 +253,11 @@ fn assert_exits_cleanly(keel: Keel) {
     assert!(!socket.exists(), "socket left behind");
 }
 
+/// How long a paused guest is watched for progress. Not a margin: a working pause passes
+/// with any length, and the busy guest exits thousands of times a second, so a pause that
+/// let it run shows within milliseconds of this.
+const PAUSED_WATCH: Duration = Duration::from_millis(500);
+
 #[test]
 fn lifecycle_create_boot_pause_counters_resume_shutdown() {
     let keel = Keel::start("lifecycle", &[]);
@@ -245,40 +268,48 @@ fn lifecycle_create_boot_pause_counters_resume_shutdown() {
     assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"));
 
     keel.call("GET", "vm.info", None).error(409);
-    let (body, serial) = probe_body("lifecycle", "probe.cmd=spin:ms=60000");
+    // The guest runs until it is shut down, exiting to Keel all the while.
+    let cmdline = common::busy_until_stopped();
+    let (body, serial) = probe_body("lifecycle", &cmdline);
     assert_eq!(keel.call("PUT", "vm.create", Some(&body)).status, 204);
     let info = keel.call("GET", "vm.info", None).json();
     assert_eq!(info["state"], "Created");
     assert_eq!(info["config"]["memory"]["size"], 128u64 << 20);
-    assert_eq!(
-        info["config"]["payload"]["cmdline"],
-        "probe.cmd=spin:ms=60000"
-    );
+    assert_eq!(info["config"]["payload"]["cmdline"], cmdline.as_str());
     assert_eq!(info["memory_actual_size"], 128u64 << 20);
     keel.call("GET", "vm.counters", None).error(409);
 
     assert_eq!(keel.put("vm.boot").status, 204);
     assert_eq!(keel.state(), "Running");
-    std::thread::sleep(Duration::from_millis(300));
+    // The guest has started once its boot line is on the serial file.
+    wait_for_file(&serial, BOOT_LINE, HANG_GUARD);
 
     assert_eq!(keel.put("vm.pause").status, 204);
     assert_eq!(keel.state(), "Paused");
     let counters = keel.call("GET", "vm.counters", None).json();
     assert_eq!(counters["vcpus"].as_array().unwrap().len(), 1);
+    // At least the boot line's bytes went out through COM1.
     assert!(counters["vcpus"][0]["userspace"]["total"].as_u64().unwrap() > 0);
     let frozen = keel.kvm_exits();
-    std::thread::sleep(Duration::from_millis(500));
+    let frozen_userspace = keel.userspace_exits();
+    std::thread::sleep(PAUSED_WATCH);
     assert_eq!(keel.kvm_exits(), frozen, "a paused guest does not run");
+    assert_eq!(keel.userspace_exits(), frozen_userspace);
 
     assert_eq!(keel.put("vm.resume").status, 204);
     assert_eq!(keel.state(), "Running");
-    std::thread::sleep(Duration::from_millis(300));
+    // Resumed, the guest runs again: its PM timer reads exit to Keel.
+    keel.wait_for_guest_progress(frozen_userspace, "the resumed guest runs");
+    let resumed = keel.kvm_exits();
+    assert!(resumed > frozen, "{resumed} <= {frozen}");
     assert_eq!(keel.put("vm.shutdown").status, 204);
     assert_eq!(keel.state(), "Shutdown");
     assert!(
-        keel.kvm_exits() > frozen,
+        keel.kvm_exits() >= resumed,
         "counters stay readable after shutdown"
     );
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(!text.contains("\"done\""), "stopped, not finished: {text}");
     let message = keel.put("vm.pause").error(409);
     assert!(message.contains("Shutdown"), "{message}");
     keel.put("vm.resume").error(409);
@@ -320,12 +351,13 @@ fn bad_requests_get_4xx_and_json_and_the_vm_keeps_running() {
         assert!(message.contains("no VM"), "{message}");
     }
 
-    let (body, serial) = probe_body("bad", "probe.cmd=spin:ms=60000");
+    // The guest runs until it is shut down, exiting to Keel all the while.
+    let (body, serial) = probe_body("bad", &common::busy_until_stopped());
     assert_eq!(keel.call("PUT", "vm.create", Some(&body)).status, 204);
     keel.put("vm.pause").error(409);
     keel.put("vm.resume").error(409);
     assert_eq!(keel.put("vm.boot").status, 204);
-    let before = keel.kvm_exits();
+    wait_for_file(&serial, BOOT_LINE, HANG_GUARD);
 
     // Every bad request below leaves the VM running.
     let message = keel.call("PUT", "vm.create", Some(&body)).error(409);
@@ -358,8 +390,11 @@ fn bad_requests_get_4xx_and_json_and_the_vm_keeps_running() {
     assert!(message.contains("larger than"), "{message}");
 
     assert_eq!(keel.state(), "Running");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(keel.kvm_exits() > before, "the guest still runs");
+    // After all of that, the guest still makes progress.
+    let before = keel.userspace_exits();
+    keel.wait_for_guest_progress(before, "the guest still runs");
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(!text.contains("\"done\""), "the guest ended: {text}");
     assert_exits_cleanly(keel);
     let _ = std::fs::remove_file(serial);
 }
@@ -382,14 +417,10 @@ fn the_command_line_vm_is_served_and_keel_outlives_its_poweroff() {
             &serial_arg,
         ],
     );
-    let start = Instant::now();
-    while keel.state() != "Shutdown" {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the probe never powered off"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The probe powers off on its own after its boot line; keel stays up.
+    wait_until("the probe powers off", HANG_GUARD, || {
+        (keel.state() == "Shutdown").then_some(())
+    });
     let info = keel.call("GET", "vm.info", None).json();
     assert_eq!(info["config"]["payload"]["cmdline"], "probe.cmd=boot");
     assert_eq!(keel.call("GET", "vmm.ping", None).status, 200);
@@ -402,9 +433,7 @@ fn the_command_line_vm_is_served_and_keel_outlives_its_poweroff() {
 #[test]
 fn sigterm_stops_keel_and_removes_the_socket() {
     let keel = Keel::start("sigterm", &[]);
-    let pid = keel.child.as_ref().unwrap().id() as libc::pid_t;
-    // SAFETY: signals the keel this test spawned and still owns.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    keel.process.signal(libc::SIGTERM);
     let socket = keel.socket.clone();
     let run = keel.finish();
     assert_eq!(run.code(), Some(0), "{}", run.describe());

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::{wait_for_file, within, BOOT_LINE, HANG_GUARD, RUNS_UNTIL_STOPPED};
 use vmm::config::{SerialConfig, VmConfig};
 use vmm::handle::VmHandle;
 use vmm::vm::{kick_signal, VmOutcome};
@@ -25,11 +24,14 @@ extern "C" fn embedder_handler(_: libc::c_int) {}
 
 #[test]
 fn the_kick_handler_is_opt_out() {
+    let out = std::env::temp_dir().join(format!("keel-embed-signals-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&out);
     let mut c = VmConfig::default();
     c.payload.kernel = common::probe_image("probe.elf");
-    c.payload.cmdline = "probe.cmd=spin:ms=60000".into();
+    // The guest spins for an hour: only kicks that stop its vCPU end it within the hang guard.
+    c.payload.cmdline = RUNS_UNTIL_STOPPED.into();
     c.memory.size = 64 << 20;
-    c.serial = SerialConfig::Off;
+    c.serial = SerialConfig::File(out.clone());
 
     assert_eq!(current_handler(), libc::SIG_DFL);
     let mut vm = VmHandle::create(&c).unwrap().without_signal_handler();
@@ -46,14 +48,30 @@ fn the_kick_handler_is_opt_out() {
         );
     }
     vm.boot().unwrap();
-    assert_eq!(vm.wait_timeout(Duration::from_millis(200)), None);
+    // The vCPU is in the guest once it has printed its boot line.
+    wait_for_file(&out, BOOT_LINE, HANG_GUARD);
     // Keel left the embedder's handler in place, and its kicks still stop the vCPUs.
     assert_eq!(current_handler(), embedder_handler as *const () as usize);
-    assert_eq!(vm.shutdown().unwrap(), VmOutcome::Stopped);
+    let outcome = within(
+        "shutdown with the embedder's handler",
+        HANG_GUARD,
+        move || vm.shutdown().unwrap(),
+    );
+    assert_eq!(outcome, VmOutcome::Stopped);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !text.contains("\"done\""),
+        "the guest was not stopped: {text}"
+    );
 
     // By default Keel installs its own.
+    c.serial = SerialConfig::Off;
     let mut vm = VmHandle::create(&c).unwrap();
     vm.boot().unwrap();
     assert_ne!(current_handler(), embedder_handler as *const () as usize);
-    assert_eq!(vm.shutdown().unwrap(), VmOutcome::Stopped);
+    let outcome = within("shutdown with Keel's handler", HANG_GUARD, move || {
+        vm.shutdown().unwrap()
+    });
+    assert_eq!(outcome, VmOutcome::Stopped);
+    let _ = std::fs::remove_file(out);
 }

@@ -3,13 +3,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, ChildStdout, Command};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use common::{
-    finish, keel_bin, print_and_poweroff, probe_image, run_keel, spawn_keel, tiny_kernel,
+    keel_bin, print_and_poweroff, probe_image, run_keel, tiny_kernel, Watched, BOOT_LINE,
+    HANG_GUARD, RUNS_UNTIL_STOPPED,
 };
 use serde_json::Value;
 
@@ -69,15 +67,21 @@ fn stats_count_exits_by_device() {
 #[test]
 fn stats_interval_prints_rates_while_the_guest_runs() {
     let kernel = probe_image("probe.elf");
-    let run = run_keel(&[
+    // The guest spins for an hour; keel is stopped once it has printed three views, however
+    // long they took.
+    let mut keel = Watched::spawn(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
-        "probe.cmd=spin:ms=1500",
+        RUNS_UNTIL_STOPPED,
         "--stats-interval",
         "0.3",
     ]);
-    run.assert_probe_done();
+    keel.wait_stdout(BOOT_LINE, HANG_GUARD);
+    keel.wait_stderr("keel-rates:", 3, HANG_GUARD);
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    run.assert_probe_stopped_by("SIGTERM");
     let views = run.stderr.matches("keel-rates:").count();
     assert!(views >= 3, "{views} views\n{}", run.describe());
     assert!(run.stderr.contains("\nevent "), "{}", run.describe());
@@ -95,83 +99,35 @@ fn stats_interval_prints_rates_while_the_guest_runs() {
     );
 }
 
-/// Reads `pipe` one byte at a time (so nothing past the line is consumed) until a line
-/// containing `wanted`; false at EOF or on an error.
-fn read_to_line(pipe: &mut ChildStdout, wanted: &str) -> bool {
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    loop {
-        match pipe.read(&mut byte) {
-            Ok(1) if byte[0] == b'\n' => {
-                if String::from_utf8_lossy(&line).contains(wanted) {
-                    return true;
-                }
-                line.clear();
-            }
-            Ok(1) => line.push(byte[0]),
-            _ => return false,
-        }
-    }
-}
-
-/// Waits for a line containing `needle` on `child`'s stdout, then puts the pipe back for
-/// `finish`. Kills the child and fails if that line does not come within `timeout`.
-fn wait_for_line(child: &mut Child, needle: &str, timeout: Duration) {
-    let mut pipe = child.stdout.take().expect("stdout piped");
-    let wanted = needle.to_string();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let found = read_to_line(&mut pipe, &wanted);
-        let _ = tx.send((found, pipe));
-    });
-    let found = rx.recv_timeout(timeout);
-    if let Ok((true, pipe)) = found {
-        child.stdout = Some(pipe);
-        return;
-    }
-    let _ = child.kill();
-    match found {
-        Ok(_) => panic!("keel's stdout ended without a line containing {needle}"),
-        Err(_) => panic!("keel printed no line containing {needle} within {timeout:?}"),
-    }
-}
-
 #[test]
 fn keel_stat_reads_a_running_keel() {
     let kernel = probe_image("probe.elf");
     // The guest spins far longer than the test needs and is stopped with SIGTERM once
     // `keel stat` is done, so nothing depends on how long either takes.
-    let mut child = spawn_keel(&[
+    let mut keel = Watched::spawn(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--cpus",
         "boot=2",
         "--cmdline",
-        "probe.cmd=boot probe.cmd=spin:ms=600000",
+        RUNS_UNTIL_STOPPED,
     ]);
     // The boot line comes from the running guest: the VM and its statistics exist.
-    wait_for_line(&mut child, "\"cmd\":\"boot\"", Duration::from_secs(60));
+    keel.wait_stdout(BOOT_LINE, HANG_GUARD);
     let out = Command::new(keel_bin())
         .args([
             "stat",
             "--pid",
-            &child.id().to_string(),
+            &keel.pid().to_string(),
             "--interval",
             "0.4",
         ])
         .args(["--count", "2"])
         .output()
         .unwrap();
-    // SAFETY: sending a signal to our own child process by pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let run = finish(child, Duration::from_secs(60));
-    assert_eq!(run.code(), Some(0), "{}", run.describe());
-    assert!(
-        run.stderr.contains("stopped by SIGTERM"),
-        "{}",
-        run.describe()
-    );
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    run.assert_probe_stopped_by("SIGTERM");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

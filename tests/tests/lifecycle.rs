@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 #[test]
@@ -89,20 +87,21 @@ fn emulation_failure_reports_rip_and_instruction_bytes() {
 }
 
 fn stop_with(signal: libc::c_int, name: &str) {
-    // An endless hlt: only a signal ends it.
-    let kernel = tiny_kernel(&format!("halt-{name}.elf"), &[0xf4, 0xeb, 0xfd]);
-    let child = spawn_keel(&["--kernel", kernel.to_str().unwrap(), "--cpus", "boot=2"]);
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: sending a signal to our own child process by pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-    assert_eq!(rc, 0);
-    let run = finish(child, Duration::from_secs(10));
+    // Prints a line, then an endless hlt: only a signal ends it. Keel installs its SIGINT and
+    // SIGTERM handlers before it creates the VM, so once the guest has printed, the signal
+    // meets them (sent earlier, it would kill keel instead: the race this line rules out).
+    let kernel = tiny_kernel(&format!("halt-{name}.elf"), &print_and_halt(b"up\n"));
+    let mut keel = Watched::spawn(&["--kernel", kernel.to_str().unwrap(), "--cpus", "boot=2"]);
+    keel.wait_stdout("up", HANG_GUARD);
+    keel.signal(signal);
+    let run = keel.finish(HANG_GUARD);
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     assert!(
         run.stderr.contains(&format!("stopped by {name}")),
         "{}",
         run.describe()
     );
+    assert_eq!(run.stdout, "up\n", "{}", run.describe());
 }
 
 #[test]

@@ -7,9 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use common::{finish, probe_image, run_keel, spawn_keel, Run};
+use common::{probe_image, run_keel, Run, Watched, BOOT_LINE, HANG_GUARD, RUNS_UNTIL_STOPPED};
 
 /// Huge page tests change the host's pool: one at a time.
 static POOL: Mutex<()> = Mutex::new(());
@@ -22,11 +21,14 @@ struct Snapshot {
     numa_maps: String,
 }
 
-/// Boots the probe with `args` and `cmds`, then a command that keeps it busy for `spin_ms`;
-/// samples /proc once every vCPU thread exists, and lets it finish.
-fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str, spin_ms: u64) -> (Run, Snapshot) {
+/// Boots the probe with `args`, runs `cmds`, then keeps the guest spinning; samples /proc
+/// once every vCPU thread has pinned itself and the guest has run `cmds`, then stops keel
+/// with SIGTERM. Nothing waits a fixed time: the vCPU threads log where they run after
+/// pinning themselves (before they enter the guest), the I/O threads are pinned before the
+/// vCPUs start, and the guest prints a `boot` line after `cmds` and spins for an hour.
+fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str) -> (Run, Snapshot) {
     let kernel = probe_image("probe.elf");
-    let cmdline = format!("{cmds} probe.cmd=spin:ms={spin_ms}");
+    let cmdline = format!("{cmds} {RUNS_UNTIL_STOPPED}");
     let mut all = vec![
         "--kernel",
         kernel.to_str().unwrap(),
@@ -36,35 +38,29 @@ fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str, spin_ms: u64) -> (Run
         &cmdline,
     ];
     all.extend_from_slice(args);
-    let child = spawn_keel(&all);
-    let proc_dir = format!("/proc/{}", child.id());
-    let mut snap = None;
-    for _ in 0..500 {
-        std::thread::sleep(Duration::from_millis(20));
-        let threads = threads_of(&proc_dir);
-        if threads
-            .iter()
-            .filter(|(n, _)| n.starts_with("keel-vcpu"))
-            .count()
-            == vcpus
-        {
-            // The vCPU threads pin themselves first thing; give them a moment.
-            std::thread::sleep(Duration::from_millis(300));
-            // The guest spins for `spin_ms`, so keel is still there unless boot failed.
-            snap = Some(Snapshot {
-                threads: threads_of(&proc_dir),
-                smaps: std::fs::read_to_string(format!("{proc_dir}/smaps")).unwrap_or_default(),
-                numa_maps: std::fs::read_to_string(format!("{proc_dir}/numa_maps"))
-                    .unwrap_or_default(),
-            });
-            break;
-        }
+    let mut keel = Watched::spawn(&all);
+    for index in 0..vcpus {
+        keel.wait_stderr(&format!("vCPU {index} (tid "), 1, HANG_GUARD);
     }
-    let run = finish(child, Duration::from_secs(120));
-    let snap = snap.unwrap_or_else(|| panic!("no vCPU threads seen\n{}", run.describe()));
+    keel.wait_stdout(BOOT_LINE, HANG_GUARD);
+    let proc_dir = format!("/proc/{}", keel.pid());
+    let snap = Snapshot {
+        threads: threads_of(&proc_dir),
+        smaps: std::fs::read_to_string(format!("{proc_dir}/smaps")).unwrap_or_default(),
+        numa_maps: std::fs::read_to_string(format!("{proc_dir}/numa_maps")).unwrap_or_default(),
+    };
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    run.assert_probe_stopped_by("SIGTERM");
+    let seen = snap
+        .threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("keel-vcpu"))
+        .count();
+    assert_eq!(seen, vcpus, "{:?}\n{}", snap.threads, run.describe());
     assert!(
         !snap.smaps.is_empty(),
-        "keel was gone before /proc was sampled\n{}",
+        "no smaps for a running keel\n{}",
         run.describe()
     );
     (run, snap)
@@ -232,9 +228,7 @@ fn vcpus_and_iothreads_run_where_affinity_says() {
         ],
         2,
         "",
-        2000,
     );
-    run.assert_probe_done();
     assert_eq!(snap.cpus_of("keel-vcpu0"), "1");
     assert_eq!(snap.cpus_of("keel-vcpu1"), "0");
     assert_eq!(snap.cpus_of("disk0-q0"), "1");
@@ -272,9 +266,7 @@ fn numa_nodes_are_bound_pinned_and_described_in_srat_and_slit() {
         ],
         2,
         "probe.cmd=numa",
-        2000,
     );
-    run.assert_probe_done();
     let node0_cpus = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist")
         .unwrap()
         .trim()
@@ -343,8 +335,7 @@ fn hugepages_back_every_byte_of_guest_ram() {
     let _res = Reservation::new(2048, 128).expect("reserve 128 2 MiB pages");
     for shared in ["off", "on"] {
         let memory = format!("size=256M,hugepages=on,prefault=on,shared={shared}");
-        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "", 2000);
-        run.assert_probe_done();
+        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "");
         let pieces = ram_pieces(&run);
         assert_eq!(pieces.len(), 1);
         let smaps = snap.smaps_at(pieces[0].3);
@@ -385,9 +376,7 @@ fn gigantic_pages_when_the_host_can_reserve_them() {
         ],
         1,
         "",
-        2000,
     );
-    run.assert_probe_done();
     let pieces = ram_pieces(&run);
     let smaps = snap.smaps_at(pieces[0].3);
     assert_eq!(smaps["KernelPageSize"], "1048576 kB", "{smaps:?}");
@@ -416,8 +405,7 @@ fn thp_backs_small_page_memory_unless_turned_off() {
     }
     for (thp, want_huge) in [("on", true), ("off", false)] {
         let memory = format!("size=256M,prefault=on,thp={thp}");
-        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "", 2000);
-        run.assert_probe_done();
+        let (run, snap) = run_and_sample(&["--memory", &memory], 1, "");
         let pieces = ram_pieces(&run);
         let smaps = snap.smaps_at(pieces[0].3);
         let anon_huge = kib(&smaps["AnonHugePages"]);
@@ -437,8 +425,7 @@ fn thp_backs_small_page_memory_unless_turned_off() {
 
 #[test]
 fn mergeable_memory_is_offered_to_ksm() {
-    let (run, snap) = run_and_sample(&["--memory", "size=128M,mergeable=on"], 1, "", 2000);
-    run.assert_probe_done();
+    let (run, snap) = run_and_sample(&["--memory", "size=128M,mergeable=on"], 1, "");
     let pieces = ram_pieces(&run);
     let smaps = snap.smaps_at(pieces[0].3);
     if std::path::Path::new("/sys/kernel/mm/ksm").exists() {

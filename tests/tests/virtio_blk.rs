@@ -385,32 +385,35 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
-        "probe.cmd=spin:ms=3000",
+        RUNS_UNTIL_STOPPED,
+        "--log-level",
+        "info",
     ];
     for d in &disks {
         args.extend(["--disk", d.as_str()]);
     }
-    let child = spawn_keel(&args);
-    let tasks = format!("/proc/{}/task", child.id());
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        names = std::fs::read_dir(&tasks)
-            .map(|dir| {
-                dir.filter_map(|t| {
-                    let comm = t.ok()?.path().join("comm");
-                    Some(std::fs::read_to_string(comm).ok()?.trim().to_string())
-                })
-                .collect()
-            })
-            .unwrap_or_default();
-        if names.iter().any(|n| n.starts_with("keel-vcpu")) {
-            break;
-        }
-    }
-    let run = finish(child, std::time::Duration::from_secs(60));
-    run.assert_probe_done();
+    // Each I/O thread's placement line is logged from an answer the thread itself gave (its
+    // tid), so it has started and is named; the vCPU thread runs the guest once the boot line
+    // is out. The guest spins for an hour and is stopped with SIGTERM once the names are read.
+    let mut keel = Watched::spawn(&args);
+    keel.wait_stderr("keel: info: iothread ", 3, HANG_GUARD);
+    keel.wait_stdout(BOOT_LINE, HANG_GUARD);
+    let tasks = format!("/proc/{}/task", keel.pid());
+    let mut names: Vec<String> = std::fs::read_dir(&tasks)
+        .expect("keel's /proc task directory")
+        .filter_map(|t| {
+            let comm = t.ok()?.path().join("comm");
+            Some(std::fs::read_to_string(comm).ok()?.trim().to_string())
+        })
+        .collect();
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    run.assert_probe_stopped_by("SIGTERM");
     names.sort();
+    assert!(
+        names.iter().any(|n| n == "keel-vcpu0"),
+        "threads: {names:?}"
+    );
     let io: Vec<&str> = names
         .iter()
         .map(String::as_str)
