@@ -39,12 +39,9 @@ pub(super) fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmErro
     Ok(supported.as_slice().to_vec())
 }
 
-/// Guest physical address width from CPUID.80000008H:EAX[7:0] (36 if absent).
+/// Guest physical address width ([`arch::cpuid::phys_bits`]).
 pub(super) fn phys_bits(cpuid: &[kvm_cpuid_entry2]) -> u32 {
-    arch::cpuid::find(cpuid, 0x8000_0008, 0)
-        .map(|e| e.eax & 0xff)
-        .filter(|&b| b >= 32)
-        .unwrap_or(36)
+    arch::cpuid::phys_bits(cpuid)
 }
 
 #[cfg(test)]
