@@ -231,7 +231,7 @@ mod tests {
                     ..Default::default()
                 },
             )],
-            disk_queue_requests: vec![vec![requests - 1, 1]],
+            disk_queue_requests: vec![vec![requests.saturating_sub(1), requests.min(1)]],
         }
     }
 
