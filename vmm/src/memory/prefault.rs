@@ -273,18 +273,15 @@ pub fn prefault(
 mod tests {
     use super::*;
 
-    fn rss_of(addr: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
-        lines.next().unwrap();
-        let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
-        rss.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
+    /// Bytes of `[addr, addr+len)` resident in memory, by mincore(2): exact for this range
+    /// whatever the kernel merges it with or other test threads do next to it.
+    fn resident_bytes(addr: usize, len: usize) -> u64 {
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: the range is a mapping the test owns; mincore writes one byte per page into
+        // `pages`, which is sized for the range.
+        let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, pages.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        pages.iter().filter(|p| **p & 1 != 0).count() as u64 * 4096
     }
 
     #[test]
@@ -292,18 +289,12 @@ mod tests {
         let len = 200 << 20;
         let region = vm_memory::MmapRegion::<()>::new(len).unwrap();
         let addr = region.as_ptr() as usize;
-        // The kernel may merge the mapping with a neighbour that other test threads use, so
-        // compare before and after, with a little slack.
-        let before = rss_of(addr);
+        assert_eq!(resident_bytes(addr, len), 0);
         let cpus = placement::thread_affinity(None).unwrap();
         let report = prefault(&[Range { addr, len }], 4096, &cpus).unwrap();
         assert_eq!(report.bytes, len as u64);
         assert_eq!(report.method, "MADV_POPULATE_WRITE");
-        let grown = rss_of(addr) - before;
-        assert!(
-            (len as u64..len as u64 + (1 << 20)).contains(&grown),
-            "{grown}"
-        );
+        assert_eq!(resident_bytes(addr, len), len as u64);
         assert_eq!(report.workers.len(), cpus.len().min(4));
         for w in &report.workers {
             let cpu = w.cpu.unwrap();
@@ -320,13 +311,9 @@ mod tests {
         let len = 8 << 20;
         let region = vm_memory::MmapRegion::<()>::new(len).unwrap();
         let addr = region.as_ptr() as usize;
-        let before = rss_of(addr);
+        assert_eq!(resident_bytes(addr, len), 0);
         touch(Chunk { addr, len }, 4096);
-        let grown = rss_of(addr) - before;
-        assert!(
-            (len as u64..len as u64 + (1 << 20)).contains(&grown),
-            "{grown}"
-        );
+        assert_eq!(resident_bytes(addr, len), len as u64);
     }
 
     #[test]
