@@ -22,8 +22,8 @@ if [[ $# -ne 1 || -z "$1" || "$1" == -* ]]; then
 fi
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=../lib/kmodules.sh
-source "$HERE/../lib/kmodules.sh"
+# shellcheck source=../lib/rootfs.sh
+source "$HERE/../lib/rootfs.sh"
 JOBS_DIR=$(cd "$HERE/../fio" && pwd)         # benchmark jobs (keel bench fio)
 TEST_JOBS_DIR=$HERE/jobs                     # guest-suite jobs (keel.test=fio:NAME)
 mkdir -p "$1/debs"
@@ -143,14 +143,8 @@ install -D -m 0755 "$PKGS/libc6/$(resolve "$PKGS/libc6" "${interp#/}")" "$ROOT/$
 
 # --- busybox ------------------------------------------------------------------------
 log "installing busybox"
-dpkg-deb -x "$(deb_of busybox-static)" "$WORK/busybox"
+install_busybox "$(deb_of busybox-static)" "$ROOT" "$WORK"
 MANIFEST_PKGS+=("busybox-static $(dpkg-deb -f "$(deb_of busybox-static)" Version)")
-install -D -m 0755 "$WORK/busybox/bin/busybox" "$ROOT/bin/busybox"
-for applet in $("$ROOT/bin/busybox" --list-full); do
-    [[ -e "$ROOT/$applet" || -L "$ROOT/$applet" ]] && continue
-    mkdir -p "$ROOT/$(dirname "$applet")"
-    ln -s /bin/busybox "$ROOT/$applet"
-done
 
 # --- kernel -------------------------------------------------------------------------
 log "extracting the kernel"

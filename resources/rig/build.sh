@@ -23,8 +23,8 @@ die() { echo "rig/build.sh: error: $*" >&2; exit 1; }
 log() { echo "==> rig: $*" >&2; }
 [[ $# -ge 4 ]] || { echo "usage: $0 OUTDIR KEEL_BIN KEEL_RIG_BIN GUEST_DIR [QEMU_BIN]" >&2; exit 2; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=../lib/kmodules.sh
-source "$HERE/../lib/kmodules.sh"
+# shellcheck source=../lib/rootfs.sh
+source "$HERE/../lib/rootfs.sh"
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 KEEL_BIN=$2 RIG_BIN=$3 GUEST_DIR=$4 QEMU_BIN=${5:-$(command -v qemu-system-x86_64 || true)}
@@ -52,18 +52,6 @@ kdirs=("$KROOT"/lib/modules/*)
 KVER=${kdirs[0]##*/}
 depmod -b "$KROOT" "$KVER"
 
-# install_busybox DESTROOT: busybox-static and a link per applet.
-install_busybox() {
-    local dest=$1 applet
-    dpkg-deb -x "$BDEB" "$WORK/busybox"
-    install -D -m 0755 "$WORK/busybox/bin/busybox" "$dest/bin/busybox"
-    for applet in $("$dest/bin/busybox" --list-full); do
-        [[ -e "$dest/$applet" || -L "$dest/$applet" ]] && continue
-        mkdir -p "$dest/$(dirname "$applet")"
-        ln -s /bin/busybox "$dest/$applet"
-    done
-}
-
 # install_program DESTROOT PATH [NAME]: the program as /usr/bin/NAME plus its shared
 # libraries (ldd's closure, at their host paths, symlinks resolved).
 install_program() {
@@ -75,7 +63,7 @@ install_program() {
 }
 
 log "stage 1: busybox, virtio modules, init"
-install_busybox "$STAGE1"
+install_busybox "$BDEB" "$STAGE1" "$WORK/stage1-scratch"
 copy_modules "$KROOT" "$KVER" "$STAGE1" etc/modules-order virtio_pci virtio_blk
 mkdir -p "$STAGE1"/{dev,proc,sys,newroot}
 [[ $EUID -eq 0 ]] && mknod -m 600 "$STAGE1/dev/console" c 5 1
@@ -84,7 +72,7 @@ install -m 0755 "$HERE/init-stage1" "$STAGE1/init"
     gzip -1 -n >"$WORK/initramfs.cpio.gz"
 
 log "payload root: busybox, kvm modules, keel, keel-rig, QEMU, the Linux guest"
-install_busybox "$ROOT"
+install_busybox "$BDEB" "$ROOT" "$WORK/root-scratch"
 copy_modules "$KROOT" "$KVER" "$ROOT" etc/rig-modules kvm_amd
 install_program "$ROOT" "$KEEL_BIN" keel
 install_program "$ROOT" "$RIG_BIN" keel-rig

@@ -1,6 +1,21 @@
 # Sourced by the image build scripts (resources/guest-linux/build.sh, resources/rig/build.sh):
-# copies kernel modules and their dependencies out of an extracted Debian kernel package.
-# The caller defines die() and has run `depmod -b KROOT KVER` on the package.
+# pieces of a small root filesystem taken from Debian packages. The caller defines die().
+
+# install_busybox DEB DESTROOT SCRATCH: busybox from the busybox-static package DEB as
+# DESTROOT/bin/busybox, with a link per applet (existing files win); SCRATCH is a work folder.
+install_busybox() {
+    local deb=$1 dest=$2 scratch=$3 applet
+    mkdir -p "$scratch/busybox"
+    dpkg-deb -x "$deb" "$scratch/busybox"
+    install -D -m 0755 "$scratch/busybox/bin/busybox" "$dest/bin/busybox"
+    for applet in $("$dest/bin/busybox" --list-full); do
+        [[ -e "$dest/$applet" || -L "$dest/$applet" ]] && continue
+        mkdir -p "$dest/$(dirname "$applet")"
+        ln -s /bin/busybox "$dest/$applet"
+    done
+}
+
+# Kernel modules: the caller has run `depmod -b KROOT KVER` on the extracted kernel package.
 
 # copy_modules KROOT KVER DEST ORDERFILE MODULE...: copies each MODULE and, first, its
 # dependencies from KROOT into DEST (uncompressed, same paths), appending each module's path
