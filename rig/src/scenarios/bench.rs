@@ -19,7 +19,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![Scenario {
         name: "bench-fio-exits-vs-qemu",
         about: "keel bench fio --compare qemu for each benchmark job: KVM exits per I/O, Keel beside QEMU",
-        run: bench,
+        run: Box::new(bench),
     }]
 }
 

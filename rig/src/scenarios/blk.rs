@@ -20,27 +20,27 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "blk-verify-two-disks",
             about: "fio randrw crc32c verify on two disks at once; MSI-X vectors in use",
-            run: verify_two_disks,
+            run: Box::new(verify_two_disks),
         },
         Scenario {
             name: "blk-multiqueue",
             about: "queues=2: two blk-mq hardware queues, both carry I/O (Keel's per-queue counters)",
-            run: multiqueue,
+            run: Box::new(multiqueue),
         },
         Scenario {
             name: "blk-readonly",
             about: "readonly=on: the guest sees it read-only, a write fails, the host file is unchanged",
-            run: readonly,
+            run: Box::new(readonly),
         },
         Scenario {
             name: "blk-discard-zeroes",
             about: "discard punches a hole, write-zeroes zeroes, the rest is untouched",
-            run: discard_zeroes,
+            run: Box::new(discard_zeroes),
         },
         Scenario {
             name: "blk-flush-sigkill",
             about: "fio with fsync=1, keel SIGKILLed right after: the host file holds every block",
-            run: flush_sigkill,
+            run: Box::new(flush_sigkill),
         },
     ]
 }

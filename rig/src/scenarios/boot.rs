@@ -14,44 +14,68 @@ use crate::Ctx;
 /// structures and reserved ranges out of MemTotal; a few percent on these sizes).
 const MEMTOTAL_MIN_SHARE: f64 = 0.90;
 
+/// (name, what it adds, boot path, vCPUs, MiB of RAM).
+const BOOTS: [(&str, &str, Kernel, u32, u64); 7] = [
+    (
+        "boot-pvh-1cpu",
+        "PVH vmlinux, 1 vCPU: CPUs, MemTotal, command line, kvm-clock",
+        Kernel::Pvh,
+        1,
+        1024,
+    ),
+    (
+        "boot-pvh-2cpu",
+        "PVH vmlinux, 2 vCPUs",
+        Kernel::Pvh,
+        2,
+        1024,
+    ),
+    (
+        "boot-pvh-4cpu",
+        "PVH vmlinux, 4 vCPUs",
+        Kernel::Pvh,
+        4,
+        1024,
+    ),
+    (
+        "boot-bzimage-1cpu",
+        "bzImage, 1 vCPU",
+        Kernel::BzImage,
+        1,
+        1024,
+    ),
+    (
+        "boot-bzimage-2cpu",
+        "bzImage, 2 vCPUs",
+        Kernel::BzImage,
+        2,
+        1024,
+    ),
+    (
+        "boot-bzimage-4cpu",
+        "bzImage, 4 vCPUs",
+        Kernel::BzImage,
+        4,
+        1024,
+    ),
+    (
+        "boot-above-4g",
+        "5 GiB of RAM, most of it above the 32-bit hole: MemTotal counts it",
+        Kernel::Pvh,
+        2,
+        5 * 1024,
+    ),
+];
+
 pub fn scenarios() -> Vec<Scenario> {
-    vec![
-        Scenario {
-            name: "boot-pvh-1cpu",
-            about: "PVH vmlinux, 1 vCPU: CPUs, MemTotal, command line, kvm-clock",
-            run: |c, d| boot(c, d, Kernel::Pvh, 1, 1024),
-        },
-        Scenario {
-            name: "boot-pvh-2cpu",
-            about: "PVH vmlinux, 2 vCPUs",
-            run: |c, d| boot(c, d, Kernel::Pvh, 2, 1024),
-        },
-        Scenario {
-            name: "boot-pvh-4cpu",
-            about: "PVH vmlinux, 4 vCPUs",
-            run: |c, d| boot(c, d, Kernel::Pvh, 4, 1024),
-        },
-        Scenario {
-            name: "boot-bzimage-1cpu",
-            about: "bzImage, 1 vCPU",
-            run: |c, d| boot(c, d, Kernel::BzImage, 1, 1024),
-        },
-        Scenario {
-            name: "boot-bzimage-2cpu",
-            about: "bzImage, 2 vCPUs",
-            run: |c, d| boot(c, d, Kernel::BzImage, 2, 1024),
-        },
-        Scenario {
-            name: "boot-bzimage-4cpu",
-            about: "bzImage, 4 vCPUs",
-            run: |c, d| boot(c, d, Kernel::BzImage, 4, 1024),
-        },
-        Scenario {
-            name: "boot-above-4g",
-            about: "5 GiB of RAM, most of it above the 32-bit hole: MemTotal counts it",
-            run: |c, d| boot(c, d, Kernel::Pvh, 2, 5 * 1024),
-        },
-    ]
+    BOOTS
+        .iter()
+        .map(|&(name, about, kernel, cpus, mib)| Scenario {
+            name,
+            about,
+            run: Box::new(move |c, d| boot(c, d, kernel, cpus, mib)),
+        })
+        .collect()
 }
 
 fn boot(ctx: &Ctx, dir: &Path, kernel: Kernel, cpus: u32, mib: u64) -> Result<String, RigError> {

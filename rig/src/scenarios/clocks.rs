@@ -21,12 +21,12 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "clock-kvmclock-vs-acpi-pm",
             about: "kvm-clock is the default; exits per 1000 reads: kvm-clock ~0, acpi_pm >= 1000",
-            run: kvmclock_vs_pm,
+            run: Box::new(kvmclock_vs_pm),
         },
         Scenario {
             name: "clock-hyperv-tsc-page",
             about: "hyperv=on,kvm_pv=hidden: Linux detects Hyper-V, its default clocksource is the TSC page, reads never exit to keel",
-            run: hyperv_tsc_page,
+            run: Box::new(hyperv_tsc_page),
         },
     ]
 }

@@ -11,7 +11,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![Scenario {
         name: "console-echo",
         about: "a line typed on keel's stdin is read by the guest and echoed",
-        run: echo,
+        run: Box::new(echo),
     }]
 }
 

@@ -13,12 +13,12 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "lifecycle-reboot",
             about: "guest reboot -f: keel exits 3",
-            run: reboot,
+            run: Box::new(reboot),
         },
         Scenario {
             name: "lifecycle-sigterm",
             about: "SIGTERM to keel while the guest runs: keel exits 0",
-            run: sigterm,
+            run: Box::new(sigterm),
         },
     ]
 }

@@ -17,14 +17,18 @@ use std::time::Instant;
 use crate::error::{io, RigError};
 use crate::Ctx;
 
-/// A scenario: runs its guests in `dir` and returns a one-line summary of what it saw.
+/// A scenario's body: runs its guests in a directory of its own and returns a one-line summary
+/// of what it saw.
+pub type Body = Box<dyn Fn(&Ctx, &Path) -> Result<String, RigError>>;
+
+/// A named scenario.
 pub struct Scenario {
     /// Its name (`make rig RIG_SCENARIOS=name`).
     pub name: &'static str,
     /// What it proves, in one line.
     pub about: &'static str,
     /// The body.
-    pub run: fn(&Ctx, &Path) -> Result<String, RigError>,
+    pub run: Body,
 }
 
 /// Every scenario, in the order they run.

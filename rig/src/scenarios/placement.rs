@@ -21,12 +21,12 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "placement-hugepages",
             about:
                 "hugepages=on (2 MiB pool reserved for the run): boots and runs a verifying fio job",
-            run: hugepages,
+            run: Box::new(hugepages),
         },
         Scenario {
             name: "placement-numa",
             about: "two guest NUMA nodes: the guest sees both with the CPUs and memory asked for",
-            run: numa,
+            run: Box::new(numa),
         },
     ]
 }

@@ -17,7 +17,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![Scenario {
         name: "probe-guest-tests",
         about: "the probe's platform tests (tests/: probe_boot, paravirt, pci_host) on this KVM",
-        run: probe_tests,
+        run: Box::new(probe_tests),
     }]
 }
 
