@@ -14,6 +14,8 @@ use crate::error::{io, RigError};
 use crate::report::Report;
 use crate::Ctx;
 
+/// How long a keel that ran past its deadline gets to exit after SIGTERM.
+const TERM_GRACE: Duration = Duration::from_secs(10);
 /// Separates steps in the guest's `keel.test=` parameter.
 pub const STEP_SEPARATOR: &str = ";";
 /// Console lines kept for a run (the guest's output is ours, but never unbounded).
@@ -321,9 +323,18 @@ impl Guest {
         }
     }
 
+    /// Stops a keel that ran past the deadline: SIGTERM first, so that it prints its counters
+    /// and where each vCPU was (into the stderr log), then SIGKILL if it has not exited within
+    /// `TERM_GRACE`.
     fn timed_out(&mut self, what: &str) -> RigError {
+        let _ = self.signal(libc::SIGTERM);
+        let grace = Instant::now() + TERM_GRACE;
+        while Instant::now() < grace && matches!(self.child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.wait_stderr();
         RigError::Timeout {
             what: format!("{what} ({})", self.label),
             secs: self.budget.as_secs(),
