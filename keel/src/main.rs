@@ -28,7 +28,7 @@ use vmm::event::StopEvent;
 use vmm::handle::VmHandle;
 use vmm::stats::view as stats_view;
 use vmm::stats::VmCounters;
-use vmm::vm::{RunningVm, Vm, VmOutcome};
+use vmm::vm::{Vm, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
 #[derive(Parser, Debug)]
@@ -262,41 +262,29 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.stats_interval {
         None => running.wait(Some(stop)),
-        Some(interval) => wait_printing_rates(&mut running, stop, interval),
+        Some(interval) => {
+            let mut prev = running.counters();
+            loop {
+                if let Some(outcome) = running.wait_for(Some(stop), interval) {
+                    break outcome;
+                }
+                let now = running.counters();
+                let secs = now.taken.duration_since(prev.taken).as_secs_f64();
+                let rows = stats_view::rates(
+                    &stats_view::flatten(&prev),
+                    &stats_view::flatten(&now),
+                    secs,
+                );
+                eprint!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
+                prev = now;
+            }
+        }
     };
     if cli.stats {
         print_stats(&running.counters());
     }
     drop(running);
     log_peak_rss();
-    exit_code(outcome)
-}
-
-/// Waits for the VM to end, printing a `keel-rates:` view every `interval`.
-fn wait_printing_rates(
-    running: &mut RunningVm,
-    stop: &StopEvent,
-    interval: std::time::Duration,
-) -> VmOutcome {
-    let mut prev = running.counters();
-    loop {
-        if let Some(outcome) = running.wait_for(Some(stop), interval) {
-            return outcome;
-        }
-        let now = running.counters();
-        let secs = now.taken.duration_since(prev.taken).as_secs_f64();
-        let rows = stats_view::rates(
-            &stats_view::flatten(&prev),
-            &stats_view::flatten(&now),
-            secs,
-        );
-        eprint!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
-        prev = now;
-    }
-}
-
-/// keel's exit code for how the VM ended, with the line that explains it.
-fn exit_code(outcome: VmOutcome) -> ExitCode {
     match outcome {
         VmOutcome::PowerOff => {
             log::info!("guest powered off");
