@@ -13,10 +13,9 @@ mod bench;
 mod logger;
 mod stat;
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use vmm::api::routes::ApiState;
@@ -24,7 +23,6 @@ use vmm::api::{ApiServer, Served};
 use vmm::config::{
     CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig, VmConfig,
 };
-use vmm::event::StopEvent;
 use vmm::handle::VmHandle;
 use vmm::stats::view as stats_view;
 use vmm::stats::VmCounters;
@@ -133,47 +131,18 @@ fn parse_api_socket(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
-/// Raised by SIGINT/SIGTERM, for `keel stat` and `keel bench`, which look at it.
 static STOP: AtomicBool = AtomicBool::new(false);
-/// The descriptor of the [`StopEvent`] SIGINT/SIGTERM trigger (-1 before [`stop_event`]).
-static STOP_FD: AtomicI32 = AtomicI32::new(-1);
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signum: libc::c_int) {
     SIGNAL.store(signum, Ordering::Relaxed);
     STOP.store(true, Ordering::Release);
-    let fd = STOP_FD.load(Ordering::Acquire);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; `one` is 8 readable bytes, as an eventfd
-        // wants, and `fd` is the stop eventfd, which lives until the process exits.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
 }
 
-/// The event SIGINT and SIGTERM trigger once [`install_stop_handlers`] ran: the handlers
-/// write its eventfd, and the waiters (the vCPU wait, the API server) block on it. Exits 1
-/// with a message if it cannot be created.
-fn stop_event() -> Result<&'static StopEvent, ExitCode> {
-    match StopEvent::new() {
-        Ok(stop) => {
-            // Leaked on purpose: the handlers may run until the process exits.
-            let stop: &'static StopEvent = Box::leak(Box::new(stop));
-            STOP_FD.store(stop.as_raw_fd(), Ordering::Release);
-            Ok(stop)
-        }
-        Err(e) => {
-            eprintln!("keel: error: cannot create the stop eventfd: {e}");
-            Err(ExitCode::from(1))
-        }
-    }
-}
-
-/// SIGINT and SIGTERM raise [`STOP`] and trigger the [`stop_event`], if there is one.
 fn install_stop_handlers() {
     for signum in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to atomics and calls write(2), which are
-        // async-signal-safe; the sigaction struct is fully initialised.
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe; the
+        // sigaction struct is fully initialised.
         let rc = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_stop_signal as *const () as usize;
@@ -248,10 +217,6 @@ fn main() -> ExitCode {
         eprintln!("keel: error: --kernel is required");
         return ExitCode::from(1);
     };
-    let stop = match stop_event() {
-        Ok(stop) => stop,
-        Err(code) => return code,
-    };
     install_stop_handlers();
     let mut running = match Vm::create(&config).and_then(Vm::start) {
         Ok(vm) => vm,
@@ -261,11 +226,11 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.stats_interval {
-        None => running.wait(Some(stop)),
+        None => running.wait(&STOP),
         Some(interval) => {
             let mut prev = running.counters();
             loop {
-                if let Some(outcome) = running.wait_for(Some(stop), interval) {
+                if let Some(outcome) = running.wait_for(&STOP, interval) {
                     break outcome;
                 }
                 let now = running.counters();
@@ -345,10 +310,6 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let stop = match stop_event() {
-        Ok(stop) => stop,
-        Err(code) => return code,
-    };
     install_stop_handlers();
     let mut state = ApiState::new();
     if let Some(config) = vm_config(&cli) {
@@ -362,7 +323,7 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
         }
     }
     log::info!("api: serving on {}", server.path().display());
-    let served = server.serve(&mut state, stop);
+    let served = server.serve(&mut state, &STOP);
     state.stop_vm();
     if cli.stats {
         if let Some(counters) = state.counters() {

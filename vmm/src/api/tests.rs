@@ -73,7 +73,7 @@ fn drop_leaves_a_file_that_replaced_the_socket() {
 fn serves_until_vmm_shutdown_or_stop() {
     let path = temp_path("serve.sock");
     let server = ApiServer::bind(&path).unwrap();
-    let stop = Arc::new(StopEvent::new().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
     let serving = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -104,7 +104,8 @@ fn serves_until_vmm_shutdown_or_stop() {
         answer.starts_with("HTTP/1.1 204 No Content\r\n"),
         "{answer}"
     );
-    stop.trigger();
+    std::thread::sleep(TICK);
+    stop.store(true, Ordering::Release);
     assert_eq!(
         serving.join().unwrap(),
         (Served::VmmShutdown, Served::Interrupted)
