@@ -78,15 +78,7 @@ test: keel probe guest-linux lint
 	KEEL_BIN=$(CURDIR)/$(KEEL) KEEL_PROBE_DIR=$(CURDIR)/$(PROBE_DIR) \
 		KEEL_GUEST_LINUX_DIR=$(CURDIR)/$(GUEST_LINUX_DIR) \
 		$(CARGO) test --release --locked --workspace
-	$(MAKE) rig RIG_SCENARIOS="$(RIG_TEST_SCENARIOS)"
-
-# Every scenario but boot-bzimage-{1,2,4}cpu, which hang at early guest boot in about one
-# full rig run in three (open bug, see the issue note); `make rig` still runs them all.
-RIG_TEST_SCENARIOS := boot-pvh-1cpu boot-pvh-2cpu boot-pvh-4cpu boot-above-4g \
-	lifecycle-reboot lifecycle-sigterm blk-verify-two-disks blk-multiqueue blk-readonly \
-	blk-discard-zeroes blk-flush-sigkill placement-hugepages placement-numa \
-	clock-kvmclock-vs-acpi-pm clock-hyperv-tsc-page console-echo probe-guest-tests \
-	bench-fio-exits-vs-qemu
+	$(MAKE) rig
 
 bench: keel probe
 	python3 resources/bench/startup.py $(KEEL)

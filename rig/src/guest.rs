@@ -121,8 +121,9 @@ impl Launch {
             "--serial".into(),
             "tty".into(),
             "--stats".into(),
+            // Debug: a keel stopped by the hang guard logs where each vCPU was.
             "--log-level".into(),
-            "warn".into(),
+            "debug".into(),
         ];
         for d in &self.disks {
             a.extend(["--disk".into(), d.clone()]);

@@ -10,6 +10,7 @@ mod error;
 mod guest;
 mod image;
 mod l1;
+mod qemu_version;
 mod report;
 mod scenarios;
 

@@ -55,18 +55,47 @@ pub fn unescape(v: &str) -> String {
     v.replace("%20", " ").replace("%25", "%")
 }
 
-/// Every protocol line of one guest run, in order.
+/// Kernel warnings kept per run (the first ones say what went wrong).
+const MAX_KERNEL_WARNINGS: usize = 8;
+
+/// Whether a console line is the kernel reporting a problem of its own: a `WARN()`, a `BUG:`,
+/// an oops, or a CPU feature it turned off because what it read was inconsistent.
+pub fn is_kernel_warning(line: &str) -> bool {
+    // Kernel lines start with the "[    1.234567] " timestamp; the guest's own lines do not.
+    let Some((_, text)) = line.split_once("] ") else {
+        return false;
+    };
+    text.starts_with("WARNING: CPU:")
+        || text.starts_with("BUG: ")
+        || text.starts_with("Oops: ")
+        || text.starts_with("XSAVE consistency problem")
+}
+
+/// Every protocol line of one guest run, in order, and the kernel's own warnings.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
     entries: Vec<Entry>,
+    kernel_warnings: Vec<String>,
 }
 
 impl Report {
-    /// Adds a line if it belongs to the protocol.
+    /// Adds a line if it belongs to the protocol or is a kernel warning.
     pub fn push_line(&mut self, line: &str) {
         if let Some(e) = parse_line(line) {
             self.entries.push(e);
+        } else if is_kernel_warning(line) && self.kernel_warnings.len() < MAX_KERNEL_WARNINGS {
+            self.kernel_warnings.push(line.trim_end().to_string());
         }
+    }
+
+    /// Fails, quoting them, if the guest kernel printed warnings (see [`is_kernel_warning`]).
+    pub fn expect_no_kernel_warnings(&self) -> Result<(), RigError> {
+        check(self.kernel_warnings.is_empty(), || {
+            format!(
+                "the guest kernel warned: {}",
+                self.kernel_warnings.join(" | ")
+            )
+        })
     }
 
     /// Whether the guest said `KEEL-T-DONE`.
@@ -124,6 +153,32 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_warnings_are_collected_and_fail_the_check() {
+        let mut r = Report::default();
+        r.push_line("[    0.1] x86/fpu: Enabled xstate features 0x207");
+        r.push_line("KEEL-T info nproc=2");
+        r.push_line("WARNING: CPU: not a kernel line, no timestamp");
+        assert!(r.expect_no_kernel_warnings().is_ok());
+        r.push_line("[    2.628489] XSAVE consistency problem: size 2696 != kernel_size 576");
+        r.push_line("[    2.628489] WARNING: CPU: 0 PID: 0 at arch/x86/kernel/fpu/xstate.c:606");
+        let e = r.expect_no_kernel_warnings().unwrap_err().to_string();
+        assert!(
+            e.contains("XSAVE consistency") && e.contains("xstate.c:606"),
+            "{e}"
+        );
+        assert_eq!(r.number("info", "nproc").unwrap(), 2);
+    }
+
+    #[test]
+    fn kernel_warnings_kept_are_bounded() {
+        let mut r = Report::default();
+        for i in 0..1000 {
+            r.push_line(&format!("[ {i}.0] BUG: soft lockup - CPU#0 stuck"));
+        }
+        assert_eq!(r.kernel_warnings.len(), MAX_KERNEL_WARNINGS);
+    }
 
     #[test]
     fn lines_parse_into_entries() {

@@ -1,6 +1,7 @@
 //! Boot paths: the PVH vmlinux and the bzImage with 1, 2 and 4 vCPUs, and a guest with RAM
 //! above 4 GiB. Each guest reports its CPUs, memory, command line and clocksource and powers
-//! off; keel must exit 0.
+//! off; keel must exit 0, and the kernel must not have warned on the way (a wrong CPUID leaf,
+//! for one, shows up as a warning, not as a failed boot).
 
 use std::path::Path;
 
@@ -85,6 +86,7 @@ fn boot(ctx: &Ctx, dir: &Path, kernel: Kernel, cpus: u32, mib: u64) -> Result<St
     launch.cmdline.push(token.clone());
     let out = Guest::start(ctx, dir, "guest", &launch)?.finish()?;
     out.report.expect_clean()?;
+    out.report.expect_no_kernel_warnings()?;
     check(out.code() == Some(0), || {
         format!(
             "keel exited {:?} after the guest powered off, not 0",

@@ -44,22 +44,22 @@ pub fn all() -> Vec<Scenario> {
     v
 }
 
-/// The scenarios named (all if `names` is empty); an unknown name is an error.
+/// The scenarios named (all if `names` is empty), in that order; a name given twice runs twice
+/// (to chase an intermittent failure); an unknown name is an error.
 pub fn select(names: &[String]) -> Result<Vec<Scenario>, RigError> {
-    let mut all = all();
     if names.is_empty() {
-        return Ok(all);
+        return Ok(all());
     }
-    let mut out = Vec::new();
-    for n in names {
-        let i = all.iter().position(|s| s.name == n).ok_or_else(|| {
-            RigError::Check(format!(
-                "no scenario named '{n}' (keel-rig list names them)"
-            ))
-        })?;
-        out.push(all.remove(i));
-    }
-    Ok(out)
+    names
+        .iter()
+        .map(|n| {
+            all().into_iter().find(|s| s.name == n).ok_or_else(|| {
+                RigError::Check(format!(
+                    "no scenario named '{n}' (keel-rig list names them)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Runs `list` one after another; returns (passed, failed).
@@ -133,7 +133,12 @@ fn print_logs(name: &str, dir: &Path) {
             .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let file = f.file_name().and_then(|n| n.to_str()).unwrap_or("?");
-        for l in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+        let tail_from = lines.len().saturating_sub(LOG_TAIL);
+        // Where each vCPU was when keel stopped (its debug log), even above the tail.
+        let vcpu_stops = lines[..tail_from]
+            .iter()
+            .filter(|l| l.contains("vCPU") && l.contains(" stopped at "));
+        for l in vcpu_stops.chain(&lines[tail_from..]) {
             let l: String = l.chars().take(300).collect();
             crate::say(format!("RIG-LOG {name} {file}| {l}"));
         }
@@ -165,5 +170,7 @@ mod tests {
         assert_eq!(picked[1].name, "boot-pvh-1cpu");
         assert!(select(&["nope".into()]).is_err());
         assert_eq!(select(&[]).unwrap().len(), all.len());
+        let twice = select(&["console-echo".into(), "console-echo".into()]).unwrap();
+        assert_eq!(twice.len(), 2);
     }
 }

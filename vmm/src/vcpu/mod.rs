@@ -252,7 +252,12 @@ impl Vcpu {
         loop {
             if control.checkpoint() {
                 if log::log_enabled!(log::Level::Debug) {
-                    log::debug!("vCPU {} stopped at {}", self.index, self.describe_rip(mem));
+                    log::debug!(
+                        "vCPU {} stopped at {}, {}",
+                        self.index,
+                        self.describe_rip(mem),
+                        self.describe_run_state()
+                    );
                 }
                 return (VcpuStop::Requested, unclaimed);
             }
@@ -323,6 +328,31 @@ impl Vcpu {
             &data[..shown],
             self.describe_rip(mem)
         )
+    }
+
+    /// "RFLAGS 0x..., mp_state n, interrupt pending ...": why a stopped vCPU was not running.
+    fn describe_run_state(&self) -> String {
+        let rflags = self
+            .fd
+            .get_regs()
+            .map(|r| format!("{:#x}", r.rflags))
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        let mp_state = self
+            .fd
+            .get_mp_state()
+            .map(|m| m.mp_state.to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        let events = self
+            .fd
+            .get_vcpu_events()
+            .map(|e| {
+                format!(
+                    "interrupt injected {} (vector {}), NMI pending {}, interrupt shadow {}",
+                    e.interrupt.injected, e.interrupt.nr, e.nmi.pending, e.interrupt.shadow
+                )
+            })
+            .unwrap_or_else(|e| format!("events unknown ({e})"));
+        format!("RFLAGS {rflags}, mp_state {mp_state}, {events}")
     }
 
     /// "RIP 0x... (CPL n), instruction bytes ..." as far as they can be read.
