@@ -13,9 +13,10 @@ mod bench;
 mod logger;
 mod stat;
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use clap::Parser;
 use vmm::api::routes::ApiState;
@@ -23,10 +24,11 @@ use vmm::api::{ApiServer, Served};
 use vmm::config::{
     CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig, VmConfig,
 };
+use vmm::event::StopEvent;
 use vmm::handle::VmHandle;
 use vmm::stats::view as stats_view;
 use vmm::stats::VmCounters;
-use vmm::vm::{Vm, VmOutcome};
+use vmm::vm::{RunningVm, Vm, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
 #[derive(Parser, Debug)]
@@ -131,18 +133,47 @@ fn parse_api_socket(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
+/// Raised by SIGINT/SIGTERM, for `keel stat` and `keel bench`, which look at it.
 static STOP: AtomicBool = AtomicBool::new(false);
-static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The descriptor of the [`StopEvent`] SIGINT/SIGTERM trigger (-1 before [`stop_event`]).
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signum: libc::c_int) {
     SIGNAL.store(signum, Ordering::Relaxed);
     STOP.store(true, Ordering::Release);
+    let fd = STOP_FD.load(Ordering::Acquire);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` is 8 readable bytes, as an eventfd
+        // wants, and `fd` is the stop eventfd, which lives until the process exits.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
 }
 
+/// The event SIGINT and SIGTERM trigger once [`install_stop_handlers`] ran: the handlers
+/// write its eventfd, and the waiters (the vCPU wait, the API server) block on it. Exits 1
+/// with a message if it cannot be created.
+fn stop_event() -> Result<&'static StopEvent, ExitCode> {
+    match StopEvent::new() {
+        Ok(stop) => {
+            // Leaked on purpose: the handlers may run until the process exits.
+            let stop: &'static StopEvent = Box::leak(Box::new(stop));
+            STOP_FD.store(stop.as_raw_fd(), Ordering::Release);
+            Ok(stop)
+        }
+        Err(e) => {
+            eprintln!("keel: error: cannot create the stop eventfd: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// SIGINT and SIGTERM raise [`STOP`] and trigger the [`stop_event`], if there is one.
 fn install_stop_handlers() {
     for signum in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to atomics, which is async-signal-safe; the
-        // sigaction struct is fully initialised.
+        // SAFETY: the handler only stores to atomics and calls write(2), which are
+        // async-signal-safe; the sigaction struct is fully initialised.
         let rc = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_stop_signal as *const () as usize;
@@ -217,6 +248,10 @@ fn main() -> ExitCode {
         eprintln!("keel: error: --kernel is required");
         return ExitCode::from(1);
     };
+    let stop = match stop_event() {
+        Ok(stop) => stop,
+        Err(code) => return code,
+    };
     install_stop_handlers();
     let mut running = match Vm::create(&config).and_then(Vm::start) {
         Ok(vm) => vm,
@@ -226,30 +261,42 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.stats_interval {
-        None => running.wait(&STOP),
-        Some(interval) => {
-            let mut prev = running.counters();
-            loop {
-                if let Some(outcome) = running.wait_for(&STOP, interval) {
-                    break outcome;
-                }
-                let now = running.counters();
-                let secs = now.taken.duration_since(prev.taken).as_secs_f64();
-                let rows = stats_view::rates(
-                    &stats_view::flatten(&prev),
-                    &stats_view::flatten(&now),
-                    secs,
-                );
-                eprint!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
-                prev = now;
-            }
-        }
+        None => running.wait(Some(stop)),
+        Some(interval) => wait_printing_rates(&mut running, stop, interval),
     };
     if cli.stats {
         print_stats(&running.counters());
     }
     drop(running);
     log_peak_rss();
+    exit_code(outcome)
+}
+
+/// Waits for the VM to end, printing a `keel-rates:` view every `interval`.
+fn wait_printing_rates(
+    running: &mut RunningVm,
+    stop: &StopEvent,
+    interval: std::time::Duration,
+) -> VmOutcome {
+    let mut prev = running.counters();
+    loop {
+        if let Some(outcome) = running.wait_for(Some(stop), interval) {
+            return outcome;
+        }
+        let now = running.counters();
+        let secs = now.taken.duration_since(prev.taken).as_secs_f64();
+        let rows = stats_view::rates(
+            &stats_view::flatten(&prev),
+            &stats_view::flatten(&now),
+            secs,
+        );
+        eprint!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
+        prev = now;
+    }
+}
+
+/// keel's exit code for how the VM ended, with the line that explains it.
+fn exit_code(outcome: VmOutcome) -> ExitCode {
     match outcome {
         VmOutcome::PowerOff => {
             log::info!("guest powered off");
@@ -310,6 +357,10 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let stop = match stop_event() {
+        Ok(stop) => stop,
+        Err(code) => return code,
+    };
     install_stop_handlers();
     let mut state = ApiState::new();
     if let Some(config) = vm_config(&cli) {
@@ -323,7 +374,7 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
         }
     }
     log::info!("api: serving on {}", server.path().display());
-    let served = server.serve(&mut state, &STOP);
+    let served = server.serve(&mut state, stop);
     state.stop_vm();
     if cli.stats {
         if let Some(counters) = state.counters() {

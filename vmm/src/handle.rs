@@ -20,7 +20,7 @@
 //! # Ok::<(), vmm::handle::HandleError>(())
 //! ```
 
-use std::sync::atomic::AtomicBool;
+use std::os::fd::RawFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
@@ -89,7 +89,6 @@ pub struct VmHandle {
     outcome: Option<VmOutcome>,
     events: Sender<VmEvent>,
     receiver: Option<Receiver<VmEvent>>,
-    never: AtomicBool,
     install_signal_handler: bool,
 }
 
@@ -104,7 +103,6 @@ impl VmHandle {
             outcome: None,
             events,
             receiver: Some(receiver),
-            never: AtomicBool::new(false),
             install_signal_handler: true,
         })
     }
@@ -192,10 +190,9 @@ impl VmHandle {
     /// Stops the vCPUs of a running or paused VM; the VM's counters stay readable.
     pub fn shutdown(&mut self) -> Result<VmOutcome, HandleError> {
         self.poll();
-        let stop = AtomicBool::new(true);
         match &mut self.inner {
             Inner::Running(vm) => {
-                let outcome = vm.wait(&stop);
+                let outcome = vm.stop();
                 self.finish(outcome.clone());
                 self.emit(VmEvent::Shutdown);
                 Ok(outcome)
@@ -230,7 +227,7 @@ impl VmHandle {
     /// matching event.
     fn observe(&mut self, timeout: Duration) {
         if let Inner::Running(vm) = &mut self.inner {
-            if let Some(outcome) = vm.wait_for(&self.never, timeout) {
+            if let Some(outcome) = vm.wait_for(None, timeout) {
                 if let Some(e) = Self::event_for(&outcome) {
                     self.emit(e);
                 }
@@ -241,10 +238,23 @@ impl VmHandle {
 
     /// Waits until the guest ends the VM (or returns how it already ended).
     pub fn wait(&mut self) -> Option<VmOutcome> {
-        while matches!(self.inner, Inner::Running(_)) {
-            self.wait_timeout(Duration::from_secs(3600));
+        if let Inner::Running(vm) = &mut self.inner {
+            let outcome = vm.wait(None);
+            if let Some(e) = Self::event_for(&outcome) {
+                self.emit(e);
+            }
+            self.finish(outcome);
         }
         self.outcome.clone()
+    }
+
+    /// While the guest runs, an eventfd that becomes readable when it ends (to block on with
+    /// other descriptors); [`VmHandle::state`] then notices the end.
+    pub fn end_fd(&self) -> Option<RawFd> {
+        match &self.inner {
+            Inner::Running(vm) => Some(vm.end_fd()),
+            _ => None,
+        }
     }
 
     /// Waits up to `timeout` for the guest to end the VM; `None` if it still runs or was

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod config;
 pub mod device_manager;
+pub mod event;
 pub mod exit;
 pub mod handle;
 pub mod host;

@@ -3,9 +3,11 @@
 //!
 //! One thread ([`ApiServer::serve`]) accepts connections and answers one request on each, in
 //! turn; it owns the VM ([`routes::ApiState`], at most one `VmHandle`), so requests never race
-//! each other. Between requests it wakes every [`TICK`] to notice a guest that powered off or
-//! reset (the VM then shows `Shutdown`, and the server keeps serving until `vmm.shutdown`) and
-//! whether it was asked to stop. A client gets [`REQUEST_TIMEOUT`] to send its request.
+//! each other. Between requests it blocks on three descriptors, with no tick: the listener, the
+//! [`StopEvent`] (SIGINT/SIGTERM in `keel`), and the served VM's end eventfd, so that it notices
+//! a guest that powered off or reset when it happens (the VM then shows `Shutdown`, and the
+//! server keeps serving until `vmm.shutdown`). A client gets [`REQUEST_TIMEOUT`] to send its
+//! request.
 //!
 //! [`ApiServer::bind`] creates the socket file with mode 0600 before it accepts anything (the
 //! socket is bound, `chmod`ed, and only then listens, so no connection can arrive in between;
@@ -22,14 +24,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use self::http::Response;
 use self::routes::{error_chain, error_json, ApiState};
+use crate::event::{wait_readable, StopEvent};
 
-/// How often the server looks at the VM and at its stop flag while no request comes.
-pub const TICK: Duration = Duration::from_millis(100);
+/// How long the server waits before accepting again after `accept` failed (out of
+/// descriptors and the like), so that such a failure does not become a busy loop.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a client has to send a whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing a response may take.
@@ -196,15 +199,19 @@ impl ApiServer {
         &self.path
     }
 
-    /// Serves requests until `vmm.shutdown` or until `stop` is raised. The VM in `state` is
-    /// left as it is (the caller stops it).
-    pub fn serve(&self, state: &mut ApiState, stop: &AtomicBool) -> Result<Served, ApiError> {
+    /// Serves requests until `vmm.shutdown` or until `stop` is triggered. The VM in `state`
+    /// is left as it is (the caller stops it).
+    pub fn serve(&self, state: &mut ApiState, stop: &StopEvent) -> Result<Served, ApiError> {
         loop {
-            if stop.load(Ordering::Acquire) {
+            state.refresh();
+            let mut fds = vec![stop.as_raw_fd(), self.listener.as_raw_fd()];
+            fds.extend(state.end_fd());
+            let ready = wait_readable(&fds, None).map_err(ApiError::Poll)?;
+            if ready[0] {
                 return Ok(Served::Interrupted);
             }
-            state.refresh();
-            if !self.readable(TICK)? {
+            if !ready[1] {
+                // The VM ended (refresh notices it) or a signal interrupted the wait.
                 continue;
             }
             let stream = match self.listener.accept() {
@@ -222,7 +229,7 @@ impl ApiServer {
                 Err(e) => {
                     // Out of descriptors and the like: keep serving the VM, try again later.
                     log::warn!("api: accept failed: {e}");
-                    std::thread::sleep(TICK);
+                    std::thread::sleep(ACCEPT_RETRY);
                     continue;
                 }
             };
@@ -230,27 +237,6 @@ impl ApiServer {
                 return Ok(Served::VmmShutdown);
             }
         }
-    }
-
-    /// Waits up to `timeout` for a connection; false on timeout or a signal.
-    fn readable(&self, timeout: Duration) -> Result<bool, ApiError> {
-        let mut pfd = libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd, for the listener this server owns.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            return if e.kind() == ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(ApiError::Poll(e))
-            };
-        }
-        Ok(rc > 0)
     }
 }
 

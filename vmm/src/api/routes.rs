@@ -22,6 +22,7 @@
 //! `Shutdown` builds it afresh from its config and boots it, as Cloud Hypervisor allows. Bodies
 //! of endpoints other than `vm.create` are ignored.
 
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::http::Response;
@@ -180,10 +181,15 @@ impl ApiState {
         if vm.ended {
             return;
         }
-        if let Some(outcome) = handle.wait_timeout(Duration::from_millis(1)) {
+        if let Some(outcome) = handle.wait_timeout(Duration::ZERO) {
             log::info!("api: the VM ended: {outcome:?}; serving until vmm.shutdown");
             vm.ended = true;
         }
+    }
+
+    /// While a served VM runs, the eventfd that becomes readable when it ends.
+    pub fn end_fd(&self) -> Option<RawFd> {
+        self.vm.as_ref()?.handle.as_ref()?.end_fd()
     }
 
     /// The VM's state, if there is a VM.

@@ -73,7 +73,7 @@ fn drop_leaves_a_file_that_replaced_the_socket() {
 fn serves_until_vmm_shutdown_or_stop() {
     let path = temp_path("serve.sock");
     let server = ApiServer::bind(&path).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(StopEvent::new().unwrap());
     let serving = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -104,8 +104,7 @@ fn serves_until_vmm_shutdown_or_stop() {
         answer.starts_with("HTTP/1.1 204 No Content\r\n"),
         "{answer}"
     );
-    std::thread::sleep(TICK);
-    stop.store(true, Ordering::Release);
+    stop.trigger();
     assert_eq!(
         serving.join().unwrap(),
         (Served::VmmShutdown, Served::Interrupted)

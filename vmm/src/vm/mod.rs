@@ -86,6 +86,9 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// The eventfd the vCPU threads signal their end on could not be created.
+    #[error("cannot create the vCPU end eventfd")]
+    EndEvent(#[source] std::io::Error),
 }
 
 /// How a VM ended.

@@ -1,15 +1,22 @@
 //! The running VM: one thread per vCPU, each pinned where the placement plan says, kicked
 //! out of KVM_RUN with a signal to pause or stop; [`RunningVm`] waits for the guest to end
 //! the VM, pauses and resumes it, and snapshots its counters.
+//!
+//! Waiting is driven by events, not ticks: a vCPU thread that ends sends how on a channel and
+//! then writes the VM's end eventfd ([`RunningVm::end_fd`]); a waiter blocks on that eventfd
+//! and, optionally, a [`StopEvent`], and wakes exactly when a vCPU ends or a stop is asked.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, TryRecvError};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use devices::virtio::block::IoStats;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::event::{wait_readable, StopEvent};
 
 use crate::placement::{self, CpuSet};
 use crate::stats::exits::{ExitCounters, Unclaimed};
@@ -41,6 +48,7 @@ impl Vm {
             })?;
         let control = Arc::new(VcpuControl::default());
         let (tx, rx) = channel();
+        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EndEvent)?);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
         let mut kvm_stats = Vec::new();
@@ -52,15 +60,17 @@ impl Vm {
             let buses = Arc::clone(self.devices.buses());
             let mem = self.ram.mem.clone();
             let control = Arc::clone(&control);
-            let tx = tx.clone();
+            let mut report = EndReport {
+                tx: Some(tx.clone()),
+                ended: Arc::clone(&ended),
+            };
             let cpus = self.vcpu_cpus.get(index as usize).cloned().flatten();
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
                     pin_vcpu_thread(index, cpus.as_ref());
                     let (how, unclaimed) = vcpu.run(&buses, &mem, &control);
-                    // The receiver only goes away once the VM is torn down.
-                    let _ = tx.send((index, how));
+                    report.send(index, how);
                     unclaimed
                 })
                 .map_err(|source| VmError::Spawn { name, source })?;
@@ -72,10 +82,37 @@ impl Vm {
             control,
             paused: false,
             events: rx,
+            ended,
             counters,
             kvm_stats,
             unclaimed: Vec::new(),
         })
+    }
+}
+
+/// How a vCPU thread reports its end: the stop on the channel, then a write to the end
+/// eventfd. Dropping it (also when the thread panics) drops the sender before writing, so a
+/// waiter woken by the last vCPU's write sees the channel disconnected.
+struct EndReport {
+    tx: Option<Sender<(u32, VcpuStop)>>,
+    ended: Arc<EventFd>,
+}
+
+impl EndReport {
+    fn send(&mut self, index: u32, how: VcpuStop) {
+        if let Some(tx) = &self.tx {
+            // The receiver only goes away once the VM is torn down.
+            let _ = tx.send((index, how));
+        }
+    }
+}
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Err(e) = self.ended.write(1) {
+            log::error!("cannot signal a vCPU's end: {e}");
+        }
     }
 }
 
@@ -121,6 +158,8 @@ pub struct RunningVm {
     control: Arc<VcpuControl>,
     paused: bool,
     events: Receiver<(u32, VcpuStop)>,
+    /// Written by each vCPU thread as it ends, after its stop is on `events`.
+    ended: Arc<EventFd>,
     counters: Vec<Arc<ExitCounters>>,
     kvm_stats: Vec<Option<Arc<KvmStats>>>,
     /// Where each vCPU's unclaimed accesses went, known once its thread has ended.
@@ -175,11 +214,11 @@ impl RunningVm {
             .collect()
     }
 
-    /// Waits until the guest ends the VM or `interrupt` becomes true; then stops every vCPU.
+    /// Waits until the guest ends the VM or `stop` is triggered; then stops every vCPU.
     /// The VM (devices, counters) stays until `self` is dropped.
-    pub fn wait(&mut self, interrupt: &AtomicBool) -> VmOutcome {
+    pub fn wait(&mut self, stop: Option<&StopEvent>) -> VmOutcome {
         loop {
-            if let Some(outcome) = self.wait_for(interrupt, Duration::from_secs(3600)) {
+            if let Some(outcome) = self.wait_until(stop, None) {
                 return outcome;
             }
         }
@@ -187,36 +226,69 @@ impl RunningVm {
 
     /// Like [`RunningVm::wait`], but gives up after `timeout` and returns `None` with the VM
     /// still running (for callers that do something periodically, such as printing stats).
-    pub fn wait_for(&mut self, interrupt: &AtomicBool, timeout: Duration) -> Option<VmOutcome> {
-        let deadline = std::time::Instant::now() + timeout;
+    /// A zero timeout looks once without blocking.
+    pub fn wait_for(&mut self, stop: Option<&StopEvent>, timeout: Duration) -> Option<VmOutcome> {
+        self.wait_until(stop, Some(Instant::now() + timeout))
+    }
+
+    /// Stops every vCPU now (a guest that had already ended is not looked at).
+    pub fn stop(&mut self) -> VmOutcome {
+        self.stop_vcpus();
+        VmOutcome::Stopped
+    }
+
+    /// The eventfd that becomes readable when a vCPU thread ends, for callers that block on
+    /// it with other descriptors; [`RunningVm::wait_for`] with a zero timeout then tells how.
+    pub fn end_fd(&self) -> RawFd {
+        self.ended.as_raw_fd()
+    }
+
+    fn wait_until(
+        &mut self,
+        stop: Option<&StopEvent>,
+        deadline: Option<Instant>,
+    ) -> Option<VmOutcome> {
+        let mut fds = vec![self.ended.as_raw_fd()];
+        fds.extend(stop.map(StopEvent::as_raw_fd));
         let outcome = loop {
-            if interrupt.load(Ordering::Acquire) {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ready = match wait_readable(&fds, left) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    log::error!("waiting for the vCPUs failed: {e}");
+                    break VmOutcome::Fatal(format!("waiting for the vCPUs failed: {e}"));
+                }
+            };
+            if ready.get(1) == Some(&true) {
                 break VmOutcome::Stopped;
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            // With no time left, still look once: a zero timeout must notice a guest that
-            // already ended.
-            let event = if left.is_zero() {
-                match self.events.try_recv() {
-                    Ok(event) => Ok(event),
-                    Err(TryRecvError::Empty) => return None,
-                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            if ready[0] {
+                // Reset the count first: a vCPU that ends after this read writes again.
+                let _ = self.ended.read();
+                if let Some(outcome) = self.drain_ends() {
+                    break outcome;
                 }
-            } else {
-                self.events
-                    .recv_timeout(left.min(Duration::from_millis(20)))
-            };
-            match event {
-                Ok((_, VcpuStop::Requested)) => {}
-                Ok((_, VcpuStop::PowerOff)) => break VmOutcome::PowerOff,
-                Ok((_, VcpuStop::Reset(cause))) => break VmOutcome::Reset(cause),
-                Ok((_, VcpuStop::Fatal(msg))) => break VmOutcome::Fatal(msg),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break VmOutcome::Stopped,
+            }
+            if left.is_some_and(|l| l.is_zero()) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
             }
         };
         self.stop_vcpus();
         Some(outcome)
+    }
+
+    /// How the VM ended, from the stops the vCPU threads reported so far.
+    fn drain_ends(&mut self) -> Option<VmOutcome> {
+        loop {
+            match self.events.try_recv() {
+                Ok((_, VcpuStop::Requested)) => {}
+                Ok((_, VcpuStop::PowerOff)) => return Some(VmOutcome::PowerOff),
+                Ok((_, VcpuStop::Reset(cause))) => return Some(VmOutcome::Reset(cause)),
+                Ok((_, VcpuStop::Fatal(msg))) => return Some(VmOutcome::Fatal(msg)),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => return Some(VmOutcome::Stopped),
+            }
+        }
     }
 
     /// Parks every vCPU thread outside KVM_RUN: the guest stops running until
