@@ -85,8 +85,45 @@ pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 pub const PCI_LAST_BUS: u8 = 0;
 /// Alignment of the 64-bit PCI BAR window above guest RAM.
 pub const PCI_MMIO64_ALIGN: u64 = 1 << 30;
-/// Size of the 64-bit PCI BAR window above guest RAM.
-pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+
+/// The address windows the PCI host bridge decodes for BARs, as `(start, size)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciWindows {
+    /// The 32-bit window, in the MMIO hole below 4 GiB.
+    pub mmio32: (u64, u64),
+    /// The 64-bit window, if the guest-physical address space has room above RAM.
+    pub mmio64: Option<(u64, u64)>,
+}
+
+impl PciWindows {
+    /// The windows of a guest whose RAM ends at `ram_end` (exclusive) and whose CPUID gives
+    /// `phys_bits` physical address bits. The 64-bit window runs from the first
+    /// [`PCI_MMIO64_ALIGN`] boundary at or above both 4 GiB and `ram_end` to the top of the
+    /// address space, so firmware that places BARs high (OVMF uses the top eighth) finds them
+    /// decoded; `None` if nothing is left there.
+    pub fn for_guest(ram_end: u64, phys_bits: u32) -> Self {
+        let top = 1u64.checked_shl(phys_bits.min(63)).unwrap_or(u64::MAX);
+        let start = ram_end
+            .max(RAM_64BIT_START)
+            .checked_next_multiple_of(PCI_MMIO64_ALIGN);
+        let mmio64 = start.filter(|&s| s < top).map(|s| (s, top - s));
+        PciWindows {
+            mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+            mmio64,
+        }
+    }
+
+    /// Whether `[addr, addr + len)` lies inside one of the windows.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        [Some(self.mmio32), self.mmio64]
+            .into_iter()
+            .flatten()
+            .any(|(start, size)| addr >= start && end <= start + size)
+    }
+}
 
 /// IOAPIC MMIO base (handled by KVM's in-kernel irqchip).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
@@ -164,6 +201,39 @@ const _: () =
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pci_windows_above_ram_reach_the_top_of_the_address_space() {
+        // 1 GiB of RAM: the 64-bit window starts at 4 GiB and ends at 2^40.
+        let w = PciWindows::for_guest(1 << 30, 40);
+        assert_eq!(w.mmio32, (0xc000_0000, 0x2000_0000));
+        assert_eq!(w.mmio64, Some((1 << 32, (1 << 40) - (1 << 32))));
+        // RAM to 5.5 GiB: the window starts at the next GiB boundary.
+        let w = PciWindows::for_guest((11 << 30) / 2, 40);
+        assert_eq!(w.mmio64.unwrap().0, 6 << 30);
+        // No room: RAM reaches the top.
+        assert_eq!(PciWindows::for_guest(1 << 36, 36).mmio64, None);
+        assert_eq!(PciWindows::for_guest(u64::MAX, 52).mmio64, None);
+        assert!(PciWindows::for_guest(0, 64).mmio64.is_some());
+    }
+
+    #[test]
+    fn pci_window_membership() {
+        let w = PciWindows::for_guest(1 << 30, 40);
+        assert!(w.contains(0xc000_0000, 0x8_0000));
+        assert!(
+            !w.contains(0xdfff_f000, 0x2000),
+            "crosses the 32-bit window's end"
+        );
+        assert!(
+            w.contains(0xe0_0000_0000, 0x8_0000),
+            "where OVMF puts BARs with 40 bits"
+        );
+        assert!(!w.contains((1 << 40) - 0x1000, 0x2000), "past the top");
+        assert!(!w.contains(0x8000_0000, 0x1000), "RAM");
+        assert!(!w.contains(u64::MAX, 2));
+    }
+
     use super::*;
 
     #[test]

@@ -5,9 +5,14 @@
 //! `addr - base`; the device never learns its absolute address. Every device has its own mutex,
 //! so vCPU threads touching different devices do not contend, and a device whose mutex was
 //! poisoned by a panicking thread keeps working (the guard is recovered).
+//!
+//! Ranges can be moved and removed while vCPUs run (a guest reprogramming a PCI BAR): the
+//! range map sits behind a read-write lock that an access holds only to find its device, never
+//! while the device handles the access, so a device may move ranges from inside an access
+//! without deadlocking.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Something a guest write asks of the whole machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +78,12 @@ pub enum BusError {
         /// The access width in bytes.
         len: usize,
     },
+    /// No range starts at the address given to move or remove.
+    #[error("no range starts at {base:#x}")]
+    NoRange {
+        /// The address given.
+        base: u64,
+    },
 }
 
 /// One claimed range.
@@ -84,51 +95,24 @@ struct BusEntry {
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// Routes accesses to the devices that claim them. `Send + Sync`; share it with `Arc`.
+/// The ranges and the distinct device names.
 #[derive(Default)]
-pub struct Bus {
+struct Ranges {
     /// Keyed by range base.
     devices: BTreeMap<u64, BusEntry>,
     /// Distinct device names, in the order they were first inserted.
     names: Vec<String>,
 }
 
-impl std::fmt::Debug for Bus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut map = f.debug_map();
-        for (base, entry) in &self.devices {
-            map.entry(
-                &format_args!("{:#x}..{:#x}", base, base.saturating_add(entry.len)),
-                &entry.name,
-            );
-        }
-        map.finish()
-    }
-}
-
-/// Locks a device, recovering the guard if a previous holder panicked.
-fn lock<'a>(device: &'a Mutex<dyn BusDevice + 'static>) -> MutexGuard<'a, dyn BusDevice + 'static> {
-    device
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Bus {
-    /// Creates an empty bus.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Claims `[base, base + len)` for `device`, named `name` in logs and errors.
-    ///
-    /// Fails on a zero length, on `base + len` overflowing `u64` (a range may end exactly at
-    /// `u64::MAX`, exclusive), or on overlap with any range already on the bus.
-    pub fn insert(
-        &mut self,
+impl Ranges {
+    /// Checks that `[base, base + len)` is a valid range overlapping none but the one starting
+    /// at `skip`.
+    fn check_free(
+        &self,
         name: &str,
-        device: Arc<Mutex<dyn BusDevice>>,
         base: u64,
         len: u64,
+        skip: Option<u64>,
     ) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength {
@@ -149,24 +133,97 @@ impl Bus {
             existing_base: ebase,
             existing_len: e.len,
         };
-        // The closest range starting at or below `base` must end at or before `base`.
-        if let Some((&ebase, e)) = self.devices.range(..=base).next_back() {
+        let others = |(b, _): &(&u64, &BusEntry)| Some(**b) != skip;
+        // The closest other range starting at or below `base` must end at or before `base`.
+        if let Some((&ebase, e)) = self.devices.range(..=base).rev().find(others) {
             if ebase + e.len > base {
                 return Err(overlap((&ebase, e)));
             }
         }
-        // No range may start inside `(base, end)`.
-        if let Some(found) = self.devices.range(base..end).next() {
+        // No other range may start inside `(base, end)`.
+        if let Some(found) = self.devices.range(base..end).find(others) {
             return Err(overlap(found));
         }
-        let index = match self.names.iter().position(|n| n == name) {
+        Ok(())
+    }
+
+    /// Finds the entry covering `addr` and its base.
+    fn lookup(&self, addr: u64) -> Option<(u64, &BusEntry)> {
+        let (&base, entry) = self.devices.range(..=addr).next_back()?;
+        // `addr >= base` by construction; ranges never overflow.
+        (addr - base < entry.len).then_some((base, entry))
+    }
+}
+
+/// Where one access goes: the device (its range lock already released), the offset in its
+/// range and its name's index.
+struct Route {
+    device: Arc<Mutex<dyn BusDevice>>,
+    offset: u64,
+    index: usize,
+}
+
+/// Routes accesses to the devices that claim them. `Send + Sync`; share it with `Arc`.
+#[derive(Default)]
+pub struct Bus {
+    ranges: RwLock<Ranges>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges = self.read_ranges();
+        let mut map = f.debug_map();
+        for (base, entry) in &ranges.devices {
+            map.entry(
+                &format_args!("{:#x}..{:#x}", base, base.saturating_add(entry.len)),
+                &entry.name,
+            );
+        }
+        map.finish()
+    }
+}
+
+/// Locks a device, recovering the guard if a previous holder panicked.
+fn lock<'a>(device: &'a Mutex<dyn BusDevice + 'static>) -> MutexGuard<'a, dyn BusDevice + 'static> {
+    device.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Bus {
+    /// Creates an empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read_ranges(&self) -> RwLockReadGuard<'_, Ranges> {
+        self.ranges.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_ranges(&self) -> RwLockWriteGuard<'_, Ranges> {
+        self.ranges.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `[base, base + len)` for `device`, named `name` in logs, errors and exit counts
+    /// (ranges inserted under one name count as one device).
+    ///
+    /// Fails on a zero length, on `base + len` overflowing `u64` (a range may end exactly at
+    /// `u64::MAX`, exclusive), or on overlap with any range already on the bus.
+    pub fn insert(
+        &self,
+        name: &str,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        let mut ranges = self.write_ranges();
+        ranges.check_free(name, base, len, None)?;
+        let index = match ranges.names.iter().position(|n| n == name) {
             Some(i) => i,
             None => {
-                self.names.push(name.to_owned());
-                self.names.len() - 1
+                ranges.names.push(name.to_owned());
+                ranges.names.len() - 1
             }
         };
-        self.devices.insert(
+        ranges.devices.insert(
             base,
             BusEntry {
                 len,
@@ -178,17 +235,52 @@ impl Bus {
         Ok(())
     }
 
-    /// The names of the devices on the bus; ranges inserted under one name count as one
-    /// device. [`Bus::read_from`] and [`Bus::write_to`] report indices into this list.
-    pub fn device_names(&self) -> &[String] {
-        &self.names
+    /// Moves the range starting at `base` to start at `new_base`, with the same length and
+    /// device, in one step: no access sees it at both places or at neither. Fails, leaving it
+    /// where it was, if no range starts at `base` or the moved range would overflow or overlap
+    /// another.
+    pub fn relocate(&self, base: u64, new_base: u64) -> Result<(), BusError> {
+        let mut ranges = self.write_ranges();
+        let entry = ranges
+            .devices
+            .get(&base)
+            .ok_or(BusError::NoRange { base })?;
+        let (name, len) = (entry.name.clone(), entry.len);
+        ranges.check_free(&name, new_base, len, Some(base))?;
+        if let Some(entry) = ranges.devices.remove(&base) {
+            ranges.devices.insert(new_base, entry);
+        }
+        Ok(())
     }
 
-    /// Finds the entry covering `addr` and its base.
-    fn lookup(&self, addr: u64) -> Option<(u64, &BusEntry)> {
-        let (&base, entry) = self.devices.range(..=addr).next_back()?;
-        // `addr >= base` by construction; ranges never overflow.
-        (addr - base < entry.len).then_some((base, entry))
+    /// Removes the range starting at `base` (its name keeps its index, so a later insert under
+    /// the same name counts with it).
+    pub fn remove(&self, base: u64) -> Result<(), BusError> {
+        self.write_ranges()
+            .devices
+            .remove(&base)
+            .map(|_| ())
+            .ok_or(BusError::NoRange { base })
+    }
+
+    /// The names of the devices on the bus, in the order they were first inserted;
+    /// [`Bus::read_from`] and [`Bus::write_to`] report indices into this list.
+    pub fn device_names(&self) -> Vec<String> {
+        self.read_ranges().names.clone()
+    }
+
+    /// The device covering `addr`, its offset there and its name's index; the range lock is
+    /// released before the caller touches the device.
+    fn route(&self, addr: u64, len: usize) -> Result<Route, BusError> {
+        let ranges = self.read_ranges();
+        let (base, entry) = ranges
+            .lookup(addr)
+            .ok_or(BusError::Unclaimed { addr, len })?;
+        Ok(Route {
+            device: Arc::clone(&entry.device),
+            offset: addr - base,
+            index: entry.index,
+        })
     }
 
     /// Reads `data.len()` bytes at `addr` from the device covering `addr`.
@@ -202,12 +294,9 @@ impl Bus {
     /// [`Bus::read`], returning the index (in [`Bus::device_names`]) of the device that
     /// served it.
     pub fn read_from(&self, addr: u64, data: &mut [u8]) -> Result<usize, BusError> {
-        let (base, entry) = self.lookup(addr).ok_or(BusError::Unclaimed {
-            addr,
-            len: data.len(),
-        })?;
-        lock(&entry.device).read(addr - base, data);
-        Ok(entry.index)
+        let route = self.route(addr, data.len())?;
+        lock(&route.device).read(route.offset, data);
+        Ok(route.index)
     }
 
     /// Writes `data` at `addr` to the device covering `addr`, returning what it asks of the
@@ -223,17 +312,15 @@ impl Bus {
         addr: u64,
         data: &[u8],
     ) -> Result<(usize, Option<MachineRequest>), BusError> {
-        let (base, entry) = self.lookup(addr).ok_or(BusError::Unclaimed {
-            addr,
-            len: data.len(),
-        })?;
-        Ok((entry.index, lock(&entry.device).write(addr - base, data)))
+        let route = self.route(addr, data.len())?;
+        let request = lock(&route.device).write(route.offset, data);
+        Ok((route.index, request))
     }
 
     /// Name of the device covering `addr`, if any.
     #[cfg(test)]
-    pub(crate) fn device_name(&self, addr: u64) -> Option<&str> {
-        self.lookup(addr).map(|(_, e)| e.name.as_str())
+    pub(crate) fn device_name(&self, addr: u64) -> Option<String> {
+        self.read_ranges().lookup(addr).map(|(_, e)| e.name.clone())
     }
 }
 
@@ -275,7 +362,7 @@ mod tests {
 
     #[test]
     fn lookup_first_and_last_byte() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let p = probe();
         bus.insert("p", p.clone(), 0x3f8, 8).unwrap();
         let mut b = [0u8; 1];
@@ -285,15 +372,15 @@ mod tests {
         bus.read(0x3ff, &mut b).unwrap();
         assert_eq!(b[0], 7);
         assert_eq!(p.lock().unwrap().last_read, Some((7, 1)));
-        assert_eq!(bus.device_name(0x3f8), Some("p"));
-        assert_eq!(bus.device_name(0x3ff), Some("p"));
-        assert_eq!(bus.device_name(0x400), None);
-        assert_eq!(bus.device_name(0x3f7), None);
+        assert_eq!(bus.device_name(0x3f8).as_deref(), Some("p"));
+        assert_eq!(bus.device_name(0x3ff).as_deref(), Some("p"));
+        assert_eq!(bus.device_name(0x400).as_deref(), None);
+        assert_eq!(bus.device_name(0x3f7).as_deref(), None);
     }
 
     #[test]
     fn unclaimed_outside_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let mut b = [0u8; 2];
         assert!(matches!(
             bus.read(0, &mut b),
@@ -314,7 +401,7 @@ mod tests {
 
     #[test]
     fn overlap_rejected() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert("a", probe(), 0x100, 0x10).unwrap();
         // Full: identical, containing, contained.
         for (base, len) in [(0x100, 0x10), (0xf0, 0x40), (0x104, 2)] {
@@ -339,15 +426,15 @@ mod tests {
         // Adjacent on both sides is fine.
         bus.insert("below", probe(), 0xf0, 0x10).unwrap();
         bus.insert("above", probe(), 0x110, 0x10).unwrap();
-        assert_eq!(bus.device_name(0xff), Some("below"));
-        assert_eq!(bus.device_name(0x100), Some("a"));
-        assert_eq!(bus.device_name(0x10f), Some("a"));
-        assert_eq!(bus.device_name(0x110), Some("above"));
+        assert_eq!(bus.device_name(0xff).as_deref(), Some("below"));
+        assert_eq!(bus.device_name(0x100).as_deref(), Some("a"));
+        assert_eq!(bus.device_name(0x10f).as_deref(), Some("a"));
+        assert_eq!(bus.device_name(0x110).as_deref(), Some("above"));
     }
 
     #[test]
     fn zero_length_and_overflow_rejected() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         assert!(matches!(
             bus.insert("z", probe(), 0x10, 0),
             Err(BusError::ZeroLength { .. })
@@ -362,13 +449,13 @@ mod tests {
         ));
         // Ending exactly at the top of the address space is allowed.
         bus.insert("top", probe(), u64::MAX - 1, 1).unwrap();
-        assert_eq!(bus.device_name(u64::MAX - 1), Some("top"));
-        assert_eq!(bus.device_name(u64::MAX), None);
+        assert_eq!(bus.device_name(u64::MAX - 1).as_deref(), Some("top"));
+        assert_eq!(bus.device_name(u64::MAX).as_deref(), None);
     }
 
     #[test]
     fn offsets_are_relative_and_requests_returned() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let p = probe();
         bus.insert("p", p.clone(), 0xfee0_0000, 0x1000).unwrap();
         assert_eq!(bus.write(0xfee0_0020, &[1, 2, 3, 4]).unwrap(), None);
@@ -386,7 +473,7 @@ mod tests {
 
     #[test]
     fn poisoned_device_still_works() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let p = probe();
         bus.insert("p", p.clone(), 0, 4).unwrap();
         let p2 = p.clone();
@@ -403,7 +490,7 @@ mod tests {
 
     #[test]
     fn accesses_report_which_device_served_them() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = Arc::new(Mutex::new(Probe::default()));
         let b = Arc::new(Mutex::new(Probe::default()));
         bus.insert("a", a.clone(), 0x10, 0x10).unwrap();
@@ -416,5 +503,80 @@ mod tests {
         assert_eq!(bus.read_from(0x41, &mut data).unwrap(), 1);
         assert_eq!(bus.write_to(0x8f, &[1]).unwrap(), (0, None));
         assert!(bus.read_from(0x30, &mut data).is_err());
+    }
+
+    #[test]
+    fn relocate_moves_a_range_whole_or_not_at_all() {
+        let bus = Bus::new();
+        let p = probe();
+        bus.insert("bar", p.clone(), 0x1000, 0x100).unwrap();
+        bus.insert("other", probe(), 0x2000, 0x100).unwrap();
+        bus.relocate(0x1000, 0x1080).unwrap();
+        assert_eq!(bus.device_name(0x1000).as_deref(), None);
+        assert_eq!(bus.device_name(0x1080).as_deref(), Some("bar"));
+        let mut b = [0u8; 1];
+        bus.read(0x1090, &mut b).unwrap();
+        assert_eq!(
+            p.lock().unwrap().last_read,
+            Some((0x10, 1)),
+            "offset from the new base"
+        );
+        // Overlapping its own old place is fine; overlapping another range is not.
+        bus.relocate(0x1080, 0x1000).unwrap();
+        assert!(matches!(
+            bus.relocate(0x1000, 0x1f80),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.relocate(0x1000, u64::MAX - 0x10),
+            Err(BusError::Overflow { .. })
+        ));
+        assert_eq!(
+            bus.device_name(0x1000).as_deref(),
+            Some("bar"),
+            "left in place"
+        );
+        assert!(matches!(
+            bus.relocate(0x1234, 0),
+            Err(BusError::NoRange { base: 0x1234 })
+        ));
+    }
+
+    #[test]
+    fn removed_ranges_stop_decoding_and_keep_their_name_index() {
+        let bus = Bus::new();
+        bus.insert("a", probe(), 0x10, 0x10).unwrap();
+        bus.insert("b", probe(), 0x40, 0x10).unwrap();
+        bus.remove(0x10).unwrap();
+        assert!(bus.remove(0x10).is_err());
+        let mut d = [0u8; 1];
+        assert!(bus.read_from(0x12, &mut d).is_err());
+        bus.insert("a", probe(), 0x80, 0x10).unwrap();
+        assert_eq!(bus.read_from(0x81, &mut d).unwrap(), 0);
+        assert_eq!(bus.device_names(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_device_may_move_its_own_range_from_inside_an_access() {
+        struct Mover(Arc<Bus>);
+        impl BusDevice for Mover {
+            fn read(&mut self, _offset: u64, data: &mut [u8]) {
+                data.fill(0);
+            }
+            fn write(&mut self, _offset: u64, _data: &[u8]) -> Option<MachineRequest> {
+                self.0.relocate(0x100, 0x200).unwrap();
+                None
+            }
+        }
+        let bus = Arc::new(Bus::new());
+        bus.insert(
+            "mover",
+            Arc::new(Mutex::new(Mover(bus.clone()))),
+            0x100,
+            0x10,
+        )
+        .unwrap();
+        bus.write(0x100, &[1]).unwrap();
+        assert_eq!(bus.device_name(0x200).as_deref(), Some("mover"));
     }
 }

@@ -93,6 +93,33 @@ fn run_with_disks(disks: &[String], cmds: &[&str]) -> Run {
     run_keel(&args)
 }
 
+/// Boots the probe with one `--disk` group, `--stats` and the command line `cmdline`.
+fn run_with_stats(disk: &str, cmdline: &str) -> Run {
+    let kernel = probe_image("probe.elf");
+    run_keel(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        disk,
+        "--stats",
+        "--cmdline",
+        cmdline,
+    ])
+}
+
+/// The `keel-stats:` line of a run's stderr, as text and parsed.
+fn keel_stats(run: &Run) -> (&str, Value) {
+    let line = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("keel-stats: "))
+        .unwrap_or_else(|| panic!("no keel-stats line\n{}", run.describe()));
+    (
+        line,
+        serde_json::from_str(line).expect("keel-stats is JSON"),
+    )
+}
+
 fn blk_reports(run: &Run) -> Vec<Value> {
     run.json_lines()
         .into_iter()
@@ -329,24 +356,13 @@ fn polling_guest_rarely_needs_to_kick() {
 #[test]
 fn stats_line_reports_exits() {
     let img = Image::zeroed("stats", 1 << 20);
-    let kernel = probe_image("probe.elf");
     let disk = format!("path={}", img.path());
-    let run = run_keel(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--disk",
+    let run = run_with_stats(
         &disk,
-        "--stats",
-        "--cmdline",
         "probe.cmd=blk:disk=0,rw=randread,bs=4k,iodepth=4,ios=100",
-    ]);
+    );
     run.assert_probe_done();
-    let line = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("keel-stats: "))
-        .unwrap_or_else(|| panic!("no keel-stats line\n{}", run.describe()));
-    let stats: Value = serde_json::from_str(line).expect("keel-stats is JSON");
+    let (line, stats) = keel_stats(&run);
     let vcpu = &stats["vcpus"][0];
     // The probe enumerates PCI through ECAM and programs the device through its BAR: MMIO
     // exits to userspace.
@@ -424,5 +440,41 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
         io,
         ["disk0-q0", "disk0-q1", "shared-io"],
         "threads: {names:?}"
+    );
+}
+
+#[test]
+fn guest_moves_the_bar_and_io_and_kicks_follow_it() {
+    // The probe moves BAR 0 from where Keel put it (0xc0000000) to 0xd0000000, then drives
+    // the disk there with one request in flight, so nearly every request is a kick.
+    let img = Image::zeroed("bar-move", 8 << 20);
+    let disk = format!("path={}", img.path());
+    let run = run_with_stats(
+        &disk,
+        "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=1,ios=1000,size=2M,verify=1,bar=0xd0000000 \
+         probe.cmd=pci",
+    );
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(
+        (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
+        (1000, 0, 0),
+        "{r}"
+    );
+    assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
+    let pci = run.report("pci");
+    let bar0 = &pci["devices"][1]["bars"][0];
+    assert_eq!(hex(&bar0["addr"]), 0xd000_0000, "{pci}");
+    // Kicks reach the I/O thread through the ioeventfd at the new address: were they still
+    // registered at the old one, every kick would be a userspace MMIO exit to the disk.
+    let kicks = u(r, "kicks");
+    assert!(kicks >= 500, "{r}");
+    let (line, stats) = keel_stats(&run);
+    let disk_exits = stats["vcpus"][0]["devices"]["mmio.disk0"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        disk_exits < kicks / 4,
+        "{disk_exits} exits for {kicks} kicks: {line}"
     );
 }

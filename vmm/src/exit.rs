@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn buses() -> Buses {
-        let mut b = Buses::default();
+        let b = Buses::default();
         let dev = Arc::new(Mutex::new(Reg {
             value: 7,
             request_on: Some((0xfe, MachineRequest::Reset)),
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn exits_are_counted_per_device() {
-        let mut b = buses();
+        let b = buses();
         let other = Arc::new(Mutex::new(Reg {
             value: 1,
             request_on: None,

@@ -17,7 +17,7 @@ pub mod sdt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use crate::layout::ports::ACPI_S5_SLP_TYP;
-use crate::layout::{ACPI_MAX_SIZE, ACPI_START};
+use crate::layout::{PciWindows, ACPI_MAX_SIZE, ACPI_START};
 use aml::AmlError;
 pub use numa::{NumaLayout, NumaNode};
 use sdt::{checksum, Sdt, OEM_ID};
@@ -168,12 +168,12 @@ fn rsdp(rsdt_addr: u32, xsdt_addr: u64) -> [u8; RSDP_SIZE] {
 
 /// The DSDT: `\_S5` (soft-off sleep type for PM1a_CNT.SLP_TYP) and the `\_SB` scope with the
 /// PCI root bridge.
-fn dsdt() -> Result<Vec<u8>, AmlError> {
+fn dsdt(pci_windows: &PciWindows) -> Result<Vec<u8>, AmlError> {
     let slp_typ = aml::byte(ACPI_S5_SLP_TYP);
     let s5 = aml::package(&[slp_typ.clone(), slp_typ, aml::byte(0), aml::byte(0)])?;
     let mut t = Sdt::new(*b"DSDT", DSDT_REVISION);
     t.append(&aml::name("\\_S5", &s5)?);
-    let sb = pci::root_bridge_devices(&pci::PciWindows { mmio64: None })?;
+    let sb = pci::root_bridge_devices(pci_windows)?;
     t.append(&aml::scope("\\_SB", &sb)?);
     Ok(t.finish())
 }
@@ -244,6 +244,7 @@ fn signature(table: &[u8]) -> String {
 pub fn create_acpi_tables<M: GuestMemoryBackend>(
     mem: &M,
     num_cpus: u32,
+    pci_windows: &PciWindows,
     numa: Option<&NumaLayout>,
 ) -> Result<GuestAddress, AcpiError> {
     if num_cpus == 0 {
@@ -260,7 +261,11 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
         next: ACPI_START + RSDP_SIZE as u64,
     };
     let facs_addr = placer.place("FACS", &fadt::facs(), FACS_ALIGN)?;
-    let dsdt_addr = placer.place("DSDT", &dsdt().map_err(AcpiError::Aml)?, TABLE_ALIGN)?;
+    let dsdt_addr = placer.place(
+        "DSDT",
+        &dsdt(pci_windows).map_err(AcpiError::Aml)?,
+        TABLE_ALIGN,
+    )?;
 
     // Every table the XSDT lists, in order. New tables go here.
     let mut tables = vec![
@@ -328,6 +333,11 @@ mod tests {
         t
     }
 
+    /// The windows of a 1 GiB guest with 40 address bits.
+    fn test_windows() -> PciWindows {
+        PciWindows::for_guest(1 << 30, 40)
+    }
+
     struct Tables {
         rsdp: Vec<u8>,
         xsdt: Vec<u8>,
@@ -341,7 +351,7 @@ mod tests {
 
     fn tables(num_cpus: u32) -> Tables {
         let m = mem(0x20_0000);
-        let rsdp_addr = create_acpi_tables(&m, num_cpus, None).unwrap();
+        let rsdp_addr = create_acpi_tables(&m, num_cpus, &test_windows(), None).unwrap();
         assert_eq!(rsdp_addr, GuestAddress(ACPI_START));
         let rsdp = read(&m, ACPI_START, RSDP_SIZE);
         let xsdt = table(&m, u64_at(&rsdp, 24), b"XSDT");
@@ -436,6 +446,13 @@ mod tests {
         let t = tables(1);
         assert_eq!(t.dsdt[8], 2);
         let body = &t.dsdt[36..];
+        let (start, size) = test_windows().mmio64.unwrap();
+        let window64 = aml::resource::qword_memory(start, start + size - 1, false);
+        assert!(
+            body.windows(window64.len())
+                .any(|w| w == window64.as_slice()),
+            "the 64-bit PCI window in PCI0._CRS"
+        );
         let at = body
             .windows(4)
             .position(|w| w == b"_S5_")
@@ -492,19 +509,25 @@ mod tests {
     fn errors() {
         let m = mem(0x20_0000);
         assert!(matches!(
-            create_acpi_tables(&m, 0, None),
+            create_acpi_tables(&m, 0, &test_windows(), None),
             Err(AcpiError::NoCpus)
         ));
         assert!(matches!(
-            create_acpi_tables(&m, 100_000, None),
+            create_acpi_tables(&m, 100_000, &test_windows(), None),
             Err(AcpiError::TooManyCpus(100_000))
         ));
         assert!(matches!(
-            create_acpi_tables(&m, u32::MAX, None),
+            create_acpi_tables(&m, u32::MAX, &test_windows(), None),
             Err(AcpiError::TooManyCpus(_))
         ));
         // The most vCPUs the bound allows still fit.
-        create_acpi_tables(&m, (ACPI_MAX_SIZE / MADT_BYTES_PER_CPU) as u32, None).unwrap();
+        create_acpi_tables(
+            &m,
+            (ACPI_MAX_SIZE / MADT_BYTES_PER_CPU) as u32,
+            &test_windows(),
+            None,
+        )
+        .unwrap();
         // A table that would run past the ACPI area is refused before anything is written.
         let mut placer = Placer {
             mem: &m,
@@ -520,7 +543,7 @@ mod tests {
         assert_eq!(read(&m, ACPI_START + ACPI_MAX_SIZE - 0x80, 1), [0]);
         // Memory that stops below the ACPI area.
         let small = mem(ACPI_START as usize);
-        let err = create_acpi_tables(&small, 1, None).unwrap_err();
+        let err = create_acpi_tables(&small, 1, &test_windows(), None).unwrap_err();
         assert!(matches!(err, AcpiError::Write { .. }), "{err:?}");
     }
 
@@ -539,7 +562,7 @@ mod tests {
     fn numa_guests_get_srat_and_slit() {
         let m = mem(0x20_0000);
         let layout = numa::tests::layout(2, 2, 1 << 30);
-        create_acpi_tables(&m, 4, Some(&layout)).unwrap();
+        create_acpi_tables(&m, 4, &test_windows(), Some(&layout)).unwrap();
         let entries = xsdt_entries(&m);
         assert_eq!(entries.len(), 5);
         table(&m, entries[0], b"FACP");
@@ -566,7 +589,7 @@ mod tests {
 
         let m = mem(0x20_0000);
         let layout = numa::tests::layout(4, 1, 1 << 28);
-        create_acpi_tables(&m, 4, Some(&layout)).unwrap();
+        create_acpi_tables(&m, 4, &test_windows(), Some(&layout)).unwrap();
         let entries = xsdt_entries(&m);
         assert_eq!(entries.len(), 5);
         let slit = table(&m, entries[4], b"SLIT");
@@ -577,7 +600,7 @@ mod tests {
 
         // Without a layout there is neither table.
         let m = mem(0x20_0000);
-        create_acpi_tables(&m, 4, None).unwrap();
+        create_acpi_tables(&m, 4, &test_windows(), None).unwrap();
         assert_eq!(xsdt_entries(&m).len(), 3);
     }
 
@@ -586,14 +609,15 @@ mod tests {
         let m = mem(0x20_0000);
         let mut layout = numa::tests::layout(2, 1, 1 << 30);
         layout.distances[0][1] = 10;
-        let err = create_acpi_tables(&m, 2, Some(&layout)).unwrap_err();
+        let err = create_acpi_tables(&m, 2, &test_windows(), Some(&layout)).unwrap_err();
         assert!(
             matches!(err, AcpiError::NumaRemoteDistance { .. }),
             "{err:?}"
         );
         // Nothing was written.
         assert_eq!(read(&m, ACPI_START, 8), [0; 8]);
-        let err = create_acpi_tables(&m, 2, Some(&NumaLayout::default())).unwrap_err();
+        let err =
+            create_acpi_tables(&m, 2, &test_windows(), Some(&NumaLayout::default())).unwrap_err();
         assert!(matches!(err, AcpiError::NumaNoNodes), "{err:?}");
 
         // A SLIT too large for the area below 1 MiB: 400 nodes need 160,000 distance bytes.
@@ -603,7 +627,7 @@ mod tests {
                 .map(|i| (0..400).map(|j| if i == j { 10 } else { 20 }).collect())
                 .collect(),
         };
-        let err = create_acpi_tables(&m, 2, Some(&big)).unwrap_err();
+        let err = create_acpi_tables(&m, 2, &test_windows(), Some(&big)).unwrap_err();
         assert!(
             matches!(&err, AcpiError::TooLarge { table, .. } if table == "SLIT"),
             "{err:?}"
@@ -616,7 +640,7 @@ mod tests {
         // So many memory ranges that the SRAT does not fit.
         let mut many = numa::tests::layout(2, 1, 1 << 20);
         many.nodes[1].memory = (0..4000u64).map(|i| (i << 21, 1 << 20)).collect();
-        let err = create_acpi_tables(&m, 2, Some(&many)).unwrap_err();
+        let err = create_acpi_tables(&m, 2, &test_windows(), Some(&many)).unwrap_err();
         assert!(
             matches!(&err, AcpiError::TooLarge { table, .. } if table == "SRAT"),
             "{err:?}"

@@ -4,20 +4,10 @@
 
 use super::aml::{self, resource, AmlError};
 use super::sdt::Sdt;
-use crate::layout::{
-    pci_intx_gsi, ports, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_LAST_BUS, PCI_MMIO32_SIZE,
-    PCI_MMIO32_START,
-};
+use crate::layout::{pci_intx_gsi, ports, PciWindows, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_LAST_BUS};
 
 /// MCFG revision (PCI Firmware Specification 3.x).
 const MCFG_REVISION: u8 = 1;
-
-/// The windows the root bridge decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PciWindows {
-    /// 64-bit BAR window `(start, size)` above guest RAM, if any.
-    pub mmio64: Option<(u64, u64)>,
-}
 
 /// MCFG: one allocation for segment 0, buses 0..=PCI_LAST_BUS, at [`PCI_ECAM_START`].
 pub fn mcfg() -> Vec<u8> {
@@ -48,7 +38,8 @@ fn routing_table() -> Result<Vec<u8>, AmlError> {
 
 /// `\_SB.PCI0` and `\_SB.MRES`, to be placed in the DSDT's `\_SB` scope body.
 pub fn root_bridge_devices(windows: &PciWindows) -> Result<Vec<Vec<u8>>, AmlError> {
-    let mmio32_end = PCI_MMIO32_START + PCI_MMIO32_SIZE - 1;
+    let (mmio32_start, mmio32_size) = windows.mmio32;
+    let mmio32_end = mmio32_start + mmio32_size - 1;
     let mut crs = vec![
         resource::word_bus_number(0, u16::from(PCI_LAST_BUS)),
         resource::io(
@@ -59,7 +50,7 @@ pub fn root_bridge_devices(windows: &PciWindows) -> Result<Vec<Vec<u8>>, AmlErro
         ),
         resource::word_io(0x0000, ports::PCI_CONFIG - 1),
         resource::word_io(0x0d00, 0xffff),
-        resource::dword_memory(PCI_MMIO32_START as u32, mmio32_end as u32, false),
+        resource::dword_memory(mmio32_start as u32, mmio32_end as u32, false),
     ];
     if let Some((start, size)) = windows.mmio64 {
         crs.push(resource::qword_memory(start, start + size - 1, false));
@@ -117,7 +108,12 @@ mod tests {
 
     #[test]
     fn root_bridge_has_ids_and_windows() {
+        let mmio32 = (
+            crate::layout::PCI_MMIO32_START,
+            crate::layout::PCI_MMIO32_SIZE,
+        );
         let devs = root_bridge_devices(&PciWindows {
+            mmio32,
             mmio64: Some((0x40_0000_0000, 1 << 30)),
         })
         .unwrap();
@@ -139,7 +135,11 @@ mod tests {
             &resource::memory32_fixed(0xe000_0000, 0x10_0000)
         ));
         assert!(contains(&devs[1], &aml::eisa_id("PNP0C02").unwrap()));
-        let without = root_bridge_devices(&PciWindows { mmio64: None }).unwrap();
+        let without = root_bridge_devices(&PciWindows {
+            mmio32,
+            mmio64: None,
+        })
+        .unwrap();
         assert!(without[0].len() < pci0.len());
     }
 }

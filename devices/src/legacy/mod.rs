@@ -55,7 +55,7 @@ mod tests {
     fn devices_work_through_a_bus() {
         use crate::bus::{Bus, MachineRequest};
         use std::sync::{Arc, Mutex};
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert("i8042", Arc::new(Mutex::new(I8042::new())), 0x60, 5)
             .unwrap();
         bus.insert("cmos", Arc::new(Mutex::new(Cmos::new(1 << 30, 0))), 0x70, 2)

@@ -4,8 +4,8 @@
 //! [`MsixCap`] and [`MsixConfig`]), and are plugged into a [`PciSegment`]. The guest reaches
 //! configuration space through [`PciConfigIo`] (ports 0xCF8..=0xCFF) or [`PciConfigMmio`]
 //! (ECAM, bus 0), and each BAR through a [`PciBarBusDevice`] the VMM puts on the MMIO or port
-//! bus at an address from a [`BarAllocator`]. BAR moves the guest makes are queued in the
-//! segment for the VMM to apply.
+//! bus at an address from a [`BarAllocator`]. BAR moves the guest makes reach the VMM's
+//! [`BarMapper`] while the configuration write is handled.
 
 pub mod bar_alloc;
 pub mod config;
@@ -21,7 +21,7 @@ pub use config_io::PciConfigIo;
 pub use config_mmio::{PciConfigMmio, PCI_MMIO_CONFIG_SIZE};
 pub use device::{PciBarBusDevice, PciDevice};
 pub use msix::{MsiInterrupt, MsiMessage, MsixCap, MsixConfig, MsixError, MsixNotifier};
-pub use root::{DeviceBarReprogram, PciError, PciRoot, PciSegment};
+pub use root::{BarMapper, PciError, PciRoot, PciSegment};
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,9 @@
 //! The PCI host bridge (00:00.0) and PCI segment 0, bus 0, which holds up to 31 endpoints.
 //!
 //! Only bus 0 and function 0 of each device exist; every other address reads all-ones (the
-//! "no device" answer, vendor ID 0xffff) and ignores writes. BAR moves caused by guest config
-//! writes are queued in the segment, coalesced per BAR so the queue stays bounded, until the
-//! VMM takes them with [`PciSegment::take_bar_reprograms`] after the access returns.
+//! "no device" answer, vendor ID 0xffff) and ignores writes. A guest config write that moves a
+//! BAR is handed, before the write returns, to the [`BarMapper`] the VMM installed, so the
+//! guest's next access already finds the BAR at its new address.
 
 use std::sync::{Arc, Mutex};
 
@@ -79,19 +79,19 @@ impl PciDevice for PciRoot {
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 }
 
-/// A BAR move reported by the device at `device` on bus 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceBarReprogram {
-    /// Device number on bus 0.
-    pub device: u8,
-    /// The move (`old` is where the VMM last mapped the BAR).
-    pub reprogram: BarReprogram,
+/// Where the VMM maps BARs: told of every BAR move a guest config write makes, while the write
+/// is being handled (on the vCPU thread, with the segment locked: it must not lock the segment
+/// or the device).
+pub trait BarMapper: Send + Sync {
+    /// The guest moved BAR `reprogram.bar` of the device at `device` on bus 0 from
+    /// `reprogram.old` to `reprogram.new` (guest-controlled, to be validated).
+    fn bar_moved(&self, device: u8, reprogram: &BarReprogram);
 }
 
 /// PCI segment 0 with its single bus: the host bridge at device 0 and endpoints at 1..=31.
 pub struct PciSegment {
     devices: [Option<Arc<Mutex<dyn PciDevice>>>; PCI_MAX_DEVICES],
-    reprograms: Vec<DeviceBarReprogram>,
+    mapper: Option<Arc<dyn BarMapper>>,
 }
 
 impl std::fmt::Debug for PciSegment {
@@ -101,7 +101,7 @@ impl std::fmt::Debug for PciSegment {
             .collect();
         f.debug_struct("PciSegment")
             .field("devices", &present)
-            .field("reprograms", &self.reprograms)
+            .field("mapper", &self.mapper.is_some())
             .finish()
     }
 }
@@ -120,8 +120,14 @@ impl PciSegment {
         devices[0] = Some(Arc::new(Mutex::new(PciRoot::new())));
         Self {
             devices,
-            reprograms: Vec::new(),
+            mapper: None,
         }
+    }
+
+    /// Installs the VMM's [`BarMapper`]; BAR moves made before are not replayed (install it
+    /// before the guest runs).
+    pub fn set_bar_mapper(&mut self, mapper: Arc<dyn BarMapper>) {
+        self.mapper = Some(mapper);
     }
 
     /// Plugs `device` into the lowest free device number (1..=31) and returns it.
@@ -173,7 +179,8 @@ impl PciSegment {
     }
 
     /// Writes configuration space of `bus:device.function` at `offset`; writes to absent
-    /// functions are dropped. A resulting BAR move is queued.
+    /// functions are dropped. A resulting BAR move goes to the [`BarMapper`] before this
+    /// returns.
     pub fn config_write(&mut self, bus: u8, device: u8, function: u8, offset: u32, data: &[u8]) {
         let Some(d) = self.lookup(bus, device, function) else {
             debug!("PCI config write to absent {bus:02x}:{device:02x}.{function}");
@@ -186,34 +193,9 @@ impl PciSegment {
             "PCI 00:{device:02x}.0 BAR {} moved: {reprogram:x?}",
             reprogram.bar
         );
-        self.queue(DeviceBarReprogram { device, reprogram });
-    }
-
-    /// Queues a move, merging it with a pending move of the same BAR (at most one entry per
-    /// BAR, so at most 32 * 6 entries).
-    fn queue(&mut self, r: DeviceBarReprogram) {
-        let same =
-            |p: &DeviceBarReprogram| p.device == r.device && p.reprogram.bar == r.reprogram.bar;
-        match self.reprograms.iter().position(same) {
-            Some(i) => {
-                let pending = &mut self.reprograms[i].reprogram;
-                pending.new = r.reprogram.new;
-                if pending.new == pending.old {
-                    self.reprograms.remove(i);
-                }
-            }
-            None => self.reprograms.push(r),
+        match &self.mapper {
+            Some(mapper) => mapper.bar_moved(device, &reprogram),
+            None => debug!("no BAR mapper: the move of 00:{device:02x}.0 maps nothing"),
         }
-    }
-
-    /// Whether BAR moves are waiting for the VMM.
-    pub fn has_bar_reprograms(&self) -> bool {
-        !self.reprograms.is_empty()
-    }
-
-    /// Takes the queued BAR moves, oldest first. The VMM should call this after every
-    /// configuration access (PIO or ECAM) and move its mappings accordingly.
-    pub fn take_bar_reprograms(&mut self) -> Vec<DeviceBarReprogram> {
-        std::mem::take(&mut self.reprograms)
     }
 }

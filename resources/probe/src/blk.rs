@@ -268,6 +268,9 @@ fn run_inner(ctx: &mut Ctx, a: &Args, tsc: Tsc) -> Result<()> {
     let arena = Arena::above_image(ctx.boot)?;
     let pci = Pci::new(ctx.boot, ctx.acpi.as_ref());
     let bdf = vblk::find(&pci, a.disk)?;
+    if let Some(addr) = a.bar {
+        crate::pci::move_bar(&pci, bdf, 0, addr)?;
+    }
     let opts = Opts {
         queues: a.queues,
         depth: a.iodepth,

@@ -1,7 +1,8 @@
 //! Arguments of the `blk` command, parsed and validated before any command runs:
 //! `blk:disk=N,rw=read|write|randread|randwrite|randrw,bs=4k,iodepth=32,ios=N|runtime=S,
 //! verify=0|1,poll=0|1,queues=Q,size=BYTES,offset=BYTES,flush=0|1,seed=N,event_idx=0|1,
-//! indirect=0|1,report=probe|fio,name=NAME`. Sizes accept k/m/g suffixes (powers of 1024).
+//! indirect=0|1,report=probe|fio,name=NAME,bar=0xADDR`. Sizes accept k/m/g suffixes (powers of
+//! 1024).
 
 use crate::err;
 use crate::error::Result;
@@ -124,6 +125,8 @@ pub struct Args {
     pub report: Report,
     /// Job name for `report=fio` (None: `disk<N>`).
     pub name: Option<Name>,
+    /// Move the disk's BAR 0 here before opening it (below 4 GiB, 4 KiB-aligned).
+    pub bar: Option<u64>,
 }
 
 impl Args {
@@ -151,6 +154,15 @@ pub fn num(v: &[u8]) -> Option<u64> {
     v.iter().try_fold(0u64, |a, &c| {
         c.is_ascii_digit().then(|| a * 10 + (c - b'0') as u64)
     })
+}
+
+/// A hexadecimal number (1 to 16 digits, no prefix).
+fn hex(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 16 {
+        return None;
+    }
+    v.iter()
+        .try_fold(0u64, |a, &c| Some(a << 4 | (c as char).to_digit(16)? as u64))
 }
 
 /// A byte count with an optional k/m/g suffix (binary), as every probe command takes sizes.
@@ -192,8 +204,9 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
         indirect: None,
         report: Report::Probe,
         name: None,
+        bar: None,
     };
-    let mut seen = [false; 17];
+    let mut seen = [false; 18];
     for arg in args.unwrap_or(b"").split(|&c| c == b',') {
         if arg.is_empty() && args.is_none() {
             continue;
@@ -318,6 +331,19 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
                     )
                 })?);
                 16
+            }
+            b"bar" => {
+                let addr = v
+                    .strip_prefix(b"0x")
+                    .and_then(hex)
+                    .filter(|&x| x > 0 && x < 1 << 32 && x % 4096 == 0);
+                a.bar = Some(addr.ok_or_else(|| {
+                    err!(
+                        "blk: bar '{}' must be a 4 KiB-aligned 0x address below 4 GiB",
+                        show(v)
+                    )
+                })?);
+                17
             }
             _ => return Err(err!("blk: unknown argument '{}'", show(k))),
         };

@@ -7,6 +7,7 @@
 
 use crate::acpi::{self, Acpi};
 use crate::bootinfo::BootInfo;
+use crate::err;
 use crate::error::Result;
 use crate::io::{inl, outl, outw};
 use crate::json::Line;
@@ -313,6 +314,29 @@ fn sized_bars(pci: &Pci, b: Bdf, mut f: impl FnMut(&Bar)) {
         i += if bar.kind == BarKind::Mem64 { 2 } else { 1 };
     }
     pci.write16(b, CMD, cmd);
+}
+
+/// Moves memory BAR `index` of `b` to `addr` the way an OS does: memory decoding off, the
+/// address written (low dword, then the high one of a 64-bit BAR), decoding restored. Fails for
+/// a missing or I/O BAR.
+pub fn move_bar(pci: &Pci, b: Bdf, index: u8, addr: u64) -> Result<()> {
+    let bar = bar(pci, b, index).ok_or_else(|| err!("{}: no BAR {}", b, index))?;
+    let off = 0x10 + 4 * index as u16;
+    let cmd = pci.read16(b, CMD);
+    pci.write16(b, CMD, cmd & !CMD_MEM);
+    match bar.kind {
+        BarKind::Io => {
+            pci.write16(b, CMD, cmd);
+            return Err(err!("{}: BAR {} is an I/O BAR", b, index));
+        }
+        BarKind::Mem32 => pci.write32(b, off, addr as u32),
+        BarKind::Mem64 => {
+            pci.write32(b, off, addr as u32);
+            pci.write32(b, off + 4, (addr >> 32) as u32);
+        }
+    }
+    pci.write16(b, CMD, cmd);
+    Ok(())
 }
 
 /// Runs the `pci` command: one line listing every function on bus 0.

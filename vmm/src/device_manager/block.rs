@@ -1,7 +1,8 @@
 //! virtio-blk disks on PCI: backing files, I/O threads, MSI-X routes, INTx lines and queue
 //! notify ioeventfds.
 //!
-//! Disk `i` sits in PCI slot `i + 1` with one memory BAR in the 32-bit window. Its queues are
+//! Disk `i` sits in PCI slot `i + 1` with one 64-bit memory BAR, allocated in the 32-bit
+//! window (the guest may move it). Its queues are
 //! served by I/O threads: one per queue named `<disk>-q<n>`, or one shared thread when the
 //! disk names an `iothread`. Each queue's notify address is a KVM ioeventfd, so a guest kick
 //! wakes the I/O thread without a userspace exit; completions go out through the MSI-X
@@ -17,7 +18,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
 use super::interrupts::{GsiRouter, InterruptError, IntxLine, MsiVectors};
-use super::pci_bars::{BarWindow, BarWindowError};
+use super::pci_bars::{PciBarError, PciBars};
 use crate::config::{CacheMode, DiskConfig};
 use crate::placement::{self, CpuSet, PlacementError};
 
@@ -97,7 +98,7 @@ pub enum BlockDeviceError {
         disk: String,
         /// Cause.
         #[source]
-        source: BarWindowError,
+        source: PciBarError,
     },
 }
 
@@ -148,8 +149,8 @@ pub struct AttachContext<'a> {
     pub mem: &'a GuestMemoryMmap,
     /// PCI segment 0.
     pub segment: &'a Arc<Mutex<PciSegment>>,
-    /// The 32-bit BAR window the disks' BARs are mapped in.
-    pub window: &'a mut BarWindow,
+    /// The BARs on the MMIO bus.
+    pub pci_bars: &'a PciBars,
     /// Allocator over the same window.
     pub bars: &'a mut BarAllocator,
 }
@@ -260,15 +261,15 @@ fn plug(
             slot,
             source,
         })?;
-    // The window registers (duplicates of) the queue notify eventfds as ioeventfds.
+    // PciBars registers (duplicates of) the queue notify eventfds as ioeventfds.
     {
         let guard = dev
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ctx.window
+        ctx.pci_bars
             .add(
-                slot,
-                0,
+                name,
+                (slot, 0),
                 (bar, VIRTIO_PCI_BAR_SIZE),
                 pci,
                 &guard.notify_eventfds(),

@@ -1,7 +1,8 @@
 //! Every device a VM has, and the buses that reach them. [`DeviceManager::attach`] builds
 //! them in a fixed order: the PC platform devices on the port-I/O bus ([`legacy`]), the PCI
 //! host bridge ([`pci_host`]), then the virtio-blk disks ([`block`]) with their MSI-X and
-//! INTx interrupts ([`interrupts`]) and their BARs in the 32-bit window ([`pci_bars`]).
+//! INTx interrupts ([`interrupts`]) and their BARs on the MMIO bus, allocated in the 32-bit
+//! window and moved where the guest programs them ([`pci_bars`]).
 //! The vCPU threads share the finished [`Buses`].
 
 pub mod block;
@@ -12,7 +13,7 @@ pub mod pci_host;
 
 use std::sync::{Arc, Mutex};
 
-use arch::layout;
+use arch::layout::PciWindows;
 use devices::bus::{Bus, BusError};
 use devices::pci::{BarAllocator, PciSegment};
 use kvm_ioctls::VmFd;
@@ -23,7 +24,7 @@ use crate::placement::{self, CpuSet};
 use block::{AttachContext, BlockDeviceError, BlockDevices};
 use interrupts::GsiRouter;
 use legacy::{LegacyDeviceError, LegacyDevices};
-use pci_bars::BarWindow;
+use pci_bars::PciBars;
 use pci_host::PciHostError;
 
 /// The port-I/O and MMIO buses.
@@ -31,8 +32,8 @@ use pci_host::PciHostError;
 pub struct Buses {
     /// Port I/O.
     pub pio: Bus,
-    /// Memory-mapped I/O.
-    pub mmio: Bus,
+    /// Memory-mapped I/O (shared with [`PciBars`], which moves BARs on it).
+    pub mmio: Arc<Bus>,
 }
 
 /// Errors building a VM's devices.
@@ -68,12 +69,14 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Builds every device `config` asks for and puts it on the buses. `iothread_cpus[i]`
-    /// (if given) are the host CPUs disk i's new I/O threads are pinned to.
+    /// Builds every device `config` asks for and puts it on the buses, PCI BARs within
+    /// `windows`. `iothread_cpus[i]` (if given) are the host CPUs disk i's new I/O threads are
+    /// pinned to.
     pub fn attach(
         vm: &Arc<VmFd>,
         ram: &GuestRam,
         config: &VmConfig,
+        windows: &PciWindows,
         iothread_cpus: &[Option<CpuSet>],
     ) -> Result<Self, DeviceError> {
         let mut buses = Buses::default();
@@ -81,7 +84,16 @@ impl DeviceManager {
         let legacy = legacy::attach(vm, &mut buses.pio, &config.serial, below, above)?;
         // The segment lives on through the buses' references to its config mechanisms.
         let segment = pci_host::attach(&mut buses)?;
-        let disks = attach_disks(vm, ram, &segment, &mut buses, config, iothread_cpus)?;
+        let bars = Arc::new(PciBars::new(
+            Arc::clone(vm),
+            Arc::clone(&buses.mmio),
+            *windows,
+        ));
+        segment
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_bar_mapper(bars.clone());
+        let disks = attach_disks(vm, ram, &segment, &bars, windows, config, iothread_cpus)?;
         Ok(DeviceManager {
             disks,
             buses: Arc::new(buses),
@@ -108,50 +120,32 @@ impl DeviceManager {
     }
 }
 
-/// Attaches the disks on PCI with their BARs in the 32-bit window, and puts the window on
-/// the MMIO bus.
+/// Attaches the disks on PCI with their BARs allocated in the 32-bit window.
 fn attach_disks(
     vm: &Arc<VmFd>,
     ram: &GuestRam,
     segment: &Arc<Mutex<PciSegment>>,
-    buses: &mut Buses,
+    pci_bars: &PciBars,
+    windows: &PciWindows,
     config: &VmConfig,
     iothread_cpus: &[Option<CpuSet>],
 ) -> Result<BlockDevices, DeviceError> {
     let router = Arc::new(GsiRouter::new(Arc::clone(vm)));
-    let (window_base, window_size) = (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
+    let (window_base, window_size) = windows.mmio32;
     let mut bars = BarAllocator::new(window_base, window_base + window_size);
-    let mut window = BarWindow::new(
-        Arc::clone(segment),
-        Arc::clone(vm),
-        window_base,
-        window_size,
-    );
     let disks = block::attach(
         AttachContext {
             vm,
             router: &router,
             mem: &ram.mem,
             segment,
-            window: &mut window,
+            pci_bars,
             bars: &mut bars,
         },
         &config.disks,
         iothread_cpus,
     )?;
     log_iothread_placement(&disks);
-    buses
-        .mmio
-        .insert(
-            "pci-bars",
-            Arc::new(Mutex::new(window)),
-            window_base,
-            window_size,
-        )
-        .map_err(|source| DeviceError::Bus {
-            what: "PCI BAR window",
-            source,
-        })?;
     Ok(disks)
 }
 

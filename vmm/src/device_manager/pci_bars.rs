@@ -1,35 +1,38 @@
-//! The 32-bit PCI BAR window: one MMIO bus device spanning the window that routes each access
-//! to the BAR currently decoding it, follows BAR moves the guest programs, and moves the
-//! queue-notify ioeventfds with their BAR.
+//! PCI BARs on the MMIO bus: each BAR of each device is its own bus range (named after the
+//! device, so exits count per device), and a BAR move the guest programs is applied while its
+//! configuration write is handled ([`BarMapper`]): the range moves on the bus and the
+//! queue-notify ioeventfds move with it, before the guest's next instruction.
 //!
-//! A guest move is queued by the PCI segment when the configuration write happens and is
-//! applied here at the next access to the window. Until then the guest's kicks at the new
-//! address still arrive: they exit to userspace, the move is applied, and the access reaches
-//! the device, whose notify fallback signals the same eventfd. Moves outside the window,
-//! misaligned or overlapping another BAR are refused (logged); the BAR then stays where it was.
-//! Accesses on this path are configuration accesses; the I/O path (ioeventfds, irqfds) never
-//! takes this device's lock.
+//! A move is accepted into the 32-bit or the 64-bit PCI window ([`PciWindows`]), aligned to the
+//! BAR's size and overlapping no other range on the bus. Anything else unmaps the BAR, as on
+//! hardware where an address outside the bridge's windows decodes nowhere: accesses to it are
+//! unclaimed until the guest programs a valid address again. The first refusal per BAR is a
+//! warning, later ones are debug lines (the guest decides how many there are).
+//! Moves happen on configuration accesses; the I/O path (ioeventfds, irqfds) never takes
+//! this module's lock.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use devices::bus::{BusDevice, MachineRequest};
-use devices::pci::{PciDevice, PciSegment};
+use arch::layout::PciWindows;
+use devices::bus::{Bus, BusError};
+use devices::pci::{BarMapper, BarReprogram, PciBarBusDevice, PciDevice};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors mapping a BAR.
 #[derive(Debug, thiserror::Error)]
-pub enum BarWindowError {
-    /// The BAR does not fit the window or overlaps another one.
-    #[error(
-        "BAR at {addr:#x} ({len:#x} bytes) does not fit the PCI window or overlaps another BAR"
-    )]
+pub enum PciBarError {
+    /// The BAR is not aligned to its size or lies outside the PCI windows.
+    #[error("BAR at {addr:#x} ({len:#x} bytes) is misaligned or outside the PCI windows")]
     Placement {
         /// Address.
         addr: u64,
         /// Size.
         len: u64,
     },
+    /// The bus refused the range (overlap).
+    #[error("cannot put the BAR on the MMIO bus")]
+    Bus(#[source] BusError),
     /// Duplicating an eventfd failed.
     #[error("cannot duplicate a queue notify eventfd")]
     EventFd(#[source] std::io::Error),
@@ -44,191 +47,165 @@ pub enum BarWindowError {
     },
 }
 
+/// One BAR this module maps.
 struct MappedBar {
     device: u8,
     bar: usize,
-    addr: u64,
+    name: String,
     len: u64,
-    dev: Arc<Mutex<dyn PciDevice>>,
+    /// Where it decodes now; `None` after a refused move.
+    at: Option<u64>,
+    bus_device: Arc<Mutex<PciBarBusDevice>>,
     /// Notify eventfds at offsets within the BAR.
     ioevents: Vec<(u64, EventFd)>,
+    /// Whether a refused move was already logged as a warning.
+    warned: bool,
 }
 
-/// The BARs mapped in `[base, base + size)`.
-pub struct BarWindow {
-    segment: Arc<Mutex<PciSegment>>,
+/// The BARs of a VM's PCI devices on its MMIO bus; the PCI segment's [`BarMapper`].
+pub struct PciBars {
     vm: Arc<VmFd>,
-    base: u64,
-    size: u64,
-    bars: Vec<MappedBar>,
+    mmio: Arc<Bus>,
+    windows: PciWindows,
+    bars: Mutex<Vec<MappedBar>>,
 }
 
-impl BarWindow {
-    /// An empty window over `[base, base + size)` for the devices of `segment`.
-    pub fn new(segment: Arc<Mutex<PciSegment>>, vm: Arc<VmFd>, base: u64, size: u64) -> Self {
-        BarWindow {
-            segment,
+impl PciBars {
+    /// No BARs yet, for `mmio` within `windows`.
+    pub fn new(vm: Arc<VmFd>, mmio: Arc<Bus>, windows: PciWindows) -> Self {
+        PciBars {
             vm,
-            base,
-            size,
-            bars: Vec::new(),
+            mmio,
+            windows,
+            bars: Mutex::new(Vec::new()),
         }
     }
 
-    /// Start of the window.
-    pub fn base(&self) -> u64 {
-        self.base
+    fn placeable(&self, addr: u64, len: u64) -> bool {
+        len.is_power_of_two() && addr.is_multiple_of(len) && self.windows.contains(addr, len)
     }
 
-    /// Size of the window.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn fits(&self, addr: u64, len: u64, skip: Option<usize>) -> bool {
-        let Some(end) = addr.checked_add(len) else {
-            return false;
-        };
-        len.is_power_of_two()
-            && addr.is_multiple_of(len)
-            && addr >= self.base
-            && end <= self.base + self.size
-            && self
-                .bars
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| Some(*i) != skip)
-                .all(|(_, b)| end <= b.addr || addr >= b.addr + b.len)
-    }
-
-    /// Maps BAR `bar` of the device at `device` (bus 0) at `addr` and registers `ioevents`
-    /// (offset within the BAR, eventfd) as ioeventfds.
+    /// Maps BAR `bar` of `dev` (at `device` on bus 0, named `name` on the bus) at `addr` and
+    /// registers `ioevents` (offset within the BAR, eventfd) as ioeventfds.
     pub fn add(
-        &mut self,
-        device: u8,
-        bar: usize,
+        &self,
+        name: &str,
+        (device, bar): (u8, usize),
         (addr, len): (u64, u64),
         dev: Arc<Mutex<dyn PciDevice>>,
         ioevents: &[(u64, &EventFd)],
-    ) -> Result<(), BarWindowError> {
-        if !self.fits(addr, len, None) {
-            return Err(BarWindowError::Placement { addr, len });
+    ) -> Result<(), PciBarError> {
+        if !self.placeable(addr, len) {
+            return Err(PciBarError::Placement { addr, len });
         }
         let ioevents = ioevents
             .iter()
-            .map(|(off, fd)| Ok((*off, fd.try_clone().map_err(BarWindowError::EventFd)?)))
-            .collect::<Result<Vec<_>, BarWindowError>>()?;
-        for (off, fd) in &ioevents {
-            let at = addr + off;
-            self.vm
-                .register_ioevent(fd, &IoEventAddress::Mmio(at), NoDatamatch)
-                .map_err(|source| BarWindowError::Ioeventfd { addr: at, source })?;
-        }
-        self.bars.push(MappedBar {
+            .map(|(off, fd)| Ok((*off, fd.try_clone().map_err(PciBarError::EventFd)?)))
+            .collect::<Result<Vec<_>, PciBarError>>()?;
+        let bus_device = Arc::new(Mutex::new(PciBarBusDevice::new(dev, bar)));
+        self.mmio
+            .insert(name, bus_device.clone(), addr, len)
+            .map_err(PciBarError::Bus)?;
+        let mapped = MappedBar {
             device,
             bar,
-            addr,
+            name: name.to_string(),
             len,
-            dev,
+            at: Some(addr),
+            bus_device,
             ioevents,
-        });
+            warned: false,
+        };
+        if let Err(e) = self.register_ioevents(&mapped, addr) {
+            let _ = self.mmio.remove(addr);
+            return Err(e);
+        }
+        self.lock().push(mapped);
         Ok(())
     }
 
-    /// Applies the BAR moves the guest made since the last access.
-    fn sync(&mut self) {
-        let moves = {
-            let mut seg = self.segment.lock().unwrap_or_else(PoisonError::into_inner);
-            if !seg.has_bar_reprograms() {
-                return;
-            }
-            seg.take_bar_reprograms()
-        };
-        for m in moves {
-            let (device, bar, new) = (m.device, m.reprogram.bar, m.reprogram.new);
-            let Some(i) = self
-                .bars
-                .iter()
-                .position(|b| b.device == device && b.bar == bar)
-            else {
-                log::debug!("BAR {bar} of 00:{device:02x}.0 moved but is not in the window");
-                continue;
-            };
-            if !self.fits(new, self.bars[i].len, Some(i)) {
-                log::warn!(
-                    "guest moved BAR {bar} of 00:{device:02x}.0 to {new:#x}: outside the PCI window, misaligned or overlapping; it stays at {:#x}",
-                    self.bars[i].addr
-                );
-                continue;
-            }
-            if let Err(e) = self.move_ioevents(i, new) {
-                log::error!("00:{device:02x}.0: cannot move its notify ioeventfds: {e}");
-            }
-            log::info!(
-                "guest moved BAR {bar} of 00:{device:02x}.0 from {:#x} to {new:#x}",
-                self.bars[i].addr
-            );
-            self.bars[i].addr = new;
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<MappedBar>> {
+        self.bars.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn move_ioevents(&self, i: usize, new: u64) -> Result<(), BarWindowError> {
-        let b = &self.bars[i];
+    fn register_ioevents(&self, b: &MappedBar, base: u64) -> Result<(), PciBarError> {
         for (off, fd) in &b.ioevents {
-            let old = IoEventAddress::Mmio(b.addr + off);
-            if let Err(e) = self.vm.unregister_ioevent(fd, &old, NoDatamatch) {
-                log::debug!("unregistering ioeventfd at {:#x}: {e}", b.addr + off);
-            }
-            let at = new + off;
+            let at = base + off;
             self.vm
                 .register_ioevent(fd, &IoEventAddress::Mmio(at), NoDatamatch)
-                .map_err(|source| BarWindowError::Ioeventfd { addr: at, source })?;
+                .map_err(|source| PciBarError::Ioeventfd { addr: at, source })?;
         }
         Ok(())
     }
 
-    /// The BAR decoding `[addr, addr + len)`, with the offset into it.
-    fn find(&self, addr: u64, len: usize) -> Option<(&MappedBar, u64)> {
-        let end = addr.checked_add(len as u64)?;
-        self.bars
-            .iter()
-            .find(|b| addr >= b.addr && end <= b.addr + b.len)
-            .map(|b| (b, addr - b.addr))
+    fn unregister_ioevents(&self, b: &MappedBar, base: u64) {
+        for (off, fd) in &b.ioevents {
+            let at = IoEventAddress::Mmio(base + off);
+            if let Err(e) = self.vm.unregister_ioevent(fd, &at, NoDatamatch) {
+                log::debug!("unregistering ioeventfd at {:#x}: {e}", base + off);
+            }
+        }
     }
 
-    /// Where BAR `bar` of `device` is mapped now.
+    /// Puts `b` at `new` (it is unmapped now): on the bus, then its ioeventfds.
+    fn map_at(&self, b: &MappedBar, new: u64) -> Result<(), PciBarError> {
+        if !self.placeable(new, b.len) {
+            return Err(PciBarError::Placement {
+                addr: new,
+                len: b.len,
+            });
+        }
+        self.mmio
+            .insert(&b.name, b.bus_device.clone(), new, b.len)
+            .map_err(PciBarError::Bus)?;
+        self.register_ioevents(b, new).inspect_err(|_| {
+            self.unregister_ioevents(b, new);
+            let _ = self.mmio.remove(new);
+        })
+    }
+
+    /// Where BAR `bar` of `device` decodes now.
     #[cfg(test)]
-    pub(crate) fn bar_address(&mut self, device: u8, bar: usize) -> Option<u64> {
-        self.sync();
-        self.bars
+    pub(crate) fn bar_address(&self, device: u8, bar: usize) -> Option<u64> {
+        self.lock()
             .iter()
             .find(|b| b.device == device && b.bar == bar)
-            .map(|b| b.addr)
+            .and_then(|b| b.at)
     }
 }
 
-impl BusDevice for BarWindow {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.sync();
-        match self.find(self.base + offset, data.len()) {
-            Some((b, off)) => b
-                .dev
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .bar_read(b.bar, off, data),
-            None => data.fill(0xff),
+impl BarMapper for PciBars {
+    fn bar_moved(&self, device: u8, reprogram: &BarReprogram) {
+        let (bar, new) = (reprogram.bar, reprogram.new);
+        let mut bars = self.lock();
+        let Some(b) = bars.iter_mut().find(|b| b.device == device && b.bar == bar) else {
+            log::debug!("BAR {bar} of 00:{device:02x}.0 moved but Keel does not map it");
+            return;
+        };
+        if b.at == Some(new) {
+            return;
         }
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Option<MachineRequest> {
-        self.sync();
-        if let Some((b, off)) = self.find(self.base + offset, data.len()) {
-            b.dev
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .bar_write(b.bar, off, data);
+        if let Some(old) = b.at.take() {
+            self.unregister_ioevents(b, old);
+            let _ = self.mmio.remove(old);
         }
-        None
+        match self.map_at(b, new) {
+            Ok(()) => {
+                b.at = Some(new);
+                log::info!(
+                    "guest moved BAR {bar} of 00:{device:02x}.0 ({}) to {new:#x}",
+                    b.name
+                );
+            }
+            Err(e) if !b.warned => {
+                b.warned = true;
+                log::warn!(
+                    "guest moved BAR {bar} of 00:{device:02x}.0 ({}) to {new:#x}: {e}; it decodes nowhere until moved again (further refusals are debug lines)",
+                    b.name
+                );
+            }
+            Err(e) => log::debug!("BAR {bar} of 00:{device:02x}.0 not mapped at {new:#x}: {e}"),
+        }
     }
 }
 
@@ -237,7 +214,7 @@ impl BusDevice for BarWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::pci::{BarInfo, BarKind, BarReprogram};
+    use devices::pci::{BarInfo, BarKind, PciSegment};
 
     /// The last BAR write a fake device saw: (offset, bytes).
     type LastWrite = Arc<Mutex<Option<(u64, Vec<u8>)>>>;
@@ -279,12 +256,22 @@ mod tests {
     }
 
     const BASE: u64 = 0xc000_0000;
+    /// Where OVMF puts BARs in a guest with 40 address bits: the 64-bit window's top eighth.
+    const HIGH: u64 = 0xe0_0000_0000;
 
-    #[test]
-    fn routes_accesses_and_follows_moves() {
-        let Some(kvm) = crate::host::kvm_for_test() else {
-            return;
-        };
+    /// A segment with one fake device whose 4 KiB BAR 0 is mapped at BASE with a notify
+    /// eventfd at 0x10.
+    struct Setup {
+        segment: Arc<Mutex<PciSegment>>,
+        mmio: Arc<Bus>,
+        bars: Arc<PciBars>,
+        slot: u8,
+        last: LastWrite,
+        kick: EventFd,
+    }
+
+    fn setup() -> Option<Setup> {
+        let kvm = crate::host::kvm_for_test()?;
         let vm = Arc::new(kvm.create_vm().unwrap());
         let segment = Arc::new(Mutex::new(PciSegment::new()));
         let last = Arc::new(Mutex::new(None));
@@ -293,41 +280,131 @@ mod tests {
             last: last.clone(),
         }));
         let slot = segment.lock().unwrap().add_device(dev.clone()).unwrap();
-        let mut w = BarWindow::new(segment.clone(), vm, BASE, 0x10_0000);
+        let mmio = Arc::new(Bus::new());
+        let windows = PciWindows::for_guest(1 << 30, 40);
+        let bars = Arc::new(PciBars::new(vm, mmio.clone(), windows));
+        segment.lock().unwrap().set_bar_mapper(bars.clone());
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        w.add(slot, 0, (BASE, 0x1000), dev.clone(), &[(0x10, &kick)])
-            .unwrap();
+        bars.add(
+            "fake",
+            (slot, 0),
+            (BASE, 0x1000),
+            dev.clone(),
+            &[(0x10, &kick)],
+        )
+        .unwrap();
         assert!(
-            w.add(slot, 1, (BASE + 0x800, 0x1000), dev.clone(), &[])
+            bars.add("fake", (slot, 1), (BASE + 0x800, 0x1000), dev, &[])
                 .is_err(),
-            "misaligned and overlapping"
+            "misaligned"
         );
-
-        let mut b = [0u8; 2];
-        w.read(0x20, &mut b);
-        assert_eq!(b, [0x20, 0x20]);
-        w.read(0x5000, &mut b);
-        assert_eq!(b, [0xff, 0xff], "nothing mapped there");
-
-        // The guest moves the BAR to BASE + 0x4000 through configuration space.
-        segment.lock().unwrap().config_write(
-            0,
+        Some(Setup {
+            segment,
+            mmio,
+            bars,
             slot,
-            0,
-            0x10,
-            &((BASE + 0x4000) as u32).to_le_bytes(),
-        );
-        w.write(0x4008, &[7]);
-        assert_eq!(*last.lock().unwrap(), Some((8, vec![7])));
-        assert_eq!(w.bar_address(slot, 0), Some(BASE + 0x4000));
-        w.read(0x20, &mut b);
-        assert_eq!(b, [0xff, 0xff], "old address no longer decodes");
+            last,
+            kick,
+        })
+    }
 
-        // A move outside the window is refused; the BAR stays.
+    fn move_bar(segment: &Mutex<PciSegment>, slot: u8, addr: u32) {
         segment
             .lock()
             .unwrap()
-            .config_write(0, slot, 0, 0x10, &0x1000_0000u32.to_le_bytes());
-        assert_eq!(w.bar_address(slot, 0), Some(BASE + 0x4000));
+            .config_write(0, slot, 0, 0x10, &addr.to_le_bytes());
+    }
+
+    #[test]
+    fn moves_take_effect_during_the_config_write() {
+        let Some(Setup {
+            segment,
+            mmio,
+            bars,
+            slot,
+            last,
+            ..
+        }) = setup()
+        else {
+            return;
+        };
+        let mut b = [0u8; 2];
+        mmio.read(BASE + 0x20, &mut b).unwrap();
+        assert_eq!(b, [0x20, 0x20]);
+        assert!(mmio.read(BASE + 0x5000, &mut b).is_err(), "nothing there");
+
+        move_bar(&segment, slot, (BASE + 0x4000) as u32);
+        mmio.write(BASE + 0x4008, &[7]).unwrap();
+        assert_eq!(*last.lock().unwrap(), Some((8, vec![7])));
+        assert_eq!(bars.bar_address(slot, 0), Some(BASE + 0x4000));
+        assert!(
+            mmio.read(BASE + 0x20, &mut b).is_err(),
+            "old address no longer decodes"
+        );
+        assert_eq!(mmio.device_names(), ["fake"]);
+    }
+
+    #[test]
+    fn a_move_outside_the_windows_unmaps_until_a_valid_one() {
+        let Some(Setup {
+            segment,
+            mmio,
+            bars,
+            slot,
+            ..
+        }) = setup()
+        else {
+            return;
+        };
+        let mut b = [0u8; 1];
+        move_bar(&segment, slot, 0x1000_0000);
+        assert_eq!(bars.bar_address(slot, 0), None);
+        assert!(mmio.read(BASE, &mut b).is_err() && mmio.read(0x1000_0000, &mut b).is_err());
+        for _ in 0..1000 {
+            move_bar(&segment, slot, 0x2000_0000);
+            move_bar(&segment, slot, 0x1000_0000);
+        }
+        move_bar(&segment, slot, (BASE + 0x8000) as u32);
+        assert_eq!(bars.bar_address(slot, 0), Some(BASE + 0x8000));
+        mmio.read(BASE + 0x8001, &mut b).unwrap();
+        assert_eq!(b, [1]);
+    }
+
+    #[test]
+    fn ioeventfds_follow_the_bar_into_the_64_bit_window() {
+        let Some(Setup {
+            mmio,
+            bars,
+            slot,
+            kick,
+            ..
+        }) = setup()
+        else {
+            return;
+        };
+        // The fake's config space is 32-bit; move it the way a 64-bit BAR's write reports.
+        bars.bar_moved(
+            slot,
+            &BarReprogram {
+                bar: 0,
+                old: BASE,
+                new: HIGH,
+                len: 0x1000,
+                kind: BarKind::Memory64,
+            },
+        );
+        assert_eq!(bars.bar_address(slot, 0), Some(HIGH));
+        let mut b = [0u8; 1];
+        mmio.read(HIGH + 3, &mut b).unwrap();
+        assert_eq!(b, [3]);
+        // KVM holds the notify address at the new place: registering it again is refused,
+        // and the old place is free again.
+        let dup = kick.try_clone().unwrap();
+        let vm = &bars.vm;
+        assert!(vm
+            .register_ioevent(&dup, &IoEventAddress::Mmio(HIGH + 0x10), NoDatamatch)
+            .is_err());
+        vm.register_ioevent(&dup, &IoEventAddress::Mmio(BASE + 0x10), NoDatamatch)
+            .unwrap();
     }
 }

@@ -224,6 +224,15 @@ impl GuestRam {
             .map_or(0, |&(start, size)| start + size)
     }
 
+    /// End of the highest RAM region (exclusive).
+    pub fn end(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|&(start, size)| start + size)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Registers every region with KVM.
     pub fn register(&self, vm: &VmFd) -> Result<(), MemoryError> {
         for (slot, region) in self.mem.iter().enumerate() {

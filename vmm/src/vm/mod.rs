@@ -14,6 +14,7 @@ pub use running::{kick_signal, RunningVm};
 
 use std::sync::Arc;
 
+use arch::layout::PciWindows;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -151,11 +152,13 @@ impl Vm {
 
         let vm_fd = kvm::create_vm(&kvm)?;
         let supported = kvm::supported_cpuid(&kvm)?;
-        let plan = placement::plan(config, &topology, kvm::phys_bits(&supported))?;
+        let phys_bits = kvm::phys_bits(&supported);
+        let plan = placement::plan(config, &topology, phys_bits)?;
         let ram = ram::map_guest_ram(config, &plan)?;
         ram.register(&vm_fd)?;
-        let devices = DeviceManager::attach(&vm_fd, &ram, config, &plan.iothread_cpus)?;
-        let boot = payload::load(config, &ram, &plan)?;
+        let windows = PciWindows::for_guest(ram.end(), phys_bits);
+        let devices = DeviceManager::attach(&vm_fd, &ram, config, &windows, &plan.iothread_cpus)?;
+        let boot = payload::load(config, &ram, &plan, &windows)?;
         let (vcpus, hidden_features) = vcpus::create(&vcpus::VcpuSetup {
             kvm: &kvm,
             vm: &vm_fd,

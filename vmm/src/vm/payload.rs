@@ -2,7 +2,7 @@
 //! boot tables (MP table, ACPI) and the boot information the kernel's entry mode expects
 //! (Linux zero page or PVH start info). Yields where the boot vCPU starts.
 
-use arch::layout;
+use arch::layout::{self, PciWindows};
 use vm_memory::GuestAddress;
 
 use crate::config::VmConfig;
@@ -13,8 +13,14 @@ use crate::vcpu::BootEntry;
 
 use super::VmError;
 
-/// Loads `config`'s payload into `ram` and writes the boot tables for `plan`'s NUMA layout.
-pub(super) fn load(config: &VmConfig, ram: &GuestRam, plan: &Plan) -> Result<BootEntry, VmError> {
+/// Loads `config`'s payload into `ram` and writes the boot tables for `plan`'s NUMA layout and
+/// the PCI `windows`.
+pub(super) fn load(
+    config: &VmConfig,
+    ram: &GuestRam,
+    plan: &Plan,
+    windows: &PciWindows,
+) -> Result<BootEntry, VmError> {
     let mem = &ram.mem;
     let kernel = loader::load_kernel(mem, &config.payload.kernel)?;
     let cmdline_size = loader::load_cmdline(mem, &config.payload.cmdline)?;
@@ -29,7 +35,7 @@ pub(super) fn load(config: &VmConfig, ram: &GuestRam, plan: &Plan) -> Result<Boo
     };
     let num_vcpus = config.cpus.boot_vcpus;
     arch::mptable::setup_mptable(mem, num_vcpus).map_err(VmError::MpTable)?;
-    let rsdp = arch::acpi::create_acpi_tables(mem, num_vcpus, plan.numa.as_ref())
+    let rsdp = arch::acpi::create_acpi_tables(mem, num_vcpus, windows, plan.numa.as_ref())
         .map_err(VmError::Acpi)?;
     let e820 = arch::memory_map::e820_map(&ram.regions);
     let info = arch::boot_info::BootInfo {
