@@ -1,10 +1,12 @@
 //! The PC platform devices every Keel VM has, wired onto the port-I/O bus: COM1 (irqfd on
-//! IRQ 4), the i8042 (reset line), CMOS/RTC, the POST port and the ACPI PM block (power off,
-//! reset, PM timer).
+//! IRQ 4, its output through a [`console`] buffer that never blocks the vCPU), the i8042
+//! (reset line), CMOS/RTC, the POST port and the ACPI PM block (power off, reset, PM timer).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arch::layout::ports;
 use devices::bus::{Bus, BusDevice};
@@ -12,13 +14,17 @@ use devices::legacy::{AcpiPm, Cmos, PostCode, Serial, I8042};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::console::{self, ConsoleDrain};
 use crate::config::SerialConfig;
+
+/// How long the end of a VM waits for the console reader to take the guest's last output.
+const CONSOLE_FINISH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Errors wiring the legacy devices.
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyDeviceError {
     /// The serial output file could not be opened.
-    #[error("--serial: cannot open {path}")]
+    #[error("--serial: cannot open {path} (a FIFO needs a reader already)")]
     SerialFile {
         /// Path.
         path: String,
@@ -26,6 +32,9 @@ pub enum LegacyDeviceError {
         #[source]
         source: std::io::Error,
     },
+    /// The console output thread could not be started.
+    #[error("cannot start the console output thread")]
+    ConsoleThread(#[source] std::io::Error),
     /// An eventfd could not be created.
     #[error("failed to create an eventfd for IRQ {irq}")]
     EventFd {
@@ -61,6 +70,58 @@ pub struct LegacyDevices {
     pub serial: Arc<Mutex<Serial>>,
     /// Whether input should come from Keel's stdin.
     pub serial_from_stdin: bool,
+    /// The thread writing COM1's output, if it goes anywhere.
+    console: Option<ConsoleDrain>,
+}
+
+impl Drop for LegacyDevices {
+    fn drop(&mut self) {
+        if let Some(console) = self.console.take() {
+            console.finish(CONSOLE_FINISH_LIMIT);
+        }
+    }
+}
+
+/// Opens `--serial file=PATH` for appending without blocking: a FIFO without a reader fails
+/// at once (ENXIO) instead of hanging; writes then block as usual, on the console thread.
+fn open_serial_file(path: &std::path::Path) -> Result<File, LegacyDeviceError> {
+    let err = |source| LegacyDeviceError::SerialFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: F_GETFL/F_SETFL on a descriptor `file` owns; no memory is passed.
+    let rc = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK)
+        }
+    };
+    if rc < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// COM1's output sink for `serial`, with the thread that drains it.
+fn serial_output(
+    serial: &SerialConfig,
+) -> Result<(Box<dyn Write + Send>, Option<ConsoleDrain>), LegacyDeviceError> {
+    let sink: Box<dyn Write + Send> = match serial {
+        SerialConfig::Off => return Ok((Box::new(std::io::sink()), None)),
+        SerialConfig::Tty => Box::new(std::io::stdout()),
+        SerialConfig::File(path) => Box::new(open_serial_file(path)?),
+    };
+    let (output, drain) = console::spawn(sink).map_err(LegacyDeviceError::ConsoleThread)?;
+    Ok((Box::new(output), Some(drain)))
 }
 
 fn irqfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyDeviceError> {
@@ -91,20 +152,7 @@ pub fn attach(
     ram_below_4g: u64,
     ram_above_4g: u64,
 ) -> Result<LegacyDevices, LegacyDeviceError> {
-    let output: Box<dyn Write + Send> = match serial {
-        SerialConfig::Tty => Box::new(std::io::stdout()),
-        SerialConfig::Off => Box::new(std::io::sink()),
-        SerialConfig::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LegacyDeviceError::SerialFile {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-        ),
-    };
+    let (output, console) = serial_output(serial)?;
     let com1 = Arc::new(Mutex::new(Serial::new(irqfd(vm, ports::COM1_IRQ)?, output)));
     insert(pio, "com1", com1.clone(), ports::COM1, ports::COM1_LEN)?;
     insert(
@@ -140,6 +188,7 @@ pub fn attach(
     Ok(LegacyDevices {
         serial: com1,
         serial_from_stdin: *serial == SerialConfig::Tty,
+        console,
     })
 }
 

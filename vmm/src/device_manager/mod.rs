@@ -6,6 +6,7 @@
 //! The vCPU threads share the finished [`Buses`].
 
 pub mod block;
+pub mod console;
 pub mod interrupts;
 pub mod legacy;
 pub mod pci_bars;
