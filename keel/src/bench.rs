@@ -208,7 +208,7 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     match args.peek().and_then(|a| a.to_str()) {
         Some("fio") => {}
         other => {
-            eprintln!(
+            err_line!(
                 "keel: bench: unknown benchmark '{}': expected `keel bench fio --job FILE`",
                 other.unwrap_or("")
             );
@@ -218,7 +218,7 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = match FioCli::try_parse_from(std::iter::once(program).chain(args.skip(1))) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            eprintln!("keel: bench fio: {}", super::clap_error_line(&e));
+            err_line!("keel: bench fio: {}", super::clap_error_line(&e));
             return ExitCode::from(1);
         }
         Err(e) => {
@@ -230,7 +230,7 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let opts = match options(cli) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("keel: bench fio: {e}");
+            err_line!("keel: bench fio: {e}");
             return ExitCode::from(1);
         }
     };
@@ -238,12 +238,12 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let report = match fio::run(&opts, &super::STOP) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("keel: bench fio: {}", super::error_chain(&e));
+            err_line!("keel: bench fio: {}", super::error_chain(&e));
             return ExitCode::from(1);
         }
     };
-    print!("{}", output::table(&report));
-    println!("keel-bench-fio: {}", output::json(&report));
+    out_text!("{}", output::table(&report));
+    out_line!("keel-bench-fio: {}", output::json(&report));
     if report.ok() {
         ExitCode::SUCCESS
     } else {

@@ -9,6 +9,8 @@
 //! runs a fio benchmark in a guest, parsing the command line of the `keel-bench` crate's
 //! harness ([`keel_bench::fio`]).
 
+#[macro_use]
+mod out;
 mod bench;
 mod logger;
 mod stat;
@@ -163,7 +165,7 @@ fn stop_event() -> Result<&'static StopEvent, ExitCode> {
             Ok(stop)
         }
         Err(e) => {
-            eprintln!("keel: error: cannot create the stop eventfd: {e}");
+            err_line!("keel: error: cannot create the stop eventfd: {e}");
             Err(ExitCode::from(1))
         }
     }
@@ -231,7 +233,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            eprintln!("keel: {}", clap_error_line(&e));
+            err_line!("keel: {}", clap_error_line(&e));
             return ExitCode::from(1);
         }
         Err(e) => {
@@ -245,7 +247,7 @@ fn main() -> ExitCode {
         return api_main(cli, &path);
     }
     let Some(config) = vm_config(&cli) else {
-        eprintln!("keel: error: --kernel is required");
+        err_line!("keel: error: --kernel is required");
         return ExitCode::from(1);
     };
     let stop = match stop_event() {
@@ -256,7 +258,7 @@ fn main() -> ExitCode {
     let mut running = match Vm::create(&config).and_then(Vm::start) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("keel: error: {}", error_chain(&e));
+            err_line!("keel: error: {}", error_chain(&e));
             return ExitCode::from(1);
         }
     };
@@ -290,7 +292,7 @@ fn wait_printing_rates(
             &stats_view::flatten(&now),
             secs,
         );
-        eprint!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
+        err_text!("keel-rates:\n{}", stats_view::rate_table(&rows, 25));
         prev = now;
     }
 }
@@ -303,15 +305,15 @@ fn exit_code(outcome: VmOutcome) -> ExitCode {
             ExitCode::SUCCESS
         }
         VmOutcome::Stopped => {
-            eprintln!("keel: stopped by {}", signal_name());
+            err_line!("keel: stopped by {}", signal_name());
             ExitCode::SUCCESS
         }
         VmOutcome::Reset(cause) => {
-            eprintln!("keel: guest reset ({cause:?}); Keel does not reboot guests, VM stopped");
+            err_line!("keel: guest reset ({cause:?}); Keel does not reboot guests, VM stopped");
             ExitCode::from(3)
         }
         VmOutcome::Fatal(msg) => {
-            eprintln!("keel: error: {msg}");
+            err_line!("keel: error: {msg}");
             ExitCode::from(1)
         }
     }
@@ -334,8 +336,8 @@ fn vm_config(cli: &Cli) -> Option<VmConfig> {
 }
 
 fn print_stats(counters: &VmCounters) {
-    eprint!("{}", stats_view::table(counters));
-    eprintln!("keel-stats: {}", stats_view::json(counters));
+    err_text!("{}", stats_view::table(counters));
+    err_line!("keel-stats: {}", stats_view::json(counters));
 }
 
 fn signal_name() -> &'static str {
@@ -353,7 +355,7 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
     let server = match ApiServer::bind(path) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("keel: error: {}", error_chain(&e));
+            err_line!("keel: error: {}", error_chain(&e));
             return ExitCode::from(1);
         }
     };
@@ -368,7 +370,7 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
         match booted {
             Ok(vm) => state.adopt(config, vm),
             Err(e) => {
-                eprintln!("keel: error: {}", error_chain(&e));
+                err_line!("keel: error: {}", error_chain(&e));
                 return ExitCode::from(1);
             }
         }
@@ -390,11 +392,11 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Served::Interrupted) => {
-            eprintln!("keel: stopped by {}", signal_name());
+            err_line!("keel: stopped by {}", signal_name());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("keel: error: {}", error_chain(&e));
+            err_line!("keel: error: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }

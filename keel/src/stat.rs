@@ -51,7 +51,7 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let remote = match RemoteStats::attach(cli.pid) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("keel stat: error: {}", error_chain(&e));
+            err_line!("keel stat: error: {}", error_chain(&e));
             return ExitCode::from(1);
         }
     };
@@ -62,14 +62,14 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     while cli.count.is_none_or(|n| views < n) && !STOP.load(Ordering::Acquire) {
         std::thread::sleep(cli.interval);
         if !std::path::Path::new(&format!("/proc/{}", cli.pid)).exists() {
-            eprintln!("keel stat: process {} has exited", cli.pid);
+            err_line!("keel stat: process {} has exited", cli.pid);
             break;
         }
         let now = remote.read();
         let secs = at.elapsed().as_secs_f64();
         at = std::time::Instant::now();
         let rows = stats_view::rates(&prev, &now, secs);
-        println!("{}", stats_view::rate_table(&rows, cli.top));
+        out_line!("{}", stats_view::rate_table(&rows, cli.top));
         prev = now;
         views += 1;
     }
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn our_own_vm_can_be_read_through_a_pidfd() {
         if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("skipped: no /dev/kvm");
+            err_line!("skipped: no /dev/kvm");
             return;
         }
         let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is there but cannot be opened");

@@ -92,3 +92,28 @@ fn a_fifo_without_a_reader_is_refused_at_once() {
         run.describe()
     );
 }
+
+#[test]
+fn keel_lines_into_a_closed_pipe_do_not_panic() {
+    // `keel ... --stats 2>&1 >/dev/null | head -c1`: the reader of keel's stderr (its stats
+    // table, its log lines) is gone before keel writes; it must still exit 0 on poweroff.
+    let kernel = tiny_kernel("print-poweroff.elf", &print_and_poweroff(b"bye\n"));
+    let mut child = std::process::Command::new(keel_bin())
+        .args([
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--stats",
+            "--log-level",
+            "info",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    drop(child.stderr.take());
+    let status = within("keel with a closed stderr", HANG_GUARD, move || {
+        child.wait().expect("wait keel")
+    });
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
