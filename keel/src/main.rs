@@ -171,6 +171,16 @@ fn stop_event() -> Result<&'static StopEvent, ExitCode> {
     }
 }
 
+/// Ignores SIGXFSZ: under a file-size limit (`ulimit -f`) a guest write or console output past
+/// it must fail with EFBIG (an I/O error for the guest, dropped console output) instead of
+/// killing keel.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a standard signal's disposition to SIG_IGN installs no handler code.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        log::warn!("cannot ignore SIGXFSZ; a write past the file-size limit would kill keel");
+    }
+}
+
 /// SIGINT and SIGTERM raise [`STOP`] and trigger the [`stop_event`], if there is one.
 fn install_stop_handlers() {
     for signum in [libc::SIGINT, libc::SIGTERM] {
@@ -243,6 +253,7 @@ fn main() -> ExitCode {
         }
     };
     logger::init(cli.log_level);
+    ignore_file_size_signal();
     if let Some(path) = cli.api_socket.clone() {
         return api_main(cli, &path);
     }

@@ -478,3 +478,51 @@ fn guest_moves_the_bar_and_io_and_kicks_follow_it() {
         "{disk_exits} exits for {kicks} kicks: {line}"
     );
 }
+
+#[test]
+fn a_write_past_the_file_size_limit_is_an_io_error_not_a_dead_keel() {
+    // `ulimit -f` of 16 MiB, a 64 MiB sparse image: the guest writes 1 MiB at 32 MiB. The
+    // kernel refuses the write (EFBIG, SIGXFSZ ignored); the guest sees I/O errors and keel
+    // runs on to the guest's poweroff.
+    let img = Image::zeroed("fsize", 64 << 20);
+    let kernel = probe_image("probe.elf");
+    let disk = format!("path={}", img.path());
+    let mut cmd = std::process::Command::new(keel_bin());
+    cmd.args([
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "size=256M",
+        "--disk",
+        &disk,
+        "--cmdline",
+        "probe.cmd=blk:disk=0,rw=write,bs=64k,iodepth=4,ios=16,offset=32m",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let limit = libc::rlimit {
+        rlim_cur: 16 << 20,
+        rlim_max: 16 << 20,
+    };
+    // SAFETY: setrlimit(2) is async-signal-safe, as pre_exec requires; `limit` lives on.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let run = finish(cmd.spawn().expect("spawn keel"), HANG_GUARD);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    run.assert_probe_done();
+    let r = &blk_reports(&run)[0];
+    assert_eq!(u(r, "errors"), 16, "every write failed: {r}");
+    assert_eq!(
+        std::fs::metadata(&img.0).unwrap().len(),
+        64 << 20,
+        "image untouched"
+    );
+}

@@ -2,7 +2,9 @@
 //! (created -> running <-> paused -> stopped) with a stream of [`VmEvent`]s. Nothing here is
 //! process-global except the no-op SIGRTMIN handler vCPU kicks need (installed once, on the
 //! first boot, unless [`VmHandle::without_signal_handler`] opts out); several VMs can live in
-//! one process.
+//! one process. An embedder that runs under a file-size limit should ignore SIGXFSZ, as the
+//! `keel` binary does, so that a guest write past the limit fails with an I/O error instead of
+//! killing the process.
 //!
 //! ```no_run
 //! use vmm::config::VmConfig;
