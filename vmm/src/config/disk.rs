@@ -2,7 +2,7 @@
 //! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME]`: one
 //! virtio-blk disk per option, repeatable.
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use super::{get, parse_group, strip_brackets, ConfigError, Toggle};
@@ -52,6 +52,9 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// Name used in logs, thread names and counters; default `diskN`.
     pub id: Option<String>,
+    /// Lock the image against other users (shared if read-only, exclusive if writable), as
+    /// QEMU does; `lock=off` opts out.
+    pub lock: bool,
 }
 
 impl Default for DiskConfig {
@@ -67,6 +70,7 @@ impl Default for DiskConfig {
             numa_node: None,
             serial: None,
             id: None,
+            lock: true,
         }
     }
 }
@@ -97,6 +101,18 @@ fn check_name(key: &'static str, value: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `key=on|off` of a `--disk` group, if given.
+fn on_off(pairs: &[(&str, &str)], key: &'static str) -> Result<Option<bool>, ConfigError> {
+    let Some(v) = get(pairs, key) else {
+        return Ok(None);
+    };
+    match Toggle::parse("disk", key, v)? {
+        Toggle::On => Ok(Some(true)),
+        Toggle::Off => Ok(Some(false)),
+        Toggle::Auto => Err(invalid(key, v, "expected on or off")),
+    }
+}
+
 impl DiskConfig {
     const KEYS: &'static [&'static str] = &[
         "path",
@@ -109,6 +125,7 @@ impl DiskConfig {
         "numa_node",
         "serial",
         "id",
+        "lock",
     ];
 
     /// Parses one `--disk` group.
@@ -123,12 +140,11 @@ impl DiskConfig {
             return Err(invalid("path", path, "expected a file or block device"));
         }
         cfg.path = PathBuf::from(path);
-        if let Some(v) = get(&pairs, "readonly") {
-            cfg.readonly = match Toggle::parse("disk", "readonly", v)? {
-                Toggle::On => true,
-                Toggle::Off => false,
-                Toggle::Auto => return Err(invalid("readonly", v, "expected on or off")),
-            };
+        if let Some(on) = on_off(&pairs, "readonly")? {
+            cfg.readonly = on;
+        }
+        if let Some(on) = on_off(&pairs, "lock")? {
+            cfg.lock = on;
         }
         if let Some(v) = get(&pairs, "cache") {
             cfg.cache = match v {
@@ -249,17 +265,20 @@ pub(super) fn validate_all(disks: &[DiskConfig]) -> Result<(), ConfigError> {
             return Err(ConfigError::Disks(format!("two disks are named '{name}'")));
         }
         names.push(name);
-        // Two writers on one file would corrupt it; compare the files, not the spellings.
-        let file = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
-        if let Some((other, other_ro)) = files.iter().find(|(f, _)| *f == file) {
-            if !(d.readonly && *other_ro) {
-                return Err(ConfigError::Disks(format!(
-                    "{} is used by two disks and one of them is writable",
-                    PathBuf::from(other).display()
-                )));
-            }
+        // Two writers on one file would corrupt it: compare the files (device and inode, so
+        // hard links and other spellings count), not the paths.
+        let file = std::fs::metadata(&d.path).map(|m| (m.dev(), m.ino())).ok();
+        if let Some((other, _, _)) = files
+            .iter()
+            .find(|(_, f, ro)| file.is_some() && *f == file && !(d.readonly && *ro))
+        {
+            return Err(ConfigError::Disks(format!(
+                "{} and {} are the same file, used by two disks, one of them writable",
+                PathBuf::from(other).display(),
+                d.path.display()
+            )));
         }
-        files.push((file, d.readonly));
+        files.push((d.path.clone(), file, d.readonly));
     }
     Ok(())
 }
@@ -321,11 +340,19 @@ mod tests {
     }
 
     #[test]
+    fn images_are_locked_unless_lock_off() {
+        assert!(DiskConfig::parse("path=/a").unwrap().lock);
+        assert!(!DiskConfig::parse("path=/a,lock=off").unwrap().lock);
+        assert!(DiskConfig::parse("path=/a,lock=on").unwrap().lock);
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (input, key) in [
             ("readonly=on", "path"),
             ("path=", "path"),
             ("path=/a,readonly=maybe", "readonly"),
+            ("path=/a,lock=auto", "lock"),
             ("path=/a,cache=unsafe", "cache"),
             ("path=/a,queues=0", "queues"),
             ("path=/a,queues=17", "queues"),
@@ -358,6 +385,14 @@ mod tests {
         assert!(validate_all(&[disk(&a, true), disk(&a, true)]).is_ok());
         let err = validate_all(&[disk(&a, false), disk(&a, true)]).unwrap_err();
         assert!(err.to_string().contains("two disks"), "{err}");
+        // A hard link is the same file under another name.
+        let link = a.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&a, &link).unwrap();
+        let err = validate_all(&[disk(&a, false), disk(&link, false)]).unwrap_err();
+        assert!(err.to_string().contains("same file"), "{err}");
+        assert!(validate_all(&[disk(&a, true), disk(&link, true)]).is_ok());
+        let _ = std::fs::remove_file(&link);
         let named = DiskConfig {
             id: Some("disk0".into()),
             ..disk(&b, false)

@@ -20,7 +20,7 @@
 //! - Shared with Cloud Hypervisor: `cpus.boot_vcpus`, `cpus.max_vcpus` (Keel has no vCPU
 //!   hotplug, so it must equal `boot_vcpus`), `cpus.affinity`, `memory.size`, `hugepages`,
 //!   `hugepage_size`, `prefault`, `shared`, `mergeable` (sizes in bytes), `payload`,
-//!   `disks[].path`, `readonly`, `num_queues`, `queue_size`, `id`, `serial`, and
+//!   `disks[].path`, `readonly`, `lock`, `num_queues`, `queue_size`, `id`, `serial`, and
 //!   `serial.mode` (`Tty`, `Off`, `Null` or `File`, any case) with `serial.file`.
 //! - Keel's own: `cpus.kvm_pv`, `cpus.hyperv` (the `--cpus kvm_pv=` / `hyperv=` vocabulary, as
 //!   one string with or without brackets; `"kvm_pv": "hidden"` leaves out KVM's CPUID leaves),
@@ -191,6 +191,8 @@ struct DiskWire {
     iothread: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     numa_node: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -518,6 +520,9 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
     if let Some(v) = wire.readonly {
         group.push(format!("readonly={}", on_off(v)));
     }
+    if let Some(v) = wire.lock {
+        group.push(format!("lock={}", on_off(v)));
+    }
     if let Some(v) = &wire.cache {
         group.push(item(&field, "cache", v)?);
     }
@@ -678,6 +683,7 @@ fn disk_to(disk: &DiskConfig) -> DiskWire {
         ),
         iothread,
         numa_node: disk.numa_node,
+        lock: Some(disk.lock),
     }
 }
 

@@ -206,6 +206,7 @@ fn open_block(cfg: &DiskConfig, name: &str) -> Result<Block, BlockDeviceError> {
         num_queues: cfg.queues,
         queue_size: cfg.queue_size,
         serial: cfg.serial.clone(),
+        lock: cfg.lock,
     })
     .map_err(|source| BlockDeviceError::Block {
         disk: name.to_string(),

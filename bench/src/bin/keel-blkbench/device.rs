@@ -390,6 +390,7 @@ pub fn run(
         num_queues: 1,
         queue_size: qsize,
         serial: None,
+        lock: false,
     })
     .map_err(setup_err("open the virtio-blk device"))?;
     let size = block.capacity() * 512;

@@ -73,6 +73,8 @@ pub struct BlockConfig {
     pub queue_size: u16,
     /// Device ID returned by `GET_ID` (at most 20 bytes).
     pub serial: Option<String>,
+    /// Lock the image (shared if read-only, exclusive if writable) against other users.
+    pub lock: bool,
 }
 
 impl BlockConfig {
@@ -194,6 +196,7 @@ mod tests {
             num_queues: 4,
             queue_size: 256,
             serial: Some("keel-disk".into()),
+            lock: false,
         }
     }
 

@@ -70,6 +70,24 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (or another disk of this one) holds a conflicting lock on the image.
+    #[error(
+        "disk image {path} is in use: another process holds a lock on it (lock=off shares it \
+         anyway, at the risk of two writers)"
+    )]
+    Locked {
+        /// Path of the image.
+        path: PathBuf,
+    },
+    /// Locking the image failed for another reason.
+    #[error("cannot lock disk image {path}")]
+    Lock {
+        /// Path of the image.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The completion eventfd could not be created or signalled.
     #[error("completion eventfd failure")]
     EventFd(#[source] std::io::Error),
@@ -123,6 +141,38 @@ impl DiskImage {
             size,
             readonly,
         })
+    }
+
+    /// Takes an open-file-description lock on the whole image, as QEMU does: shared when the
+    /// image is read-only, exclusive when writable, so that two writers (or a writer and a
+    /// reader) never open one image. The lock lives as long as this `DiskImage`; the kernel
+    /// drops it when the file is closed, whatever way the process ends.
+    pub fn lock(&self, path: &Path) -> Result<(), EngineError> {
+        let kind = if self.readonly {
+            libc::F_RDLCK
+        } else {
+            libc::F_WRLCK
+        };
+        // SAFETY: an all-zero flock is valid; whole-file range (start 0, len 0), pid 0 as
+        // F_OFD_SETLK requires.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = kind as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: F_OFD_SETLK on a descriptor `self.buffered` owns, with a valid flock.
+        let rc = unsafe { libc::fcntl(self.buffered.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Err(EngineError::Locked {
+                path: path.to_path_buf(),
+            }),
+            _ => Err(EngineError::Lock {
+                path: path.to_path_buf(),
+                source: err,
+            }),
+        }
     }
 
     /// Size of the image in bytes.

@@ -109,6 +109,9 @@ impl Block {
         config.validate().map_err(BlockError::Config)?;
         let disk = DiskImage::open(&config.path, config.readonly, config.direct)
             .map_err(BlockError::Engine)?;
+        if config.lock {
+            disk.lock(&config.path).map_err(BlockError::Engine)?;
+        }
         let capacity = disk.size() / SECTOR_SIZE;
         let limits = config.limits(capacity);
         let mut avail_features = bit(VIRTIO_F_VERSION_1)

@@ -442,13 +442,13 @@ fn json_output_has_the_documented_shape() {
         "disks": [
             {"path": "/a.img", "readonly": true, "num_queues": 4, "queue_size": 128,
              "id": "root", "serial": "SN-1", "cache": "writeback",
-             "iothread": "io0:cpus:[2,4]", "numa_node": 1},
+             "iothread": "io0:cpus:[2,4]", "numa_node": 1, "lock": true},
             {"path": "/b.img", "readonly": false, "num_queues": 1, "queue_size": 256,
-             "cache": "none", "iothread": "cpus:[1-3]"},
+             "cache": "none", "iothread": "cpus:[1-3]", "lock": true},
             {"path": "/c.img", "readonly": false, "num_queues": 1, "queue_size": 256,
-             "cache": "none", "iothread": "shared"},
+             "cache": "none", "iothread": "shared", "lock": true},
             {"path": "/d.img", "readonly": false, "num_queues": 2, "queue_size": 256,
-             "cache": "none"}
+             "cache": "none", "lock": true}
         ],
         "serial": {"mode": "Tty"},
         "numa": [

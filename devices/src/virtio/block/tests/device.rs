@@ -22,6 +22,7 @@ fn config(image: &TempImage, readonly: bool, num_queues: u16) -> BlockConfig {
         num_queues,
         queue_size: QUEUE_SIZE,
         serial: Some("s".into()),
+        lock: false,
     }
 }
 

@@ -360,3 +360,23 @@ fn requests_queued_while_in_flight_need_no_kick() {
     let event: u16 = mem.read_obj(avail_event).unwrap();
     assert_eq!(event, 4, "idle again: the next request must be kicked");
 }
+
+#[test]
+fn image_locks_keep_a_second_writer_and_a_reader_out() {
+    use crate::virtio::block::engine::EngineError;
+    let image = TempImage::new("lock");
+    let open = |ro: bool| DiskImage::open(&image.path, ro, false).unwrap();
+    let locked = |d: &DiskImage| matches!(d.lock(&image.path), Err(EngineError::Locked { .. }));
+    let writer = open(false);
+    writer.lock(&image.path).unwrap();
+    assert!(locked(&open(false)), "a second writer");
+    assert!(locked(&open(true)), "a reader beside a writer");
+    drop(writer);
+    let reader = open(true);
+    reader.lock(&image.path).unwrap();
+    let other_reader = open(true);
+    other_reader.lock(&image.path).unwrap();
+    assert!(locked(&open(false)), "a writer beside readers");
+    drop((reader, other_reader));
+    open(false).lock(&image.path).unwrap();
+}

@@ -101,6 +101,7 @@ pub fn limits(readonly: bool) -> RequestLimits {
         num_queues: 1,
         queue_size: QUEUE_SIZE,
         serial: None,
+        lock: false,
     };
     cfg.limits(DISK_SECTORS)
 }

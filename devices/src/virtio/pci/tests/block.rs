@@ -131,6 +131,7 @@ fn block_device_through_the_transport() {
         num_queues: 1,
         queue_size: QUEUE,
         serial: Some("pci".into()),
+        lock: false,
     })
     .unwrap();
     let sizes = block.queue_max_sizes().to_vec();
