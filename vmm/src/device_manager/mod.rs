@@ -85,11 +85,7 @@ impl DeviceManager {
         let legacy = legacy::attach(vm, &mut buses.pio, &config.serial, below, above)?;
         // The segment lives on through the buses' references to its config mechanisms.
         let segment = pci_host::attach(&mut buses)?;
-        let bars = Arc::new(PciBars::new(
-            Arc::clone(vm),
-            Arc::clone(&buses.mmio),
-            *windows,
-        ));
+        let bars = Arc::new(PciBars::new(Arc::clone(vm), &buses.mmio, *windows));
         segment
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

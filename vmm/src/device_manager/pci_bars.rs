@@ -11,7 +11,7 @@
 //! Moves happen on configuration accesses; the I/O path (ioeventfds, irqfds) never takes
 //! this module's lock.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arch::layout::PciWindows;
 use devices::bus::{Bus, BusError};
@@ -30,6 +30,9 @@ pub enum PciBarError {
         /// Size.
         len: u64,
     },
+    /// The VM's buses are gone (it is being torn down).
+    #[error("the MMIO bus is gone")]
+    BusGone,
     /// The bus refused the range (overlap).
     #[error("cannot put the BAR on the MMIO bus")]
     Bus(#[source] BusError),
@@ -65,20 +68,28 @@ struct MappedBar {
 /// The BARs of a VM's PCI devices on its MMIO bus; the PCI segment's [`BarMapper`].
 pub struct PciBars {
     vm: Arc<VmFd>,
-    mmio: Arc<Bus>,
+    /// Weak: the bus holds the ECAM device, which holds the segment, which holds this mapper;
+    /// a strong reference would keep the whole device graph (and its open disk images)
+    /// alive after the VM is gone.
+    mmio: Weak<Bus>,
     windows: PciWindows,
     bars: Mutex<Vec<MappedBar>>,
 }
 
 impl PciBars {
     /// No BARs yet, for `mmio` within `windows`.
-    pub fn new(vm: Arc<VmFd>, mmio: Arc<Bus>, windows: PciWindows) -> Self {
+    pub fn new(vm: Arc<VmFd>, mmio: &Arc<Bus>, windows: PciWindows) -> Self {
         PciBars {
             vm,
-            mmio,
+            mmio: Arc::downgrade(mmio),
             windows,
             bars: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The MMIO bus, while the VM's buses exist.
+    fn bus(&self) -> Result<Arc<Bus>, PciBarError> {
+        self.mmio.upgrade().ok_or(PciBarError::BusGone)
     }
 
     fn placeable(&self, addr: u64, len: u64) -> bool {
@@ -103,8 +114,8 @@ impl PciBars {
             .map(|(off, fd)| Ok((*off, fd.try_clone().map_err(PciBarError::EventFd)?)))
             .collect::<Result<Vec<_>, PciBarError>>()?;
         let bus_device = Arc::new(Mutex::new(PciBarBusDevice::new(dev, bar)));
-        self.mmio
-            .insert(name, bus_device.clone(), addr, len)
+        let mmio = self.bus()?;
+        mmio.insert(name, bus_device.clone(), addr, len)
             .map_err(PciBarError::Bus)?;
         let mapped = MappedBar {
             device,
@@ -117,7 +128,7 @@ impl PciBars {
             warned: false,
         };
         if let Err(e) = self.register_ioevents(&mapped, addr) {
-            let _ = self.mmio.remove(addr);
+            let _ = mmio.remove(addr);
             return Err(e);
         }
         self.lock().push(mapped);
@@ -155,12 +166,12 @@ impl PciBars {
                 len: b.len,
             });
         }
-        self.mmio
-            .insert(&b.name, b.bus_device.clone(), new, b.len)
+        let mmio = self.bus()?;
+        mmio.insert(&b.name, b.bus_device.clone(), new, b.len)
             .map_err(PciBarError::Bus)?;
         self.register_ioevents(b, new).inspect_err(|_| {
             self.unregister_ioevents(b, new);
-            let _ = self.mmio.remove(new);
+            let _ = mmio.remove(new);
         })
     }
 
@@ -187,7 +198,9 @@ impl BarMapper for PciBars {
         }
         if let Some(old) = b.at.take() {
             self.unregister_ioevents(b, old);
-            let _ = self.mmio.remove(old);
+            if let Some(mmio) = self.mmio.upgrade() {
+                let _ = mmio.remove(old);
+            }
         }
         match self.map_at(b, new) {
             Ok(()) => {
@@ -282,7 +295,7 @@ mod tests {
         let slot = segment.lock().unwrap().add_device(dev.clone()).unwrap();
         let mmio = Arc::new(Bus::new());
         let windows = PciWindows::for_guest(1 << 30, 40);
-        let bars = Arc::new(PciBars::new(vm, mmio.clone(), windows));
+        let bars = Arc::new(PciBars::new(vm, &mmio, windows));
         segment.lock().unwrap().set_bar_mapper(bars.clone());
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         bars.add(
