@@ -106,31 +106,22 @@ impl PciBars {
         dev: Arc<Mutex<dyn PciDevice>>,
         ioevents: &[(u64, &EventFd)],
     ) -> Result<(), PciBarError> {
-        if !self.placeable(addr, len) {
-            return Err(PciBarError::Placement { addr, len });
-        }
         let ioevents = ioevents
             .iter()
             .map(|(off, fd)| Ok((*off, fd.try_clone().map_err(PciBarError::EventFd)?)))
             .collect::<Result<Vec<_>, PciBarError>>()?;
-        let bus_device = Arc::new(Mutex::new(PciBarBusDevice::new(dev, bar)));
-        let mmio = self.bus()?;
-        mmio.insert(name, bus_device.clone(), addr, len)
-            .map_err(PciBarError::Bus)?;
-        let mapped = MappedBar {
+        let mut mapped = MappedBar {
             device,
             bar,
             name: name.to_string(),
             len,
-            at: Some(addr),
-            bus_device,
+            at: None,
+            bus_device: Arc::new(Mutex::new(PciBarBusDevice::new(dev, bar))),
             ioevents,
             warned: false,
         };
-        if let Err(e) = self.register_ioevents(&mapped, addr) {
-            let _ = mmio.remove(addr);
-            return Err(e);
-        }
+        self.map_at(&mapped, addr)?;
+        mapped.at = Some(addr);
         self.lock().push(mapped);
         Ok(())
     }
