@@ -63,6 +63,8 @@ struct MappedBar {
     ioevents: Vec<(u64, EventFd)>,
     /// Whether a refused move was already logged as a warning.
     warned: bool,
+    /// Whether a move was already logged at info level (the guest decides how many follow).
+    move_logged: bool,
 }
 
 /// The BARs of a VM's PCI devices on its MMIO bus; the PCI segment's [`BarMapper`].
@@ -119,6 +121,7 @@ impl PciBars {
             bus_device: Arc::new(Mutex::new(PciBarBusDevice::new(dev, bar))),
             ioevents,
             warned: false,
+            move_logged: false,
         };
         self.map_at(&mapped, addr)?;
         mapped.at = Some(addr);
@@ -194,8 +197,16 @@ impl BarMapper for PciBars {
             }
         }
         match self.map_at(b, new) {
+            Ok(()) if b.move_logged => {
+                b.at = Some(new);
+                log::debug!(
+                    "BAR {bar} of 00:{device:02x}.0 ({}) moved to {new:#x}",
+                    b.name
+                );
+            }
             Ok(()) => {
                 b.at = Some(new);
+                b.move_logged = true;
                 log::info!(
                     "guest moved BAR {bar} of 00:{device:02x}.0 ({}) to {new:#x}",
                     b.name
