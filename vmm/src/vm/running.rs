@@ -23,7 +23,7 @@ use crate::stats::exits::{ExitCounters, Unclaimed};
 use crate::stats::kvm::KvmStats;
 use crate::stats::{read_kvm, unclaimed_rows, VcpuStats, VmCounters};
 use crate::vcpu::control::VcpuControl;
-use crate::vcpu::VcpuStop;
+use crate::vcpu::{Vcpu, VcpuStop};
 
 use super::{Vm, VmError, VmOutcome};
 
@@ -36,6 +36,10 @@ impl Vm {
     /// [`Vm::start`], choosing whether Keel installs its no-op handler for the vCPU kick
     /// signal ([`kick_signal`]). An embedder that opts out must install a handler for that
     /// signal itself (without SA_RESTART), or the first kick terminates the process.
+    ///
+    /// All or nothing: if a vCPU thread cannot be started, the ones already running are
+    /// stopped and joined before the error returns (the [`RunningVm`] under construction is
+    /// dropped), so a failed start leaves no guest code running.
     pub fn start_with(mut self, install_signal_handler: bool) -> Result<RunningVm, VmError> {
         if install_signal_handler {
             install_kick_handler();
@@ -46,47 +50,23 @@ impl Vm {
                 name: "keel-stdin".into(),
                 source,
             })?;
-        let control = Arc::new(VcpuControl::default());
+        let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
         let (tx, rx) = channel();
-        let ended = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EndEvent)?);
-        let mut threads = Vec::new();
-        let mut counters = Vec::new();
-        let mut kvm_stats = Vec::new();
-        for vcpu in self.vcpus.drain(..) {
-            kvm_stats.push(vcpu.kvm_stats.clone());
-            let name = format!("keel-vcpu{}", vcpu.index);
-            counters.push(Arc::clone(&vcpu.counters));
-            let index = vcpu.index;
-            let buses = Arc::clone(self.devices.buses());
-            let mem = self.ram.mem.clone();
-            let control = Arc::clone(&control);
-            let mut report = EndReport {
-                tx: Some(tx.clone()),
-                ended: Arc::clone(&ended),
-            };
-            let cpus = self.vcpu_cpus.get(index as usize).cloned().flatten();
-            let handle = std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    pin_vcpu_thread(index, cpus.as_ref());
-                    let (how, unclaimed) = vcpu.run(&buses, &mem, &control);
-                    report.send(index, how);
-                    unclaimed
-                })
-                .map_err(|source| VmError::Spawn { name, source })?;
-            threads.push(handle);
-        }
-        Ok(RunningVm {
+        let mut running = RunningVm {
             _vm: self,
-            threads,
-            control,
+            threads: Vec::new(),
+            control: Arc::new(VcpuControl::default()),
             paused: false,
             events: rx,
-            ended,
-            counters,
-            kvm_stats,
+            ended: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EndEvent)?),
+            counters: Vec::new(),
+            kvm_stats: Vec::new(),
             unclaimed: Vec::new(),
-        })
+        };
+        for vcpu in vcpus {
+            running.spawn_vcpu(vcpu, &tx)?;
+        }
+        Ok(running)
     }
 }
 
@@ -167,6 +147,33 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// Starts `vcpu`'s thread, pinned where the placement plan says.
+    fn spawn_vcpu(&mut self, vcpu: Vcpu, tx: &Sender<(u32, VcpuStop)>) -> Result<(), VmError> {
+        let index = vcpu.index;
+        let name = format!("keel-vcpu{index}");
+        self.kvm_stats.push(vcpu.kvm_stats.clone());
+        self.counters.push(Arc::clone(&vcpu.counters));
+        let buses = Arc::clone(self._vm.devices.buses());
+        let mem = self._vm.ram.mem.clone();
+        let control = Arc::clone(&self.control);
+        let mut report = EndReport {
+            tx: Some(tx.clone()),
+            ended: Arc::clone(&self.ended),
+        };
+        let cpus = self._vm.vcpu_cpus.get(index as usize).cloned().flatten();
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                pin_vcpu_thread(index, cpus.as_ref());
+                let (how, unclaimed) = vcpu.run(&buses, &mem, &control);
+                report.send(index, how);
+                unclaimed
+            })
+            .map_err(|source| VmError::Spawn { name, source })?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
     /// Per-vCPU statistics: Keel's userspace exit counters and KVM's in-kernel counters.
     pub fn stats(&self) -> Vec<VcpuStats> {
         self.counters
