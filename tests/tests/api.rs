@@ -591,3 +591,86 @@ fn a_boot_that_cannot_start_every_vcpu_leaves_none_running() {
     assert_exits_cleanly(keel);
     let _ = std::fs::remove_file(serial);
 }
+
+/// Number of entries in `/proc/PID/DIR` (open descriptors, threads).
+fn proc_entries(pid: u32, dir: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{dir}"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Whether some open file description holds a lock on `path` that an exclusive one would
+/// conflict with (F_OFD_GETLK, which takes nothing).
+fn image_locked(path: &Path) -> bool {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: an all-zero flock is valid: whole file (start 0, len 0), pid 0 as OFD locks need.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_GETLK on a descriptor `file` owns, with a valid flock it may rewrite.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_OFD_GETLK,
+            &mut lock,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    lock.l_type != libc::F_UNLCK as libc::c_short
+}
+
+#[test]
+fn create_boot_delete_cycles_release_threads_descriptors_and_the_image_lock() {
+    const CYCLES: usize = 5;
+    const BLK_LINE: &str = "{\"cmd\":\"blk\"";
+    let keel = Keel::start("cycles", &[]);
+    let pid = keel.process.pid();
+    let image = temp_path("cycles.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(4 << 20))
+        .unwrap();
+    let cmdline = format!(
+        "probe.cmd=boot probe.cmd=blk:disk=0,rw=randwrite,bs=4k,iodepth=8,ios=200 {}",
+        common::RUNS_UNTIL_STOPPED
+    );
+    let (body, serial) = probe_body("cycles", &cmdline);
+    let mut create: Value = serde_json::from_str(&body).unwrap();
+    create["cpus"]["boot_vcpus"] = 2.into();
+    create["disks"] = serde_json::json!([{"path": image}]);
+    let create = create.to_string();
+    let baseline = (proc_entries(pid, "task"), proc_entries(pid, "fd"));
+    for cycle in 1..=CYCLES {
+        assert_eq!(keel.call("PUT", "vm.create", Some(&create)).status, 204);
+        assert!(
+            image_locked(&image),
+            "cycle {cycle}: the created VM locks its image"
+        );
+        assert_eq!(keel.put("vm.boot").status, 204);
+        // The guest wrote its disk (the I/O thread ran) once its blk line is out.
+        wait_until("the guest's blk line", HANG_GUARD, || {
+            let text = std::fs::read(&serial).unwrap_or_default();
+            (common::lines_with(&text, BLK_LINE) == cycle).then_some(())
+        });
+        assert_eq!(keel.put("vm.shutdown").status, 204);
+        assert_eq!(keel.put("vm.delete").status, 204);
+        assert!(
+            !image_locked(&image),
+            "cycle {cycle}: delete releases the lock"
+        );
+        // Threads leave /proc as the kernel reaps them (a hang guard, not a margin).
+        let left = wait_until("threads and descriptors back to before", HANG_GUARD, || {
+            let now = (proc_entries(pid, "task"), proc_entries(pid, "fd"));
+            (now == baseline).then_some(now)
+        });
+        assert_eq!(left, baseline, "cycle {cycle}");
+    }
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(!text.contains("\"error\""), "{text}");
+    assert_exits_cleanly(keel);
+    let _ = std::fs::remove_file(serial);
+    let _ = std::fs::remove_file(image);
+}
