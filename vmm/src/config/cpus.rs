@@ -47,6 +47,22 @@ fn invalid(key: &'static str, value: &str, reason: &'static str) -> ConfigError 
     }
 }
 
+/// Checks one affinity entry against the ones before it; the reason is shared by
+/// `--cpus affinity=` and the JSON `cpus.affinity[]`.
+pub(crate) fn check_affinity_entry(
+    vcpu: u32,
+    cpus: &CpuSet,
+    earlier: &[(u32, CpuSet)],
+) -> Result<(), &'static str> {
+    if cpus.is_empty() {
+        return Err("a vCPU needs at least one host CPU");
+    }
+    if earlier.iter().any(|(v, _)| *v == vcpu) {
+        return Err("vCPU listed twice");
+    }
+    Ok(())
+}
+
 /// Parses `[0@[2,3],1@[4-5]]` into `(vcpu, host cpus)` pairs.
 fn parse_affinity(value: &str) -> Result<Vec<(u32, CpuSet)>, ConfigError> {
     const SYNTAX: &str = "expected [VCPU@[HOST_CPUS],...] such as [0@[2,3],1@[4]]";
@@ -68,16 +84,7 @@ fn parse_affinity(value: &str) -> Result<Vec<(u32, CpuSet)>, ConfigError> {
                 "expected a host CPU list such as [2,3] or [2-5]",
             )
         })?;
-        if cpus.is_empty() {
-            return Err(invalid(
-                "affinity",
-                item,
-                "a vCPU needs at least one host CPU",
-            ));
-        }
-        if pairs.iter().any(|(v, _)| *v == vcpu) {
-            return Err(invalid("affinity", item, "vCPU listed twice"));
-        }
+        check_affinity_entry(vcpu, &cpus, &pairs).map_err(|r| invalid("affinity", item, r))?;
         pairs.push((vcpu, cpus));
     }
     Ok(pairs)
@@ -99,12 +106,10 @@ impl CpusConfig {
             cfg.affinity = parse_affinity(v)?;
         }
         if let Some(v) = get(&pairs, "kvm_pv") {
-            cfg.kvm_pv =
-                parse_kvm_pv(strip_brackets(v)).map_err(|e| ConfigError::Cpus(e.to_string()))?;
+            cfg.kvm_pv = parse_kvm_pv(strip_brackets(v)).map_err(ConfigError::KvmPv)?;
         }
         if let Some(v) = get(&pairs, "hyperv") {
-            cfg.hyperv =
-                parse_hyperv(strip_brackets(v)).map_err(|e| ConfigError::Cpus(e.to_string()))?;
+            cfg.hyperv = parse_hyperv(strip_brackets(v)).map_err(ConfigError::Hyperv)?;
         }
         if let Some(v) = get(&pairs, "pvm_compat") {
             cfg.pvm_compat = Toggle::parse("cpus", "pvm_compat", v)?;

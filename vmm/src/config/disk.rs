@@ -75,6 +75,13 @@ impl Default for DiskConfig {
     }
 }
 
+/// Why a value is refused; the same words for `--disk` and for a JSON `disks[]` entry.
+pub(super) const QUEUES: &str = "expected 1 to 16";
+pub(super) const QUEUE_SIZE: &str = "expected a power of two from 4 to 1024";
+const SERIAL: &str = "expected at most 20 printable ASCII characters";
+const NAME: &str = "expected 1-15 characters from A-Z a-z 0-9 - _ .";
+const IOTHREAD_CPUS: &str = "expected cpus:LIST such as cpus:2-3 or cpus:[2,4]";
+
 fn invalid(key: &'static str, value: &str, reason: &'static str) -> ConfigError {
     ConfigError::InvalidValue {
         option: "disk",
@@ -93,11 +100,7 @@ fn check_name(key: &'static str, value: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            key,
-            value,
-            "expected 1-15 characters from A-Z a-z 0-9 - _ .",
-        ))
+        Err(invalid(key, value, NAME))
     }
 }
 
@@ -111,6 +114,59 @@ fn on_off(pairs: &[(&str, &str)], key: &'static str) -> Result<Option<bool>, Con
         Toggle::Off => Ok(Some(false)),
         Toggle::Auto => Err(invalid(key, v, "expected on or off")),
     }
+}
+
+/// A count given as text (`--disk`) or as a JSON number, narrowed to `u16`; its range is
+/// checked by [`DiskConfig::check_values`].
+pub(crate) fn narrow(
+    key: &'static str,
+    value: u64,
+    reason: &'static str,
+) -> Result<u16, ConfigError> {
+    u16::try_from(value).map_err(|_| invalid(key, &value.to_string(), reason))
+}
+
+fn count(key: &'static str, text: &str, reason: &'static str) -> Result<u16, ConfigError> {
+    let n = text
+        .parse::<u64>()
+        .map_err(|_| invalid(key, text, reason))?;
+    narrow(key, n, reason)
+}
+
+impl CacheMode {
+    /// `none` or `writeback`.
+    pub(crate) fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "none" => Ok(CacheMode::None),
+            "writeback" => Ok(CacheMode::Writeback),
+            _ => Err(invalid("cache", value, "expected none or writeback")),
+        }
+    }
+}
+
+/// An `iothread` value: `NAME`, `cpus:LIST` or `NAME:cpus:LIST`, the list with or without
+/// brackets (the command line needs them around a list with commas, JSON does not).
+pub(crate) fn parse_iothread(value: &str) -> Result<(Option<String>, Option<CpuSet>), ConfigError> {
+    let (name, cpus) = match value.split_once("cpus:") {
+        Some((name, cpus)) => (name.strip_suffix(':').unwrap_or(name), Some(cpus)),
+        None => (value, None),
+    };
+    let set = match cpus {
+        Some(cpus) => Some(
+            CpuSet::parse(strip_brackets(cpus))
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| invalid("iothread", value, IOTHREAD_CPUS))?,
+        ),
+        None => None,
+    };
+    let name = if !name.is_empty() || cpus.is_none() {
+        check_name("iothread", name)?;
+        Some(name.to_string())
+    } else {
+        None
+    };
+    Ok((name, set))
 }
 
 impl DiskConfig {
@@ -128,7 +184,7 @@ impl DiskConfig {
         "lock",
     ];
 
-    /// Parses one `--disk` group.
+    /// Parses one `--disk` group, then checks its values ([`DiskConfig::check_values`]).
     pub fn parse(input: &str) -> Result<Self, ConfigError> {
         let pairs = parse_group("disk", input, Self::KEYS)?;
         let mut cfg = DiskConfig::default();
@@ -136,9 +192,6 @@ impl DiskConfig {
             option: "disk",
             key: "path",
         })?;
-        if path.is_empty() {
-            return Err(invalid("path", path, "expected a file or block device"));
-        }
         cfg.path = PathBuf::from(path);
         if let Some(on) = on_off(&pairs, "readonly")? {
             cfg.readonly = on;
@@ -147,11 +200,7 @@ impl DiskConfig {
             cfg.lock = on;
         }
         if let Some(v) = get(&pairs, "cache") {
-            cfg.cache = match v {
-                "none" => CacheMode::None,
-                "writeback" => CacheMode::Writeback,
-                _ => return Err(invalid("cache", v, "expected none or writeback")),
-            };
+            cfg.cache = CacheMode::parse(v)?;
         }
         if get(&pairs, "queues").is_some() && get(&pairs, "num_queues").is_some() {
             return Err(ConfigError::DuplicateKey {
@@ -160,43 +209,13 @@ impl DiskConfig {
             });
         }
         if let Some(v) = get(&pairs, "queues").or_else(|| get(&pairs, "num_queues")) {
-            cfg.queues = v
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_QUEUES).contains(n))
-                .ok_or_else(|| invalid("queues", v, "expected 1 to 16"))?;
+            cfg.queues = count("queues", v, QUEUES)?;
         }
         if let Some(v) = get(&pairs, "queue_size") {
-            cfg.queue_size = v
-                .parse::<u16>()
-                .ok()
-                .filter(|n| (4..=MAX_QUEUE_SIZE).contains(n) && n.is_power_of_two())
-                .ok_or_else(|| {
-                    invalid("queue_size", v, "expected a power of two from 4 to 1024")
-                })?;
+            cfg.queue_size = count("queue_size", v, QUEUE_SIZE)?;
         }
         if let Some(v) = get(&pairs, "iothread") {
-            let (name, cpus) = match v.split_once("cpus:") {
-                Some((name, cpus)) => (name.strip_suffix(':').unwrap_or(name), Some(cpus)),
-                None => (v, None),
-            };
-            if let Some(cpus) = cpus {
-                let set = CpuSet::parse(strip_brackets(cpus))
-                    .ok()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        invalid(
-                            "iothread",
-                            v,
-                            "expected cpus:LIST such as cpus:2-3 or cpus:[2,4]",
-                        )
-                    })?;
-                cfg.iothread_cpus = Some(set);
-            }
-            if !name.is_empty() || cpus.is_none() {
-                check_name("iothread", name)?;
-                cfg.iothread = Some(name.to_string());
-            }
+            (cfg.iothread, cfg.iothread_cpus) = parse_iothread(v)?;
         }
         if let Some(v) = get(&pairs, "numa_node") {
             cfg.numa_node = Some(
@@ -204,21 +223,38 @@ impl DiskConfig {
                     .map_err(|_| invalid("numa_node", v, "expected a guest node number"))?,
             );
         }
-        if let Some(v) = get(&pairs, "serial") {
-            if v.len() > MAX_SERIAL || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(invalid(
-                    "serial",
-                    v,
-                    "expected at most 20 printable ASCII characters",
-                ));
-            }
-            cfg.serial = Some(v.to_string());
-        }
-        if let Some(v) = get(&pairs, "id") {
-            check_name("id", v)?;
-            cfg.id = Some(v.to_string());
-        }
+        cfg.serial = get(&pairs, "serial").map(str::to_string);
+        cfg.id = get(&pairs, "id").map(str::to_string);
+        cfg.check_values()?;
         Ok(cfg)
+    }
+
+    /// Checks the values that need no file: a path is given, queue count and size are in
+    /// range, the serial fits `GET_ID`, names fit thread names. The `--disk` parser and the
+    /// JSON form both end here.
+    pub fn check_values(&self) -> Result<(), ConfigError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(invalid("path", "", "expected a file or block device"));
+        }
+        if !(1..=MAX_QUEUES).contains(&self.queues) {
+            return Err(invalid("queues", &self.queues.to_string(), QUEUES));
+        }
+        let size = self.queue_size;
+        if !((4..=MAX_QUEUE_SIZE).contains(&size) && size.is_power_of_two()) {
+            return Err(invalid("queue_size", &size.to_string(), QUEUE_SIZE));
+        }
+        if let Some(v) = &self.serial {
+            if v.len() > MAX_SERIAL || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid("serial", v, SERIAL));
+            }
+        }
+        if let Some(v) = &self.id {
+            check_name("id", v)?;
+        }
+        if let Some(v) = &self.iothread {
+            check_name("iothread", v)?;
+        }
+        Ok(())
     }
 
     /// The disk's name: its `id`, or `disk{index}`.
@@ -227,7 +263,7 @@ impl DiskConfig {
     }
 
     /// Checks that the backing file exists and can be used.
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check_file(&self) -> Result<(), ConfigError> {
         let bad = |reason: String| ConfigError::BadFile {
             option: "disk",
             path: self.path.display().to_string(),
@@ -259,7 +295,7 @@ pub(super) fn validate_all(disks: &[DiskConfig]) -> Result<(), ConfigError> {
     let mut names = Vec::with_capacity(disks.len());
     let mut files = Vec::with_capacity(disks.len());
     for (i, d) in disks.iter().enumerate() {
-        d.validate()?;
+        d.check_file()?;
         let name = d.name(i);
         if names.contains(&name) {
             return Err(ConfigError::Disks(format!("two disks are named '{name}'")));

@@ -36,10 +36,12 @@
 //! default. Unknown fields are refused, so a Cloud Hypervisor setting Keel lacks (`net`,
 //! `memory.hotplug_size`, ...) is an error rather than silently dropped.
 //!
-//! Values go through the CLI's own parsers and checks ([`CpusConfig::parse`],
-//! [`MemoryConfig::parse`], [`DiskConfig::parse`], [`NumaNodeConfig::parse`],
-//! [`SerialConfig::parse`], [`CpusConfig::validate`], [`MemoryConfig::validate`],
-//! [`VmConfig::validate_numa`]), so a body cannot express what the command line would refuse.
+//! A body becomes the typed config directly (no detour through option strings), and then
+//! meets the same checks the command line's parsers end with ([`DiskConfig::check_values`],
+//! [`NumaNodeConfig::check_values`], [`CpusConfig::validate`], [`MemoryConfig::validate`],
+//! [`VmConfig::validate_numa`], the affinity entry check, the `iothread` and `cache` value
+//! parsers), so a body cannot express what the command line would refuse, and both say why
+//! in the same words. Only value vocabularies (`kvm_pv`, `hyperv`, `iothread`) are text.
 //! Nothing here touches the filesystem: kernel, initramfs and disk files, the set of disks and
 //! the host's limits are checked when the VM is built, as they are for the CLI.
 
@@ -47,6 +49,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::cpus::check_affinity_entry;
+use super::disk::{self, narrow, parse_iothread};
 use super::paravirt::{hyperv_text, kvm_pv_text, parse_hyperv, parse_kvm_pv};
 use super::{
     strip_brackets, CacheMode, ConfigError, CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig,
@@ -300,59 +304,18 @@ fn from_cli(prefix: &str, renames: &[(&str, &str)], source: ConfigError) -> Json
     }
 }
 
-/// A `kvm_pv` or `hyperv` error, wrapped as `CpusConfig::parse` wraps it.
-fn paravirt_error(key: &str, message: String) -> JsonConfigError {
-    let detail = message
-        .strip_prefix(key)
-        .and_then(|m| m.strip_prefix(": "))
-        .unwrap_or(&message);
+/// A `kvm_pv` or `hyperv` error, at `cpus.KEY`, with the CLI's error as its source.
+fn paravirt_error(key: &str, source: ConfigError) -> JsonConfigError {
+    let detail = match &source {
+        ConfigError::KvmPv(e) => e.to_string(),
+        ConfigError::Hyperv(e) => e.to_string(),
+        other => other.to_string(),
+    };
     JsonConfigError::Invalid {
         field: format!("cpus.{key}"),
-        detail: one_line(detail),
-        source: ConfigError::Cpus(message.clone()),
+        detail: one_line(&detail),
+        source,
     }
-}
-
-/// `key=value` for a group, if the option syntax carries `value` whole: brackets balanced and
-/// no comma outside them (one would split the group or swallow the next key).
-fn item(field: &str, key: &str, value: &str) -> Result<String, JsonConfigError> {
-    let mut depth = 0usize;
-    for c in value.chars() {
-        match c {
-            '[' => depth += 1,
-            ']' if depth == 0 => depth = usize::MAX,
-            ']' => depth -= 1,
-            ',' if depth == 0 => depth = usize::MAX,
-            _ => {}
-        }
-        if depth == usize::MAX {
-            break;
-        }
-    }
-    if depth == 0 {
-        Ok(format!("{key}={value}"))
-    } else {
-        Err(unsupported(
-            join(field, key),
-            format!(
-                "{value:?} has a comma outside brackets or unbalanced brackets, which Keel's \
-                 option syntax cannot carry"
-            ),
-        ))
-    }
-}
-
-fn on_off(value: bool) -> &'static str {
-    if value {
-        "on"
-    } else {
-        "off"
-    }
-}
-
-fn number_list(numbers: &[u32]) -> String {
-    let text: Vec<String> = numbers.iter().map(u32::to_string).collect();
-    text.join(",")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,11 +372,11 @@ fn cpus_from(wire: CpusWire) -> Result<CpusConfig, JsonConfigError> {
     }
     if let Some(v) = wire.kvm_pv {
         cfg.kvm_pv = parse_kvm_pv(strip_brackets(&v))
-            .map_err(|e| paravirt_error("kvm_pv", e.to_string()))?;
+            .map_err(|e| paravirt_error("kvm_pv", ConfigError::KvmPv(e)))?;
     }
     if let Some(v) = wire.hyperv {
         cfg.hyperv = parse_hyperv(strip_brackets(&v))
-            .map_err(|e| paravirt_error("hyperv", e.to_string()))?;
+            .map_err(|e| paravirt_error("hyperv", ConfigError::Hyperv(e)))?;
     }
     if let Some(v) = wire.pvm_compat {
         cfg.pvm_compat =
@@ -425,43 +388,44 @@ fn cpus_from(wire: CpusWire) -> Result<CpusConfig, JsonConfigError> {
     Ok(cfg)
 }
 
-/// Each entry through `--cpus affinity=` on its own (so an error names its index), then the
-/// whole list (which refuses a vCPU given twice).
+/// Each entry checked against the ones before it (an error names its index); that the vCPUs
+/// exist is checked with the count, by [`CpusConfig::validate`].
 fn affinity_from(list: &[AffinityWire]) -> Result<Vec<(u32, CpuSet)>, JsonConfigError> {
-    let mut items = Vec::with_capacity(list.len());
+    let mut pairs = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
         let field = format!("cpus.affinity[{i}]");
         let vcpu = entry.vcpu.ok_or_else(|| missing(format!("{field}.vcpu")))?;
         let host_cpus = entry.host_cpus.as_deref().unwrap_or_default();
-        let item = format!("{vcpu}@[{}]", number_list(host_cpus));
-        CpusConfig::parse(&format!("affinity=[{item}]"))
-            .map_err(|e| from_cli(&field, &[("affinity", "")], e))?;
-        items.push(item);
+        let cpus = CpuSet::try_from_iter(host_cpus.iter().copied())
+            .map_err(|e| unsupported(format!("{field}.host_cpus"), e.to_string()))?;
+        let bad = |reason| ConfigError::InvalidValue {
+            option: "cpus",
+            key: "affinity",
+            value: format!("{vcpu}@[{cpus}]"),
+            reason,
+        };
+        check_affinity_entry(vcpu, &cpus, &pairs)
+            .map_err(|reason| from_cli(&field, &[("affinity", "")], bad(reason)))?;
+        pairs.push((vcpu, cpus));
     }
-    let cfg = CpusConfig::parse(&format!("affinity=[{}]", items.join(",")))
-        .map_err(|e| from_cli("cpus.affinity", &[("affinity", "")], e))?;
-    Ok(cfg.affinity)
+    Ok(pairs)
 }
 
 fn memory_from(wire: MemoryWire) -> Result<MemoryConfig, JsonConfigError> {
-    let size = wire.size.unwrap_or(MemoryConfig::default().size);
-    let mut group = vec![format!("size={size}")];
-    let flags = [
-        ("hugepages", wire.hugepages),
-        ("prefault", wire.prefault),
-        ("thp", wire.thp),
-        ("shared", wire.shared),
-        ("mergeable", wire.mergeable),
-    ];
-    for (key, value) in flags {
-        if let Some(v) = value {
-            group.push(format!("{key}={}", on_off(v)));
-        }
-    }
-    if let Some(s) = wire.hugepage_size {
-        group.push(format!("hugepage_size={s}"));
-    }
-    let cfg = MemoryConfig::parse(&group.join(",")).map_err(|e| from_cli("memory", &[], e))?;
+    let defaults = MemoryConfig::default();
+    let cfg = MemoryConfig {
+        size: wire.size.unwrap_or(defaults.size),
+        hugepages: wire.hugepages.unwrap_or(defaults.hugepages),
+        hugepage_size: wire.hugepage_size,
+        prefault: wire.prefault.unwrap_or(defaults.prefault),
+        thp: match wire.thp {
+            Some(true) => Toggle::On,
+            Some(false) => Toggle::Off,
+            None => defaults.thp,
+        },
+        shared: wire.shared.unwrap_or(defaults.shared),
+        mergeable: wire.mergeable.unwrap_or(defaults.mergeable),
+    };
     // Host RAM and the huge page pool are checked when the VM is built.
     cfg.validate(None).map_err(|e| from_cli("memory", &[], e))?;
     Ok(cfg)
@@ -485,103 +449,83 @@ fn serial_from(wire: SerialWire) -> Result<SerialConfig, JsonConfigError> {
         None if wire.file.is_some() => "file".to_string(),
         None => return Ok(SerialConfig::default()),
     };
-    let cli = match mode.as_str() {
-        "tty" | "off" | "null" => {
-            if wire.file.is_some() {
-                return Err(unsupported(
-                    "serial.file",
-                    format!(
-                        "only used with mode File, not {}",
-                        wire.mode.unwrap_or(mode)
-                    ),
-                ));
-            }
-            mode
-        }
-        "file" => format!("file={}", wire.file.unwrap_or_default()),
-        _ => {
-            return Err(unsupported(
-                "serial.mode",
-                format!(
-                    "{:?} is not a mode Keel has; expected Tty, Off, Null or File",
-                    wire.mode.unwrap_or(mode)
-                ),
-            ))
-        }
-    };
-    SerialConfig::parse(&cli).map_err(|e| from_cli("serial", &[], e))
+    let given = || wire.mode.clone().unwrap_or_else(|| mode.clone());
+    if mode != "file" && wire.file.is_some() {
+        return Err(unsupported(
+            "serial.file",
+            format!("only used with mode File, not {}", given()),
+        ));
+    }
+    match mode.as_str() {
+        "tty" => Ok(SerialConfig::Tty),
+        "off" | "null" => Ok(SerialConfig::Off),
+        "file" => match wire.file.as_deref() {
+            Some(path) if !path.is_empty() => Ok(SerialConfig::File(PathBuf::from(path))),
+            _ => Err(from_cli("serial", &[], SerialConfig::missing_file())),
+        },
+        _ => Err(unsupported(
+            "serial.mode",
+            format!(
+                "{:?} is not a mode Keel has; expected Tty, Off, Null or File",
+                given()
+            ),
+        )),
+    }
 }
 
 fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError> {
     let field = format!("disks[{index}]");
+    let cli = |e| from_cli(&field, &[("queues", "num_queues")], e);
     let path = wire.path.ok_or_else(|| missing(format!("{field}.path")))?;
-    // The path is taken as given (any characters); `--disk` refuses only an empty one.
-    let mut group = vec![if path.is_empty() { "path=" } else { "path=_" }.to_string()];
-    if let Some(v) = wire.readonly {
-        group.push(format!("readonly={}", on_off(v)));
-    }
-    if let Some(v) = wire.lock {
-        group.push(format!("lock={}", on_off(v)));
-    }
-    if let Some(v) = &wire.cache {
-        group.push(item(&field, "cache", v)?);
-    }
-    if let Some(n) = wire.num_queues {
-        group.push(format!("queues={n}"));
-    }
-    if let Some(n) = wire.queue_size {
-        group.push(format!("queue_size={n}"));
-    }
-    if let Some(v) = &wire.iothread {
-        group.push(item(&field, "iothread", &bracket_iothread_cpus(v))?);
-    }
-    if let Some(n) = wire.numa_node {
-        group.push(format!("numa_node={n}"));
-    }
-    if let Some(v) = &wire.serial {
-        group.push(item(&field, "serial", v)?);
-    }
-    if let Some(v) = &wire.id {
-        group.push(item(&field, "id", v)?);
-    }
-    let mut cfg = DiskConfig::parse(&group.join(","))
-        .map_err(|e| from_cli(&field, &[("queues", "num_queues")], e))?;
-    cfg.path = PathBuf::from(path);
+    let defaults = DiskConfig::default();
+    let (iothread, iothread_cpus) = match &wire.iothread {
+        Some(v) => parse_iothread(v).map_err(cli)?,
+        None => (None, None),
+    };
+    let cfg = DiskConfig {
+        path: PathBuf::from(path),
+        readonly: wire.readonly.unwrap_or(defaults.readonly),
+        lock: wire.lock.unwrap_or(defaults.lock),
+        cache: match &wire.cache {
+            Some(v) => CacheMode::parse(v).map_err(cli)?,
+            None => defaults.cache,
+        },
+        queues: match wire.num_queues {
+            Some(n) => narrow("queues", n, disk::QUEUES).map_err(cli)?,
+            None => defaults.queues,
+        },
+        queue_size: match wire.queue_size {
+            Some(n) => narrow("queue_size", n, disk::QUEUE_SIZE).map_err(cli)?,
+            None => defaults.queue_size,
+        },
+        iothread,
+        iothread_cpus,
+        numa_node: wire.numa_node,
+        serial: wire.serial,
+        id: wire.id,
+    };
+    cfg.check_values().map_err(cli)?;
     Ok(cfg)
 }
 
-/// `NAME:cpus:2,4` -> `NAME:cpus:[2,4]`: in JSON the list need not be bracketed.
-fn bracket_iothread_cpus(value: &str) -> String {
-    match value.split_once("cpus:") {
-        Some((name, cpus)) if !cpus.starts_with('[') => format!("{name}cpus:[{cpus}]"),
-        _ => value.to_string(),
-    }
-}
-
 fn numa_from(index: usize, wire: NumaWire) -> Result<NumaNodeConfig, JsonConfigError> {
-    let mut group = Vec::new();
-    if let Some(id) = wire.guest_numa_id {
-        group.push(format!("guest_node={id}"));
-    }
-    if let Some(cpus) = &wire.cpus {
-        group.push(format!("cpus=[{}]", number_list(cpus)));
-    }
-    if let Some(m) = wire.memory {
-        group.push(format!("memory={m}"));
-    }
-    if let Some(h) = wire.host_numa_node {
-        group.push(format!("host_node={h}"));
-    }
-    NumaNodeConfig::parse(&group.join(",")).map_err(|e| {
-        from_cli(
-            &format!("numa[{index}]"),
-            &[
-                ("guest_node", "guest_numa_id"),
-                ("host_node", "host_numa_node"),
-            ],
-            e,
-        )
-    })
+    let field = format!("numa[{index}]");
+    let guest_node = wire
+        .guest_numa_id
+        .ok_or_else(|| missing(format!("{field}.guest_numa_id")))?;
+    let memory = wire
+        .memory
+        .ok_or_else(|| missing(format!("{field}.memory")))?;
+    let cpus = CpuSet::try_from_iter(wire.cpus.unwrap_or_default())
+        .map_err(|e| unsupported(format!("{field}.cpus"), e.to_string()))?;
+    let node = NumaNodeConfig {
+        guest_node,
+        cpus,
+        memory,
+        host_node: wire.host_numa_node,
+    };
+    node.check_values().map_err(|e| from_cli(&field, &[], e))?;
+    Ok(node)
 }
 
 // ---------------------------------------------------------------------------------------------

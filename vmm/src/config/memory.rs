@@ -56,6 +56,15 @@ fn on_off(key: &'static str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+fn bad_hugepage_size(value: &str) -> ConfigError {
+    ConfigError::InvalidValue {
+        option: "memory",
+        key: "hugepage_size",
+        value: value.to_string(),
+        reason: "expected 2M or 1G",
+    }
+}
+
 /// Human form of a page size: "4 KiB", "2 MiB", "1 GiB".
 pub fn page_size_name(size: u64) -> String {
     match size {
@@ -97,16 +106,7 @@ impl MemoryConfig {
             cfg.hugepages = on_off("hugepages", v)?;
         }
         if let Some(v) = get(&pairs, "hugepage_size") {
-            cfg.hugepage_size = Some(
-                parse_size(v)
-                    .filter(|&s| s == HUGEPAGE_2M || s == HUGEPAGE_1G)
-                    .ok_or_else(|| ConfigError::InvalidValue {
-                        option: "memory",
-                        key: "hugepage_size",
-                        value: v.to_string(),
-                        reason: "expected 2M or 1G",
-                    })?,
-            );
+            cfg.hugepage_size = Some(parse_size(v).ok_or_else(|| bad_hugepage_size(v))?);
         }
         if let Some(v) = get(&pairs, "prefault") {
             cfg.prefault = on_off("prefault", v)?;
@@ -144,6 +144,12 @@ impl MemoryConfig {
             size: self.size,
             reason,
         };
+        if let Some(size) = self
+            .hugepage_size
+            .filter(|&s| s != HUGEPAGE_2M && s != HUGEPAGE_1G)
+        {
+            return Err(bad_hugepage_size(&page_size_name(size)));
+        }
         if self.hugepage_size.is_some() && !self.hugepages {
             return Err(ConfigError::Memory(
                 "hugepage_size= needs hugepages=on".into(),
@@ -242,7 +248,7 @@ mod tests {
         );
         for (bad, key) in [
             ("size=1G,hugepages=maybe", "hugepages"),
-            ("size=1G,hugepage_size=4M", "hugepage_size"),
+            ("size=1G,hugepage_size=4Q", "hugepage_size"),
             ("size=1G,prefault=auto", "prefault"),
             ("size=1G,thp=yes", "thp"),
         ] {
@@ -263,6 +269,10 @@ mod tests {
             assert!(err.contains(needle), "{input}: {err}");
         };
         check("size=1G,hugepage_size=2M", "needs hugepages=on");
+        check(
+            "size=1G,hugepages=on,hugepage_size=4M",
+            "'4 MiB' for 'hugepage_size': expected 2M or 1G",
+        );
         check("size=1G,hugepages=on,thp=on", "thp=on");
         check("size=1G,hugepages=on,mergeable=on", "KSM");
         check("size=1025M,hugepages=on", "2 MiB page size");

@@ -15,6 +15,7 @@ pub use disk::{CacheMode, DiskConfig, MAX_DISKS};
 pub use json::{vm_config_from_json, vm_config_to_json, JsonConfigError};
 pub use memory::{page_size_name, MemoryConfig};
 pub use numa::{NumaNodeConfig, MAX_NUMA_NODES};
+pub use paravirt::{HypervParseError, KvmPvParseError};
 
 /// Errors in user-supplied configuration. Each message names the option and the bad value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -102,6 +103,12 @@ pub enum ConfigError {
     /// vCPU options that do not go together.
     #[error("--cpus: {0}")]
     Cpus(String),
+    /// A `kvm_pv=` list Keel cannot take.
+    #[error("--cpus: kvm_pv: {0}")]
+    KvmPv(#[source] paravirt::KvmPvParseError),
+    /// A `hyperv=` list Keel cannot take.
+    #[error("--cpus: hyperv: {0}")]
+    Hyperv(#[source] paravirt::HypervParseError),
     /// Memory options that do not go together.
     #[error("--memory: {0}")]
     Memory(String),
@@ -253,6 +260,16 @@ pub enum SerialConfig {
 }
 
 impl SerialConfig {
+    /// `file` mode without a path.
+    pub(crate) fn missing_file() -> ConfigError {
+        ConfigError::InvalidValue {
+            option: "serial",
+            key: "file",
+            value: String::new(),
+            reason: "expected a path",
+        }
+    }
+
     /// Parses `--serial`.
     pub fn parse(input: &str) -> Result<Self, ConfigError> {
         match input {
@@ -262,12 +279,7 @@ impl SerialConfig {
                 Some(("file", path)) if !path.is_empty() => {
                     Ok(SerialConfig::File(PathBuf::from(path)))
                 }
-                Some(("file", _)) => Err(ConfigError::InvalidValue {
-                    option: "serial",
-                    key: "file",
-                    value: String::new(),
-                    reason: "expected a path",
-                }),
+                Some(("file", _)) => Err(Self::missing_file()),
                 _ => Err(ConfigError::InvalidValue {
                     option: "serial",
                     key: "mode",

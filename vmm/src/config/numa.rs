@@ -21,6 +21,8 @@ pub struct NumaNodeConfig {
     pub host_node: Option<u32>,
 }
 
+const MEMORY_SIZE: &str = "expected a size such as 512M or 2G";
+
 fn invalid(key: &'static str, value: &str, reason: &'static str) -> ConfigError {
     ConfigError::InvalidValue {
         option: "numa",
@@ -50,9 +52,7 @@ impl NumaNodeConfig {
         };
         let guest_node = number("guest_node", required("guest_node")?)?;
         let memory = required("memory")?;
-        let memory = parse_size(memory)
-            .filter(|&m| m > 0)
-            .ok_or_else(|| invalid("memory", memory, "expected a size such as 512M or 2G"))?;
+        let memory = parse_size(memory).ok_or_else(|| invalid("memory", memory, MEMORY_SIZE))?;
         let cpus = match get(&pairs, "cpus") {
             Some(v) => CpuSet::parse(strip_brackets(v))
                 .map_err(|_| invalid("cpus", v, "expected vCPU indices such as 0-3 or [0,2]"))?,
@@ -61,12 +61,23 @@ impl NumaNodeConfig {
         let host_node = get(&pairs, "host_node")
             .map(|v| number("host_node", v))
             .transpose()?;
-        Ok(NumaNodeConfig {
+        let node = NumaNodeConfig {
             guest_node,
             cpus,
             memory,
             host_node,
-        })
+        };
+        node.check_values()?;
+        Ok(node)
+    }
+
+    /// Checks what one node needs on its own (some memory); the `--numa` parser and the JSON
+    /// form both end here, and [`validate_nodes`] checks the nodes together.
+    pub fn check_values(&self) -> Result<(), ConfigError> {
+        if self.memory == 0 {
+            return Err(invalid("memory", "0", MEMORY_SIZE));
+        }
+        Ok(())
     }
 }
 

@@ -15,10 +15,10 @@ use arch::kvm_pv::{KvmPvFeatures, KvmPvRequest, KVM_PV_NAMES};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvmPvParseError {
     /// The list was empty.
-    #[error("kvm_pv: empty feature list; give on, off or a comma-separated list of names")]
+    #[error("empty feature list; give on, off or a comma-separated list of names")]
     Empty,
     /// A name Keel does not know.
-    #[error("kvm_pv: unknown feature `{name}`; known: {known}")]
+    #[error("unknown feature `{name}`; known: {known}")]
     UnknownName {
         /// The name as given.
         name: String,
@@ -26,7 +26,7 @@ pub enum KvmPvParseError {
         known: String,
     },
     /// `on`, `off` or `hidden` next to other words.
-    #[error("kvm_pv: `{0}` cannot be combined with other names")]
+    #[error("`{0}` cannot be combined with other names")]
     Combined(String),
 }
 
@@ -34,13 +34,13 @@ pub enum KvmPvParseError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HypervParseError {
     /// Nothing was given.
-    #[error("hyperv: empty list; give on, off or a comma-separated list of items")]
+    #[error("empty list; give on, off or a comma-separated list of items")]
     EmptyList,
     /// The list had an empty item.
-    #[error("hyperv: empty item in `{0}`")]
+    #[error("empty item in `{0}`")]
     EmptyItem(String),
     /// An item Keel does not know.
-    #[error("hyperv: unknown item `{item}`; known: {known}")]
+    #[error("unknown item `{item}`; known: {known}")]
     UnknownItem {
         /// The item as given.
         item: String,
@@ -48,25 +48,25 @@ pub enum HypervParseError {
         known: String,
     },
     /// `on` or `off` next to other items.
-    #[error("hyperv: `{0}` cannot be combined with other items")]
+    #[error("`{0}` cannot be combined with other items")]
     Combined(String),
     /// `spinlocks` or `vendor-id` without `=value`.
-    #[error("hyperv: {0} needs a value ({0}=...)")]
+    #[error("{0} needs a value ({0}=...)")]
     MissingValue(&'static str),
     /// A value given to an item that takes none.
-    #[error("hyperv: `{0}` takes no value")]
+    #[error("`{0}` takes no value")]
     UnexpectedValue(String),
     /// A spinlock retry count that is not a u32.
     #[error(
-        "hyperv: spinlocks={0} is not a retry count (a u32, decimal or 0x-hex; \
+        "spinlocks={0} is not a retry count (a u32, decimal or 0x-hex; \
          0xffffffff means never notify)"
     )]
     BadSpinlocks(String),
     /// A vendor id that is empty or longer than 12 bytes.
-    #[error("hyperv: vendor-id `{0}` must be 1 to 12 bytes")]
+    #[error("vendor-id `{0}` must be 1 to 12 bytes")]
     BadVendorId(String),
     /// An item given twice.
-    #[error("hyperv: `{0}` is given twice")]
+    #[error("`{0}` is given twice")]
     Duplicate(String),
 }
 
@@ -332,7 +332,7 @@ mod tests {
     fn parse_errors() {
         let err = parse_hyperv("relaxed,hv-time").unwrap_err().to_string();
         assert!(
-            err.starts_with("hyperv: unknown item `hv-time`; known: on, off, relaxed"),
+            err.starts_with("unknown item `hv-time`; known: on, off, relaxed"),
             "{err}"
         );
         for f in HvFeature::ALL {
@@ -345,28 +345,19 @@ mod tests {
         let cases = [
             (
                 "",
-                "hyperv: empty list; give on, off or a comma-separated list of items",
+                "empty list; give on, off or a comma-separated list of items",
             ),
-            ("relaxed,,vapic", "hyperv: empty item in `relaxed,,vapic`"),
-            (
-                "on,relaxed",
-                "hyperv: `on` cannot be combined with other items",
-            ),
-            (
-                "spinlocks",
-                "hyperv: spinlocks needs a value (spinlocks=...)",
-            ),
-            (
-                "vendor-id",
-                "hyperv: vendor-id needs a value (vendor-id=...)",
-            ),
-            ("relaxed=1", "hyperv: `relaxed=1` takes no value"),
-            ("relaxed,relaxed", "hyperv: `relaxed` is given twice"),
+            ("relaxed,,vapic", "empty item in `relaxed,,vapic`"),
+            ("on,relaxed", "`on` cannot be combined with other items"),
+            ("spinlocks", "spinlocks needs a value (spinlocks=...)"),
+            ("vendor-id", "vendor-id needs a value (vendor-id=...)"),
+            ("relaxed=1", "`relaxed=1` takes no value"),
+            ("relaxed,relaxed", "`relaxed` is given twice"),
             (
                 "vendor-id=0123456789abc",
-                "hyperv: vendor-id `0123456789abc` must be 1 to 12 bytes",
+                "vendor-id `0123456789abc` must be 1 to 12 bytes",
             ),
-            ("vendor-id=", "hyperv: vendor-id `` must be 1 to 12 bytes"),
+            ("vendor-id=", "vendor-id `` must be 1 to 12 bytes"),
         ];
         for (input, message) in cases {
             assert_eq!(
