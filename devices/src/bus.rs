@@ -34,6 +34,12 @@ pub trait BusDevice: Send {
 /// Errors from inserting devices into, or accessing, a [`Bus`].
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// A new device name past [`MAX_DEVICE_NAMES`] (exit counters have that many slots).
+    #[error("cannot add `{name}`: a bus holds at most {MAX_DEVICE_NAMES} device names")]
+    TooManyNames {
+        /// The refused name.
+        name: String,
+    },
     /// The new range overlaps a range already claimed by another device.
     #[error(
         "range {base:#x}+{len:#x} for `{name}` overlaps `{existing}` at {existing_base:#x}+{existing_len:#x}"
@@ -85,6 +91,12 @@ pub enum BusError {
         base: u64,
     },
 }
+
+/// Most distinct device names one bus holds. A name's index in [`Bus::device_names`] is
+/// below it for the bus's whole life (names are never reused or dropped), so per-device exit
+/// counters made with this many slots count every device, also one added after they were
+/// made (a BAR the guest maps late).
+pub const MAX_DEVICE_NAMES: usize = 128;
 
 /// One claimed range.
 struct BusEntry {
@@ -218,6 +230,11 @@ impl Bus {
         ranges.check_free(name, base, len, None)?;
         let index = match ranges.names.iter().position(|n| n == name) {
             Some(i) => i,
+            None if ranges.names.len() >= MAX_DEVICE_NAMES => {
+                return Err(BusError::TooManyNames {
+                    name: name.to_owned(),
+                })
+            }
             None => {
                 ranges.names.push(name.to_owned());
                 ranges.names.len() - 1
@@ -540,6 +557,20 @@ mod tests {
             bus.relocate(0x1234, 0),
             Err(BusError::NoRange { base: 0x1234 })
         ));
+    }
+
+    #[test]
+    fn names_are_bounded_but_a_known_name_may_take_more_ranges() {
+        let bus = Bus::new();
+        for i in 0..MAX_DEVICE_NAMES as u64 {
+            bus.insert(&format!("d{i}"), probe(), i * 0x10, 0x10)
+                .unwrap();
+        }
+        let top = MAX_DEVICE_NAMES as u64 * 0x10;
+        let err = bus.insert("one-more", probe(), top, 0x10).unwrap_err();
+        assert!(matches!(err, BusError::TooManyNames { .. }), "{err}");
+        bus.insert("d0", probe(), top, 0x10).unwrap();
+        assert_eq!(bus.device_names().len(), MAX_DEVICE_NAMES);
     }
 
     #[test]

@@ -201,8 +201,9 @@ mod tests {
             value: 1,
             request_on: None,
         }));
+        let c = ExitCounters::default();
+        // Added after the counters were made, as a BAR the guest maps late: counted all the same.
         b.pio.insert("other", other, 0x70, 2).unwrap();
-        let c = ExitCounters::for_buses(&b);
         let mut u = Unclaimed::default();
         let mut data = [0u8; 1];
         for _ in 0..3 {
@@ -225,8 +226,6 @@ mod tests {
             ]
         );
         assert_eq!(u.ports.get(&0x1234), Some(&1));
-        // Counters made before the devices existed simply have no per-device slots.
-        assert!(ExitCounters::default().by_device(&b).is_empty());
     }
 
     #[test]

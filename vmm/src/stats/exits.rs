@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use devices::bus::MAX_DEVICE_NAMES;
+
 use crate::device_manager::Buses;
 
 /// Userspace exit counters of one vCPU. Atomic so others can read them while it runs; only
 /// the vCPU's own thread writes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ExitCounters {
     /// Port reads.
     pub io_in: AtomicU64,
@@ -25,23 +27,31 @@ pub struct ExitCounters {
     pub interrupted: AtomicU64,
     /// Other exits.
     pub other: AtomicU64,
-    /// Port exits per device, indexed like the PIO bus's `device_names()`.
+    /// Port exits per device, indexed like the PIO bus's `device_names()`: one slot per name
+    /// a bus can ever hold, so a device added while the vCPU runs is counted too.
     pio_devices: Box<[AtomicU64]>,
     /// MMIO exits per device, indexed like the MMIO bus's `device_names()`.
     mmio_devices: Box<[AtomicU64]>,
 }
 
-impl ExitCounters {
-    /// Counters for a vCPU on `buses`, with one per-device slot for every device on them.
-    pub fn for_buses(buses: &Buses) -> Self {
-        let slots = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+impl Default for ExitCounters {
+    fn default() -> Self {
+        let slots = || (0..MAX_DEVICE_NAMES).map(|_| AtomicU64::new(0)).collect();
         ExitCounters {
-            pio_devices: slots(buses.pio.device_names().len()),
-            mmio_devices: slots(buses.mmio.device_names().len()),
-            ..Default::default()
+            io_in: AtomicU64::new(0),
+            io_out: AtomicU64::new(0),
+            mmio_read: AtomicU64::new(0),
+            mmio_write: AtomicU64::new(0),
+            unclaimed: AtomicU64::new(0),
+            interrupted: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            pio_devices: slots(),
+            mmio_devices: slots(),
         }
     }
+}
 
+impl ExitCounters {
     fn bump_device(slots: &[AtomicU64], index: usize) {
         if let Some(c) = slots.get(index) {
             c.fetch_add(1, Ordering::Relaxed);

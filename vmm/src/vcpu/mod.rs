@@ -115,7 +115,7 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// KVM_CREATE_VCPU; `counters` are its exit counters (see [`ExitCounters::for_buses`]).
+    /// KVM_CREATE_VCPU; `counters` are its exit counters (see [`ExitCounters`]).
     pub fn new(vm: &VmFd, index: u32, counters: ExitCounters) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))

@@ -165,7 +165,6 @@ impl Vm {
             config,
             host: &host,
             supported: &supported,
-            buses: devices.buses(),
             mem: &ram.mem,
             boot: &boot,
         })?;

@@ -8,7 +8,6 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::config::{Toggle, VmConfig};
-use crate::device_manager::Buses;
 use crate::host::HostInfo;
 use crate::paravirt::Paravirt;
 use crate::stats::exits::ExitCounters;
@@ -24,8 +23,6 @@ pub(super) struct VcpuSetup<'a> {
     pub host: &'a HostInfo,
     /// KVM's supported CPUID.
     pub supported: &'a [kvm_cpuid_entry2],
-    /// The buses, so each vCPU's exit counters have a slot per device.
-    pub buses: &'a Buses,
     pub mem: &'a GuestMemoryMmap,
     /// Where the boot vCPU starts.
     pub boot: &'a BootEntry,
@@ -45,7 +42,7 @@ pub(super) fn create(s: &VcpuSetup<'_>) -> Result<(Vec<Vcpu>, Vec<&'static str>)
     let mut vcpus = Vec::with_capacity(num_vcpus as usize);
     let mut hidden_features = Vec::new();
     for index in 0..num_vcpus {
-        let vcpu = Vcpu::new(s.vm, index, ExitCounters::for_buses(s.buses))?;
+        let vcpu = Vcpu::new(s.vm, index, ExitCounters::default())?;
         let cfg = CpuidConfig {
             vcpu_index: index,
             num_vcpus,
