@@ -313,19 +313,11 @@ fn keel_disks(opts: &BenchOptions, set: &DiskSet) -> Result<Vec<DiskConfig>, Fio
 /// Runs the benchmark: Keel, then QEMU when asked. `interrupt` stops a running guest.
 pub fn run(opts: &BenchOptions, interrupt: &AtomicBool) -> Result<BenchReport, FioBenchError> {
     let path = opts.job.display().to_string();
-    let text = std::fs::read(&opts.job).map_err(|source| FioBenchError::ReadJob {
+    let job = read_job(opts, &path)?;
+    let needed = job.disks_needed().map_err(|source| FioBenchError::Job {
         path: path.clone(),
         source,
     })?;
-    let job_error = |source| FioBenchError::Job {
-        path: path.clone(),
-        source,
-    };
-    let mut job = FioJob::parse(&text).map_err(job_error)?;
-    if let Some(secs) = opts.runtime {
-        job = job.with_runtime(secs);
-    }
-    let needed = job.disks_needed().map_err(job_error)?;
     let count = opts.disks.unwrap_or(needed);
     if count < needed {
         return Err(FioBenchError::TooFewDisks {
@@ -343,54 +335,14 @@ pub fn run(opts: &BenchOptions, interrupt: &AtomicBool) -> Result<BenchReport, F
         opts.keep_disks,
     )
     .map_err(FioBenchError::Disks)?;
-    let config = VmConfig {
-        cpus: opts.cpus.clone(),
-        memory: opts.memory.clone(),
-        payload: PayloadConfig {
-            kernel: opts.kernel.clone(),
-            initramfs: opts.initramfs.clone(),
-            cmdline: cmdline.clone(),
-        },
-        disks: keel_disks(opts, &set)?,
-        numa: opts.numa.clone(),
-        ..VmConfig::default()
-    };
     let keel = if opts.skip_keel {
         None
     } else {
-        let console = opts.dir.join("keel-console.log");
-        log::info!("booting {} in keel for {}", opts.kernel.display(), path);
-        let run = keel_run::run(
-            &config,
-            &console,
-            opts.echo_console,
-            opts.timeout,
-            interrupt,
-        )
-        .map_err(FioBenchError::Keel)?;
-        Some(SideResult::new("keel", run))
+        Some(run_keel(opts, &set, &cmdline, &path, interrupt)?)
     };
     let qemu = match &opts.compare {
         None => None,
-        Some(q) => {
-            let guest = QemuGuest {
-                binary: q.binary.clone(),
-                accel: q.accel,
-                vcpus: opts.cpus.boot_vcpus,
-                memory_mib: opts.memory.size >> 20,
-                kernel: q.kernel.clone(),
-                initramfs: opts.initramfs.clone(),
-                cmdline,
-                data_disks: set.data.clone(),
-                config_disk: set.config.clone(),
-            };
-            let console = opts.dir.join("qemu-console.log");
-            log::info!("booting {} in qemu for {}", q.kernel.display(), path);
-            let run = guest
-                .run(&console, opts.echo_console, opts.timeout, interrupt)
-                .map_err(FioBenchError::Qemu)?;
-            Some(SideResult::new("qemu", run))
-        }
+        Some(q) => Some(run_qemu(opts, q, &set, cmdline, &path, interrupt)?),
     };
     Ok(BenchReport {
         job: path,
@@ -402,4 +354,81 @@ pub fn run(opts: &BenchOptions, interrupt: &AtomicBool) -> Result<BenchReport, F
         keel,
         qemu,
     })
+}
+
+/// The job file, with `--runtime` applied.
+fn read_job(opts: &BenchOptions, path: &str) -> Result<FioJob, FioBenchError> {
+    let text = std::fs::read(&opts.job).map_err(|source| FioBenchError::ReadJob {
+        path: path.to_string(),
+        source,
+    })?;
+    let job = FioJob::parse(&text).map_err(|source| FioBenchError::Job {
+        path: path.to_string(),
+        source,
+    })?;
+    Ok(match opts.runtime {
+        Some(secs) => job.with_runtime(secs),
+        None => job,
+    })
+}
+
+/// The guest in keel, on the disk set.
+fn run_keel(
+    opts: &BenchOptions,
+    set: &DiskSet,
+    cmdline: &str,
+    job: &str,
+    interrupt: &AtomicBool,
+) -> Result<SideResult, FioBenchError> {
+    let config = VmConfig {
+        cpus: opts.cpus.clone(),
+        memory: opts.memory.clone(),
+        payload: PayloadConfig {
+            kernel: opts.kernel.clone(),
+            initramfs: opts.initramfs.clone(),
+            cmdline: cmdline.to_string(),
+        },
+        disks: keel_disks(opts, set)?,
+        numa: opts.numa.clone(),
+        ..VmConfig::default()
+    };
+    let console = opts.dir.join("keel-console.log");
+    log::info!("booting {} in keel for {job}", opts.kernel.display());
+    let run = keel_run::run(
+        &config,
+        &console,
+        opts.echo_console,
+        opts.timeout,
+        interrupt,
+    )
+    .map_err(FioBenchError::Keel)?;
+    Ok(SideResult::new("keel", run))
+}
+
+/// The same guest in QEMU, on the same disk set.
+fn run_qemu(
+    opts: &BenchOptions,
+    q: &QemuCompare,
+    set: &DiskSet,
+    cmdline: String,
+    job: &str,
+    interrupt: &AtomicBool,
+) -> Result<SideResult, FioBenchError> {
+    let guest = QemuGuest {
+        binary: q.binary.clone(),
+        accel: q.accel,
+        vcpus: opts.cpus.boot_vcpus,
+        memory_mib: opts.memory.size >> 20,
+        kernel: q.kernel.clone(),
+        initramfs: opts.initramfs.clone(),
+        cmdline,
+        data_disks: set.data.clone(),
+        config_disk: set.config.clone(),
+    };
+    let console = opts.dir.join("qemu-console.log");
+    log::info!("booting {} in qemu for {job}", q.kernel.display());
+    let run = guest
+        .run(&console, opts.echo_console, opts.timeout, interrupt)
+        .map_err(FioBenchError::Qemu)?;
+    Ok(SideResult::new("qemu", run))
 }

@@ -121,7 +121,46 @@ type FormatCell = fn(&DirectionTotal) -> String;
 /// The side-by-side table, then each side's problem, if any.
 pub fn table(report: &BenchReport) -> String {
     let sides = report.sides();
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rows = direction_rows(&sides);
+    rows.extend(count_rows(&sides));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "fio job {} on {} disk(s) of {} MiB, {} guest, {} vCPU(s), {} MiB\n",
+        report.job,
+        report.disks,
+        report.disk_size >> 20,
+        match report.guest {
+            GuestKind::Linux => "Linux",
+            GuestKind::Probe => "probe",
+        },
+        report.vcpus,
+        report.memory >> 20
+    );
+    let _ = write!(out, "{:<width$}", "");
+    for s in &sides {
+        let _ = write!(out, " {:>14}", s.vmm);
+    }
+    out.push('\n');
+    for (label, cells) in rows {
+        let _ = write!(out, "{label:<width$}");
+        for c in cells {
+            let _ = write!(out, " {c:>14}");
+        }
+        out.push('\n');
+    }
+    if let Some(ratio) = json(report)["iops_ratio_keel_to_qemu"].as_f64() {
+        let _ = writeln!(out, "keel/qemu IOPS: {ratio:.2}");
+    }
+    write_problems(&mut out, &sides);
+    out
+}
+
+/// One table row: its label and a cell per side.
+type Row = (String, Vec<String>);
+
+/// IOPS, bandwidth and latencies, for each direction some side did I/O in.
+fn direction_rows(sides: &[&SideResult]) -> Vec<Row> {
+    let mut rows = Vec::new();
     let wanted = |pick: PickDirection| {
         sides
             .iter()
@@ -153,70 +192,54 @@ pub fn table(report: &BenchReport) -> String {
             ));
         }
     }
+    rows
+}
+
+/// I/Os, disk requests, exits per I/O and wall time.
+fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
     let per_io = |f: fn(ExitRates) -> Option<String>| {
         sides
             .iter()
             .map(|s| exit_rates(s).and_then(f).unwrap_or_else(|| "n/a".into()))
             .collect()
     };
-    rows.push(("I/Os (fio)".into(), {
-        sides
-            .iter()
-            .map(|s| {
-                s.summary
-                    .as_ref()
-                    .map_or("-".into(), |x| fmt_count(x.total_ios() as f64))
-            })
-            .collect()
-    }));
-    rows.push((
-        "disk requests (keel)".into(),
-        per_io(|e| e.disk_requests.map(|n| fmt_count(n as f64))),
-    ));
-    rows.push((
-        "KVM exits per I/O".into(),
-        per_io(|e| e.kvm.map(|v| format!("{v:.4}"))),
-    ));
-    rows.push((
-        "keel userspace exits per I/O".into(),
-        per_io(|e| e.keel.map(|v| format!("{v:.4}"))),
-    ));
-    rows.push((
-        "wall time s".into(),
-        sides
-            .iter()
-            .map(|s| format!("{:.1}", s.run.wall.as_secs_f64()))
-            .collect(),
-    ));
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut out = format!(
-        "fio job {} on {} disk(s) of {} MiB, {} guest, {} vCPU(s), {} MiB\n",
-        report.job,
-        report.disks,
-        report.disk_size >> 20,
-        match report.guest {
-            GuestKind::Linux => "Linux",
-            GuestKind::Probe => "probe",
-        },
-        report.vcpus,
-        report.memory >> 20
-    );
-    let _ = write!(out, "{:<width$}", "");
-    for s in &sides {
-        let _ = write!(out, " {:>14}", s.vmm);
-    }
-    out.push('\n');
-    for (label, cells) in rows {
-        let _ = write!(out, "{label:<width$}");
-        for c in cells {
-            let _ = write!(out, " {c:>14}");
-        }
-        out.push('\n');
-    }
-    if let Some(ratio) = json(report)["iops_ratio_keel_to_qemu"].as_f64() {
-        let _ = writeln!(out, "keel/qemu IOPS: {ratio:.2}");
-    }
-    for s in &sides {
+    vec![
+        (
+            "I/Os (fio)".into(),
+            sides
+                .iter()
+                .map(|s| {
+                    s.summary
+                        .as_ref()
+                        .map_or("-".into(), |x| fmt_count(x.total_ios() as f64))
+                })
+                .collect(),
+        ),
+        (
+            "disk requests (keel)".into(),
+            per_io(|e| e.disk_requests.map(|n| fmt_count(n as f64))),
+        ),
+        (
+            "KVM exits per I/O".into(),
+            per_io(|e| e.kvm.map(|v| format!("{v:.4}"))),
+        ),
+        (
+            "keel userspace exits per I/O".into(),
+            per_io(|e| e.keel.map(|v| format!("{v:.4}"))),
+        ),
+        (
+            "wall time s".into(),
+            sides
+                .iter()
+                .map(|s| format!("{:.1}", s.run.wall.as_secs_f64()))
+                .collect(),
+        ),
+    ]
+}
+
+/// Each side's problem, with the console tail of a side that failed.
+fn write_problems(out: &mut String, sides: &[&SideResult]) {
+    for s in sides {
         if let Some(p) = &s.problem {
             let _ = writeln!(out, "{}: {p}", s.vmm);
             if !s.ok() && !s.run.console_tail.is_empty() {
@@ -232,5 +255,4 @@ pub fn table(report: &BenchReport) -> String {
             }
         }
     }
-    out
 }

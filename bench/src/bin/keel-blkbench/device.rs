@@ -370,66 +370,14 @@ pub fn run(
     queue_size: Option<u16>,
     kick_mode: KickMode,
 ) -> Result<DeviceReport, BenchError> {
-    let need = (3 * w.iodepth).next_power_of_two().max(256);
-    let qsize = match queue_size {
-        Some(q) => q,
-        None => u16::try_from(need).map_err(|_| {
-            BenchError::Usage(format!("iodepth {} needs a queue over 32768", w.iodepth))
-        })?,
-    };
-    if u32::from(qsize) < 3 * w.iodepth {
-        return Err(BenchError::Usage(format!(
-            "queue size {qsize} cannot hold {} three-descriptor requests",
-            w.iodepth
-        )));
-    }
-    let mut block = Block::new(BlockConfig {
-        path: path.to_path_buf(),
-        readonly: !w.rw.is_write(),
-        direct,
-        num_queues: 1,
-        queue_size: qsize,
-        serial: None,
-        lock: false,
-    })
-    .map_err(setup_err("open the virtio-blk device"))?;
-    let size = block.capacity() * 512;
-    let mut offsets = Offsets::new(size, w)?;
-
-    let want = [
-        VIRTIO_F_VERSION_1,
-        VIRTIO_RING_F_EVENT_IDX,
-        VIRTIO_BLK_F_FLUSH,
-        VIRTIO_BLK_F_SEG_MAX,
-        VIRTIO_BLK_F_BLK_SIZE,
-    ]
-    .iter()
-    .fold(0u64, |acc, &b| acc | (1u64 << b));
-    let offered = block.features();
-    if offered & (1u64 << VIRTIO_RING_F_EVENT_IDX) == 0 {
-        return Err(BenchError::Setup {
-            what: "negotiate features",
-            detail: "the device does not offer VIRTIO_RING_F_EVENT_IDX".into(),
-        });
-    }
-    block.ack_features(offered & want);
-
+    let qsize = queue_size_for(w, queue_size)?;
+    let mut block = open_block(path, w, direct, qsize)?;
+    let mut offsets = Offsets::new(block.capacity() * 512, w)?;
     let l = Layout::new(qsize, w);
     let mem_size = usize::try_from(align_up(l.total)).unwrap_or(usize::MAX);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size)])
         .map_err(setup_err("allocate guest memory"))?;
-    let mut queue = Queue::new(qsize).map_err(setup_err("create the queue"))?;
-    queue
-        .try_set_desc_table_address(GuestAddress(l.desc))
-        .map_err(setup_err("place the descriptor table"))?;
-    queue
-        .try_set_avail_ring_address(GuestAddress(l.avail))
-        .map_err(setup_err("place the avail ring"))?;
-    queue
-        .try_set_used_ring_address(GuestAddress(l.used))
-        .map_err(setup_err("place the used ring"))?;
-    queue.set_ready(true);
-
+    let queue = split_queue(qsize, &l)?;
     let kick = EventFd::new(EFD_NONBLOCK).map_err(|source| BenchError::Io {
         what: "create the kick eventfd".into(),
         cause: source,
@@ -438,17 +386,16 @@ pub fn run(
         what: "clone the kick eventfd".into(),
         cause: source,
     })?;
-    let req_type = if w.rw.is_write() {
-        VIRTIO_BLK_T_OUT
-    } else {
-        VIRTIO_BLK_T_IN
-    };
     let mut d = Driver {
         mem: mem.clone(),
         l,
         kick,
         kick_mode,
-        req_type,
+        req_type: if w.rw.is_write() {
+            VIRTIO_BLK_T_OUT
+        } else {
+            VIRTIO_BLK_T_IN
+        },
         avail_idx: 0,
         published: 0,
         last_used: 0,
@@ -469,13 +416,102 @@ pub fn run(
         .tid()
         .map_err(setup_err("ask the I/O thread its ID"))?;
 
-    let qd = w.iodepth as usize;
     let cpu_before = thread_cpu(io_tid);
+    let (ios, elapsed, lat) = drive(&mut d, w, &mut offsets)?;
+    let iothread_cpu_pct = cpu_pct(cpu_before, thread_cpu(io_tid), elapsed);
+    drop(rig);
+    Ok(DeviceReport {
+        ios,
+        elapsed,
+        lat,
+        kicks: d.kicks,
+        interrupts: irq.queue.load(Ordering::Relaxed),
+        engine,
+        queue_size: qsize,
+        iothread_cpu_pct,
+    })
+}
+
+/// The queue size asked for, or the smallest power of two (at least 256) that holds
+/// `iodepth` three-descriptor requests; refused if it cannot hold them.
+fn queue_size_for(w: &Workload, asked: Option<u16>) -> Result<u16, BenchError> {
+    let need = (3 * w.iodepth).next_power_of_two().max(256);
+    let qsize = match asked {
+        Some(q) => q,
+        None => u16::try_from(need).map_err(|_| {
+            BenchError::Usage(format!("iodepth {} needs a queue over 32768", w.iodepth))
+        })?,
+    };
+    if u32::from(qsize) < 3 * w.iodepth {
+        return Err(BenchError::Usage(format!(
+            "queue size {qsize} cannot hold {} three-descriptor requests",
+            w.iodepth
+        )));
+    }
+    Ok(qsize)
+}
+
+/// Keel's virtio-blk device over `path`, with the features a polling Linux driver takes
+/// (EVENT_IDX required).
+fn open_block(path: &Path, w: &Workload, direct: bool, qsize: u16) -> Result<Block, BenchError> {
+    let mut block = Block::new(BlockConfig {
+        path: path.to_path_buf(),
+        readonly: !w.rw.is_write(),
+        direct,
+        num_queues: 1,
+        queue_size: qsize,
+        serial: None,
+        lock: false,
+    })
+    .map_err(setup_err("open the virtio-blk device"))?;
+    let want = [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_BLK_SIZE,
+    ]
+    .iter()
+    .fold(0u64, |acc, &b| acc | (1u64 << b));
+    let offered = block.features();
+    if offered & (1u64 << VIRTIO_RING_F_EVENT_IDX) == 0 {
+        return Err(BenchError::Setup {
+            what: "negotiate features",
+            detail: "the device does not offer VIRTIO_RING_F_EVENT_IDX".into(),
+        });
+    }
+    block.ack_features(offered & want);
+    Ok(block)
+}
+
+/// A ready split queue of `qsize` entries at `l`'s addresses.
+fn split_queue(qsize: u16, l: &Layout) -> Result<Queue, BenchError> {
+    let mut queue = Queue::new(qsize).map_err(setup_err("create the queue"))?;
+    queue
+        .try_set_desc_table_address(GuestAddress(l.desc))
+        .map_err(setup_err("place the descriptor table"))?;
+    queue
+        .try_set_avail_ring_address(GuestAddress(l.avail))
+        .map_err(setup_err("place the avail ring"))?;
+    queue
+        .try_set_used_ring_address(GuestAddress(l.used))
+        .map_err(setup_err("place the used ring"))?;
+    queue.set_ready(true);
+    Ok(queue)
+}
+
+/// Keeps `iodepth` requests in flight until the stop rule says enough, reissuing each slot
+/// as it completes; returns the requests done, the time from the first request to the last
+/// completion, and the latencies.
+fn drive(
+    d: &mut Driver,
+    w: &Workload,
+    offsets: &mut Offsets,
+) -> Result<(u64, Duration, LatSummary), BenchError> {
     let (start, stop) = StopRule::start(w);
-    let mut issued_at = vec![start; qd];
+    let mut issued_at = vec![start; w.iodepth as usize];
     let mut lat = Latencies::with_capacity(1 << 20);
-    let mut issued = 0u64;
-    let mut done = 0u64;
+    let (mut issued, mut done) = (0u64, 0u64);
     let mut last_done = start;
     for (slot, at) in issued_at.iter_mut().enumerate() {
         if !stop.more(issued, start) {
@@ -518,19 +554,11 @@ pub fn run(
         d.push_used_event_away()?;
         d.publish()?;
     }
-    let elapsed = last_done.saturating_duration_since(start);
-    let iothread_cpu_pct = cpu_pct(cpu_before, thread_cpu(io_tid), elapsed);
-    drop(rig);
-    Ok(DeviceReport {
-        ios: done,
-        elapsed,
-        lat: lat.summary(),
-        kicks: d.kicks,
-        interrupts: irq.queue.load(Ordering::Relaxed),
-        engine,
-        queue_size: qsize,
-        iothread_cpu_pct,
-    })
+    Ok((
+        done,
+        last_done.saturating_duration_since(start),
+        lat.summary(),
+    ))
 }
 
 #[cfg(test)]

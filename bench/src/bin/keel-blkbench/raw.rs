@@ -116,19 +116,39 @@ pub fn run(path: &Path, w: &Workload, direct: bool) -> Result<RawReport, BenchEr
 
     let tid = gettid();
     let cpu_before = thread_cpu(tid);
+    let (ios, elapsed, lat) = drive(&mut rig, fd, w, &mut offsets)?;
+    let cpu = cpu_pct(cpu_before, thread_cpu(tid), elapsed);
+    drop(rig);
+    drop(file);
+    Ok(RawReport {
+        ios,
+        elapsed,
+        lat,
+        cpu_pct: cpu,
+    })
+}
+
+/// Keeps `iodepth` requests in flight until the stop rule says enough, reissuing each
+/// buffer as its request completes; returns the requests done, the time from the first
+/// request to the last completion, and the latencies.
+fn drive(
+    rig: &mut Rig,
+    fd: types::Fd,
+    w: &Workload,
+    offsets: &mut Offsets,
+) -> Result<(u64, Duration, LatSummary), BenchError> {
+    let qd = w.iodepth as usize;
     let (start, stop) = StopRule::start(w);
     let mut issued_at = vec![start; qd];
     let mut lat = Latencies::with_capacity(1 << 20);
-    let mut issued = 0u64;
-    let mut done = 0u64;
+    let (mut issued, mut done) = (0u64, 0u64);
     let mut last_done = start;
     let mut reaped: Vec<(u64, i32)> = Vec::with_capacity(qd);
-
     for (slot, at) in issued_at.iter_mut().enumerate() {
         if !stop.more(issued, start) {
             break;
         }
-        push(&mut rig, fd, w, slot, offsets.next_offset())?;
+        push(rig, fd, w, slot, offsets.next_offset())?;
         *at = Instant::now();
         issued += 1;
     }
@@ -144,40 +164,41 @@ pub fn run(path: &Path, w: &Workload, direct: bool) -> Result<RawReport, BenchEr
         for &(slot, result) in &reaped {
             rig.in_flight -= 1;
             let slot = usize::try_from(slot).unwrap_or(usize::MAX).min(qd - 1);
-            if result < 0 {
-                return Err(BenchError::Request(format!(
-                    "{} failed: {}",
-                    w.rw.name(),
-                    std::io::Error::from_raw_os_error(-result)
-                )));
-            }
-            if result != w.bs as i32 {
-                return Err(BenchError::Request(format!(
-                    "short {}: {result} of {} bytes",
-                    w.rw.name(),
-                    w.bs
-                )));
-            }
+            check_result(w, result)?;
             lat.record(issued_at[slot], now);
             done += 1;
             last_done = now;
             if stop.more(issued, now) {
-                push(&mut rig, fd, w, slot, offsets.next_offset())?;
+                push(rig, fd, w, slot, offsets.next_offset())?;
                 issued_at[slot] = now;
                 issued += 1;
             }
         }
     }
-    let elapsed = last_done.saturating_duration_since(start);
-    let cpu = cpu_pct(cpu_before, thread_cpu(tid), elapsed);
-    drop(rig);
-    drop(file);
-    Ok(RawReport {
-        ios: done,
-        elapsed,
-        lat: lat.summary(),
-        cpu_pct: cpu,
-    })
+    Ok((
+        done,
+        last_done.saturating_duration_since(start),
+        lat.summary(),
+    ))
+}
+
+/// A completion's result: the whole block, or why not.
+fn check_result(w: &Workload, result: i32) -> Result<(), BenchError> {
+    if result < 0 {
+        return Err(BenchError::Request(format!(
+            "{} failed: {}",
+            w.rw.name(),
+            std::io::Error::from_raw_os_error(-result)
+        )));
+    }
+    if result != w.bs as i32 {
+        return Err(BenchError::Request(format!(
+            "short {}: {result} of {} bytes",
+            w.rw.name(),
+            w.bs
+        )));
+    }
+    Ok(())
 }
 
 /// Queues one request for buffer `slot` at `offset` (submitted by the next `submit_and_wait`).
