@@ -567,3 +567,35 @@ fn a_second_keel_cannot_open_an_image_a_running_keel_writes() {
     first.signal(libc::SIGTERM);
     assert_eq!(first.finish(HANG_GUARD).code(), Some(0));
 }
+
+#[test]
+fn bad_blk_arguments_are_refused_before_anything_runs() {
+    for (args, needle) in [
+        ("disk=0,colour=red", "unknown argument 'colour'"),
+        ("ios=5,iodepth=2,ios=6", "ios given twice"),
+        ("bs=1000", "bs '1000' must be 512..1m"),
+        ("queues=99", "queues '99' must be 1.."),
+        ("verify=yes", "bad value 'yes' for verify"),
+        ("ios=5,runtime=1", "give ios or runtime, not both"),
+        ("size=4k,bs=8k", "size 4096 is smaller than bs 8192"),
+        ("bar=0x1234", "bar '0x1234' must be a 4 KiB-aligned"),
+    ] {
+        let cmdline = format!("probe.cmd=boot probe.cmd=blk:{args}");
+        let run = common::run_probe("probe.elf", 1, "128M", &cmdline);
+        let lines = run.json_lines();
+        let last = lines.last().expect("a final line");
+        assert_eq!(last["done"], false, "{args}: {}", run.describe());
+        let error = last["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains(needle),
+            "{args}: {error}\n{}",
+            run.describe()
+        );
+        // Validated first: not even the boot command ran.
+        assert!(
+            !lines.iter().any(|l| l["cmd"] == "boot"),
+            "{args}: {}",
+            run.describe()
+        );
+    }
+}

@@ -161,8 +161,9 @@ fn hex(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 16 {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |a, &c| Some(a << 4 | (c as char).to_digit(16)? as u64))
+    v.iter().try_fold(0u64, |a, &c| {
+        Some(a << 4 | (c as char).to_digit(16)? as u64)
+    })
 }
 
 /// A byte count with an optional k/m/g suffix (binary), as every probe command takes sizes.
@@ -184,29 +185,57 @@ fn flag(v: &[u8]) -> Option<bool> {
     }
 }
 
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            disk: 0,
+            rw: Mode::RandRead,
+            bs: 4096,
+            iodepth: 1,
+            ios: None,
+            runtime_s: None,
+            verify: false,
+            poll: false,
+            queues: 1,
+            size: None,
+            offset: 0,
+            flush: false,
+            seed: 0x2545_f491_4f6c_dd1d,
+            event_idx: true,
+            indirect: None,
+            report: Report::Probe,
+            name: None,
+            bar: None,
+        }
+    }
+}
+
+/// Every key `blk` takes (each at most once).
+const KEYS: [&[u8]; 18] = [
+    b"disk",
+    b"rw",
+    b"bs",
+    b"iodepth",
+    b"ios",
+    b"runtime",
+    b"verify",
+    b"poll",
+    b"queues",
+    b"size",
+    b"offset",
+    b"flush",
+    b"seed",
+    b"event_idx",
+    b"indirect",
+    b"report",
+    b"name",
+    b"bar",
+];
+
 /// Parses the part after `blk:` (None: all defaults).
 pub fn parse(args: Option<&[u8]>) -> Result<Args> {
-    let mut a = Args {
-        disk: 0,
-        rw: Mode::RandRead,
-        bs: 4096,
-        iodepth: 1,
-        ios: None,
-        runtime_s: None,
-        verify: false,
-        poll: false,
-        queues: 1,
-        size: None,
-        offset: 0,
-        flush: false,
-        seed: 0x2545_f491_4f6c_dd1d,
-        event_idx: true,
-        indirect: None,
-        report: Report::Probe,
-        name: None,
-        bar: None,
-    };
-    let mut seen = [false; 18];
+    let mut a = Args::default();
+    let mut seen = [false; KEYS.len()];
     for arg in args.unwrap_or(b"").split(|&c| c == b',') {
         if arg.is_empty() && args.is_none() {
             continue;
@@ -215,143 +244,131 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
             Some(i) => (&arg[..i], &arg[i + 1..]),
             None => return Err(err!("blk: bad argument '{}' (want key=value)", show(arg))),
         };
-        let bad = || err!("blk: bad value '{}' for {}", show(v), show(k));
-        let idx = match k {
-            b"disk" => {
-                a.disk = num(v).filter(|&d| d < 256).ok_or_else(bad)? as u32;
-                0
-            }
-            b"rw" => {
-                a.rw = match v {
-                    b"read" => Mode::Read,
-                    b"write" => Mode::Write,
-                    b"randread" => Mode::RandRead,
-                    b"randwrite" => Mode::RandWrite,
-                    b"randrw" => Mode::RandRw,
-                    _ => return Err(bad()),
-                };
-                1
-            }
-            b"bs" => {
-                let bs = bytes(v)
-                    .filter(|&b| (512..=1 << 20).contains(&b) && b % 512 == 0)
-                    .ok_or_else(|| {
-                        err!("blk: bs '{}' must be 512..1m, a multiple of 512", show(v))
-                    })?;
-                a.bs = bs as u32;
-                2
-            }
-            b"iodepth" => {
-                a.iodepth = num(v)
-                    .filter(|&d| (1..=MAX_IODEPTH as u64).contains(&d))
-                    .ok_or_else(|| err!("blk: iodepth '{}' must be 1..{}", show(v), MAX_IODEPTH))?
-                    as u32;
-                3
-            }
-            b"ios" => {
-                let n = num(v).filter(|&n| (1..=MAX_IOS).contains(&n));
-                a.ios =
-                    Some(n.ok_or_else(|| err!("blk: ios '{}' must be 1..{}", show(v), MAX_IOS))?);
-                4
-            }
-            b"runtime" => {
-                let n = num(v).filter(|&n| (1..=MAX_RUNTIME_S).contains(&n));
-                a.runtime_s = Some(n.ok_or_else(|| {
-                    err!(
-                        "blk: runtime '{}' must be 1..{} seconds",
-                        show(v),
-                        MAX_RUNTIME_S
-                    )
-                })?);
-                5
-            }
-            b"verify" => {
-                a.verify = flag(v).ok_or_else(bad)?;
-                6
-            }
-            b"poll" => {
-                a.poll = flag(v).ok_or_else(bad)?;
-                7
-            }
-            b"queues" => {
-                a.queues = num(v)
-                    .filter(|&q| (1..=crate::vblk::MAX_QUEUES as u64).contains(&q))
-                    .ok_or_else(|| {
-                        err!(
-                            "blk: queues '{}' must be 1..{}",
-                            show(v),
-                            crate::vblk::MAX_QUEUES
-                        )
-                    })? as u16;
-                8
-            }
-            b"size" => {
-                let s = bytes(v).filter(|&s| s > 0 && s % 512 == 0);
-                a.size = Some(s.ok_or_else(|| {
-                    err!("blk: size '{}' must be a positive multiple of 512", show(v))
-                })?);
-                9
-            }
-            b"offset" => {
-                a.offset = bytes(v)
-                    .filter(|&s| s % 512 == 0)
-                    .ok_or_else(|| err!("blk: offset '{}' must be a multiple of 512", show(v)))?;
-                10
-            }
-            b"flush" => {
-                a.flush = flag(v).ok_or_else(bad)?;
-                11
-            }
-            b"seed" => {
-                a.seed = num(v).filter(|&s| s != 0).ok_or_else(bad)?;
-                12
-            }
-            b"event_idx" => {
-                a.event_idx = flag(v).ok_or_else(bad)?;
-                13
-            }
-            b"indirect" => {
-                a.indirect = Some(flag(v).ok_or_else(bad)?);
-                14
-            }
-            b"report" => {
-                a.report = match v {
-                    b"probe" => Report::Probe,
-                    b"fio" => Report::Fio,
-                    _ => return Err(bad()),
-                };
-                15
-            }
-            b"name" => {
-                a.name = Some(Name::parse(v).ok_or_else(|| {
-                    err!(
-                        "blk: name '{}' must be 1..{} bytes of [A-Za-z0-9._-]",
-                        show(v),
-                        MAX_NAME
-                    )
-                })?);
-                16
-            }
-            b"bar" => {
-                let addr = v
-                    .strip_prefix(b"0x")
-                    .and_then(hex)
-                    .filter(|&x| x > 0 && x < 1 << 32 && x % 4096 == 0);
-                a.bar = Some(addr.ok_or_else(|| {
-                    err!(
-                        "blk: bar '{}' must be a 4 KiB-aligned 0x address below 4 GiB",
-                        show(v)
-                    )
-                })?);
-                17
-            }
-            _ => return Err(err!("blk: unknown argument '{}'", show(k))),
-        };
+        let idx = KEYS
+            .iter()
+            .position(|&key| key == k)
+            .ok_or_else(|| err!("blk: unknown argument '{}'", show(k)))?;
         if seen[idx] {
             return Err(err!("blk: {} given twice", show(k)));
         }
         seen[idx] = true;
+        if !set_io_shape(&mut a, k, v)? {
+            set_option(&mut a, k, v)?;
+        }
     }
+    check_together(a)
+}
+
+/// Sets what shapes the I/O (disk, pattern, sizes, depth, amount); `false` if `k` is not one
+/// of those keys.
+fn set_io_shape(a: &mut Args, k: &[u8], v: &[u8]) -> Result<bool> {
+    let bad = || err!("blk: bad value '{}' for {}", show(v), show(k));
+    match k {
+        b"disk" => a.disk = num(v).filter(|&d| d < 256).ok_or_else(bad)? as u32,
+        b"rw" => {
+            a.rw = match v {
+                b"read" => Mode::Read,
+                b"write" => Mode::Write,
+                b"randread" => Mode::RandRead,
+                b"randwrite" => Mode::RandWrite,
+                b"randrw" => Mode::RandRw,
+                _ => return Err(bad()),
+            }
+        }
+        b"bs" => {
+            let bs = bytes(v)
+                .filter(|&b| (512..=1 << 20).contains(&b) && b % 512 == 0)
+                .ok_or_else(|| err!("blk: bs '{}' must be 512..1m, a multiple of 512", show(v)))?;
+            a.bs = bs as u32;
+        }
+        b"iodepth" => {
+            a.iodepth = num(v)
+                .filter(|&d| (1..=MAX_IODEPTH as u64).contains(&d))
+                .ok_or_else(|| err!("blk: iodepth '{}' must be 1..{}", show(v), MAX_IODEPTH))?
+                as u32
+        }
+        b"ios" => {
+            let n = num(v).filter(|&n| (1..=MAX_IOS).contains(&n));
+            a.ios = Some(n.ok_or_else(|| err!("blk: ios '{}' must be 1..{}", show(v), MAX_IOS))?);
+        }
+        b"runtime" => {
+            let n = num(v).filter(|&n| (1..=MAX_RUNTIME_S).contains(&n));
+            a.runtime_s = Some(n.ok_or_else(|| {
+                err!(
+                    "blk: runtime '{}' must be 1..{} seconds",
+                    show(v),
+                    MAX_RUNTIME_S
+                )
+            })?);
+        }
+        b"queues" => {
+            let max = crate::vblk::MAX_QUEUES;
+            a.queues = num(v)
+                .filter(|&q| (1..=max as u64).contains(&q))
+                .ok_or_else(|| err!("blk: queues '{}' must be 1..{}", show(v), max))?
+                as u16;
+        }
+        b"size" => {
+            let s = bytes(v).filter(|&s| s > 0 && s % 512 == 0);
+            a.size = Some(s.ok_or_else(|| {
+                err!("blk: size '{}' must be a positive multiple of 512", show(v))
+            })?);
+        }
+        b"offset" => {
+            a.offset = bytes(v)
+                .filter(|&s| s % 512 == 0)
+                .ok_or_else(|| err!("blk: offset '{}' must be a multiple of 512", show(v)))?
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Sets the other keys: checks, polling, flushes, ring features, output, the BAR move.
+fn set_option(a: &mut Args, k: &[u8], v: &[u8]) -> Result<()> {
+    let bad = || err!("blk: bad value '{}' for {}", show(v), show(k));
+    match k {
+        b"verify" => a.verify = flag(v).ok_or_else(bad)?,
+        b"poll" => a.poll = flag(v).ok_or_else(bad)?,
+        b"flush" => a.flush = flag(v).ok_or_else(bad)?,
+        b"seed" => a.seed = num(v).filter(|&s| s != 0).ok_or_else(bad)?,
+        b"event_idx" => a.event_idx = flag(v).ok_or_else(bad)?,
+        b"indirect" => a.indirect = Some(flag(v).ok_or_else(bad)?),
+        b"report" => {
+            a.report = match v {
+                b"probe" => Report::Probe,
+                b"fio" => Report::Fio,
+                _ => return Err(bad()),
+            }
+        }
+        b"name" => {
+            a.name = Some(Name::parse(v).ok_or_else(|| {
+                err!(
+                    "blk: name '{}' must be 1..{} bytes of [A-Za-z0-9._-]",
+                    show(v),
+                    MAX_NAME
+                )
+            })?)
+        }
+        b"bar" => {
+            let addr = v
+                .strip_prefix(b"0x")
+                .and_then(hex)
+                .filter(|&x| x > 0 && x < 1 << 32 && x % 4096 == 0);
+            a.bar = Some(addr.ok_or_else(|| {
+                err!(
+                    "blk: bar '{}' must be a 4 KiB-aligned 0x address below 4 GiB",
+                    show(v)
+                )
+            })?);
+        }
+        _ => return Err(err!("blk: unknown argument '{}'", show(k))),
+    }
+    Ok(())
+}
+
+/// Checks the arguments against each other; fills in the default amount.
+fn check_together(mut a: Args) -> Result<Args> {
     if a.ios.is_some() && a.runtime_s.is_some() {
         return Err(err!("blk: give ios or runtime, not both"));
     }
