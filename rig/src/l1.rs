@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::error::{check, RigError};
+use crate::l1_monitor::Monitor;
 use crate::{say, scenarios};
 
 /// L1 console lines kept for a failure report.
@@ -27,6 +28,13 @@ const TAIL: usize = 60;
 /// thread. With one L1 vCPU, 24 of 24 such boots passed. Nested guests still get several vCPUs
 /// (threads of L1).
 pub const L1_CPUS: u32 = 1;
+
+/// Seconds between L1's `RIG-ALIVE` lines (resources/rig/init-l1 prints them).
+const HEARTBEAT: u64 = 30;
+
+/// Default longest silence from L1: several missed heartbeats, so that a busy L1 (one vCPU
+/// running a 4-vCPU nested guest) is not taken for a stalled one.
+const SILENCE: u64 = 10 * HEARTBEAT;
 
 /// Options of `keel-rig l1`.
 #[derive(Args, Clone)]
@@ -46,6 +54,10 @@ pub struct L1Args {
     /// Longest the whole L1 run may take, in seconds.
     #[arg(long, default_value_t = 3000)]
     pub timeout: u64,
+    /// Longest L1 may print nothing, in seconds (its init prints `RIG-ALIVE` every
+    /// `HEARTBEAT` seconds): past it L1 is reported stalled, with its registers, and killed.
+    #[arg(long, default_value_t = SILENCE)]
+    pub silence: u64,
     /// Print L1's whole console.
     #[arg(long)]
     pub verbose: bool,
@@ -62,14 +74,15 @@ impl L1Args {
             cpus: L1_CPUS,
             memory: "8G".into(),
             timeout: 3000,
+            silence: SILENCE,
             verbose,
             names: names.to_vec(),
         }
     }
 
-    fn qemu_args(&self) -> Vec<String> {
+    fn qemu_args(&self, monitor: &str) -> Vec<String> {
         let f = |n: &str| self.rig_dir.join(n).display().to_string();
-        let mut append = "console=ttyS0 loglevel=1 panic=-1".to_string();
+        let mut append = "console=ttyS0 loglevel=5 panic=-1".to_string();
         if !self.names.is_empty() {
             append.push_str(&format!(" rig.scenarios={}", self.names.join(",")));
         }
@@ -84,14 +97,14 @@ impl L1Args {
             "-no-reboot",
             "-display",
             "none",
-            "-monitor",
-            "none",
             "-serial",
             "stdio",
         ]
         .iter()
         .map(|s| s.to_string())
         .chain([
+            "-monitor".into(),
+            monitor.to_string(),
             "-smp".into(),
             self.cpus.to_string(),
             "-m".into(),
@@ -153,8 +166,9 @@ pub fn run(args: &L1Args) -> Result<bool, RigError> {
         })?;
     }
     crate::qemu_version::require_recent(&args.host_qemu)?;
+    let monitor = Monitor::new();
     let mut child = Command::new(&args.host_qemu)
-        .args(args.qemu_args())
+        .args(args.qemu_args(&monitor.qemu_arg()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -180,13 +194,22 @@ pub fn run(args: &L1Args) -> Result<bool, RigError> {
     let deadline = started + Duration::from_secs(args.timeout);
     let mut tally = Tally::default();
     let mut tail = VecDeque::new();
-    let mut timed_out = false;
+    let mut timed_out = None;
+    let silence = Duration::from_secs(args.silence);
     loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(silence);
+        match rx.recv_timeout(wait) {
             Ok(line) => relay(args, &line, &mut tally, &mut tail),
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                timed_out = true;
+                let stalled = Instant::now() < deadline;
+                timed_out = Some(Stop { stalled });
+                if stalled {
+                    tail.push_back(format!("(L1 printed nothing for {} s)", args.silence));
+                    tail.extend(monitor.report(child.id()));
+                }
                 let _ = child.kill();
                 break;
             }
@@ -199,7 +222,7 @@ pub fn run(args: &L1Args) -> Result<bool, RigError> {
         "keel-rig: L1 ran {:.0} s ({status})",
         started.elapsed().as_secs_f64()
     ));
-    let problem = problem(&tally, expected, timed_out, args.timeout);
+    let problem = problem(&tally, expected, timed_out, args);
     if let Some(p) = &problem {
         say(format!("keel-rig: {p}; the last lines of L1's console:"));
         for l in &tail {
@@ -213,7 +236,7 @@ pub fn run(args: &L1Args) -> Result<bool, RigError> {
 
 fn relay(args: &L1Args, line: &str, tally: &mut Tally, tail: &mut VecDeque<String>) {
     tally.take(line);
-    if args.verbose || line.starts_with("RIG-") {
+    if args.verbose || (line.starts_with("RIG-") && !line.starts_with("RIG-ALIVE")) {
         say(line);
     }
     if tail.len() == TAIL {
@@ -222,16 +245,30 @@ fn relay(args: &L1Args, line: &str, tally: &mut Tally, tail: &mut VecDeque<Strin
     tail.push_back(line.chars().take(400).collect());
 }
 
+/// Why L1 was killed: it stopped printing, or the whole run took too long.
+#[derive(Clone, Copy)]
+struct Stop {
+    stalled: bool,
+}
+
 /// What went wrong with the L1 run as a whole, if anything.
-fn problem(t: &Tally, expected: usize, timed_out: bool, timeout: u64) -> Option<String> {
+fn problem(t: &Tally, expected: usize, stop: Option<Stop>, args: &L1Args) -> Option<String> {
     if let Some(f) = &t.fatal {
         return Some(format!("L1 failed: {f}"));
     }
-    if timed_out {
+    if let Some(stop) = stop {
         let during = t.running.as_deref().unwrap_or("no scenario");
-        return Some(format!(
-            "L1 ran past {timeout} s (during {during}) and was killed"
-        ));
+        return Some(if stop.stalled {
+            format!(
+                "L1 printed nothing for {} s (during {during}): stalled, killed",
+                args.silence
+            )
+        } else {
+            format!(
+                "L1 ran past {} s (during {during}) and was killed",
+                args.timeout
+            )
+        });
     }
     if t.passed + t.failed != expected {
         return Some(format!(
@@ -252,6 +289,7 @@ mod tests {
 
     #[test]
     fn the_tally_counts_results_and_spots_gaps() {
+        let a = L1Args::for_test(Path::new("/r"), Path::new("q"), false, &[]);
         let mut t = Tally::default();
         for l in [
             "RIG-START a",
@@ -264,24 +302,29 @@ mod tests {
         }
         assert_eq!((t.passed, t.failed), (1, 1));
         assert_eq!(
-            problem(&t, 2, false, 10).as_deref(),
+            problem(&t, 2, None, &a).as_deref(),
             Some("L1 never reported keel-rig's exit")
         );
         t.take("RIG-EXIT rc=1");
-        assert_eq!(problem(&t, 2, false, 10), None);
-        assert!(problem(&t, 3, false, 10).unwrap().contains("2 of 3"));
+        assert_eq!(problem(&t, 2, None, &a), None);
+        assert!(problem(&t, 3, None, &a).unwrap().contains("2 of 3"));
         t.take("RIG-START c");
-        assert!(problem(&t, 3, true, 10).unwrap().contains("during c"));
+        let killed = |stalled| problem(&t, 3, Some(Stop { stalled }), &a).unwrap();
+        assert!(killed(false).contains("ran past 3000 s (during c)"));
+        assert!(killed(true).contains("nothing for 300 s (during c): stalled"));
         t.take("RIG-FATAL no /dev/kvm");
-        assert!(problem(&t, 2, false, 10).unwrap().contains("no /dev/kvm"));
+        assert!(problem(&t, 2, None, &a).unwrap().contains("no /dev/kvm"));
     }
 
     #[test]
     fn scenario_names_go_on_l1_command_line() {
         let mut a = L1Args::for_test(Path::new("/r"), Path::new("q"), false, &[]);
-        assert!(!a.qemu_args().iter().any(|s| s.contains("rig.scenarios")));
+        assert!(!a.qemu_args("m").iter().any(|s| s.contains("rig.scenarios")));
         a.names = vec!["x".into(), "y".into()];
-        let args = a.qemu_args();
+        let args = a.qemu_args("unix:/m,server=on,wait=off");
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["-monitor", "unix:/m,server=on,wait=off"]));
         assert!(
             args.iter().any(|s| s.ends_with("rig.scenarios=x,y")),
             "{args:?}"

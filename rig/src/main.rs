@@ -10,6 +10,7 @@ mod error;
 mod guest;
 mod image;
 mod l1;
+mod l1_monitor;
 mod qemu_version;
 mod report;
 mod scenarios;
