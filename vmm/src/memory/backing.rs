@@ -9,6 +9,7 @@ use std::os::fd::FromRawFd;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, MmapRegion};
 
+use super::align::AlignedHole;
 use super::MemoryError;
 
 /// How guest RAM is backed.
@@ -115,7 +116,28 @@ pub fn map(name: &str, size: u64, backing: &Backing) -> Result<MmapRegion, Memor
             builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
         }
     };
-    builder.build().map_err(|e| MemoryError::Map {
+    // hugetlb mappings are aligned to their page size by the kernel; others are steered to
+    // a 2 MiB boundary (see `align`). Without a hole the mapping just lands where it lands.
+    let hole = if backing.hugetlb {
+        None
+    } else {
+        AlignedHole::new(len)
+            .map_err(|e| log::debug!("guest RAM: no aligned gap reserved ({e})"))
+            .ok()
+    };
+    let region = builder.build();
+    if let (Some(h), Ok(r)) = (&hole, &region) {
+        if r.as_ptr() as usize != h.start {
+            // A kernel that aligns large mappings itself, or another thread's mapping.
+            log::debug!(
+                "guest RAM at {:p}, not in the gap at {:#x}",
+                r.as_ptr(),
+                h.start
+            );
+        }
+    }
+    drop(hole);
+    region.map_err(|e| MemoryError::Map {
         what: if backing.hugetlb {
             "mmap of hugetlb pages"
         } else {

@@ -2,6 +2,7 @@
 //! one per (region, guest NUMA node) piece, each bound to its host node before it is touched,
 //! advised, optionally prefaulted in parallel, and registered with KVM as one memory slot.
 
+mod align;
 mod backing;
 mod prefault;
 
@@ -11,6 +12,7 @@ use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
+pub use align::is_aligned as is_ram_aligned;
 pub use backing::Backing;
 pub use prefault::{PrefaultReport, WorkerReport};
 

@@ -27,8 +27,13 @@ pub(super) fn map_guest_ram(
             Ok((mode, nodes)) => placement::describe_policy(mode, &nodes),
             Err(e) => format!("policy unknown ({e})"),
         };
+        let aligned = if crate::memory::is_ram_aligned(p.host_addr as *const u8) {
+            "2 MiB-aligned"
+        } else {
+            "NOT 2 MiB-aligned: the guest gets 4 KiB pages only"
+        };
         log::info!(
-            "memory [{:#x}, {:#x}) guest node {} at host {:#x}: {}, {policy}",
+            "memory [{:#x}, {:#x}) guest node {} at host {:#x} ({aligned}): {}, {policy}",
             p.piece.start,
             p.piece.start + p.piece.size,
             p.piece.guest_node,
