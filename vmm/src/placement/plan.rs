@@ -503,6 +503,12 @@ mod tests {
             ),
             "--disk: disk0: iothread host CPUs 12 are not online on this host (online: 0-7)"
         );
+    }
+
+    #[test]
+    fn huge_page_requests_the_host_cannot_meet_are_refused() {
+        let err = |c: VmConfig, h: &HostTopology| plan(&c, h, 40).unwrap_err().to_string();
+        let h = two_nodes();
         // 4 GiB needs 2048 pages; the host has 2 x 1024 free in total but node 1 alone must
         // hold the 3 GiB bound to it.
         let e = err(

@@ -557,10 +557,27 @@ mod tests {
         assert_eq!(topo.node_pool(0, M2), None);
     }
 
+    type Breakage = fn(&FakeSysfs);
+
+    /// Each case breaks one sysfs file of a two-node host; reading must fail naming the file
+    /// (under the fake root) and what is wrong with it.
+    fn check_malformed(cases: &[(&str, Breakage, &str, &str)]) {
+        for &(name, breakage, path, what) in cases {
+            let fs = two_node_host(&format!("malformed-{name}"));
+            breakage(&fs);
+            let err = fs.read().unwrap_err();
+            let text = chain(&err);
+            assert!(
+                text.contains(&fs.root.join("").display().to_string()),
+                "{name}: {text}"
+            );
+            assert!(text.contains(path) && text.contains(what), "{name}: {text}");
+        }
+    }
+
     #[test]
-    fn malformed_files_are_errors_naming_the_file() {
-        type Breakage = fn(&FakeSysfs);
-        let cases: [(&str, Breakage, &str, &str); 11] = [
+    fn malformed_cpu_and_node_files_are_errors_naming_the_file() {
+        check_malformed(&[
             (
                 "no-online",
                 |fs| fs.remove("devices/system/cpu/online"),
@@ -597,6 +614,12 @@ mod tests {
                 "node1/distance",
                 "1 distances for 2 nodes",
             ),
+        ]);
+    }
+
+    #[test]
+    fn malformed_memory_files_are_errors_naming_the_file() {
+        check_malformed(&[
             (
                 "bad-nr",
                 |fs| {
@@ -640,18 +663,7 @@ mod tests {
                 "devices/system/node",
                 "no node<N>",
             ),
-        ];
-        for (name, breakage, path, what) in cases {
-            let fs = two_node_host(&format!("malformed-{name}"));
-            breakage(&fs);
-            let err = fs.read().unwrap_err();
-            let text = chain(&err);
-            assert!(
-                text.contains(&fs.root.join("").display().to_string()),
-                "{name}: {text}"
-            );
-            assert!(text.contains(path) && text.contains(what), "{name}: {text}");
-        }
+        ]);
     }
 
     #[test]

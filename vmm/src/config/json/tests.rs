@@ -162,9 +162,18 @@ fn unknown_fields_and_wrong_types_are_refused_by_name() {
     assert!(err.contains("a\\nb"), "{err}");
 }
 
+/// Each section, added beside a minimal payload, is refused with a message that starts with
+/// the expected one.
+fn check_messages(cases: &[(&str, &str)]) {
+    for &(section, message) in cases {
+        let err = message_with(section);
+        assert!(err.starts_with(message), "{section}:\n  {err}\n  {message}");
+    }
+}
+
 #[test]
-fn invalid_values_name_the_field() {
-    for (section, message) in [
+fn invalid_cpus_memory_and_numa_values_name_the_field() {
+    check_messages(&[
         (
             r#""cpus": {"boot_vcpus": 0}"#,
             "cpus.boot_vcpus: a VM needs at least one vCPU",
@@ -231,6 +240,12 @@ fn invalid_values_name_the_field() {
             r#""cpus": {"boot_vcpus": 2, "affinity": [{"vcpu": 2, "host_cpus": [1]}]}"#,
             "cpus: affinity names vCPU 2, but only vCPUs 0-1 boot",
         ),
+    ]);
+}
+
+#[test]
+fn invalid_disk_values_name_the_field() {
+    check_messages(&[
         (
             r#""disks": [{"path": "/a"}, {"path": "/b", "queue_size": 100}]"#,
             "disks[1].queue_size: expected a power of two from 4 to 1024 (got 100)",
@@ -259,10 +274,7 @@ fn invalid_values_name_the_field() {
             r#""disks": [{"path": "/a", "iothread": "io0:cpus:x"}]"#,
             "disks[0].iothread: expected cpus:LIST",
         ),
-    ] {
-        let err = message_with(section);
-        assert!(err.starts_with(message), "{section}:\n  {err}\n  {message}");
-    }
+    ]);
 }
 
 #[test]
