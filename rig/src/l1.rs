@@ -29,6 +29,17 @@ const TAIL: usize = 60;
 /// (threads of L1).
 pub const L1_CPUS: u32 = 1;
 
+/// L1's kernel runs its local APIC timer periodically (no tickless idle, no high-resolution
+/// one-shot programming). QEMU's TCG now and then leaves an interrupt pending in L1's local
+/// APIC without the vCPU noticing: seen here twice in about 30 minutes of rig runs, L1 sat
+/// with its timer vector (236) in IRR, PPR 0x10, EFLAGS.IF set, and nothing ran for minutes;
+/// once halted, once with a nested guest on the vCPU. Any new interrupt wakes it (a key
+/// press from the monitor did, within a second). A one-shot timer is re-armed only by its own
+/// handler, so a lost timer interrupt stalled L1 for good; a periodic timer keeps
+/// interrupting, and each interrupt makes QEMU re-read the APIC, so such a stall ends at the
+/// next tick.
+const L1_TIMER: &str = "nohz=off highres=off";
+
 /// Seconds between L1's `RIG-ALIVE` lines (resources/rig/init-l1 prints them).
 const HEARTBEAT: u64 = 30;
 
@@ -82,7 +93,7 @@ impl L1Args {
 
     fn qemu_args(&self, monitor: &str) -> Vec<String> {
         let f = |n: &str| self.rig_dir.join(n).display().to_string();
-        let mut append = "console=ttyS0 loglevel=5 panic=-1".to_string();
+        let mut append = format!("console=ttyS0 loglevel=5 panic=-1 {L1_TIMER}");
         if !self.names.is_empty() {
             append.push_str(&format!(" rig.scenarios={}", self.names.join(",")));
         }
