@@ -28,6 +28,7 @@ use vmm::config::{
 };
 use vmm::event::StopEvent;
 use vmm::handle::VmHandle;
+use vmm::seccomp::SeccompMode;
 use vmm::stats::view as stats_view;
 use vmm::stats::VmCounters;
 use vmm::vm::{RunningVm, Vm, VmOutcome};
@@ -91,6 +92,15 @@ struct Cli {
     /// Log level: off, error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
     log_level: log::LevelFilter,
+    /// Seccomp filters on the vCPU and I/O threads: on (a call outside a thread's list is
+    /// refused with EPERM), log (allowed, and logged by the kernel), off.
+    #[arg(long, default_value = "on", value_parser = parse_seccomp)]
+    seccomp: SeccompMode,
+}
+
+fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
+    SeccompMode::parse(s)
+        .ok_or_else(|| format!("invalid seccomp mode '{s}': expected on, log or off"))
 }
 
 fn parse_cpus(s: &str) -> Result<CpusConfig, String> {
@@ -253,6 +263,7 @@ fn main() -> ExitCode {
         }
     };
     logger::init(cli.log_level);
+    vmm::seccomp::set_mode(cli.seccomp);
     ignore_file_size_signal();
     if let Some(path) = cli.api_socket.clone() {
         return api_main(cli, &path);

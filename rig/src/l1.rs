@@ -146,6 +146,8 @@ struct Tally {
     exit: Option<String>,
     fatal: Option<String>,
     running: Option<String>,
+    /// System calls keel's seccomp filters refused or logged in L1.
+    seccomp: usize,
 }
 
 impl Tally {
@@ -162,6 +164,7 @@ impl Tally {
             }
             Some("RIG-EXIT") => self.exit = words.next().map(str::to_string),
             Some("RIG-FATAL") => self.fatal = Some(line.to_string()),
+            Some("RIG-SECCOMP") => self.seccomp += 1,
             _ => {}
         }
     }
@@ -287,6 +290,12 @@ fn problem(t: &Tally, expected: usize, stop: Option<Stop>, args: &L1Args) -> Opt
             t.passed + t.failed
         ));
     }
+    if t.seccomp > 0 {
+        return Some(format!(
+            "keel's seccomp filters refused {} system call(s) in L1 (RIG-SECCOMP lines)",
+            t.seccomp
+        ));
+    }
     match t.exit.as_deref() {
         Some("rc=0") | Some("rc=1") => None,
         Some(other) => Some(format!("keel-rig in L1 ended with {other}")),
@@ -323,6 +332,11 @@ mod tests {
         let killed = |stalled| problem(&t, 3, Some(Stop { stalled }), &a).unwrap();
         assert!(killed(false).contains("ran past 3000 s (during c)"));
         assert!(killed(true).contains("nothing for 300 s (during c): stalled"));
+        t.take("RIG-SECCOMP audit: type=1326 ... syscall=41");
+        assert!(problem(&t, 2, None, &a)
+            .unwrap()
+            .contains("refused 1 system call"));
+        t.seccomp = 0;
         t.take("RIG-FATAL no /dev/kvm");
         assert!(problem(&t, 2, None, &a).unwrap().contains("no /dev/kvm"));
     }

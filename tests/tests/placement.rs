@@ -143,8 +143,15 @@ fn ram_pieces(run: &Run) -> Vec<(u64, u64, u64, u64)> {
             let (start, rest) = rest.split_once(", ")?;
             let (end, rest) = rest.split_once(") guest node ")?;
             let (node, rest) = rest.split_once(" at host ")?;
-            let (host, _) = rest.split_once(':')?;
-            Some((hex(start), hex(end), node.parse().ok()?, hex(host)))
+            // "0xADDR (2 MiB-aligned): backing, policy"
+            let (host, rest) = rest.split_once(' ')?;
+            let aligned = rest.starts_with("(2 MiB-aligned)");
+            let host = hex(host);
+            assert!(
+                aligned && host % (2 << 20) == 0,
+                "guest RAM not 2 MiB-aligned: {l}"
+            );
+            Some((hex(start), hex(end), node.parse().ok()?, host))
         })
         .collect();
     assert!(

@@ -27,6 +27,7 @@ pub mod loader;
 pub mod memory;
 pub mod paravirt;
 pub mod placement;
+pub mod seccomp;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -39,6 +39,14 @@ pub enum IoThreadError {
         #[source]
         source: std::io::Error,
     },
+    /// The thread's own setup (a seccomp filter, say) failed; the thread has ended.
+    #[error("I/O thread {name} could not set itself up: {reason}")]
+    Setup {
+        /// Thread name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
     /// A request to the thread failed (the thread has stopped, or the subscriber is unknown).
     #[error("I/O thread {name} did not carry out a request")]
     Request {
@@ -75,6 +83,16 @@ impl std::fmt::Debug for IoThreadHandle {
 impl IoThread {
     /// Starts an idle I/O thread called `name` (Linux shows the first 15 bytes).
     pub fn spawn(name: &str) -> Result<Self, IoThreadError> {
+        Self::spawn_with(name, || Ok(()))
+    }
+
+    /// [`IoThread::spawn`], running `setup` on the new thread before its event loop (the VMM
+    /// installs the thread's seccomp filter there). Returns once `setup` has run; if it
+    /// failed, the thread has ended and its error is returned.
+    pub fn spawn_with(
+        name: &str,
+        setup: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> Result<Self, IoThreadError> {
         let mut manager =
             EventManager::<Subscriber>::new().map_err(|source| IoThreadError::EventManager {
                 name: name.to_string(),
@@ -84,13 +102,32 @@ impl IoThread {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread_name = name.to_string();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         let join = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(&mut manager, &thread_stop, &thread_name))
+            .spawn(move || {
+                let result = setup();
+                let ok = result.is_ok();
+                // The spawner waits for this; it only goes away if it panicked.
+                let _ = ready_tx.send(result);
+                if ok {
+                    run(&mut manager, &thread_stop, &thread_name);
+                }
+            })
             .map_err(|source| IoThreadError::Spawn {
                 name: name.to_string(),
                 source,
             })?;
+        let setup_result = ready
+            .recv()
+            .unwrap_or_else(|_| Err("the thread ended before reporting".into()));
+        if let Err(reason) = setup_result {
+            let _ = join.join();
+            return Err(IoThreadError::Setup {
+                name: name.to_string(),
+                reason,
+            });
+        }
         Ok(IoThread {
             handle: IoThreadHandle {
                 name: name.into(),

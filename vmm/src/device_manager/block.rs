@@ -297,10 +297,15 @@ fn iothreads_for(
     cpus: Option<&CpuSet>,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
     let spawn = |name: String| {
-        let thread = IoThread::spawn(&name).map_err(|source| BlockDeviceError::IoThread {
-            disk: disk.to_string(),
-            source,
-        })?;
+        let filter = || {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Io)
+                .map_err(|e| crate::api::routes::error_chain(&e))
+        };
+        let thread =
+            IoThread::spawn_with(&name, filter).map_err(|source| BlockDeviceError::IoThread {
+                disk: disk.to_string(),
+                source,
+            })?;
         if let Some(cpus) = cpus {
             let tid = thread.tid().map_err(|source| BlockDeviceError::IoThread {
                 disk: disk.to_string(),

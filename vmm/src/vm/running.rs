@@ -165,6 +165,13 @@ impl RunningVm {
             .name(name.clone())
             .spawn(move || {
                 pin_vcpu_thread(index, cpus.as_ref());
+                // The guest never runs on a thread whose filter did not go in.
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                    let msg = crate::api::routes::error_chain(&e);
+                    log::error!("vCPU {index}: {msg}");
+                    report.send(index, VcpuStop::Fatal(msg));
+                    return Unclaimed::default();
+                }
                 let (how, unclaimed) = vcpu.run(&buses, &mem, &control);
                 report.send(index, how);
                 unclaimed

@@ -1,0 +1,103 @@
+//! `--seccomp`: a running keel's vCPU and I/O threads carry a seccomp filter (the kernel's
+//! `Seccomp: 2` in /proc), other threads none; `--seccomp=off` installs none; a bad mode is
+//! one line and exit 1. That the filters refuse what they should is the unit tests' part
+//! (`vmm/src/seccomp.rs`, real system calls on filtered threads); that they allow what Keel
+//! needs is every other guest test, which runs with the default (on).
+
+mod common;
+
+use common::*;
+
+/// (thread name, seccomp mode from /proc) of every thread of `pid`.
+fn thread_modes(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read the task list");
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))?
+                .trim()
+                .to_string();
+            Some((comm.trim().to_string(), mode))
+        })
+        .collect()
+}
+
+/// Runs the busy probe guest with a disk and `extra` arguments until it has booted, and
+/// returns its threads' seccomp modes (then stops it with SIGTERM).
+fn modes_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
+    let disk = std::env::temp_dir().join(format!("keel-seccomp-{tag}-{}.img", std::process::id()));
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("create the disk image");
+    let kernel = probe_image("probe.elf");
+    let disk_arg = format!("path={}", disk.display());
+    let cmdline = busy_until_stopped();
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().expect("utf-8 path"),
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=128M",
+        "--disk",
+        &disk_arg,
+        "--cmdline",
+        &cmdline,
+    ];
+    args.extend_from_slice(extra);
+    let mut keel = Watched::spawn(&args);
+    keel.wait_stdout(BOOT_LINE, HANG_GUARD);
+    let modes = thread_modes(keel.pid());
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let _ = std::fs::remove_file(disk);
+    modes
+}
+
+#[test]
+fn vcpu_and_io_threads_are_filtered_and_only_they() {
+    let modes = modes_while_running("on", &[]);
+    let filtered = |name: &str| name.starts_with("keel-vcpu") || name.starts_with("disk0-q");
+    let vcpus = modes
+        .iter()
+        .filter(|(n, _)| n.starts_with("keel-vcpu"))
+        .count();
+    let io = modes
+        .iter()
+        .filter(|(n, _)| n.starts_with("disk0-q"))
+        .count();
+    assert_eq!((vcpus, io), (2, 1), "{modes:?}");
+    // KVM's own kernel workers (kvm-nx-lpage-recovery) inherit the mode of the vCPU thread
+    // that started them; they make no system calls.
+    for (name, mode) in modes.iter().filter(|(n, _)| !n.starts_with("kvm-")) {
+        let want = if filtered(name) { "2" } else { "0" };
+        assert_eq!(mode, want, "thread {name}: {modes:?}");
+    }
+}
+
+#[test]
+fn seccomp_off_installs_no_filter() {
+    let modes = modes_while_running("off", &["--seccomp", "off"]);
+    assert!(
+        modes.iter().any(|(n, _)| n.starts_with("keel-vcpu")),
+        "{modes:?}"
+    );
+    assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}");
+}
+
+#[test]
+fn a_bad_mode_is_one_line_and_a_failure() {
+    let run = run_keel(&["--seccomp", "strict", "--kernel", "/nonexistent"]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.describe());
+    assert!(
+        run.stderr.contains("invalid seccomp mode 'strict'"),
+        "{}",
+        run.describe()
+    );
+}
