@@ -7,7 +7,7 @@ KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio clean
+.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio clean fuzz fuzz-replay
 
 all: keel probe
 
@@ -78,7 +78,24 @@ test: keel probe guest-linux lint
 	KEEL_BIN=$(CURDIR)/$(KEEL) KEEL_PROBE_DIR=$(CURDIR)/$(PROBE_DIR) \
 		KEEL_GUEST_LINUX_DIR=$(CURDIR)/$(GUEST_LINUX_DIR) \
 		$(CARGO) test --release --locked --workspace
+	$(MAKE) fuzz-replay
 	$(MAKE) rig
+
+# Fuzzing (fuzz/, its own crate): `make fuzz` runs every target for FUZZ_SECONDS with cargo-fuzz
+# (installed if missing; libFuzzer on the stable toolchain, no sanitizer) and grows the corpus;
+# not part of `make test`, which only replays the committed corpus (`make fuzz-replay`, seconds).
+FUZZ_TARGETS := vm_config_json cli_options http_request blk_request
+FUZZ_SECONDS ?= 120
+fuzz:
+	resources/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-replay:
+	$(CARGO) build --release --locked --manifest-path fuzz/Cargo.toml --bins
+	@for t in $(FUZZ_TARGETS); do \
+		log=fuzz/target/replay-$$t.log; \
+		fuzz/target/release/$$t -runs=0 fuzz/corpus/$$t >$$log 2>&1 || { cat $$log; exit 1; }; \
+		echo "fuzz-replay $$t: $$(ls fuzz/corpus/$$t | wc -l) inputs, no crash"; \
+	done
 
 bench: keel probe
 	python3 resources/bench/startup.py $(KEEL)
