@@ -17,8 +17,8 @@ const AVAIL: u64 = 0x100;
 const USED: u64 = 0x200;
 
 fuzz_target!(|data: &[u8]| {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
-        .expect("guest memory");
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory");
     let len = data.len().min(MEM_SIZE);
     mem.write_slice(&data[..len], GuestAddress(0))
         .expect("input fits guest memory");
