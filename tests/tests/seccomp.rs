@@ -94,7 +94,12 @@ fn seccomp_off_installs_no_filter() {
 fn a_bad_mode_is_one_line_and_a_failure() {
     let run = run_keel(&["--seccomp", "strict", "--kernel", "/nonexistent"]);
     assert_eq!(run.code(), Some(1), "{}", run.describe());
-    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.describe());
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        run.describe()
+    );
     assert!(
         run.stderr.contains("invalid seccomp mode 'strict'"),
         "{}",
