@@ -344,6 +344,11 @@ impl Watched {
         self.wait_for(Stream::Stdout, needle, 1, timeout);
     }
 
+    /// Waits until keel's stdout has `count` complete lines containing `needle`.
+    pub fn wait_stdout_lines(&mut self, needle: &str, count: usize, timeout: Duration) {
+        self.wait_for(Stream::Stdout, needle, count, timeout);
+    }
+
     /// Waits until keel's stderr has `count` complete lines containing `needle`.
     pub fn wait_stderr(&mut self, needle: &str, count: usize, timeout: Duration) {
         self.wait_for(Stream::Stderr, needle, count, timeout);
