@@ -1,7 +1,9 @@
 //! `keel --api-socket` over a real Unix socket with real probe guests: the lifecycle
 //! (create -> boot -> pause -> counters -> resume -> shutdown) with `vm.info` along the way,
 //! bad requests answered with 4xx and a JSON error while the VM keeps running, the socket's
-//! mode and removal, exit status, and the server against its OpenAPI document.
+//! mode and removal, exit status, the server against its OpenAPI document, a boot that cannot
+//! start every vCPU thread (a pids cgroup limit) leaving none running, and create/boot/delete
+//! cycles releasing threads, descriptors and the disk image's lock.
 //!
 //! Requests are raw HTTP/1.1 written to a `UnixStream`. Every answer to an operation the
 //! OpenAPI document describes is checked against the statuses it lists for that operation.
