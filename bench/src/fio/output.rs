@@ -21,6 +21,41 @@ pub struct ExitRates {
     pub disk_requests: Option<u64>,
 }
 
+/// KVM's per-vCPU counters that say where exits go (by reason, or what causes them), reported
+/// per fio I/O beside the total so that Keel and QEMU can be compared reason by reason.
+pub const EXIT_REASONS: [&str; 12] = [
+    "halt_exits",
+    "irq_exits",
+    "irq_window_exits",
+    "request_irq_exits",
+    "io_exits",
+    "mmio_exits",
+    "signal_exits",
+    "insn_emulation",
+    "hypercalls",
+    "irq_injections",
+    "halt_wakeup",
+    "pf_fixed",
+];
+
+/// `EXIT_REASONS` per I/O over fio's run, for the counters the side has.
+pub fn exits_by_reason(side: &SideResult) -> Vec<(&'static str, f64)> {
+    let (Some(window), Some(summary)) = (side.run.window.as_ref(), side.summary.as_ref()) else {
+        return Vec::new();
+    };
+    let ios = summary.total_ios();
+    if ios == 0 {
+        return Vec::new();
+    }
+    EXIT_REASONS
+        .iter()
+        .filter_map(|&r| {
+            let n = window.delta.get(&format!("kvm.{r}"))?;
+            Some((r, *n as f64 / ios as f64))
+        })
+        .collect()
+}
+
 /// The exit rates over fio's run, when the side has a counter window and fio did I/O.
 pub fn exit_rates(side: &SideResult) -> Option<ExitRates> {
     let window = side.run.window.as_ref()?;
@@ -65,6 +100,11 @@ fn side_json(side: &SideResult) -> Value {
         v["exits_per_io_kvm"] = json!(e.kvm);
         v["exits_per_io_keel"] = json!(e.keel);
         v["disk_requests"] = json!(e.disk_requests);
+        let by_reason: serde_json::Map<String, Value> = exits_by_reason(side)
+            .into_iter()
+            .map(|(r, x)| (r.to_string(), json!(x)))
+            .collect();
+        v["kvm_per_io"] = Value::Object(by_reason);
     }
     v
 }
@@ -203,7 +243,7 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
             .map(|s| exit_rates(s).and_then(f).unwrap_or_else(|| "n/a".into()))
             .collect()
     };
-    vec![
+    let mut rows = vec![
         (
             "I/Os (fio)".into(),
             sides
@@ -223,6 +263,9 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
             "KVM exits per I/O".into(),
             per_io(|e| e.kvm.map(|v| format!("{v:.4}"))),
         ),
+    ];
+    rows.extend(reason_rows(sides));
+    rows.extend([
         (
             "keel userspace exits per I/O".into(),
             per_io(|e| e.keel.map(|v| format!("{v:.4}"))),
@@ -234,7 +277,28 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
                 .map(|s| format!("{:.1}", s.run.wall.as_secs_f64()))
                 .collect(),
         ),
-    ]
+    ]);
+    rows
+}
+
+/// `  REASON per I/O` rows, for each reason some side counted.
+fn reason_rows(sides: &[&SideResult]) -> Vec<Row> {
+    let per_side: Vec<Vec<(&str, f64)>> = sides.iter().map(|s| exits_by_reason(s)).collect();
+    EXIT_REASONS
+        .iter()
+        .filter(|r| per_side.iter().flatten().any(|(n, x)| n == *r && *x > 0.0))
+        .map(|r| {
+            let cells = per_side
+                .iter()
+                .map(|side| {
+                    side.iter()
+                        .find(|(n, _)| n == r)
+                        .map_or_else(|| "n/a".into(), |(_, x)| format!("{x:.4}"))
+                })
+                .collect();
+            (format!("  {r} per I/O"), cells)
+        })
+        .collect()
 }
 
 /// Each side's problem, with the console tail of a side that failed.

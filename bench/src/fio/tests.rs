@@ -76,3 +76,40 @@ fn each_failure_is_named() {
         assert!(!s.ok());
     }
 }
+
+#[test]
+fn exits_are_broken_down_by_reason_per_io() {
+    use super::counter_window::CounterWindow;
+    use super::output::{exits_by_reason, table};
+    // DOC has one fio I/O: the figures are the counters themselves.
+    let mut s = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
+    let mut window = CounterWindow::default();
+    for (k, v) in [
+        ("kvm.exits", 9),
+        ("kvm.halt_exits", 3),
+        ("kvm.irq_exits", 0),
+    ] {
+        window.delta.insert(k.to_string(), v);
+    }
+    s.run.window = Some(window);
+    assert_eq!(
+        exits_by_reason(&s),
+        vec![("halt_exits", 3.0), ("irq_exits", 0.0)]
+    );
+    let report = super::BenchReport {
+        job: "j".into(),
+        guest: super::GuestKind::Linux,
+        disks: 1,
+        disk_size: 1 << 20,
+        vcpus: 1,
+        memory: 1 << 30,
+        keel: Some(s),
+        qemu: None,
+    };
+    let text = table(&report);
+    assert!(text.contains("  halt_exits per I/O"), "{text}");
+    assert!(
+        !text.contains("irq_exits per I/O"),
+        "a reason nobody counted: {text}"
+    );
+}

@@ -69,9 +69,29 @@ fn bench(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
         crate::say(format!(
             "RIG-FIGURE bench {name} kvm_exits_per_io keel={k} qemu={q}"
         ));
+        crate::say(format!(
+            "RIG-FIGURE bench {name} kvm_per_io_by_reason keel[{}] qemu[{}]",
+            by_reason(keel),
+            by_reason(&v["qemu"])
+        ));
         rows.push(format!("{name}: Keel {k} / QEMU {q}"));
     }
     Ok(format!("KVM exits per I/O, {}", rows.join("; ")))
+}
+
+/// `reason=x.xxx,...` for each exit reason a side counted at least once per thousand I/Os.
+fn by_reason(side: &serde_json::Value) -> String {
+    side["kvm_per_io"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+                .filter(|(_, x)| *x >= 0.001)
+                .map(|(k, x)| format!("{k}={x:.3}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn run_job(
