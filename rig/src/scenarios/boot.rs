@@ -166,3 +166,42 @@ pub fn expect_memory(report: &Report, mib: u64) -> Result<f64, RigError> {
     })?;
     Ok(share)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALIGNED: &str = "keel: info: memory [0x0, 0x40000000) guest node 0 at host \
+                           0x7f0000000000 (2 MiB-aligned): 4 KiB pages + THP, no NUMA policy\n";
+
+    fn check(log: &str, pages_2m: Option<u64>) -> Result<u64, RigError> {
+        let path = std::env::temp_dir().join(format!("keel-rig-boot-{}.stderr", nonce()));
+        std::fs::write(&path, log).unwrap();
+        let stats = pages_2m.map(|n| serde_json::json!({"vm": {"pages_2m": n}}));
+        let r = expect_large_pages(&path, stats.as_ref());
+        let _ = std::fs::remove_file(path);
+        r
+    }
+
+    #[test]
+    fn large_pages_are_required_and_each_failure_is_named() {
+        assert_eq!(check(ALIGNED, Some(102)).unwrap(), 102);
+        let unaligned = ALIGNED.replace(
+            "(2 MiB-aligned)",
+            "(NOT 2 MiB-aligned: the guest gets 4 KiB pages only)",
+        );
+        for (log, pages, want) in [
+            (unaligned.as_str(), Some(5), "guest RAM not aligned"),
+            (ALIGNED, Some(0), "vm.pages_2m is 0"),
+            (ALIGNED, None, "lack vm.pages_2m"),
+            (
+                "keel: info: nothing\n",
+                Some(5),
+                "no guest RAM placement line",
+            ),
+        ] {
+            let err = check(log, pages).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+}
