@@ -12,6 +12,9 @@ use std::fmt::Write;
 
 /// Longest job file accepted (the Linux guest reads at most this much from its config disk).
 pub const MAX_JOB_BYTES: usize = 64 * 1024;
+/// fio's `${VAR}` expansion, which jobs here may not use (written with an escape so that the
+/// brace in the text does not count as one in the code).
+const VAR_EXPANSION: &str = "$\x7b";
 /// Most sections accepted.
 pub const MAX_SECTIONS: usize = 256;
 /// First bytes of a config disk; the job text follows, NUL-padded to a sector multiple.
@@ -174,7 +177,7 @@ impl FioJob {
                     what: "include",
                 });
             }
-            if line.contains("${") {
+            if line.contains(VAR_EXPANSION) {
                 return Err(JobError::Unsupported {
                     line: number,
                     what: "${VAR} expansion",

@@ -46,6 +46,13 @@ fn bad_job_files_get_typed_errors() {
                 what: "include",
             },
         ),
+        (
+            b"[a]\nfilename=/dev/vd${DISK}\n",
+            JobError::Unsupported {
+                line: 2,
+                what: "${VAR} expansion",
+            },
+        ),
         (b"[global]\nbs=4k\n", JobError::NoJobs),
         (b"", JobError::NoJobs),
         (b"[a]\n\x00", JobError::NotText),

@@ -401,23 +401,7 @@ impl Request {
             }
             last = Some(d);
         }
-        let Some(status) = last else {
-            return Err(reject(None, RequestError::EmptyChain));
-        };
-        if status.has_next() {
-            return Err(reject(None, RequestError::BrokenChain));
-        }
-        if !status.is_write_only() {
-            return Err(reject(None, RequestError::StatusNotWritable));
-        }
-        if status.len() != 1 {
-            return Err(reject(None, RequestError::StatusLength(status.len())));
-        }
-        if !GuestMemoryBackend::check_range(mem, status.addr(), 1) {
-            let addr = status.addr().raw_value();
-            return Err(reject(None, RequestError::StatusOutOfMemory(addr)));
-        }
-        let status_addr = status.addr();
+        let status_addr = Self::status_address(last, mem).map_err(|e| reject(None, e))?;
         let fail = |error| Err(reject(Some(status_addr), error));
 
         if count < 2 {
@@ -437,16 +421,10 @@ impl Request {
         if header.len() != HEADER_LEN {
             return fail(RequestError::HeaderLength(header.len()));
         }
-        let mut raw = [0u8; HEADER_LEN as usize];
-        if let Err(source) = mem.read_slice(&mut raw, header.addr()) {
-            let addr = header.addr().raw_value();
-            return fail(RequestError::HeaderRead { addr, source });
-        }
-        let req_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let mut sector = [0u8; 8];
-        sector.copy_from_slice(&raw[8..16]);
-        let sector = u64::from_le_bytes(sector);
-
+        let (req_type, sector) = match Self::read_header(header, mem) {
+            Ok(h) => h,
+            Err(e) => return fail(e),
+        };
         let kind = match Self::parse_kind(req_type, sector, data, mem, limits) {
             Ok(kind) => kind,
             Err(e) => return fail(e),
@@ -456,6 +434,41 @@ impl Request {
             status_addr,
             kind,
         })
+    }
+
+    /// Where the status byte goes: the chain's last descriptor, which must end the chain, be
+    /// device-writable, one byte long and inside guest memory.
+    fn status_address(
+        last: Option<Descriptor>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<GuestAddress, RequestError> {
+        let status = last.ok_or(RequestError::EmptyChain)?;
+        if status.has_next() {
+            return Err(RequestError::BrokenChain);
+        }
+        if !status.is_write_only() {
+            return Err(RequestError::StatusNotWritable);
+        }
+        if status.len() != 1 {
+            return Err(RequestError::StatusLength(status.len()));
+        }
+        if !GuestMemoryBackend::check_range(mem, status.addr(), 1) {
+            return Err(RequestError::StatusOutOfMemory(status.addr().raw_value()));
+        }
+        Ok(status.addr())
+    }
+
+    /// The request type and sector from the (already length-checked) header descriptor.
+    fn read_header(header: Descriptor, mem: &GuestMemoryMmap) -> Result<(u32, u64), RequestError> {
+        let mut raw = [0u8; HEADER_LEN as usize];
+        if let Err(source) = mem.read_slice(&mut raw, header.addr()) {
+            let addr = header.addr().raw_value();
+            return Err(RequestError::HeaderRead { addr, source });
+        }
+        let req_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let mut sector = [0u8; 8];
+        sector.copy_from_slice(&raw[8..16]);
+        Ok((req_type, u64::from_le_bytes(sector)))
     }
 
     fn parse_kind(
