@@ -1,8 +1,8 @@
 //! The `keel` command, a front end of the [`vmm`] library: it boots one VM from the command
-//! line and exits with the guest's fate (0: powered off or stopped by SIGINT/SIGTERM, 1: error,
+//! line and exits with the guest's fate (0: powered off or stopped by SIGINT/SIGTERM/SIGHUP, 1: error,
 //! 3: guest reset). With `--api-socket PATH` it serves the API socket instead (see
 //! [`vmm::api`]), with the VM of the command line booted if `--kernel` is given, and exits 0 on
-//! `vmm.shutdown` or SIGINT/SIGTERM.
+//! `vmm.shutdown` or SIGINT/SIGTERM/SIGHUP.
 //!
 //! Two more commands: `keel stat --pid PID` ([`stat`]) watches a running keel's KVM counters,
 //! taking its statistics fds from the other process; `keel bench fio --job FILE` ([`bench`])
@@ -191,9 +191,10 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// SIGINT and SIGTERM raise [`STOP`] and trigger the [`stop_event`], if there is one.
+/// SIGINT, SIGTERM and SIGHUP (the terminal went away) raise [`STOP`] and trigger the
+/// [`stop_event`], if there is one: keel stops cleanly and removes its API socket.
 fn install_stop_handlers() {
-    for signum in [libc::SIGINT, libc::SIGTERM] {
+    for signum in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to atomics and calls write(2), which are
         // async-signal-safe; the sigaction struct is fully initialised.
         let rc = unsafe {
@@ -363,10 +364,10 @@ fn print_stats(counters: &VmCounters) {
 }
 
 fn signal_name() -> &'static str {
-    if SIGNAL.load(Ordering::Relaxed) == libc::SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
+    match SIGNAL.load(Ordering::Relaxed) {
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "SIGTERM",
     }
 }
 

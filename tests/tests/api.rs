@@ -433,18 +433,20 @@ fn the_command_line_vm_is_served_and_keel_outlives_its_poweroff() {
 }
 
 #[test]
-fn sigterm_stops_keel_and_removes_the_socket() {
-    let keel = Keel::start("sigterm", &[]);
-    keel.process.signal(libc::SIGTERM);
-    let socket = keel.socket.clone();
-    let run = keel.finish();
-    assert_eq!(run.code(), Some(0), "{}", run.describe());
-    assert!(
-        run.stderr.contains("stopped by SIGTERM"),
-        "{}",
-        run.describe()
-    );
-    assert!(!socket.exists());
+fn sigterm_and_sighup_stop_keel_and_remove_the_socket() {
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
+        let keel = Keel::start(&format!("stop-{name}"), &[]);
+        keel.process.signal(signal);
+        let socket = keel.socket.clone();
+        let run = keel.finish();
+        assert_eq!(run.code(), Some(0), "{name}: {}", run.describe());
+        assert!(
+            run.stderr.contains(&format!("stopped by {name}")),
+            "{}",
+            run.describe()
+        );
+        assert!(!socket.exists(), "{name}: socket left behind");
+    }
 }
 
 #[test]
