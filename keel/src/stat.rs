@@ -43,9 +43,14 @@ struct StatCli {
 pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = match StatCli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own text on stdout.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            err_line!("keel stat: {}", crate::clap_error_line(&e));
+            return ExitCode::from(1);
         }
     };
     let remote = match RemoteStats::attach(cli.pid) {

@@ -148,3 +148,15 @@ fn serial_file_in_missing_directory() {
         "--serial",
     );
 }
+
+#[test]
+fn keel_stat_bad_arguments_are_one_line() {
+    assert_refused(
+        &["stat", "--pid", "abc"],
+        "keel stat: invalid value 'abc' for '--pid",
+    );
+    assert_refused(
+        &["stat", "--pid", "1", "--colour"],
+        "keel stat: unexpected argument",
+    );
+}

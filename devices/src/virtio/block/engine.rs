@@ -52,6 +52,13 @@ static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 /// Errors from opening a disk image or running an I/O engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// A writable disk on a block device the kernel holds read-only (`blockdev --setro`, a
+    /// read-only loop device): every guest write would fail.
+    #[error("{path} is a read-only block device: attach it with readonly=on")]
+    ReadOnlyDevice {
+        /// Path of the device.
+        path: PathBuf,
+    },
     /// The backing file could not be opened.
     #[error("cannot open disk image {path}")]
     Open {
@@ -123,6 +130,11 @@ impl DiskImage {
                 })
         };
         let buffered = open(0)?;
+        if !readonly && is_read_only_block_device(&buffered) {
+            return Err(EngineError::ReadOnlyDevice {
+                path: path.to_path_buf(),
+            });
+        }
         let direct = if direct {
             Some(open(libc::O_DIRECT)?)
         } else {
@@ -367,6 +379,25 @@ pub fn open_engine(disk: Arc<DiskImage>, depth: u32) -> Result<Box<dyn IoEngine>
             Ok(Box::new(SyncEngine::new(disk)?))
         }
     }
+}
+
+/// `BLKROGET` (`_IO(0x12, 94)`): whether a block device is read-only.
+const BLKROGET: libc::c_ulong = 0x125e;
+
+/// Whether `file` is a block device the kernel holds read-only (false for regular files, and
+/// when the kernel will not say).
+fn is_read_only_block_device(file: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    if !file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_block_device())
+    {
+        return false;
+    }
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET on a descriptor `file` owns writes one int into `ro`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKROGET, &mut ro) };
+    rc == 0 && ro != 0
 }
 
 /// Returns the current thread's errno as a negative value.

@@ -380,3 +380,45 @@ fn image_locks_keep_a_second_writer_and_a_reader_out() {
     drop((reader, other_reader));
     open(false).lock(&image.path).unwrap();
 }
+
+/// A read-only loop device over `image` (`losetup -r`), detached on drop; `None` where this
+/// host cannot make one (no root, no loop driver).
+struct ReadOnlyLoop(String);
+
+impl ReadOnlyLoop {
+    fn over(image: &std::path::Path) -> Option<Self> {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(image)
+            .output()
+            .ok()?;
+        let dev = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && dev.starts_with("/dev/loop")).then_some(ReadOnlyLoop(dev))
+    }
+}
+
+impl Drop for ReadOnlyLoop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_read_only_block_device_is_refused_as_writable_and_taken_read_only() {
+    let image = TempImage::new("roloop");
+    let Some(dev) = ReadOnlyLoop::over(&image.path) else {
+        eprintln!("skipped: cannot make a read-only loop device here");
+        return;
+    };
+    let path = std::path::Path::new(&dev.0);
+    let err = DiskImage::open(path, false, false).err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("is a read-only block device: attach it with readonly=on"),
+        "{err}"
+    );
+    let ro = DiskImage::open(path, true, false).expect("read-only open");
+    assert_eq!(ro.size(), DISK_SECTORS * 512);
+}
