@@ -413,7 +413,9 @@ fn a_read_only_block_device_is_refused_as_writable_and_taken_read_only() {
         return;
     };
     let path = std::path::Path::new(&dev.0);
-    let err = DiskImage::open(path, false, false).err().expect("refused");
+    let Err(err) = DiskImage::open(path, false, false) else {
+        panic!("a writable open of a read-only device was accepted");
+    };
     assert!(
         err.to_string()
             .contains("is a read-only block device: attach it with readonly=on"),
