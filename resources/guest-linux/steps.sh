@@ -87,6 +87,20 @@ step_info() {
     vmbus=no
     [ -d /sys/bus/vmbus ] && vmbus=yes
     t_result "hv features=$(or_none "$(hv_features)") vmbus=$vmbus"
+    t_result "apic mode=$(apic_mode)"
+}
+
+# apic_mode: x2apic when the kernel switched its local APIC to x2APIC mode (no MMIO access
+# left to emulate), xapic when CPUID offers x2APIC but the kernel stayed on MMIO, none when
+# CPUID does not offer it.
+apic_mode() {
+    if dmesg | grep -q -e 'x2apic enabled' -e 'enabled by BIOS, switching to x2apic ops'; then
+        echo x2apic
+    elif grep -q -w x2apic /proc/cpuinfo; then
+        echo xapic
+    else
+        echo none
+    fi
 }
 
 # --- fio ----------------------------------------------------------------------------

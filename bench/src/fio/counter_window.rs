@@ -34,10 +34,18 @@ impl CounterWindow {
 
     /// Requests completed by the data disks (every disk but the config disk).
     pub fn disk_requests(&self, config_disk: &str) -> u64 {
+        self.data_disks_sum(config_disk, "requests")
+    }
+
+    /// One disk counter (`requests`, `kicks`, `interrupts`...) summed over the data disks
+    /// (every disk but the config disk).
+    pub fn data_disks_sum(&self, config_disk: &str, counter: &str) -> u64 {
+        let suffix = format!(".{counter}");
+        let config = format!("disk.{config_disk}{suffix}");
         self.delta
             .iter()
-            .filter(|(k, _)| k.starts_with("disk.") && k.ends_with(".requests"))
-            .filter(|(k, _)| k.as_str() != format!("disk.{config_disk}.requests"))
+            .filter(|(k, _)| k.starts_with("disk.") && k.ends_with(&suffix))
+            .filter(|(k, _)| k.as_str() != config)
             .map(|(_, v)| *v)
             .sum()
     }
@@ -99,6 +107,7 @@ mod tests {
         let w = t.into_window().unwrap();
         assert_eq!(w.delta["kvm.exits"], 5 + 7);
         assert_eq!(w.disk_requests("fio-config"), 4);
+        assert_eq!(w.data_disks_sum("fio-config", "kicks"), 0);
         assert_eq!(WindowTracker::default().into_window(), None);
     }
 }

@@ -19,6 +19,10 @@ pub struct ExitRates {
     pub keel: Option<f64>,
     /// Requests Keel's data disks completed.
     pub disk_requests: Option<u64>,
+    /// Notifications the guest sent Keel's data disks, per I/O.
+    pub kicks: Option<f64>,
+    /// Interrupts Keel's data disks sent the guest, per I/O.
+    pub interrupts: Option<f64>,
 }
 
 /// KVM's per-vCPU counters that say where exits go (by reason, or what causes them), reported
@@ -62,10 +66,15 @@ pub fn exit_rates(side: &SideResult) -> Option<ExitRates> {
     let ios = side.summary.as_ref()?.total_ios();
     let per_io = |name: &str| window.delta.get(name).map(|&v| v as f64 / ios as f64);
     let has_disks = window.delta.keys().any(|k| k.starts_with("disk."));
+    let disks_per_io = |counter: &str| {
+        has_disks.then(|| window.data_disks_sum(CONFIG_DISK_ID, counter) as f64 / ios as f64)
+    };
     (ios > 0).then(|| ExitRates {
         kvm: per_io("kvm.exits"),
         keel: per_io("keel.exits"),
         disk_requests: has_disks.then(|| window.disk_requests(CONFIG_DISK_ID)),
+        kicks: disks_per_io("kicks"),
+        interrupts: disks_per_io("interrupts"),
     })
 }
 
@@ -100,6 +109,8 @@ fn side_json(side: &SideResult) -> Value {
         v["exits_per_io_kvm"] = json!(e.kvm);
         v["exits_per_io_keel"] = json!(e.keel);
         v["disk_requests"] = json!(e.disk_requests);
+        v["kicks_per_io"] = json!(e.kicks);
+        v["interrupts_per_io"] = json!(e.interrupts);
         let by_reason: serde_json::Map<String, Value> = exits_by_reason(side)
             .into_iter()
             .map(|(r, x)| (r.to_string(), json!(x)))
@@ -269,6 +280,14 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
         (
             "keel userspace exits per I/O".into(),
             per_io(|e| e.keel.map(|v| format!("{v:.4}"))),
+        ),
+        (
+            "disk kicks per I/O (keel)".into(),
+            per_io(|e| e.kicks.map(|v| format!("{v:.4}"))),
+        ),
+        (
+            "disk interrupts per I/O (keel)".into(),
+            per_io(|e| e.interrupts.map(|v| format!("{v:.4}"))),
         ),
         (
             "wall time s".into(),

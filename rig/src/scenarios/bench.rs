@@ -74,9 +74,37 @@ fn bench(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
             by_reason(keel),
             by_reason(&v["qemu"])
         ));
+        crate::say(format!(
+            "RIG-FIGURE bench {name} rates keel[{}] qemu[{}]",
+            rates(keel),
+            rates(&v["qemu"])
+        ));
         rows.push(format!("{name}: Keel {k} / QEMU {q}"));
     }
     Ok(format!("KVM exits per I/O, {}", rows.join("; ")))
+}
+
+/// `iops=N,kvm_exits_per_s=N` over fio's window, and for Keel the notifications and interrupts
+/// of its data disks per I/O: under TCG, exits per second hardly move with the I/O rate (the
+/// guest's and L1's timer ticks), so exits per I/O fall as IOPS rise; these say which part
+/// belongs to the disks.
+fn rates(side: &serde_json::Value) -> String {
+    let ios = ["read", "write"]
+        .iter()
+        .filter_map(|d| side[d]["ios"].as_f64())
+        .sum::<f64>();
+    let secs = side["window_secs"].as_f64().filter(|s| *s > 0.0);
+    let mut out = Vec::new();
+    if let (Some(secs), Some(exits)) = (secs, side["kvm_exits"].as_f64()) {
+        out.push(format!("iops={:.0}", ios / secs));
+        out.push(format!("kvm_exits_per_s={:.0}", exits / secs));
+    }
+    for key in ["kicks_per_io", "interrupts_per_io"] {
+        if let Some(x) = side[key].as_f64() {
+            out.push(format!("{key}={x:.3}"));
+        }
+    }
+    out.join(",")
 }
 
 /// `reason=x.xxx,...` for each exit reason a side counted at least once per thousand I/Os.
@@ -163,4 +191,25 @@ fn run_job(
         source,
     })?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_come_from_the_window_and_skip_what_a_side_lacks() {
+        let keel = serde_json::json!({
+            "read": {"ios": 300}, "write": {"ios": 100}, "window_secs": 4.0,
+            "kvm_exits": 1000, "kicks_per_io": 0.25, "interrupts_per_io": 0.5,
+        });
+        assert_eq!(
+            rates(&keel),
+            "iops=100,kvm_exits_per_s=250,kicks_per_io=0.250,interrupts_per_io=0.500"
+        );
+        let qemu = serde_json::json!({"read": {"ios": 10}, "window_secs": 2.0, "kvm_exits": 30});
+        assert_eq!(rates(&qemu), "iops=5,kvm_exits_per_s=15");
+        let failed = serde_json::json!({"ok": false});
+        assert_eq!(rates(&failed), "");
+    }
 }

@@ -89,16 +89,40 @@ fn verify_two_disks(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
     check(msix >= 4, || {
         format!("the guest lists {msix} virtio MSI-X vectors, want at least 2 per disk")
     })?;
+    let mut sent = 0;
     for i in 0..2 {
         let d = disk_stats(&out, i)?;
         check(
             d["requests"].as_u64().unwrap_or(0) > 0 && d["errors"] == 0,
             || format!("disk {i} served no requests or had errors: {d}"),
         )?;
+        check(d["kicks"].as_u64().unwrap_or(0) > 0, || {
+            format!("Keel counted no notification on disk {i}: {d}")
+        })?;
+        sent += d["interrupts"].as_u64().unwrap_or(0);
     }
+    let seen = expect_interrupts_match(&out, sent)?;
     Ok(format!(
-        "fio verified {ios} I/Os on 2 disks, {msix} virtio MSI-X vectors"
+        "fio verified {ios} I/Os on 2 disks, {msix} virtio MSI-X vectors, {seen} request \
+         interrupts seen by the guest of {sent} Keel sent"
     ))
+}
+
+/// The guest's request-queue interrupts (its /proc/interrupts `virtioN-req.Q` lines) are at
+/// least one and at most what Keel's disks sent
+/// (KVM merges an MSI into one still pending, never invents one): Keel's interrupt counter
+/// counts what reached the guest. Returns the guest's count.
+fn expect_interrupts_match(out: &Outcome, sent: u64) -> Result<u64, RigError> {
+    let seen: u64 = out
+        .report
+        .all("irq")
+        .filter(|v| v.get("name").is_some_and(|n| n.contains("-req.")))
+        .filter_map(|v| v.get("count")?.parse::<u64>().ok())
+        .sum();
+    check(seen > 0 && seen <= sent, || {
+        format!("the guest saw {seen} virtio request interrupts; Keel's disks sent {sent}")
+    })?;
+    Ok(seen)
 }
 
 fn multiqueue(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {

@@ -103,10 +103,16 @@ fn boot(ctx: &Ctx, dir: &Path, kernel: Kernel, cpus: u32, mib: u64) -> Result<St
     check(clock == "kvm-clock", || {
         format!("clocksource is {clock}, not kvm-clock")
     })?;
+    // Keel offers x2APIC and KVM's signature: Linux then drives its local APIC through MSRs,
+    // not the MMIO page each access of which KVM must decode and emulate.
+    let apic = out.report.value("apic", "mode")?;
+    check(apic == "x2apic", || {
+        format!("the guest's local APIC is in {apic} mode, not x2apic")
+    })?;
     let large = expect_large_pages(&dir.join("guest.stderr"), out.stats.as_ref())?;
     Ok(format!(
         "{cpus} vCPUs online, MemTotal {:.1}% of {mib} MiB, command line seen, clocksource {clock}, \
-         KVM pages_2m {large}",
+         APIC {apic}, KVM pages_2m {large}",
         share * 100.0
     ))
 }

@@ -13,6 +13,8 @@ use crate::Ctx;
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 const FREE_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+const TOTAL_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+const RESERVED_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages";
 const GUEST_MIB: u64 = 512;
 
 pub fn scenarios() -> Vec<Scenario> {
@@ -75,10 +77,22 @@ fn hugepages(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
     let mut launch = Launch::new(Kernel::Pvh, 2, &["info", "fio:verify1"]);
     launch.memory = format!("size={GUEST_MIB}M,hugepages=on,hugepage_size=2M");
     launch.disks = vec![format!("path={}", a.display())];
-    let out = Guest::start(ctx, dir, "guest", &launch)?.finish()?;
+    let mut guest = Guest::start(ctx, dir, "guest", &launch)?;
+    // Once the guest runs fio its RAM is mapped: every page of it comes from the pool, in use
+    // or reserved (keel maps hugetlb RAM without MAP_NORESERVE).
+    guest.wait_for("KEEL-T-STEP fio:verify1")?;
+    let in_use = read_number(TOTAL_2M)? + read_number(RESERVED_2M)? - read_number(FREE_2M)?;
+    let out = guest.finish()?;
     out.report.expect_clean()?;
     check(out.code() == Some(0), || {
         format!("keel exited {:?}, not 0", out.code())
+    })?;
+    check(in_use >= GUEST_MIB / 2, || {
+        format!(
+            "while the guest ran, {in_use} pages of the host's 2 MiB pool were in use or \
+             reserved, not the {} of its RAM",
+            GUEST_MIB / 2
+        )
     })?;
     let fio = out
         .report
@@ -92,7 +106,8 @@ fn hugepages(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
     )?;
     let share = expect_memory(&out.report, GUEST_MIB)?;
     Ok(format!(
-        "{GUEST_MIB} MiB on 2 MiB hugetlb pages: fio verified, MemTotal {:.1}%",
+        "{GUEST_MIB} MiB on 2 MiB hugetlb pages ({in_use} of the pool's pages held while it \
+         ran): fio verified, MemTotal {:.1}%",
         share * 100.0
     ))
 }

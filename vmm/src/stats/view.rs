@@ -6,7 +6,7 @@
 //!   Keel's userspace exits, summed over vCPUs; `keel.pio.<device>` / `keel.mmio.<device>` by
 //!   device; `keel.unclaimed.pio.<port>` / `keel.unclaimed.mmio.<address>` once vCPUs stopped;
 //! - `kvm.<name>`: KVM's per-vCPU counters summed over vCPUs; `kvm.vm.<name>`: VM-wide ones;
-//! - `disk.<name>.requests|errors|read_bytes|write_bytes|latency_ns`.
+//! - `disk.<name>.requests|errors|read_bytes|write_bytes|latency_ns|kicks|interrupts`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -49,6 +49,8 @@ pub fn flatten(c: &VmCounters) -> BTreeMap<String, u64> {
             ("read_bytes", d.read_bytes),
             ("write_bytes", d.write_bytes),
             ("latency_ns", d.latency_ns),
+            ("kicks", d.kicks),
+            ("interrupts", d.interrupts),
         ] {
             add(format!("disk.{name}.{k}"), n);
         }
@@ -184,8 +186,15 @@ pub fn json(c: &VmCounters) -> String {
                 .map(|q| q.iter().map(u64::to_string).collect())
                 .unwrap_or_default();
             format!(
-                "{{\"name\":\"{name}\",\"requests\":{},\"errors\":{},\"read_bytes\":{},\"write_bytes\":{},\"latency_ns\":{},\"queue_requests\":[{}]}}",
-                d.requests, d.errors, d.read_bytes, d.write_bytes, d.latency_ns, queues.join(",")
+                "{{\"name\":\"{name}\",\"requests\":{},\"errors\":{},\"read_bytes\":{},\"write_bytes\":{},\"latency_ns\":{},\"kicks\":{},\"interrupts\":{},\"queue_requests\":[{}]}}",
+                d.requests,
+                d.errors,
+                d.read_bytes,
+                d.write_bytes,
+                d.latency_ns,
+                d.kicks,
+                d.interrupts,
+                queues.join(",")
             )
         })
         .collect();

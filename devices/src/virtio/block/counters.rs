@@ -1,5 +1,6 @@
-//! Per-queue I/O counters of a block device: requests completed, errors, bytes moved and the
-//! total time requests spent in the device. Each queue's handler updates its own counters with
+//! Per-queue I/O counters of a block device: requests completed, errors, bytes moved, the
+//! total time requests spent in the device, and the guest's notifications (kicks) and the
+//! interrupts sent back. Each queue's handler updates its own counters with
 //! relaxed atomics (no lock, no line shared between queues); readers sum the queues.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +13,8 @@ pub struct QueueCounters {
     read_bytes: AtomicU64,
     write_bytes: AtomicU64,
     latency_ns: AtomicU64,
+    kicks: AtomicU64,
+    interrupts: AtomicU64,
 }
 
 /// Counter values summed over a device's queues.
@@ -28,6 +31,10 @@ pub struct IoStats {
     /// Sum over requests that reached the backing file and succeeded (reads, writes, flushes,
     /// discards) of the time from popping the request to completing it, in nanoseconds.
     pub latency_ns: u64,
+    /// Notifications the driver sent (each one a KVM exit on the guest's side).
+    pub kicks: u64,
+    /// Used-buffer interrupts sent to the driver (each one an interrupt injected).
+    pub interrupts: u64,
 }
 
 impl QueueCounters {
@@ -42,6 +49,16 @@ impl QueueCounters {
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` notifications from the driver.
+    pub(super) fn kicked(&self, n: u64) {
+        self.kicks.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an interrupt sent to the driver.
+    pub(super) fn interrupted(&self) {
+        self.interrupts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a successful request's data (0 bytes for flushes and discards) and its time in
@@ -66,5 +83,7 @@ pub fn sum<'a>(queues: impl Iterator<Item = &'a QueueCounters>) -> IoStats {
         read_bytes: acc.read_bytes + get(&q.read_bytes),
         write_bytes: acc.write_bytes + get(&q.write_bytes),
         latency_ns: acc.latency_ns + get(&q.latency_ns),
+        kicks: acc.kicks + get(&q.kicks),
+        interrupts: acc.interrupts + get(&q.interrupts),
     })
 }

@@ -142,6 +142,8 @@ pub struct BlockQueueHandler {
     batch: Vec<(u64, IoOp)>,
     completions: Vec<Completion>,
     used_added: bool,
+    /// Writes to `kick` the handler made itself (to yield), not counted as the driver's.
+    own_kicks: u64,
     throttled: bool,
     stopped: bool,
     log: LogLimiter,
@@ -174,6 +176,7 @@ impl BlockQueueHandler {
             batch: Vec::new(),
             completions: Vec::new(),
             used_added: false,
+            own_kicks: 0,
             throttled: false,
             stopped: false,
             log: LogLimiter::new(),
@@ -213,7 +216,10 @@ impl BlockQueueHandler {
     /// Handles a queue notification: call when [`kick_fd`](Self::kick_fd) is readable.
     pub fn handle_kick(&mut self) -> Result<(), HandlerError> {
         // A spurious wake-up (EAGAIN) is harmless: the ring is checked anyway.
-        let _ = self.kick.read();
+        if let Ok(n) = self.kick.read() {
+            let own = std::mem::take(&mut self.own_kicks);
+            self.counters.kicked(n.saturating_sub(own));
+        }
         if self.stopped {
             return Ok(());
         }
@@ -264,7 +270,9 @@ impl BlockQueueHandler {
             }
             if budget == 0 {
                 // Yield: come back through the event loop.
-                let _ = self.kick.write(1);
+                if self.kick.write(1).is_ok() {
+                    self.own_kicks += 1;
+                }
                 return submitted;
             }
             submitted?;
@@ -487,6 +495,7 @@ impl BlockQueueHandler {
             }
         };
         if needed {
+            self.counters.interrupted();
             self.interrupt
                 .trigger_queue(self.queue_index)
                 .map_err(HandlerError::Interrupt)?;

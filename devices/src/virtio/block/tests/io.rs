@@ -265,6 +265,12 @@ fn event_idx_suppresses_unneeded_interrupts() {
     h.run();
     assert_eq!(h.status_of(s), OK);
     assert_eq!(h.irqs(), 1);
+    let stats = crate::virtio::block::counters::sum(std::iter::once(h.counters.as_ref()));
+    assert_eq!(
+        (stats.kicks, stats.interrupts),
+        (2, 1),
+        "two notifications counted, one interrupt sent: {stats:?}"
+    );
 }
 
 #[test]
