@@ -545,16 +545,21 @@ impl Drop for PidsCgroup {
     }
 }
 
-/// Names of `pid`'s threads that run a vCPU.
-fn vcpu_threads(pid: u32) -> Vec<String> {
+/// Names of `pid`'s threads whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> Vec<String> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .map(|c| c.trim().to_string())
-        .filter(|c| c.starts_with("keel-vcpu"))
+        .filter(|c| c.starts_with(prefix))
         .collect()
+}
+
+/// Names of `pid`'s threads that run a vCPU.
+fn vcpu_threads(pid: u32) -> Vec<String> {
+    threads_named(pid, "keel-vcpu")
 }
 
 #[test]
@@ -573,9 +578,14 @@ fn a_boot_that_cannot_start_every_vcpu_leaves_none_running() {
             .status,
         204
     );
-    // Room for two more threads: vCPUs 0 and 1 start, vCPU 2 cannot.
+    // Room for three more threads: the connection's that reads vm.boot, then vCPUs 0 and 1;
+    // vCPU 2 cannot start. The thread that answered vm.create must be gone first (it leaves
+    // /proc when the kernel reaps it; a hang guard, not a margin).
+    wait_until("vm.create's connection thread gone", HANG_GUARD, || {
+        threads_named(pid, "keel-api-conn").is_empty().then_some(())
+    });
     let now: u32 = group.read("pids.current").parse().unwrap();
-    group.set_max(&(now + 2).to_string());
+    group.set_max(&(now + 3).to_string());
     let answer = keel.put("vm.boot");
     assert_eq!(answer.status, 500, "{answer:?}");
     let message = answer.json()["error"].as_str().unwrap().to_string();
@@ -646,6 +656,11 @@ fn create_boot_delete_cycles_release_threads_descriptors_and_the_image_lock() {
     create["cpus"]["boot_vcpus"] = 2.into();
     create["disks"] = serde_json::json!([{"path": image}]);
     let create = create.to_string();
+    // Each API connection has a thread (and its socket) until its answer is out: counted
+    // once none is left.
+    wait_until("earlier connection threads gone", HANG_GUARD, || {
+        threads_named(pid, "keel-api-conn").is_empty().then_some(())
+    });
     let baseline = (proc_entries(pid, "task"), proc_entries(pid, "fd"));
     for cycle in 1..=CYCLES {
         assert_eq!(keel.call("PUT", "vm.create", Some(&create)).status, 204);

@@ -1,13 +1,13 @@
 //! The API socket: HTTP/1.1 with JSON over a Unix socket, with Cloud Hypervisor's endpoints
 //! (see [`routes`] for them and their status codes, and `resources/api/keel-api.yaml`).
 //!
-//! One thread ([`ApiServer::serve`]) accepts connections and answers one request on each, in
-//! turn; it owns the VM ([`routes::ApiState`], at most one `VmHandle`), so requests never race
-//! each other. Between requests it blocks on three descriptors, with no tick: the listener, the
-//! [`StopEvent`] (SIGINT/SIGTERM in `keel`), and the served VM's end eventfd, so that it notices
-//! a guest that powered off or reset when it happens (the VM then shows `Shutdown`, and the
-//! server keeps serving until `vmm.shutdown`). A client gets [`REQUEST_TIMEOUT`] to send its
-//! request.
+//! One thread ([`ApiServer::serve`]) owns the VM ([`routes::ApiState`], at most one
+//! `VmHandle`) and answers requests one after the other, so requests never race each other;
+//! each connection is read and written on a thread of its own ([`connections`]), so a slow
+//! or idle client stalls nobody. Between requests the loop blocks on four descriptors, with no
+//! tick: the listener, the requests read, the [`StopEvent`] (SIGINT/SIGTERM in `keel`), and
+//! the served VM's end eventfd, so that it notices a guest that powered off or reset when it
+//! happens (the VM then shows `Shutdown`, and the server keeps serving until `vmm.shutdown`).
 //!
 //! [`ApiServer::bind`] creates the socket file with mode 0600 before it accepts anything (the
 //! socket is bound, `chmod`ed, and only then listens, so no connection can arrive in between;
@@ -15,6 +15,7 @@
 //! socket nobody listens on, which is removed as stale. Dropping the server removes the socket
 //! file, if it is still the one it created.
 
+pub mod connections;
 pub mod http;
 pub mod routes;
 
@@ -26,18 +27,15 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use self::http::Response;
-use self::routes::{error_chain, error_json, ApiState};
+use self::connections::Connections;
+pub use self::connections::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
+use self::routes::ApiState;
 use crate::event::{wait_readable, StopEvent};
 
 /// How long the server waits before accepting again after `accept` failed (out of
 /// descriptors and the like), so that such a failure does not become a busy loop.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// How long a client has to send a whole request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long writing a response may take.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections the kernel queues while one is being served.
+/// Connections the kernel queues until the serve loop accepts them.
 const BACKLOG: libc::c_int = 16;
 
 /// Errors setting up or running the API socket.
@@ -73,6 +71,9 @@ pub enum ApiError {
     /// Waiting for connections failed.
     #[error("waiting for API connections failed")]
     Poll(#[source] std::io::Error),
+    /// The eventfd that announces requests could not be created.
+    #[error("cannot create the API's request eventfd")]
+    Setup(#[source] std::io::Error),
 }
 
 /// Why [`ApiServer::serve`] returned.
@@ -91,6 +92,7 @@ pub struct ApiServer {
     path: PathBuf,
     /// Device and inode of the socket file created, so that only it is removed.
     file_id: (u64, u64),
+    connections: Connections,
 }
 
 /// Refuses `path` if something other than a stale socket is there; removes a stale one.
@@ -189,6 +191,7 @@ impl ApiServer {
             listener,
             path: path.to_path_buf(),
             file_id: (meta.dev(), meta.ino()),
+            connections: Connections::new().map_err(ApiError::Setup)?,
         };
         server.listener.set_nonblocking(true).map_err(fail)?;
         Ok(server)
@@ -204,39 +207,65 @@ impl ApiServer {
     pub fn serve(&self, state: &mut ApiState, stop: &StopEvent) -> Result<Served, ApiError> {
         loop {
             state.refresh();
-            let mut fds = vec![stop.as_raw_fd(), self.listener.as_raw_fd()];
+            let mut fds = vec![
+                stop.as_raw_fd(),
+                self.listener.as_raw_fd(),
+                self.connections.ready_fd(),
+            ];
             fds.extend(state.end_fd());
             let ready = wait_readable(&fds, None).map_err(ApiError::Poll)?;
             if ready[0] {
                 return Ok(Served::Interrupted);
             }
-            if !ready[1] {
-                // The VM ended (refresh notices it) or a signal interrupted the wait.
-                continue;
+            if ready[1] {
+                self.accept_all();
             }
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
+            if ready[2] && self.answer_requests(state) {
+                return Ok(Served::VmmShutdown);
+            }
+        }
+    }
+
+    /// Accepts every connection waiting and starts reading each.
+    fn accept_all(&self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.connections.start(stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
                         e.kind(),
-                        ErrorKind::WouldBlock
-                            | ErrorKind::Interrupted
-                            | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    continue
-                }
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // Out of descriptors and the like: keep serving the VM, try again later.
                     log::warn!("api: accept failed: {e}");
                     std::thread::sleep(ACCEPT_RETRY);
-                    continue;
+                    return;
                 }
-            };
-            if serve_connection(stream, state) {
-                return Ok(Served::VmmShutdown);
             }
         }
+    }
+
+    /// Answers the requests read so far, in order; true after `vmm.shutdown`, once its answer
+    /// is written (requests behind it are dropped unanswered).
+    fn answer_requests(&self, state: &mut ApiState) -> bool {
+        for pending in self.connections.take() {
+            let request = &pending.request;
+            let reply = routes::handle(&request.method, &request.path, &request.body, state);
+            log::debug!(
+                "api: {} {} -> {}",
+                request.method,
+                request.path,
+                reply.response.status
+            );
+            let answered = pending.answer(reply.response);
+            if reply.exit {
+                answered.wait_written();
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -248,53 +277,6 @@ impl Drop for ApiServer {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 log::warn!("api: cannot remove {}: {e}", self.path.display());
             }
-        }
-    }
-}
-
-/// Reads one request from `stream`, answers it and closes; true if it was `vmm.shutdown`.
-fn serve_connection(mut stream: UnixStream, state: &mut ApiState) -> bool {
-    // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure of it anyway.
-    if let Err(e) = stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
-    {
-        log::warn!("api: cannot set up a connection: {e}");
-        return false;
-    }
-    match http::read_request(&mut stream, REQUEST_TIMEOUT) {
-        Ok(request) => {
-            let reply = routes::handle(&request.method, &request.path, &request.body, state);
-            log::debug!(
-                "api: {} {} -> {}",
-                request.method,
-                request.path,
-                reply.response.status
-            );
-            let head_only = request.method == "HEAD";
-            if let Err(e) = http::write_response(&mut stream, &reply.response, head_only) {
-                log::debug!("api: writing the response: {e}");
-            }
-            reply.exit
-        }
-        Err(e) => {
-            let message = error_chain(&e);
-            match e.status() {
-                Some(status) => {
-                    log::debug!("api: bad request ({status}): {message}");
-                    let response = Response {
-                        status,
-                        body: Some(error_json(&message)),
-                        allow: None,
-                    };
-                    if let Err(e) = http::write_response(&mut stream, &response, false) {
-                        log::debug!("api: writing the response: {e}");
-                    }
-                    http::linger(&mut stream);
-                }
-                None => log::debug!("api: {message}"),
-            }
-            false
         }
     }
 }

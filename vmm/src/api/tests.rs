@@ -111,3 +111,84 @@ fn serves_until_vmm_shutdown_or_stop() {
     );
     assert!(!path.exists());
 }
+
+/// Serves on `path` in a thread until `stop`; the thread returns why serving ended.
+fn serving(
+    path: &Path,
+) -> (
+    Arc<StopEvent>,
+    std::thread::JoinHandle<Result<Served, ApiError>>,
+) {
+    let server = ApiServer::bind(path).unwrap();
+    let stop = Arc::new(StopEvent::new().unwrap());
+    let handle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || server.serve(&mut ApiState::new(), &stop))
+    };
+    (stop, handle)
+}
+
+/// Connects and sends the start of a request, leaving it unfinished.
+fn idle(path: &Path) -> UnixStream {
+    let mut stream = UnixStream::connect(path).unwrap();
+    stream
+        .write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n")
+        .unwrap();
+    stream
+}
+
+/// Ends the request `idle` started and reads the answer.
+fn finish(mut stream: UnixStream) -> String {
+    stream.write_all(b"Host: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+const PING: &[u8] = b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn idle_connections_do_not_hold_up_other_clients() {
+    let path = temp_path("idle.sock");
+    let (stop, handle) = serving(&path);
+    let waiting: Vec<UnixStream> = (0..5).map(|_| idle(&path)).collect();
+    // Read one connection at a time, this answer would wait for the five idle clients to
+    // time out first (REQUEST_TIMEOUT each).
+    let answer = send(&path, PING);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    // They were still waiting, not timed out: each is answered once its request is whole.
+    for stream in waiting {
+        let answer = finish(stream);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
+    stop.trigger();
+    assert_eq!(handle.join().unwrap().unwrap(), Served::Interrupted);
+}
+
+#[test]
+fn connections_past_the_limit_get_503_and_places_come_back() {
+    let path = temp_path("limit.sock");
+    let (stop, handle) = serving(&path);
+    let waiting: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| idle(&path)).collect();
+    // Accepted in order after the ones above, so it finds every place taken.
+    let mut extra = UnixStream::connect(&path).unwrap();
+    let mut answer = String::new();
+    extra.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("too many API connections"), "{answer}");
+    for stream in waiting {
+        let answer = finish(stream);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
+    // A connection gives its place back before it closes: all are free again.
+    let again: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| idle(&path)).collect();
+    for stream in again {
+        let answer = finish(stream);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    }
+    stop.trigger();
+    assert_eq!(handle.join().unwrap().unwrap(), Served::Interrupted);
+}
