@@ -52,6 +52,10 @@ pub trait VirtioInterrupt: Send + Sync {
     fn trigger_queue(&self, queue: u16) -> Result<(), DeviceError>;
     /// Signals that the device configuration space changed.
     fn trigger_config(&self) -> Result<(), DeviceError>;
+    /// The device met a state it cannot go on from (an impossible ring): the transport sets
+    /// `DEVICE_NEEDS_RESET` in the device status until the driver resets the device, and
+    /// signals a configuration change (virtio 1.2 §2.1.2). Signals once per reset.
+    fn needs_reset(&self) -> Result<(), DeviceError>;
 }
 
 /// A virtio device model, as seen by a transport.

@@ -109,10 +109,12 @@ impl DeviceReport {
     }
 }
 
-/// Counts queue interrupts instead of raising them.
+/// Counts queue interrupts instead of raising them, and notes a device asking for a reset
+/// (the benchmark's own ring would be broken: the run fails).
 #[derive(Default)]
 struct CountingInterrupt {
     queue: AtomicU64,
+    needs_reset: std::sync::atomic::AtomicBool,
 }
 
 impl VirtioInterrupt for CountingInterrupt {
@@ -122,6 +124,11 @@ impl VirtioInterrupt for CountingInterrupt {
     }
 
     fn trigger_config(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    fn needs_reset(&self) -> Result<(), DeviceError> {
+        self.needs_reset.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -420,6 +427,11 @@ pub fn run(
     let (ios, elapsed, lat) = drive(&mut d, w, &mut offsets)?;
     let iothread_cpu_pct = cpu_pct(cpu_before, thread_cpu(io_tid), elapsed);
     drop(rig);
+    if irq.needs_reset.load(Ordering::Relaxed) {
+        return Err(BenchError::Request(
+            "the device found the benchmark's ring broken and asked for a reset".into(),
+        ));
+    }
     Ok(DeviceReport {
         ios,
         elapsed,

@@ -17,6 +17,9 @@
 //! requests are in flight; beyond that the handler stops popping until completions free slots.
 //! One call processes at most a bounded number of chains; when it stops early it re-signals its
 //! own kick eventfd, so a driver flooding the ring cannot monopolise the iothread.
+//! A ring no correct driver can produce (an avail index more than a queue ahead, a head that
+//! is no descriptor) stops the handler popping and asks the transport for
+//! `DEVICE_NEEDS_RESET`, once; requests already started still complete.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,6 +149,9 @@ pub struct BlockQueueHandler {
     own_kicks: u64,
     throttled: bool,
     stopped: bool,
+    /// The driver broke the ring (see [`Self::ring_broken`]): nothing more is popped until
+    /// the device is reset.
+    broken: bool,
     log: LogLimiter,
 }
 
@@ -179,6 +185,7 @@ impl BlockQueueHandler {
             own_kicks: 0,
             throttled: false,
             stopped: false,
+            broken: false,
             log: LogLimiter::new(),
         })
     }
@@ -250,6 +257,9 @@ impl BlockQueueHandler {
     /// Drains the avail ring into one submitted batch, looping while the driver adds requests
     /// after notifications are re-enabled. Completed requests are not reaped here.
     pub fn process_queue(&mut self) -> Result<(), HandlerError> {
+        if self.broken {
+            return Ok(());
+        }
         let mut budget = self.slots.len().saturating_mul(4);
         loop {
             if let Err(e) = self.queue.disable_notification(&self.mem) {
@@ -306,8 +316,7 @@ impl BlockQueueHandler {
             let chain = match self.queue.iter(&self.mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
-                    self.log
-                        .warn(self.queue_index, format_args!("avail ring: {e}"));
+                    self.ring_broken(format_args!("avail ring: {e}"));
                     return (budget, true);
                 }
             };
@@ -476,9 +485,27 @@ impl BlockQueueHandler {
     fn return_chain(&mut self, head: u16, used_len: u32) {
         match self.queue.add_used(&self.mem, head, used_len) {
             Ok(()) => self.used_added = true,
-            Err(e) => self
-                .log
-                .warn(self.queue_index, format_args!("add_used({head}): {e}")),
+            Err(e) => self.ring_broken(format_args!("add_used({head}): {e}")),
+        }
+    }
+
+    /// The driver put the ring in a state no correct driver can (an avail index more than a
+    /// queue ahead, a head that is no descriptor): stop popping and ask for a reset
+    /// (`DEVICE_NEEDS_RESET`), once; completions of requests already started still go out.
+    fn ring_broken(&mut self, what: std::fmt::Arguments<'_>) {
+        self.log.warn(self.queue_index, what);
+        if std::mem::replace(&mut self.broken, true) {
+            return;
+        }
+        self.log.warn(
+            self.queue_index,
+            format_args!("impossible ring state: the device needs a reset"),
+        );
+        if let Err(e) = self.interrupt.needs_reset() {
+            self.log.warn(
+                self.queue_index,
+                format_args!("cannot signal the reset: {e}"),
+            );
         }
     }
 

@@ -250,7 +250,7 @@ impl CommonConfig {
             (CONFIG_MSIX_VECTOR, 2) => self.irq.config_vector().into(),
             // Bounded by the MSI-X table size at construction.
             (NUM_QUEUES, 2) => self.queues.len() as u64,
-            (DEVICE_STATUS, 1) => self.status.into(),
+            (DEVICE_STATUS, 1) => (self.status | self.irq.needs_reset_status()).into(),
             (CONFIG_GENERATION, 1) => self.irq.config_generation().into(),
             (QUEUE_SELECT, 2) => self.queue_select.into(),
             (QUEUE_SIZE, 2) => q.map_or(0, |q| q.size).into(),

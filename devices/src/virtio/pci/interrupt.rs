@@ -10,6 +10,12 @@
 //! queue (nothing when it is [`NO_VECTOR`]); with MSI-X disabled it sets ISR bit 0 and asserts
 //! INTx. A configuration change bumps `config_generation`, sets ISR bit 1 (in both modes, as
 //! §4.1.4.5.1 asks) and signals the configuration vector or INTx.
+//!
+//! A device that meets an impossible ring state calls `needs_reset`: the flag reads as
+//! `DEVICE_NEEDS_RESET` in the device status (the transport ORs it in) and a configuration
+//! change is signalled, once, until a device reset clears the flag. The flag lives here rather
+//! than in the status register because the I/O thread sets it while a vCPU may be writing the
+//! status; the vCPU side never writes it, so a status write cannot lose it.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -42,6 +48,8 @@ pub struct VirtioPciInterrupt {
     config_generation: AtomicU8,
     intx: Option<Arc<dyn IntxInterrupt>>,
     intx_disabled: AtomicBool,
+    /// Set by the device (`needs_reset`), cleared by a device reset; read into the status.
+    needs_reset: AtomicBool,
 }
 
 impl std::fmt::Debug for VirtioPciInterrupt {
@@ -77,6 +85,7 @@ impl VirtioPciInterrupt {
             config_generation: AtomicU8::new(0),
             intx,
             intx_disabled: AtomicBool::new(false),
+            needs_reset: AtomicBool::new(false),
         }
     }
 
@@ -129,6 +138,16 @@ impl VirtioPciInterrupt {
         }
         self.config_vector.store(NO_VECTOR, Ordering::Release);
         self.isr.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    /// `DEVICE_NEEDS_RESET` (0x40) when the device asked for a reset since the last one, else 0.
+    pub fn needs_reset_status(&self) -> u8 {
+        if self.needs_reset.load(Ordering::SeqCst) {
+            super::STATUS_DEVICE_NEEDS_RESET
+        } else {
+            0
+        }
     }
 
     fn signal_vector(&self, vector: u16) -> Result<(), DeviceError> {
@@ -161,6 +180,13 @@ impl VirtioInterrupt for VirtioPciInterrupt {
         } else {
             self.signal_intx(ISR_QUEUE)
         }
+    }
+
+    fn needs_reset(&self) -> Result<(), DeviceError> {
+        if self.needs_reset.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.trigger_config()
     }
 
     fn trigger_config(&self) -> Result<(), DeviceError> {

@@ -292,9 +292,9 @@ impl VirtioPciDevice {
         self.caps
     }
 
-    /// The `device_status` register.
+    /// The `device_status` register, as the driver reads it.
     pub fn status(&self) -> u8 {
-        self.common.status
+        self.common.status | self.interrupt.needs_reset_status()
     }
 
     /// Whether the device is activated (between a successful `DRIVER_OK` and a reset).

@@ -501,6 +501,35 @@ fn avail_index_far_ahead_does_not_panic() {
     h.run();
     assert_eq!(h.used_idx(), 0);
     assert_eq!(h.irqs(), 0);
+    assert_eq!(
+        h.irq.needs_reset.load(Ordering::SeqCst),
+        1,
+        "an impossible ring asks for a reset, once"
+    );
+}
+
+#[test]
+fn a_head_that_is_no_descriptor_breaks_the_ring() {
+    let image = TempImage::new("badhead");
+    let mem = guest_memory();
+    let mut h = Harness::new(
+        &mem,
+        engine(Kind::Sync, disk(&image, false, false)).unwrap(),
+        limits(false),
+    );
+    // Avail entry 0 names descriptor 200 of a 64-entry table, then a valid read follows.
+    let avail = h.mock.avail_addr();
+    mem.write_obj(200u16, avail.unchecked_add(4)).unwrap();
+    mem.write_obj(1u16, avail.unchecked_add(2)).unwrap();
+    h.run();
+    assert_eq!(h.irq.needs_reset.load(Ordering::SeqCst), 1);
+    let b = h.buf(512, 0);
+    let (_, status) = h.request(VIRTIO_BLK_T_IN, 0, &[(b, 512, true)]);
+    h.run();
+    // Nothing more is popped until the driver resets the device.
+    assert_eq!(h.used_idx(), 0);
+    assert_ne!(h.status_of(status), OK);
+    assert_eq!(h.irq.needs_reset.load(Ordering::SeqCst), 1);
 }
 
 #[test]

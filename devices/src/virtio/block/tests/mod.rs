@@ -76,6 +76,7 @@ impl Drop for TempImage {
 pub struct RecordingInterrupt {
     pub queue: AtomicUsize,
     pub config: AtomicUsize,
+    pub needs_reset: AtomicUsize,
 }
 
 impl VirtioInterrupt for RecordingInterrupt {
@@ -85,6 +86,10 @@ impl VirtioInterrupt for RecordingInterrupt {
     }
     fn trigger_config(&self) -> Result<(), DeviceError> {
         self.config.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn needs_reset(&self) -> Result<(), DeviceError> {
+        self.needs_reset.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }

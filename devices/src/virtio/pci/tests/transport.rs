@@ -285,6 +285,31 @@ fn bad_queue_configuration_needs_reset() {
 }
 
 #[test]
+fn a_device_asking_for_reset_shows_device_needs_reset_until_reset() {
+    let mut h = Harness::new();
+    h.enable_msix();
+    h.write(CONFIG_MSIX_VECTOR, 2, 2);
+    assert_eq!(h.bring_up(), 0x0f);
+    h.msi.triggers();
+    let irq = h.device_interrupt();
+    irq.needs_reset().unwrap();
+    // Asked again before the driver reacted: no second notification.
+    irq.needs_reset().unwrap();
+    assert_eq!(h.status(), 0x4f, "DEVICE_NEEDS_RESET read by the driver");
+    assert_eq!(
+        h.msi.triggers(),
+        vec![2],
+        "one configuration change notified"
+    );
+    // The driver writes back what it read: the bit stays until the reset.
+    h.set_status(0x4f);
+    assert_eq!(h.status(), 0x4f);
+    h.set_status(0);
+    assert_eq!(h.status(), 0);
+    assert_eq!(h.bring_up(), 0x0f, "the device works again after the reset");
+}
+
+#[test]
 fn failed_activation_then_reset_works() {
     let mut h = Harness::new();
     h.log.lock().unwrap().fail_next_activate = true;
