@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{wait_for_file, wait_until, Watched, BOOT_LINE, HANG_GUARD};
+use common::{thread_status, wait_for_file, wait_until, Watched, BOOT_LINE, HANG_GUARD};
 
 use serde_json::Value;
 
@@ -547,13 +547,10 @@ impl Drop for PidsCgroup {
 
 /// Names of `pid`'s threads whose name starts with `prefix`.
 fn threads_named(pid: u32, prefix: &str) -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_string())
-        .filter(|c| c.starts_with(prefix))
+    thread_status(&format!("/proc/{pid}"), "Name")
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with(prefix))
         .collect()
 }
 

@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use common::{probe_image, run_keel, Run, Watched, BOOT_LINE, HANG_GUARD, RUNS_UNTIL_STOPPED};
+use common::{
+    probe_image, run_keel, thread_status, Run, Watched, BOOT_LINE, HANG_GUARD, RUNS_UNTIL_STOPPED,
+};
 
 /// Huge page tests change the host's pool: one at a time.
 static POOL: Mutex<()> = Mutex::new(());
@@ -45,7 +47,7 @@ fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str) -> (Run, Snapshot) {
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
     let proc_dir = format!("/proc/{}", keel.pid());
     let snap = Snapshot {
-        threads: threads_of(&proc_dir),
+        threads: thread_status(&proc_dir, "Cpus_allowed_list"),
         smaps: std::fs::read_to_string(format!("{proc_dir}/smaps")).unwrap_or_default(),
         numa_maps: std::fs::read_to_string(format!("{proc_dir}/numa_maps")).unwrap_or_default(),
     };
@@ -64,24 +66,6 @@ fn run_and_sample(args: &[&str], vcpus: usize, cmds: &str) -> (Run, Snapshot) {
         run.describe()
     );
     (run, snap)
-}
-
-fn threads_of(proc_dir: &str) -> Vec<(String, String)> {
-    let Ok(dir) = std::fs::read_dir(format!("{proc_dir}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|t| {
-        let path = t.ok()?.path();
-        let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-        let status = std::fs::read_to_string(path.join("status")).ok()?;
-        let cpus = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-            .trim()
-            .to_string();
-        Some((comm.trim().to_string(), cpus))
-    })
-    .collect()
 }
 
 impl Snapshot {

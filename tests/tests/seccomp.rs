@@ -8,24 +8,6 @@ mod common;
 
 use common::*;
 
-/// (thread name, seccomp mode from /proc) of every thread of `pid`.
-fn thread_modes(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read the task list");
-    tasks
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            let status = std::fs::read_to_string(dir.join("status")).ok()?;
-            let mode = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))?
-                .trim()
-                .to_string();
-            Some((comm.trim().to_string(), mode))
-        })
-        .collect()
-}
-
 /// Runs the busy probe guest with a disk and `extra` arguments until it has booted, and
 /// returns its threads' seccomp modes (then stops it with SIGTERM).
 fn modes_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
@@ -51,7 +33,7 @@ fn modes_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
     args.extend_from_slice(extra);
     let mut keel = Watched::spawn(&args);
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
-    let modes = thread_modes(keel.pid());
+    let modes = thread_status(&format!("/proc/{}", keel.pid()), "Seccomp");
     keel.signal(libc::SIGTERM);
     let run = keel.finish(HANG_GUARD);
     assert_eq!(run.code(), Some(0), "{}", run.describe());

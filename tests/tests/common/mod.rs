@@ -145,6 +145,29 @@ pub fn finish(child: Child, timeout: Duration) -> Run {
 /// broken keel reaches it, even on a loaded PVM host; no test's outcome depends on its length.
 pub const HANG_GUARD: Duration = Duration::from_secs(120);
 
+/// For each thread of the process at `proc_dir` (`/proc/PID`): its name and the value of
+/// `field` in its `status` (`Seccomp`, `Cpus_allowed_list`, ...). Empty once the process is
+/// gone; a thread that ends while being read is left out.
+pub fn thread_status(proc_dir: &str, field: &str) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("{proc_dir}/task")) else {
+        return Vec::new();
+    };
+    let prefix = format!("{field}:");
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))?
+                .trim()
+                .to_string();
+            Some((comm.trim().to_string(), value))
+        })
+        .collect()
+}
+
 /// How many complete (newline-terminated) lines of `bytes` contain `needle`. A line still
 /// being printed does not count: the guest or keel may be stopped in the middle of it.
 pub fn lines_with(bytes: &[u8], needle: &str) -> usize {
