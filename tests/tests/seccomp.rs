@@ -1,5 +1,5 @@
-//! `--seccomp`: a running keel's vCPU and I/O threads carry a seccomp filter (the kernel's
-//! `Seccomp: 2` in /proc), other threads none; `--seccomp=off` installs none; a bad mode is
+//! `--seccomp`: a running keel's vCPU, I/O and API connection threads carry a seccomp filter
+//! (the kernel's `Seccomp: 2` in /proc), other threads none; `--seccomp=off` installs none; a bad mode is
 //! one line and exit 1. That the filters refuse what they should is the unit tests' part
 //! (`vmm/src/seccomp.rs`, real system calls on filtered threads); that they allow what Keel
 //! needs is every other guest test, which runs with the default (on).
@@ -87,4 +87,38 @@ fn a_bad_mode_is_one_line_and_a_failure() {
         "{}",
         run.describe()
     );
+}
+
+#[test]
+fn an_api_connection_is_read_on_a_filtered_thread() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let socket = std::env::temp_dir().join(format!("keel-seccomp-api-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let keel = Watched::spawn(&["--api-socket", socket.to_str().expect("utf-8 path")]);
+    let mut conn = wait_until("keel listening on its API socket", HANG_GUARD, || {
+        UnixStream::connect(&socket).ok()
+    });
+    // Half a request: the connection's thread waits for the rest.
+    conn.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n")
+        .expect("send half a request");
+    // The thread applies its filter first thing (a hang guard, not a margin: unfiltered, it
+    // never shows mode 2).
+    let proc_dir = format!("/proc/{}", keel.pid());
+    let modes = wait_until("a filtered connection thread", HANG_GUARD, || {
+        let modes = thread_status(&proc_dir, "Seccomp");
+        let seen = modes.iter().any(|(n, m)| n == "keel-api-conn" && m == "2");
+        seen.then_some(modes)
+    });
+    for (name, mode) in modes.iter().filter(|(n, _)| n != "keel-api-conn") {
+        assert_eq!(mode, "0", "thread {name}: {modes:?}");
+    }
+    // The request is read and answered through the filter.
+    conn.write_all(b"Host: x\r\n\r\n").expect("send the rest");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
 }

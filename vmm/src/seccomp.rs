@@ -1,6 +1,7 @@
 //! Per-thread seccomp filters (rust-vmm's `seccompiler`, as Firecracker and Cloud Hypervisor
-//! use) for the threads that handle what a guest controls: each vCPU thread and each I/O
-//! thread may make only the system calls its work needs; anything else is refused with
+//! use) for the threads that handle what a guest or a client controls: each vCPU thread, each
+//! I/O thread and each API connection's thread (which parses what a client sends) may make only
+//! the system calls its work needs; anything else is refused with
 //! `EPERM`. Firecracker kills the process instead; here a refused call surfaces as the error
 //! it causes (an I/O error to the guest, a logged failure), and keel stays stoppable.
 //!
@@ -53,6 +54,8 @@ pub enum ThreadKind {
     Vcpu,
     /// An I/O thread: epoll, io_uring and the synchronous block I/O calls.
     Io,
+    /// An API connection's thread: socket reads and writes with timeouts, nothing else.
+    ApiConnection,
 }
 
 /// Why a filter could not be built or installed.
@@ -207,6 +210,20 @@ const IO: &[libc::c_long] = &[
     libc::SYS_fallocate,
 ];
 
+/// What an API connection's thread adds: receiving and sending on its socket, the socket's
+/// timeouts, and shutting down its sending side.
+const API_CONNECTION: &[libc::c_long] = &[
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
 /// The `ioctl` type byte of KVM's requests (`_IO(0xAE, n)` and friends).
 const KVM_IOCTL_TYPE: u64 = 0xAE;
 /// The `ioctl` type byte of block-device requests (BLKDISCARD, BLKZEROOUT, BLKGETSIZE64).
@@ -222,21 +239,29 @@ fn ioctl_of_type(ty: u64) -> Result<SeccompRule, seccompiler::BackendError> {
     )?])
 }
 
+/// `ioctl(fd, FIONBIO, ...)` only (a socket's blocking mode).
+fn ioctl_fionbio() -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::FIONBIO,
+    )?])
+}
+
 fn build(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
     let err = |source| SeccompError::Build { kind, source };
-    let (extra, ioctl_type) = match kind {
-        ThreadKind::Vcpu => (VCPU, KVM_IOCTL_TYPE),
-        ThreadKind::Io => (IO, BLOCK_IOCTL_TYPE),
+    let (extra, ioctl) = match kind {
+        ThreadKind::Vcpu => (VCPU, ioctl_of_type(KVM_IOCTL_TYPE)),
+        ThreadKind::Io => (IO, ioctl_of_type(BLOCK_IOCTL_TYPE)),
+        ThreadKind::ApiConnection => (API_CONNECTION, ioctl_fionbio()),
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(extra)
         .map(|&nr| (nr, Vec::new()))
         .collect();
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![ioctl_of_type(ioctl_type).map_err(err)?],
-    );
+    rules.insert(libc::SYS_ioctl, vec![ioctl.map_err(err)?]);
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(err)?;
     BpfProgram::try_from(filter).map_err(err)
@@ -301,6 +326,31 @@ mod tests {
             unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&kvm), 0xAE00, 0) }
         });
         assert_eq!(version, 12, "KVM_GET_API_VERSION");
+    }
+
+    #[test]
+    fn a_connection_thread_may_use_its_socket_and_open_nothing() {
+        use std::io::{Read, Write};
+        let (mut mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Sent before the filtered thread starts (`filtered` waits for it to end).
+        mine.write_all(b"hello").unwrap();
+        let (echoed, open_errno) = filtered(ThreadKind::ApiConnection, move || {
+            let mut theirs = theirs;
+            theirs.set_nonblocking(false).unwrap();
+            theirs
+                .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                .unwrap();
+            let mut buf = [0u8; 5];
+            theirs.read_exact(&mut buf).unwrap();
+            theirs.write_all(&buf).unwrap();
+            theirs.shutdown(std::net::Shutdown::Write).unwrap();
+            let opened = std::fs::File::open("/etc/hostname");
+            (buf, opened.err().and_then(|e| e.raw_os_error()))
+        });
+        let mut back = Vec::new();
+        mine.read_to_end(&mut back).unwrap();
+        assert_eq!((echoed, back.as_slice()), (*b"hello", &b"hello"[..]));
+        assert_eq!(open_errno, Some(libc::EPERM), "open refused");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! other with the VM state it alone owns, and never touches a socket, so no client can make it
 //! wait. Malformed requests are answered by their thread without reaching the loop.
 //!
+//! A connection's thread runs under the `ApiConnection` seccomp filter (socket calls only).
+//!
 //! At most [`MAX_CONNECTIONS`] are open at once: past that, a connection is answered `503` at
 //! once and closed (as is one whose thread cannot be started), so that idle clients cannot
 //! exhaust threads or descriptors. A thread gives up its place when it ends.
@@ -137,6 +139,11 @@ impl Connections {
             .name("keel-api-conn".into())
             .spawn(move || {
                 let mut stream = stream;
+                // What a client sends is parsed here: only socket calls are allowed.
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::ApiConnection) {
+                    log::warn!("api: {}", super::routes::error_chain(&e));
+                    return;
+                }
                 serve_connection(&mut stream, &to_loop, &ready);
                 // The place first: a client that saw its connection close may connect again
                 // at once and must find the place free.
