@@ -1,11 +1,13 @@
 //! The API socket's connections, each read and answered on a thread of its own, so that a slow
 //! or idle client delays nobody else, while the VM keeps one writer: the serve loop.
 //!
-//! A connection's thread reads one request (within [`REQUEST_TIMEOUT`]), hands it to the serve
-//! loop ([`Pending`], through a channel and an eventfd the loop waits on), waits for the
-//! response and writes it (within [`WRITE_TIMEOUT`]). The loop handles requests one after the
+//! A connection's thread reads one request (within [`REQUEST_TIMEOUT`]), resolves its endpoint
+//! and parses its body ([`routes::parse`]), hands it to the serve loop ([`Pending`], through a
+//! channel and an eventfd the loop waits on), waits for the response and writes it (within
+//! [`WRITE_TIMEOUT`]). The loop handles requests one after the
 //! other with the VM state it alone owns, and never touches a socket, so no client can make it
-//! wait. Malformed requests are answered by their thread without reaching the loop.
+//! wait. Malformed requests, unknown endpoints and wrong methods are answered by their thread
+//! without reaching the loop.
 //!
 //! A connection's thread runs under the `ApiConnection` seccomp filter (socket calls only).
 //!
@@ -28,8 +30,8 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::http::{self, Request, Response};
-use super::routes::{error_chain, error_json};
+use super::http::{self, Response};
+use super::routes::{self, error_chain, error_json, Call};
 
 /// How long a client has to send a whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,15 +40,25 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections read and answered at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// A request read off a connection, for the serve loop to answer.
+/// A request read and parsed off a connection, for the serve loop to carry out.
 pub struct Pending {
-    /// The request.
-    pub request: Request,
+    /// The endpoint with its parsed body.
+    pub call: Call,
+    /// The request's method and path (for the log).
+    pub method: String,
+    /// See `method`.
+    pub path: String,
+    /// Where the answer goes.
+    pub responder: Responder,
+}
+
+/// The way back to a request's connection.
+pub struct Responder {
     reply: SyncSender<Response>,
     written: Receiver<()>,
 }
 
-impl Pending {
+impl Responder {
     /// Hands `response` to the connection's thread, which writes it.
     pub fn answer(self, response: Response) -> Answered {
         // A thread that is gone (its client left) drops the response.
@@ -206,12 +218,29 @@ fn serve_connection(stream: &mut UnixStream, to_loop: &Sender<Pending>, ready: &
         Err(e) => return answer_bad_request(stream, &e),
     };
     let head_only = request.method == "HEAD";
+    let call = match routes::parse(&request.method, &request.path, &request.body) {
+        Ok(call) => call,
+        Err(e) => {
+            let reply = routes::refused(e);
+            log::debug!(
+                "api: {} {} -> {}",
+                request.method,
+                request.path,
+                reply.response.status
+            );
+            if let Err(e) = http::write_response(stream, &reply.response, head_only) {
+                log::debug!("api: writing the response: {e}");
+            }
+            return;
+        }
+    };
     let (reply, response) = mpsc::sync_channel(1);
     let (written_tx, written) = mpsc::sync_channel(1);
     let pending = Pending {
-        request,
-        reply,
-        written,
+        call,
+        method: request.method,
+        path: request.path,
+        responder: Responder { reply, written },
     };
     if to_loop.send(pending).is_err() {
         return;

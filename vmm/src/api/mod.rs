@@ -251,15 +251,14 @@ impl ApiServer {
     /// is written (requests behind it are dropped unanswered).
     fn answer_requests(&self, state: &mut ApiState) -> bool {
         for pending in self.connections.take() {
-            let request = &pending.request;
-            let reply = routes::handle(&request.method, &request.path, &request.body, state);
+            let reply = routes::apply(pending.call, state);
             log::debug!(
                 "api: {} {} -> {}",
-                request.method,
-                request.path,
+                pending.method,
+                pending.path,
                 reply.response.status
             );
-            let answered = pending.answer(reply.response);
+            let answered = pending.responder.answer(reply.response);
             if reply.exit {
                 answered.wait_written();
                 return true;

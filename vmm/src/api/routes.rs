@@ -1,5 +1,6 @@
 //! The API's endpoints, in Cloud Hypervisor's shape, as one function of (method, path, body,
-//! state) -> response, so that they can be tested without a socket.
+//! state) -> response, so that they can be tested without a socket: [`parse`] (no state:
+//! the endpoint, the body) then [`apply`] (the VM).
 //!
 //! | endpoint | method | success | errors |
 //! | --- | --- | --- | --- |
@@ -226,11 +227,88 @@ impl ApiState {
     }
 }
 
-/// Answers one request. `path` carries no query string; `body` is the whole body.
-pub fn handle(method: &str, path: &str, body: &[u8], state: &mut ApiState) -> Reply {
+/// A request resolved to its endpoint, with `vm.create`'s body parsed: all [`apply`] needs
+/// besides the state. [`parse`] makes it without the state, so that what a client sends is
+/// parsed on its connection's thread (under that thread's seccomp filter), not on the thread
+/// that owns the VM.
+#[derive(Debug)]
+pub enum Call {
+    /// `vm.create`, with its body parsed; a bad body is reported after the state's checks
+    /// (an existing VM is a conflict whatever the body).
+    Create(Result<Box<VmConfig>, RouteError>),
+    /// `vm.boot`.
+    Boot,
+    /// `vm.pause`.
+    Pause,
+    /// `vm.resume`.
+    Resume,
+    /// `vm.shutdown`.
+    Shutdown,
+    /// `vm.delete`.
+    Delete,
+    /// `vmm.shutdown`.
+    VmmShutdown,
+    /// `vm.info`.
+    Info,
+    /// `vm.counters`.
+    Counters,
+    /// `vmm.ping`.
+    Ping,
+}
+
+/// Resolves a request to its endpoint (404, 405 otherwise) and parses its body. `path`
+/// carries no query string; `body` is the whole body (ignored but by `vm.create`).
+pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<Call, RouteError> {
+    let Some(&(allow, _)) = ENDPOINTS.iter().find(|(_, p)| *p == path) else {
+        return Err(RouteError::NotFound(path.to_string()));
+    };
+    if method != allow {
+        return Err(RouteError::Method {
+            path: path.to_string(),
+            method: method.to_string(),
+            allow,
+        });
+    }
+    Ok(match path.trim_start_matches("/api/v1/") {
+        "vm.create" => Call::Create(config_from_body(body).map(Box::new)),
+        "vm.boot" => Call::Boot,
+        "vm.pause" => Call::Pause,
+        "vm.resume" => Call::Resume,
+        "vm.shutdown" => Call::Shutdown,
+        "vm.delete" => Call::Delete,
+        "vmm.shutdown" => Call::VmmShutdown,
+        "vm.info" => Call::Info,
+        "vm.counters" => Call::Counters,
+        "vmm.ping" => Call::Ping,
+        _ => return Err(RouteError::NotFound(path.to_string())),
+    })
+}
+
+/// Carries out `call` on the VM in `state`.
+pub fn apply(call: Call, state: &mut ApiState) -> Reply {
     state.refresh();
-    let result = route(method, path, body, state);
-    let exit = result.is_ok() && path == "/api/v1/vmm.shutdown";
+    let exit = matches!(call, Call::VmmShutdown);
+    let result = route(call, state);
+    reply(result, exit)
+}
+
+/// Answers one request: [`parse`], then [`apply`].
+pub fn handle(method: &str, path: &str, body: &[u8], state: &mut ApiState) -> Reply {
+    match parse(method, path, body) {
+        Ok(call) => apply(call, state),
+        Err(e) => reply(Err(e), false),
+    }
+}
+
+/// The reply to a refused request.
+pub fn refused(err: RouteError) -> Reply {
+    reply(Err(err), false)
+}
+
+/// 200 with `Ok(Some(json))`, 204 with `Ok(None)`, the error's status otherwise; `exit` holds
+/// only on success.
+fn reply(result: Result<Option<String>, RouteError>, exit: bool) -> Reply {
+    let exit = exit && result.is_ok();
     let response = match result {
         Ok(Some(json)) => Response {
             status: 200,
@@ -260,65 +338,56 @@ pub fn error_json(message: &str) -> String {
 }
 
 /// `Ok(Some(json))`: 200 with a body; `Ok(None)`: 204.
-fn route(
-    method: &str,
-    path: &str,
-    body: &[u8],
-    state: &mut ApiState,
-) -> Result<Option<String>, RouteError> {
-    let Some(&(allow, _)) = ENDPOINTS.iter().find(|(_, p)| *p == path) else {
-        return Err(RouteError::NotFound(path.to_string()));
-    };
-    if method != allow {
-        return Err(RouteError::Method {
-            path: path.to_string(),
-            method: method.to_string(),
-            allow,
-        });
-    }
-    let endpoint = path.trim_start_matches("/api/v1/");
-    match endpoint {
-        "vm.create" => create(body, state).map(|()| None),
-        "vm.boot" => boot(state).map(|()| None),
-        "vm.pause" => state.handle()?.pause().map_err(from_handle).map(|()| None),
-        "vm.resume" => state.handle()?.resume().map_err(from_handle).map(|()| None),
-        "vm.shutdown" => state
+fn route(call: Call, state: &mut ApiState) -> Result<Option<String>, RouteError> {
+    match call {
+        Call::Create(config) => create(config, state).map(|()| None),
+        Call::Boot => boot(state).map(|()| None),
+        Call::Pause => state.handle()?.pause().map_err(from_handle).map(|()| None),
+        Call::Resume => state.handle()?.resume().map_err(from_handle).map(|()| None),
+        Call::Shutdown => state
             .handle()?
             .shutdown()
             .map_err(from_handle)
             .map(|_| None),
-        "vm.delete" => {
+        Call::Delete => {
             state.stop_vm();
             state.vm = None;
             Ok(None)
         }
-        "vmm.shutdown" => Ok(None),
-        "vm.info" => info(state).map(Some),
-        "vm.counters" => {
+        Call::VmmShutdown => Ok(None),
+        Call::Info => info(state).map(Some),
+        Call::Counters => {
             let counters = state.handle()?.counters().ok_or_else(|| {
                 RouteError::Conflict("the VM has not been booted: no counters yet".into())
             })?;
             Ok(Some(view::json(&counters)))
         }
-        "vmm.ping" => Ok(Some(ping())),
-        _ => Err(RouteError::NotFound(path.to_string())),
+        Call::Ping => Ok(Some(ping())),
     }
 }
 
-fn create(body: &[u8], state: &mut ApiState) -> Result<(), RouteError> {
-    if let Some(s) = state.vm_state() {
-        return Err(RouteError::Conflict(format!(
-            "a VM already exists (state {}); PUT /api/v1/vm.delete first",
-            state_name(s)
-        )));
-    }
+/// `vm.create`'s body as a `VmConfig`.
+fn config_from_body(body: &[u8]) -> Result<VmConfig, RouteError> {
     let text = std::str::from_utf8(body).map_err(|_| RouteError::Body("body is not UTF-8"))?;
     if text.trim().is_empty() {
         return Err(RouteError::Body(
             "vm.create needs a VmConfig JSON body (at least {\"payload\":{\"kernel\":...}})",
         ));
     }
-    let config = vm_config_from_json(text)?;
+    Ok(vm_config_from_json(text)?)
+}
+
+fn create(
+    config: Result<Box<VmConfig>, RouteError>,
+    state: &mut ApiState,
+) -> Result<(), RouteError> {
+    if let Some(s) = state.vm_state() {
+        return Err(RouteError::Conflict(format!(
+            "a VM already exists (state {}); PUT /api/v1/vm.delete first",
+            state_name(s)
+        )));
+    }
+    let config = *config?;
     let handle = VmHandle::create(&config).map_err(|e| RouteError::Build(error_chain(&e)))?;
     state.vm = Some(ManagedVm {
         config,

@@ -133,3 +133,27 @@ fn error_chains_stay_on_one_line() {
     };
     assert_eq!(error_chain(&e), "cannot listen on /tmp/a b: inner");
 }
+
+#[test]
+fn parsing_needs_no_state_and_keeps_a_bad_create_body_for_later() {
+    for &(method, path) in ENDPOINTS {
+        let body = if path.ends_with("vm.create") { "{" } else { "" };
+        let call = parse(method, path, body.as_bytes());
+        assert!(call.is_ok(), "{method} {path}: {call:?}");
+    }
+    match parse("PUT", "/api/v1/vm.create", b"{\"payload\":") {
+        Ok(Call::Create(Err(RouteError::Config(_)))) => {}
+        other => panic!("want a Create carrying its JSON error, got {other:?}"),
+    }
+    assert!(matches!(
+        parse("GET", "/api/v1/vm.nope", b""),
+        Err(RouteError::NotFound(_))
+    ));
+    assert!(matches!(
+        parse("GET", "/api/v1/vm.boot", b""),
+        Err(RouteError::Method { allow: "PUT", .. })
+    ));
+    // What a refused parse becomes on the wire.
+    let reply = refused(RouteError::NotFound("/x".into()));
+    assert_eq!((reply.response.status, reply.exit), (404, false));
+}
