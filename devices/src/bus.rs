@@ -6,6 +6,10 @@
 //! so vCPU threads touching different devices do not contend, and a device whose mutex was
 //! poisoned by a panicking thread keeps working (the guard is recovered).
 //!
+//! Each range carries the [`DeviceLabel`] its device got when it was added
+//! ([`crate::device_id`]); an access reports the [`DeviceId`] that served it, so exits can be
+//! counted per device.
+//!
 //! Ranges can be moved and removed while vCPUs run (a guest reprogramming a PCI BAR): the
 //! range map sits behind a read-write lock that an access holds only to find its device, never
 //! while the device handles the access, so a device may move ranges from inside an access
@@ -13,6 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::device_id::{DeviceId, DeviceLabel};
 
 /// Something a guest write asks of the whole machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +40,6 @@ pub trait BusDevice: Send {
 /// Errors from inserting devices into, or accessing, a [`Bus`].
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// A new device name past [`MAX_DEVICE_NAMES`] (exit counters have that many slots).
-    #[error("cannot add `{name}`: a bus holds at most {MAX_DEVICE_NAMES} device names")]
-    TooManyNames {
-        /// The refused name.
-        name: String,
-    },
     /// The new range overlaps a range already claimed by another device.
     #[error(
         "range {base:#x}+{len:#x} for `{name}` overlaps `{existing}` at {existing_base:#x}+{existing_len:#x}"
@@ -92,28 +92,18 @@ pub enum BusError {
     },
 }
 
-/// Most distinct device names one bus holds. A name's index in [`Bus::device_names`] is
-/// below it for the bus's whole life (names are never reused or dropped), so per-device exit
-/// counters made with this many slots count every device, also one added after they were
-/// made (a BAR the guest maps late).
-pub const MAX_DEVICE_NAMES: usize = 128;
-
 /// One claimed range.
 struct BusEntry {
     len: u64,
-    name: String,
-    /// Index of `name` in [`Bus::device_names`].
-    index: usize,
+    label: DeviceLabel,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// The ranges and the distinct device names.
+/// The ranges.
 #[derive(Default)]
 struct Ranges {
     /// Keyed by range base.
     devices: BTreeMap<u64, BusEntry>,
-    /// Distinct device names, in the order they were first inserted.
-    names: Vec<String>,
 }
 
 impl Ranges {
@@ -141,7 +131,7 @@ impl Ranges {
             name: name.to_owned(),
             base,
             len,
-            existing: e.name.clone(),
+            existing: e.label.name().to_owned(),
             existing_base: ebase,
             existing_len: e.len,
         };
@@ -168,11 +158,11 @@ impl Ranges {
 }
 
 /// Where one access goes: the device (its range lock already released), the offset in its
-/// range and its name's index.
+/// range and the device's id.
 struct Route {
     device: Arc<Mutex<dyn BusDevice>>,
     offset: u64,
-    index: usize,
+    id: DeviceId,
 }
 
 /// Routes accesses to the devices that claim them. `Send + Sync`; share it with `Arc`.
@@ -188,7 +178,7 @@ impl std::fmt::Debug for Bus {
         for (base, entry) in &ranges.devices {
             map.entry(
                 &format_args!("{:#x}..{:#x}", base, base.saturating_add(entry.len)),
-                &entry.name,
+                &entry.label.name(),
             );
         }
         map.finish()
@@ -214,38 +204,25 @@ impl Bus {
         self.ranges.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Claims `[base, base + len)` for `device`, named `name` in logs, errors and exit counts
-    /// (ranges inserted under one name count as one device).
+    /// Claims `[base, base + len)` for `device`, known by `label` in errors and exit counts
+    /// (all ranges inserted under one label count as one device).
     ///
     /// Fails on a zero length, on `base + len` overflowing `u64` (a range may end exactly at
     /// `u64::MAX`, exclusive), or on overlap with any range already on the bus.
     pub fn insert(
         &self,
-        name: &str,
+        label: &DeviceLabel,
         device: Arc<Mutex<dyn BusDevice>>,
         base: u64,
         len: u64,
     ) -> Result<(), BusError> {
         let mut ranges = self.write_ranges();
-        ranges.check_free(name, base, len, None)?;
-        let index = match ranges.names.iter().position(|n| n == name) {
-            Some(i) => i,
-            None if ranges.names.len() >= MAX_DEVICE_NAMES => {
-                return Err(BusError::TooManyNames {
-                    name: name.to_owned(),
-                })
-            }
-            None => {
-                ranges.names.push(name.to_owned());
-                ranges.names.len() - 1
-            }
-        };
+        ranges.check_free(label.name(), base, len, None)?;
         ranges.devices.insert(
             base,
             BusEntry {
                 len,
-                name: name.to_owned(),
-                index,
+                label: label.clone(),
                 device,
             },
         );
@@ -262,16 +239,15 @@ impl Bus {
             .devices
             .get(&base)
             .ok_or(BusError::NoRange { base })?;
-        let (name, len) = (entry.name.clone(), entry.len);
-        ranges.check_free(&name, new_base, len, Some(base))?;
+        let (label, len) = (entry.label.clone(), entry.len);
+        ranges.check_free(label.name(), new_base, len, Some(base))?;
         if let Some(entry) = ranges.devices.remove(&base) {
             ranges.devices.insert(new_base, entry);
         }
         Ok(())
     }
 
-    /// Removes the range starting at `base` (its name keeps its index, so a later insert under
-    /// the same name counts with it).
+    /// Removes the range starting at `base`.
     pub fn remove(&self, base: u64) -> Result<(), BusError> {
         self.write_ranges()
             .devices
@@ -280,13 +256,7 @@ impl Bus {
             .ok_or(BusError::NoRange { base })
     }
 
-    /// The names of the devices on the bus, in the order they were first inserted;
-    /// [`Bus::read_from`] and [`Bus::write_to`] report indices into this list.
-    pub fn device_names(&self) -> Vec<String> {
-        self.read_ranges().names.clone()
-    }
-
-    /// The device covering `addr`, its offset there and its name's index; the range lock is
+    /// The device covering `addr`, its offset there and its id; the range lock is
     /// released before the caller touches the device.
     fn route(&self, addr: u64, len: usize) -> Result<Route, BusError> {
         let ranges = self.read_ranges();
@@ -296,7 +266,7 @@ impl Bus {
         Ok(Route {
             device: Arc::clone(&entry.device),
             offset: addr - base,
-            index: entry.index,
+            id: entry.label.id(),
         })
     }
 
@@ -308,12 +278,11 @@ impl Bus {
         self.read_from(addr, data).map(|_| ())
     }
 
-    /// [`Bus::read`], returning the index (in [`Bus::device_names`]) of the device that
-    /// served it.
-    pub fn read_from(&self, addr: u64, data: &mut [u8]) -> Result<usize, BusError> {
+    /// [`Bus::read`], returning the id of the device that served it.
+    pub fn read_from(&self, addr: u64, data: &mut [u8]) -> Result<DeviceId, BusError> {
         let route = self.route(addr, data.len())?;
         lock(&route.device).read(route.offset, data);
-        Ok(route.index)
+        Ok(route.id)
     }
 
     /// Writes `data` at `addr` to the device covering `addr`, returning what it asks of the
@@ -322,28 +291,35 @@ impl Bus {
         self.write_to(addr, data).map(|(_, request)| request)
     }
 
-    /// [`Bus::write`], also returning the index (in [`Bus::device_names`]) of the device that
-    /// took it.
+    /// [`Bus::write`], also returning the id of the device that took it.
     pub fn write_to(
         &self,
         addr: u64,
         data: &[u8],
-    ) -> Result<(usize, Option<MachineRequest>), BusError> {
+    ) -> Result<(DeviceId, Option<MachineRequest>), BusError> {
         let route = self.route(addr, data.len())?;
         let request = lock(&route.device).write(route.offset, data);
-        Ok((route.index, request))
+        Ok((route.id, request))
     }
 
     /// Name of the device covering `addr`, if any.
     #[cfg(test)]
     pub(crate) fn device_name(&self, addr: u64) -> Option<String> {
-        self.read_ranges().lookup(addr).map(|(_, e)| e.name.clone())
+        self.read_ranges()
+            .lookup(addr)
+            .map(|(_, e)| e.label.name().to_owned())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_id::DeviceIds;
+
+    /// A label for a device whose id the test does not look at.
+    fn named(name: &str) -> DeviceLabel {
+        DeviceIds::default().add(name).unwrap()
+    }
 
     /// Records the last access; reads return the offset's low byte.
     #[derive(Default)]
@@ -381,7 +357,7 @@ mod tests {
     fn lookup_first_and_last_byte() {
         let bus = Bus::new();
         let p = probe();
-        bus.insert("p", p.clone(), 0x3f8, 8).unwrap();
+        bus.insert(&named("p"), p.clone(), 0x3f8, 8).unwrap();
         let mut b = [0u8; 1];
         bus.read(0x3f8, &mut b).unwrap();
         assert_eq!(b[0], 0);
@@ -403,7 +379,7 @@ mod tests {
             bus.read(0, &mut b),
             Err(BusError::Unclaimed { addr: 0, len: 2 })
         ));
-        bus.insert("p", probe(), 0x10, 0x10).unwrap();
+        bus.insert(&named("p"), probe(), 0x10, 0x10).unwrap();
         for addr in [0, 0xf, 0x20, u64::MAX] {
             assert!(matches!(
                 bus.read(addr, &mut b),
@@ -419,12 +395,12 @@ mod tests {
     #[test]
     fn overlap_rejected() {
         let bus = Bus::new();
-        bus.insert("a", probe(), 0x100, 0x10).unwrap();
+        bus.insert(&named("a"), probe(), 0x100, 0x10).unwrap();
         // Full: identical, containing, contained.
         for (base, len) in [(0x100, 0x10), (0xf0, 0x40), (0x104, 2)] {
             assert!(
                 matches!(
-                    bus.insert("b", probe(), base, len),
+                    bus.insert(&named("b"), probe(), base, len),
                     Err(BusError::Overlap { .. })
                 ),
                 "{base:#x}+{len:#x}"
@@ -434,15 +410,15 @@ mod tests {
         for (base, len) in [(0xf8, 0x9), (0x10f, 0x10)] {
             assert!(
                 matches!(
-                    bus.insert("b", probe(), base, len),
+                    bus.insert(&named("b"), probe(), base, len),
                     Err(BusError::Overlap { .. })
                 ),
                 "{base:#x}+{len:#x}"
             );
         }
         // Adjacent on both sides is fine.
-        bus.insert("below", probe(), 0xf0, 0x10).unwrap();
-        bus.insert("above", probe(), 0x110, 0x10).unwrap();
+        bus.insert(&named("below"), probe(), 0xf0, 0x10).unwrap();
+        bus.insert(&named("above"), probe(), 0x110, 0x10).unwrap();
         assert_eq!(bus.device_name(0xff).as_deref(), Some("below"));
         assert_eq!(bus.device_name(0x100).as_deref(), Some("a"));
         assert_eq!(bus.device_name(0x10f).as_deref(), Some("a"));
@@ -453,19 +429,19 @@ mod tests {
     fn zero_length_and_overflow_rejected() {
         let bus = Bus::new();
         assert!(matches!(
-            bus.insert("z", probe(), 0x10, 0),
+            bus.insert(&named("z"), probe(), 0x10, 0),
             Err(BusError::ZeroLength { .. })
         ));
         assert!(matches!(
-            bus.insert("o", probe(), u64::MAX, 2),
+            bus.insert(&named("o"), probe(), u64::MAX, 2),
             Err(BusError::Overflow { .. })
         ));
         assert!(matches!(
-            bus.insert("o", probe(), 1, u64::MAX),
+            bus.insert(&named("o"), probe(), 1, u64::MAX),
             Err(BusError::Overflow { .. })
         ));
         // Ending exactly at the top of the address space is allowed.
-        bus.insert("top", probe(), u64::MAX - 1, 1).unwrap();
+        bus.insert(&named("top"), probe(), u64::MAX - 1, 1).unwrap();
         assert_eq!(bus.device_name(u64::MAX - 1).as_deref(), Some("top"));
         assert_eq!(bus.device_name(u64::MAX).as_deref(), None);
     }
@@ -474,7 +450,8 @@ mod tests {
     fn offsets_are_relative_and_requests_returned() {
         let bus = Bus::new();
         let p = probe();
-        bus.insert("p", p.clone(), 0xfee0_0000, 0x1000).unwrap();
+        bus.insert(&named("p"), p.clone(), 0xfee0_0000, 0x1000)
+            .unwrap();
         assert_eq!(bus.write(0xfee0_0020, &[1, 2, 3, 4]).unwrap(), None);
         assert_eq!(p.lock().unwrap().last_write, Some((0x20, vec![1, 2, 3, 4])));
         assert_eq!(
@@ -492,7 +469,7 @@ mod tests {
     fn poisoned_device_still_works() {
         let bus = Bus::new();
         let p = probe();
-        bus.insert("p", p.clone(), 0, 4).unwrap();
+        bus.insert(&named("p"), p.clone(), 0, 4).unwrap();
         let p2 = p.clone();
         let _ = std::thread::spawn(move || {
             let _g = p2.lock().unwrap();
@@ -508,17 +485,18 @@ mod tests {
     #[test]
     fn accesses_report_which_device_served_them() {
         let bus = Bus::new();
+        let ids = DeviceIds::default();
+        let (a_label, b_label) = (ids.add("a").unwrap(), ids.add("b").unwrap());
         let a = Arc::new(Mutex::new(Probe::default()));
         let b = Arc::new(Mutex::new(Probe::default()));
-        bus.insert("a", a.clone(), 0x10, 0x10).unwrap();
-        bus.insert("b", b, 0x40, 0x10).unwrap();
-        // A second range under an existing name is the same device.
-        bus.insert("a", a, 0x80, 0x10).unwrap();
-        assert_eq!(bus.device_names(), ["a", "b"]);
+        bus.insert(&a_label, a.clone(), 0x10, 0x10).unwrap();
+        bus.insert(&b_label, b, 0x40, 0x10).unwrap();
+        // A second range under an existing label is the same device.
+        bus.insert(&a_label, a, 0x80, 0x10).unwrap();
         let mut data = [0u8; 1];
-        assert_eq!(bus.read_from(0x12, &mut data).unwrap(), 0);
-        assert_eq!(bus.read_from(0x41, &mut data).unwrap(), 1);
-        assert_eq!(bus.write_to(0x8f, &[1]).unwrap(), (0, None));
+        assert_eq!(bus.read_from(0x12, &mut data).unwrap(), a_label.id());
+        assert_eq!(bus.read_from(0x41, &mut data).unwrap(), b_label.id());
+        assert_eq!(bus.write_to(0x8f, &[1]).unwrap(), (a_label.id(), None));
         assert!(bus.read_from(0x30, &mut data).is_err());
     }
 
@@ -526,8 +504,8 @@ mod tests {
     fn relocate_moves_a_range_whole_or_not_at_all() {
         let bus = Bus::new();
         let p = probe();
-        bus.insert("bar", p.clone(), 0x1000, 0x100).unwrap();
-        bus.insert("other", probe(), 0x2000, 0x100).unwrap();
+        bus.insert(&named("bar"), p.clone(), 0x1000, 0x100).unwrap();
+        bus.insert(&named("other"), probe(), 0x2000, 0x100).unwrap();
         bus.relocate(0x1000, 0x1080).unwrap();
         assert_eq!(bus.device_name(0x1000).as_deref(), None);
         assert_eq!(bus.device_name(0x1080).as_deref(), Some("bar"));
@@ -560,31 +538,19 @@ mod tests {
     }
 
     #[test]
-    fn names_are_bounded_but_a_known_name_may_take_more_ranges() {
+    fn a_removed_range_stops_decoding_and_its_device_keeps_its_id() {
         let bus = Bus::new();
-        for i in 0..MAX_DEVICE_NAMES as u64 {
-            bus.insert(&format!("d{i}"), probe(), i * 0x10, 0x10)
-                .unwrap();
-        }
-        let top = MAX_DEVICE_NAMES as u64 * 0x10;
-        let err = bus.insert("one-more", probe(), top, 0x10).unwrap_err();
-        assert!(matches!(err, BusError::TooManyNames { .. }), "{err}");
-        bus.insert("d0", probe(), top, 0x10).unwrap();
-        assert_eq!(bus.device_names().len(), MAX_DEVICE_NAMES);
-    }
-
-    #[test]
-    fn removed_ranges_stop_decoding_and_keep_their_name_index() {
-        let bus = Bus::new();
-        bus.insert("a", probe(), 0x10, 0x10).unwrap();
-        bus.insert("b", probe(), 0x40, 0x10).unwrap();
+        let ids = DeviceIds::default();
+        let (a, b) = (ids.add("a").unwrap(), ids.add("b").unwrap());
+        bus.insert(&a, probe(), 0x10, 0x10).unwrap();
+        bus.insert(&b, probe(), 0x40, 0x10).unwrap();
         bus.remove(0x10).unwrap();
         assert!(bus.remove(0x10).is_err());
         let mut d = [0u8; 1];
         assert!(bus.read_from(0x12, &mut d).is_err());
-        bus.insert("a", probe(), 0x80, 0x10).unwrap();
-        assert_eq!(bus.read_from(0x81, &mut d).unwrap(), 0);
-        assert_eq!(bus.device_names(), ["a", "b"]);
+        bus.insert(&a, probe(), 0x80, 0x10).unwrap();
+        assert_eq!(bus.read_from(0x81, &mut d).unwrap(), a.id());
+        assert_eq!(bus.read_from(0x41, &mut d).unwrap(), b.id());
     }
 
     #[test]
@@ -601,7 +567,7 @@ mod tests {
         }
         let bus = Arc::new(Bus::new());
         bus.insert(
-            "mover",
+            &named("mover"),
             Arc::new(Mutex::new(Mover(bus.clone()))),
             0x100,
             0x10,

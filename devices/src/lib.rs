@@ -3,6 +3,7 @@
 //! machine for something (power off, reset), which the vCPU loop turns into an action.
 
 pub mod bus;
+pub mod device_id;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;

@@ -161,12 +161,16 @@ mod tests {
             value: 7,
             request_on: Some((0xfe, MachineRequest::Reset)),
         }));
-        b.pio.insert("reg", dev, 0x64, 1).unwrap();
+        b.pio
+            .insert(&b.ids.add("reg").unwrap(), dev, 0x64, 1)
+            .unwrap();
         let pm = Arc::new(Mutex::new(Reg {
             value: 0,
             request_on: Some((0x20, MachineRequest::PowerOff)),
         }));
-        b.mmio.insert("pm", pm, 0xd000_0000, 0x10).unwrap();
+        b.mmio
+            .insert(&b.ids.add("pm").unwrap(), pm, 0xd000_0000, 0x10)
+            .unwrap();
         b
     }
 
@@ -203,7 +207,8 @@ mod tests {
         }));
         let c = ExitCounters::default();
         // Added after the counters were made, as a BAR the guest maps late: counted all the same.
-        b.pio.insert("other", other, 0x70, 2).unwrap();
+        let label = b.ids.add("other").unwrap();
+        b.pio.insert(&label, other, 0x70, 2).unwrap();
         let mut u = Unclaimed::default();
         let mut data = [0u8; 1];
         for _ in 0..3 {
@@ -213,7 +218,7 @@ mod tests {
         handle_exit(&b, VcpuExit::MmioRead(0xd000_0000, &mut data), &c, &mut u);
         handle_exit(&b, VcpuExit::IoIn(0x1234, &mut data), &c, &mut u);
         let rows: Vec<(&str, String, u64)> = c
-            .by_device(&b)
+            .by_device(&b.ids)
             .into_iter()
             .map(|d| (d.bus, d.device, d.count))
             .collect();

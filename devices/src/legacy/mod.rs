@@ -56,12 +56,13 @@ mod tests {
         use crate::bus::{Bus, MachineRequest};
         use std::sync::{Arc, Mutex};
         let bus = Bus::new();
-        bus.insert("i8042", Arc::new(Mutex::new(I8042::new())), 0x60, 5)
-            .unwrap();
-        bus.insert("cmos", Arc::new(Mutex::new(Cmos::new(1 << 30, 0))), 0x70, 2)
-            .unwrap();
-        bus.insert("pm", Arc::new(Mutex::new(AcpiPm::new(5, 0x0f))), 0x600, 16)
-            .unwrap();
+        let ids = crate::device_id::DeviceIds::default();
+        let insert = |name: &str, dev: Arc<Mutex<dyn crate::bus::BusDevice>>, base, len| {
+            bus.insert(&ids.add(name).unwrap(), dev, base, len).unwrap();
+        };
+        insert("i8042", Arc::new(Mutex::new(I8042::new())), 0x60, 5);
+        insert("cmos", Arc::new(Mutex::new(Cmos::new(1 << 30, 0))), 0x70, 2);
+        insert("pm", Arc::new(Mutex::new(AcpiPm::new(5, 0x0f))), 0x600, 16);
         assert_eq!(
             bus.write(0x64, &[0xfe]).unwrap(),
             Some(MachineRequest::Reset)

@@ -254,7 +254,7 @@ fn bar_bus_device_routes_offsets() {
     let bus = Bus::new();
     let bar = pci_dev.lock().unwrap().bars()[1];
     bus.insert(
-        "bar2",
+        &crate::device_id::DeviceIds::default().add("bar2").unwrap(),
         Arc::new(Mutex::new(PciBarBusDevice::new(pci_dev, 2))),
         bar.addr,
         bar.size,

@@ -17,6 +17,8 @@ use devices::virtio::pci::{VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE}
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
+use devices::device_id::{DeviceIds, TooManyDevices};
+
 use super::interrupts::{GsiRouter, InterruptError, IntxLine, MsiVectors};
 use super::pci_bars::{PciBarError, PciBars};
 use crate::config::{CacheMode, DiskConfig};
@@ -100,6 +102,15 @@ pub enum BlockDeviceError {
         #[source]
         source: PciBarError,
     },
+    /// The VM holds as many devices as it can.
+    #[error("disk {disk}: cannot give it a device id")]
+    Id {
+        /// Disk name.
+        disk: String,
+        /// Cause.
+        #[source]
+        source: TooManyDevices,
+    },
 }
 
 /// The disks of a running VM. Dropping it stops their I/O threads.
@@ -151,6 +162,8 @@ pub struct AttachContext<'a> {
     pub segment: &'a Arc<Mutex<PciSegment>>,
     /// The BARs on the MMIO bus.
     pub pci_bars: &'a PciBars,
+    /// Gives each disk its device id.
+    pub ids: &'a DeviceIds,
     /// Allocator over the same window.
     pub bars: &'a mut BarAllocator,
 }
@@ -262,6 +275,10 @@ fn plug(
             slot,
             source,
         })?;
+    let label = ctx.ids.add(name).map_err(|source| BlockDeviceError::Id {
+        disk: name.to_string(),
+        source,
+    })?;
     // PciBars registers (duplicates of) the queue notify eventfds as ioeventfds.
     {
         let guard = dev
@@ -269,7 +286,7 @@ fn plug(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         ctx.pci_bars
             .add(
-                name,
+                &label,
                 (slot, 0),
                 (bar, VIRTIO_PCI_BAR_SIZE),
                 pci,

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arch::layout::ports;
-use devices::bus::{Bus, BusDevice};
+use devices::bus::BusDevice;
 use devices::legacy::{AcpiPm, Cmos, PostCode, Serial, I8042};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::console::{self, ConsoleDrain};
+use super::Buses;
 use crate::config::SerialConfig;
 
 /// How long the end of a VM waits for the console reader to take the guest's last output.
@@ -62,6 +63,9 @@ pub enum LegacyDeviceError {
         #[source]
         source: devices::bus::BusError,
     },
+    /// The VM holds as many devices as it can.
+    #[error(transparent)]
+    TooManyDevices(#[from] devices::device_id::TooManyDevices),
 }
 
 /// Handles to legacy devices the VMM keeps talking to after boot.
@@ -132,31 +136,35 @@ fn irqfd(vm: &VmFd, irq: u32) -> Result<EventFd, LegacyDeviceError> {
     Ok(evt)
 }
 
+/// Gives `device` an id and puts it on the port-I/O bus at `base`.
 fn insert(
-    bus: &mut Bus,
+    buses: &Buses,
     name: &'static str,
     device: Arc<Mutex<dyn BusDevice>>,
     base: u16,
     len: u16,
 ) -> Result<(), LegacyDeviceError> {
-    bus.insert(name, device, u64::from(base), u64::from(len))
+    let label = buses.ids.add(name)?;
+    buses
+        .pio
+        .insert(&label, device, u64::from(base), u64::from(len))
         .map_err(|source| LegacyDeviceError::Bus { name, source })
 }
 
-/// Creates the devices and puts them on `pio`. `ram_below_4g`/`ram_above_4g` feed the CMOS
+/// Creates the devices and puts them on the port-I/O bus. `ram_below_4g`/`ram_above_4g` feed the CMOS
 /// memory-size registers.
 pub fn attach(
     vm: &VmFd,
-    pio: &mut Bus,
+    buses: &Buses,
     serial: &SerialConfig,
     ram_below_4g: u64,
     ram_above_4g: u64,
 ) -> Result<LegacyDevices, LegacyDeviceError> {
     let (output, console) = serial_output(serial)?;
     let com1 = Arc::new(Mutex::new(Serial::new(irqfd(vm, ports::COM1_IRQ)?, output)));
-    insert(pio, "com1", com1.clone(), ports::COM1, ports::COM1_LEN)?;
+    insert(buses, "com1", com1.clone(), ports::COM1, ports::COM1_LEN)?;
     insert(
-        pio,
+        buses,
         "i8042",
         Arc::new(Mutex::new(I8042::new())),
         ports::I8042,
@@ -164,14 +172,14 @@ pub fn attach(
     )?;
     let cmos = Cmos::new(ram_below_4g, ram_above_4g);
     insert(
-        pio,
+        buses,
         "cmos",
         Arc::new(Mutex::new(cmos)),
         ports::CMOS,
         ports::CMOS_LEN,
     )?;
     insert(
-        pio,
+        buses,
         "post",
         Arc::new(Mutex::new(PostCode::new())),
         ports::POST,
@@ -179,7 +187,7 @@ pub fn attach(
     )?;
     let pm = AcpiPm::new(ports::ACPI_S5_SLP_TYP, ports::ACPI_RESET_VALUE);
     insert(
-        pio,
+        buses,
         "acpi-pm",
         Arc::new(Mutex::new(pm)),
         ports::ACPI_PM_BASE,

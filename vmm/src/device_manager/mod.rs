@@ -3,7 +3,8 @@
 //! host bridge ([`pci_host`]), then the virtio-blk disks ([`block`]) with their MSI-X and
 //! INTx interrupts ([`interrupts`]) and their BARs on the MMIO bus, allocated in the 32-bit
 //! window and moved where the guest programs them ([`pci_bars`]).
-//! The vCPU threads share the finished [`Buses`].
+//! Each device gets its id ([`devices::device_id`]) as it is added; the vCPU threads share
+//! the finished [`Buses`] and count their exits per device by it.
 
 pub mod block;
 pub mod console;
@@ -15,7 +16,8 @@ pub mod pci_host;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::PciWindows;
-use devices::bus::{Bus, BusError};
+use devices::bus::Bus;
+use devices::device_id::DeviceIds;
 use devices::pci::{BarAllocator, PciSegment};
 use kvm_ioctls::VmFd;
 
@@ -28,13 +30,15 @@ use legacy::{LegacyDeviceError, LegacyDevices};
 use pci_bars::PciBars;
 use pci_host::PciHostError;
 
-/// The port-I/O and MMIO buses.
+/// The port-I/O and MMIO buses, and the ids of the devices on them.
 #[derive(Default)]
 pub struct Buses {
     /// Port I/O.
     pub pio: Bus,
     /// Memory-mapped I/O (shared with [`PciBars`], which moves BARs on it).
     pub mmio: Arc<Bus>,
+    /// Every device's id, given as it is added; exits are counted by it.
+    pub ids: DeviceIds,
 }
 
 /// Errors building a VM's devices.
@@ -49,15 +53,6 @@ pub enum DeviceError {
     /// A disk could not be attached.
     #[error(transparent)]
     Disk(#[from] BlockDeviceError),
-    /// A device range could not be put on a bus.
-    #[error("cannot map the {what}")]
-    Bus {
-        /// What.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: BusError,
-    },
 }
 
 /// A VM's devices: the buses the vCPUs dispatch to, the legacy devices the VMM keeps talking
@@ -80,17 +75,25 @@ impl DeviceManager {
         windows: &PciWindows,
         iothread_cpus: &[Option<CpuSet>],
     ) -> Result<Self, DeviceError> {
-        let mut buses = Buses::default();
+        let buses = Buses::default();
         let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
-        let legacy = legacy::attach(vm, &mut buses.pio, &config.serial, below, above)?;
+        let legacy = legacy::attach(vm, &buses, &config.serial, below, above)?;
         // The segment lives on through the buses' references to its config mechanisms.
-        let segment = pci_host::attach(&mut buses)?;
+        let segment = pci_host::attach(&buses)?;
         let bars = Arc::new(PciBars::new(Arc::clone(vm), &buses.mmio, *windows));
         segment
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_bar_mapper(bars.clone());
-        let disks = attach_disks(vm, ram, &segment, &bars, windows, config, iothread_cpus)?;
+        let disks = attach_disks(
+            vm,
+            (&buses.ids, ram),
+            &segment,
+            &bars,
+            windows,
+            config,
+            iothread_cpus,
+        )?;
         Ok(DeviceManager {
             disks,
             buses: Arc::new(buses),
@@ -120,7 +123,7 @@ impl DeviceManager {
 /// Attaches the disks on PCI with their BARs allocated in the 32-bit window.
 fn attach_disks(
     vm: &Arc<VmFd>,
-    ram: &GuestRam,
+    (ids, ram): (&DeviceIds, &GuestRam),
     segment: &Arc<Mutex<PciSegment>>,
     pci_bars: &PciBars,
     windows: &PciWindows,
@@ -137,6 +140,7 @@ fn attach_disks(
             mem: &ram.mem,
             segment,
             pci_bars,
+            ids,
             bars: &mut bars,
         },
         &config.disks,

@@ -1,5 +1,5 @@
-//! PCI BARs on the MMIO bus: each BAR of each device is its own bus range (named after the
-//! device, so exits count per device), and a BAR move the guest programs is applied while its
+//! PCI BARs on the MMIO bus: each BAR of each device is its own bus range (labelled with the
+//! device's id, so exits count per device), and a BAR move the guest programs is applied while its
 //! configuration write is handled ([`BarMapper`]): the range moves on the bus and the
 //! queue-notify ioeventfds move with it, before the guest's next instruction.
 //!
@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arch::layout::PciWindows;
 use devices::bus::{Bus, BusError};
+use devices::device_id::DeviceLabel;
 use devices::pci::{BarMapper, BarReprogram, PciBarBusDevice, PciDevice};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -54,7 +55,7 @@ pub enum PciBarError {
 struct MappedBar {
     device: u8,
     bar: usize,
-    name: String,
+    label: DeviceLabel,
     len: u64,
     /// Where it decodes now; `None` after a refused move.
     at: Option<u64>,
@@ -98,11 +99,11 @@ impl PciBars {
         len.is_power_of_two() && addr.is_multiple_of(len) && self.windows.contains(addr, len)
     }
 
-    /// Maps BAR `bar` of `dev` (at `device` on bus 0, named `name` on the bus) at `addr` and
+    /// Maps BAR `bar` of `dev` (at `device` on bus 0, known by `label`) at `addr` and
     /// registers `ioevents` (offset within the BAR, eventfd) as ioeventfds.
     pub fn add(
         &self,
-        name: &str,
+        label: &DeviceLabel,
         (device, bar): (u8, usize),
         (addr, len): (u64, u64),
         dev: Arc<Mutex<dyn PciDevice>>,
@@ -115,7 +116,7 @@ impl PciBars {
         let mut mapped = MappedBar {
             device,
             bar,
-            name: name.to_string(),
+            label: label.clone(),
             len,
             at: None,
             bus_device: Arc::new(Mutex::new(PciBarBusDevice::new(dev, bar))),
@@ -161,7 +162,7 @@ impl PciBars {
             });
         }
         let mmio = self.bus()?;
-        mmio.insert(&b.name, b.bus_device.clone(), new, b.len)
+        mmio.insert(&b.label, b.bus_device.clone(), new, b.len)
             .map_err(PciBarError::Bus)?;
         self.register_ioevents(b, new).inspect_err(|_| {
             self.unregister_ioevents(b, new);
@@ -201,7 +202,7 @@ impl BarMapper for PciBars {
                 b.at = Some(new);
                 log::debug!(
                     "BAR {bar} of 00:{device:02x}.0 ({}) moved to {new:#x}",
-                    b.name
+                    b.label.name()
                 );
             }
             Ok(()) => {
@@ -209,14 +210,14 @@ impl BarMapper for PciBars {
                 b.move_logged = true;
                 log::info!(
                     "guest moved BAR {bar} of 00:{device:02x}.0 ({}) to {new:#x}",
-                    b.name
+                    b.label.name()
                 );
             }
             Err(e) if !b.warned => {
                 b.warned = true;
                 log::warn!(
                     "guest moved BAR {bar} of 00:{device:02x}.0 ({}) to {new:#x}: {e}; it decodes nowhere until moved again (further refusals are debug lines)",
-                    b.name
+                    b.label.name()
                 );
             }
             Err(e) => log::debug!("BAR {bar} of 00:{device:02x}.0 not mapped at {new:#x}: {e}"),
@@ -283,6 +284,7 @@ mod tests {
         slot: u8,
         last: LastWrite,
         kick: EventFd,
+        label: DeviceLabel,
     }
 
     fn setup() -> Option<Setup> {
@@ -300,8 +302,11 @@ mod tests {
         let bars = Arc::new(PciBars::new(vm, &mmio, windows));
         segment.lock().unwrap().set_bar_mapper(bars.clone());
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ids = devices::device_id::DeviceIds::default();
+        ids.add("host-bridge").unwrap();
+        let label = ids.add("fake").unwrap();
         bars.add(
-            "fake",
+            &label,
             (slot, 0),
             (BASE, 0x1000),
             dev.clone(),
@@ -309,7 +314,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            bars.add("fake", (slot, 1), (BASE + 0x800, 0x1000), dev, &[])
+            bars.add(&label, (slot, 1), (BASE + 0x800, 0x1000), dev, &[])
                 .is_err(),
             "misaligned"
         );
@@ -320,6 +325,7 @@ mod tests {
             slot,
             last,
             kick,
+            label,
         })
     }
 
@@ -338,6 +344,7 @@ mod tests {
             bars,
             slot,
             last,
+            label,
             ..
         }) = setup()
         else {
@@ -356,7 +363,11 @@ mod tests {
             mmio.read(BASE + 0x20, &mut b).is_err(),
             "old address no longer decodes"
         );
-        assert_eq!(mmio.device_names(), ["fake"]);
+        assert_eq!(
+            mmio.read_from(BASE + 0x4000, &mut b).unwrap(),
+            label.id(),
+            "the moved BAR still counts for its device"
+        );
     }
 
     #[test]

@@ -22,17 +22,20 @@ pub enum PciHostError {
         #[source]
         source: BusError,
     },
+    /// The VM holds as many devices as it can.
+    #[error(transparent)]
+    TooManyDevices(#[from] devices::device_id::TooManyDevices),
 }
 
 /// Creates segment 0 and puts its two configuration mechanisms on the buses.
-pub fn attach(buses: &mut Buses) -> Result<Arc<Mutex<PciSegment>>, PciHostError> {
+pub fn attach(buses: &Buses) -> Result<Arc<Mutex<PciSegment>>, PciHostError> {
     debug_assert_eq!(PCI_ECAM_SIZE, PCI_MMIO_CONFIG_SIZE);
     let segment = Arc::new(Mutex::new(PciSegment::new()));
     let io = Arc::new(Mutex::new(PciConfigIo::new(Arc::clone(&segment))));
     buses
         .pio
         .insert(
-            "pci-config-io",
+            &buses.ids.add("pci-config-io")?,
             io,
             u64::from(ports::PCI_CONFIG),
             u64::from(ports::PCI_CONFIG_LEN),
@@ -44,7 +47,12 @@ pub fn attach(buses: &mut Buses) -> Result<Arc<Mutex<PciSegment>>, PciHostError>
     let ecam = Arc::new(Mutex::new(PciConfigMmio::new(Arc::clone(&segment))));
     buses
         .mmio
-        .insert("pci-ecam", ecam, PCI_ECAM_START, PCI_ECAM_SIZE)
+        .insert(
+            &buses.ids.add("pci-ecam")?,
+            ecam,
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )
         .map_err(|source| PciHostError::Bus {
             what: "ECAM window",
             source,

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use devices::bus::MAX_DEVICE_NAMES;
-
-use crate::device_manager::Buses;
+use devices::device_id::{DeviceId, DeviceIds, MAX_DEVICES};
 
 /// Userspace exit counters of one vCPU. Atomic so others can read them while it runs; only
 /// the vCPU's own thread writes.
@@ -27,16 +25,16 @@ pub struct ExitCounters {
     pub interrupted: AtomicU64,
     /// Other exits.
     pub other: AtomicU64,
-    /// Port exits per device, indexed like the PIO bus's `device_names()`: one slot per name
-    /// a bus can ever hold, so a device added while the vCPU runs is counted too.
+    /// Port exits per device, indexed by [`DeviceId`]: one slot for every id a VM can give,
+    /// so a device added while the vCPU runs is counted too.
     pio_devices: Box<[AtomicU64]>,
-    /// MMIO exits per device, indexed like the MMIO bus's `device_names()`.
+    /// MMIO exits per device, indexed by [`DeviceId`].
     mmio_devices: Box<[AtomicU64]>,
 }
 
 impl Default for ExitCounters {
     fn default() -> Self {
-        let slots = || (0..MAX_DEVICE_NAMES).map(|_| AtomicU64::new(0)).collect();
+        let slots = || (0..MAX_DEVICES).map(|_| AtomicU64::new(0)).collect();
         ExitCounters {
             io_in: AtomicU64::new(0),
             io_out: AtomicU64::new(0),
@@ -52,36 +50,36 @@ impl Default for ExitCounters {
 }
 
 impl ExitCounters {
-    fn bump_device(slots: &[AtomicU64], index: usize) {
-        if let Some(c) = slots.get(index) {
+    fn bump_device(slots: &[AtomicU64], id: DeviceId) {
+        if let Some(c) = slots.get(id.index()) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Counts an exit the port-I/O bus's device `index` handled.
-    pub(crate) fn pio_device(&self, index: usize) {
-        Self::bump_device(&self.pio_devices, index);
+    /// Counts a port exit device `id` handled.
+    pub(crate) fn pio_device(&self, id: DeviceId) {
+        Self::bump_device(&self.pio_devices, id);
     }
 
-    /// Counts an exit the MMIO bus's device `index` handled.
-    pub(crate) fn mmio_device(&self, index: usize) {
-        Self::bump_device(&self.mmio_devices, index);
+    /// Counts an MMIO exit device `id` handled.
+    pub(crate) fn mmio_device(&self, id: DeviceId) {
+        Self::bump_device(&self.mmio_devices, id);
     }
 
-    /// Port and MMIO exits per device, named after `buses`' devices, skipping devices with
-    /// none: `(bus, device, count)` with bus "pio" or "mmio".
-    pub fn by_device(&self, buses: &Buses) -> Vec<DeviceExits> {
+    /// Port and MMIO exits per device of `devices`, skipping devices with none: port exits
+    /// first, then MMIO, each in the order the devices were added.
+    pub fn by_device(&self, devices: &DeviceIds) -> Vec<DeviceExits> {
+        let labels = devices.labels();
         let mut out = Vec::new();
-        for (bus, names, slots) in [
-            ("pio", buses.pio.device_names(), &self.pio_devices),
-            ("mmio", buses.mmio.device_names(), &self.mmio_devices),
-        ] {
-            for (name, count) in names.iter().zip(slots.iter()) {
-                let count = count.load(Ordering::Relaxed);
+        for (bus, slots) in [("pio", &self.pio_devices), ("mmio", &self.mmio_devices)] {
+            for label in &labels {
+                let count = slots
+                    .get(label.id().index())
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
                 if count > 0 {
                     out.push(DeviceExits {
                         bus,
-                        device: name.clone(),
+                        device: label.name().to_owned(),
                         count,
                     });
                 }
@@ -128,7 +126,7 @@ impl ExitCounters {
 pub struct DeviceExits {
     /// "pio" or "mmio".
     pub bus: &'static str,
-    /// Device name as registered on the bus.
+    /// Device name, as given when the device was added.
     pub device: String,
     /// Exits.
     pub count: u64,

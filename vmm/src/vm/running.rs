@@ -190,7 +190,7 @@ impl RunningVm {
             .map(|(index, (counters, kvm))| VcpuStats {
                 index,
                 userspace: counters.snapshot(),
-                devices: counters.by_device(self._vm.devices.buses()),
+                devices: counters.by_device(&self._vm.devices.buses().ids),
                 unclaimed: self
                     .unclaimed
                     .get(index)
