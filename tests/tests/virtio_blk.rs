@@ -453,34 +453,37 @@ fn disk0_exits(run: &Run) -> u64 {
 
 #[test]
 fn guest_moves_the_bar_and_io_and_kicks_follow_it() {
-    // The probe moves BAR 0 from where Keel put it (0xc0000000) to 0xd0000000, then drives
-    // the disk there; the same job without the move is the baseline.
+    // The probe moves BAR 0 from where Keel put it (0xc0000000) to 0xd0000000 in the 32-bit
+    // window, or to 4 GiB, the start of the 64-bit window (a 256 MiB guest's RAM ends below
+    // it), then drives the disk there; the same job without the move is the baseline.
     let img = Image::zeroed("bar-move", 8 << 20);
     let disk = format!("path={}", img.path());
     let job = "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=1,ios=1000,size=2M,verify=1";
     let baseline = run_with_stats(&disk, job);
     baseline.assert_probe_done();
-    let run = run_with_stats(&disk, &format!("{job},bar=0xd0000000 probe.cmd=pci"));
-    run.assert_probe_done();
-    let r = &blk_reports(&run)[0];
-    assert_eq!(
-        (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
-        (1000, 0, 0),
-        "{r}"
-    );
-    assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
-    let pci = run.report("pci");
-    let bar0 = &pci["devices"][1]["bars"][0];
-    assert_eq!(hex(&bar0["addr"]), 0xd000_0000, "{pci}");
-    // Kicks reach the I/O thread through the ioeventfd at the new address: were it still at
-    // the old one, each kick (at least the first) would add a userspace exit to the disk's
-    // configuration accesses, which are the same with and without the move.
-    assert!(u(r, "kicks") >= 1, "{r}");
-    let (moved, unmoved) = (disk0_exits(&run), disk0_exits(&baseline));
-    assert!(
-        moved <= unmoved,
-        "{moved} exits to disk0 after the move, {unmoved} without"
-    );
+    for target in [0xd000_0000u64, 0x1_0000_0000] {
+        let run = run_with_stats(&disk, &format!("{job},bar={target:#x} probe.cmd=pci"));
+        run.assert_probe_done();
+        let r = &blk_reports(&run)[0];
+        assert_eq!(
+            (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
+            (1000, 0, 0),
+            "BAR at {target:#x}: {r}"
+        );
+        assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
+        let pci = run.report("pci");
+        let bar0 = &pci["devices"][1]["bars"][0];
+        assert_eq!(hex(&bar0["addr"]), target, "{pci}");
+        // Kicks reach the I/O thread through the ioeventfd at the new address: were it still
+        // at the old one, each kick (at least the first) would add a userspace exit to the
+        // disk's configuration accesses, which are the same with and without the move.
+        assert!(u(r, "kicks") >= 1, "{r}");
+        let (moved, unmoved) = (disk0_exits(&run), disk0_exits(&baseline));
+        assert!(
+            moved <= unmoved,
+            "{moved} exits to disk0 after the move to {target:#x}, {unmoved} without"
+        );
+    }
 }
 
 #[test]

@@ -125,7 +125,8 @@ pub struct Args {
     pub report: Report,
     /// Job name for `report=fio` (None: `disk<N>`).
     pub name: Option<Name>,
-    /// Move the disk's BAR 0 here before opening it (below 4 GiB, 4 KiB-aligned).
+    /// Move the disk's BAR 0 here before opening it (4 KiB-aligned, below 5 GiB: the probe maps
+    /// the GiB above 4 GiB for devices, where the 64-bit PCI window starts).
     pub bar: Option<u64>,
 }
 
@@ -354,10 +355,10 @@ fn set_option(a: &mut Args, k: &[u8], v: &[u8]) -> Result<()> {
             let addr = v
                 .strip_prefix(b"0x")
                 .and_then(hex)
-                .filter(|&x| x > 0 && x < 1 << 32 && x % 4096 == 0);
+                .filter(|&x| x > 0 && x < crate::phys::HIGH_MMIO.1 && x % 4096 == 0);
             a.bar = Some(addr.ok_or_else(|| {
                 err!(
-                    "blk: bar '{}' must be a 4 KiB-aligned 0x address below 4 GiB",
+                    "blk: bar '{}' must be a 4 KiB-aligned 0x address below 5 GiB",
                     show(v)
                 )
             })?);

@@ -238,10 +238,11 @@ fn spin(ctx: &mut Ctx, ms: u64) -> Result<()> {
     l.finish()
 }
 
-/// Deliberately reads unmapped memory (above the 4 GiB identity map) to test fault reporting.
+/// Deliberately reads unmapped memory (above the identity map and its device GiB) to test
+/// fault reporting.
 fn fault() -> Result<()> {
     // SAFETY: not safe by design: the read page-faults and the exception handler takes over
     // (it reports the fault and powers off); control never returns here.
-    let v = unsafe { core::ptr::read_volatile(0x1_0000_0000usize as *const u64) };
+    let v = unsafe { core::ptr::read_volatile(crate::phys::HIGH_MMIO.1 as usize as *const u64) };
     Err(err!("read of unmapped memory returned {:#x}", v))
 }

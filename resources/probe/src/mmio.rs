@@ -1,5 +1,6 @@
 //! Bounds-checked MMIO windows (PCI ECAM, device BAR regions). A window is created only for a
-//! range inside the identity map (below 4 GiB) that does not overlap usable RAM, so accesses
+//! range inside the identity map (below 4 GiB, or in the GiB above it mapped for devices) that
+//! does not overlap usable RAM, so accesses
 //! through it can never touch memory the probe's Rust code owns. Out-of-range accesses read
 //! all-ones and drop writes instead of reaching anything else.
 
@@ -9,6 +10,11 @@ use crate::error::Result;
 use crate::phys;
 use core::fmt;
 
+/// Whether `[base, end)` lies in the device GiB above 4 GiB.
+fn in_high_mmio(base: u64, end: u64) -> bool {
+    base >= phys::HIGH_MMIO.0 && end <= phys::HIGH_MMIO.1
+}
+
 /// A device register range `[base, base + len)`.
 #[derive(Clone, Copy)]
 pub struct Window {
@@ -17,18 +23,18 @@ pub struct Window {
 }
 
 impl Window {
-    /// Validates `[base, base + len)`: non-empty, below 4 GiB, not overlapping RAM (e820 type
-    /// 1) or the probe image. `what` names the range in error messages.
+    /// Validates `[base, base + len)`: non-empty, below 4 GiB or inside [`phys::HIGH_MMIO`], not
+    /// overlapping RAM (e820 type 1) or the probe image. `what` names the range in error messages.
     pub fn new(boot: &BootInfo, base: u64, len: u64, what: fmt::Arguments) -> Result<Window> {
         if base == 0 {
             return Err(err!("{} is unassigned (address 0)", what));
         }
         let end = base
             .checked_add(len)
-            .filter(|&e| len != 0 && e <= phys::LIMIT)
+            .filter(|&e| len != 0 && (e <= phys::LIMIT || in_high_mmio(base, e)))
             .ok_or_else(|| {
                 err!(
-                    "{} at {:#x} (+{:#x}) is not below 4 GiB (the probe maps only 4 GiB)",
+                    "{} at {:#x} (+{:#x}) is outside the probe's map (4 GiB, plus 4-5 GiB for devices)",
                     what,
                     base,
                     len

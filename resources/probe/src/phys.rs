@@ -3,6 +3,9 @@
 
 /// End of the identity map.
 pub const LIMIT: u64 = 0x1_0000_0000;
+/// The uncached GiB above [`LIMIT`], mapped for device windows only (never RAM: the 64-bit
+/// PCI window starts there when RAM ends below 4 GiB), see `asm/entry.s`.
+pub const HIGH_MMIO: (u64, u64) = (LIMIT, LIMIT + 0x4000_0000);
 /// End of the cacheable part of the identity map: the top GiB (MMIO: PCI, IOAPIC, LAPIC) is
 /// mapped uncached (PCD|PWT), see the page tables in `asm/entry.s`.
 pub const CACHED_LIMIT: u64 = 0xc000_0000;

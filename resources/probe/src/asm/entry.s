@@ -171,7 +171,8 @@ idtr:
     .word idt_end - idt - 1
     .quad idt
 
-/* Identity map of the first 4 GiB with 2 MiB pages, U/S set everywhere; top GiB uncached. */
+/* Identity map of the first 5 GiB with 2 MiB pages, U/S set everywhere; the GiB below 4 GiB and
+   the one above it uncached (device windows: PCI, IOAPIC, LAPIC; the 64-bit PCI window's start). */
     .section .data.pt, "aw"
     .balign 4096
     .globl pml4
@@ -183,14 +184,15 @@ pdpt:
     .quad pd + 0x1007
     .quad pd + 0x2007
     .quad pd + 0x3007
-    .fill 508, 8, 0
+    .quad pd + 0x4007
+    .fill 507, 8, 0
 pd:
     .set pg, 0
     .rept 1536
     .quad (pg << 21) | 0x87
     .set pg, pg + 1
     .endr
-    .rept 512
+    .rept 1024
     .quad (pg << 21) | 0x9F
     .set pg, pg + 1
     .endr
