@@ -265,6 +265,10 @@ fn main() -> ExitCode {
     };
     logger::init(cli.log_level);
     vmm::seccomp::set_mode(cli.seccomp);
+    if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Vmm) {
+        err_line!("keel: error: {}", error_chain(&e));
+        return ExitCode::from(1);
+    }
     ignore_file_size_signal();
     if let Some(path) = cli.api_socket.clone() {
         return api_main(cli, &path);

@@ -1,5 +1,6 @@
-//! `--seccomp`: a running keel's vCPU, I/O and API connection threads carry a seccomp filter
-//! (the kernel's `Seccomp: 2` in /proc), other threads none; `--seccomp=off` installs none; a bad mode is
+//! `--seccomp`: a running keel's main thread carries the VMM filter, which every thread it
+//! starts inherits, and its vCPU, I/O and API connection threads one more filter each of their
+//! own (the kernel's `Seccomp_filters` in /proc); `--seccomp=off` installs none; a bad mode is
 //! one line and exit 1. That the filters refuse what they should is the unit tests' part
 //! (`vmm/src/seccomp.rs`, real system calls on filtered threads); that they allow what Keel
 //! needs is every other guest test, which runs with the default (on).
@@ -9,8 +10,8 @@ mod common;
 use common::*;
 
 /// Runs the busy probe guest with a disk and `extra` arguments until it has booted, and
-/// returns its threads' seccomp modes (then stops it with SIGTERM).
-fn modes_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
+/// returns how many seccomp filters each of its threads has (then stops it with SIGTERM).
+fn filters_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
     let disk = std::env::temp_dir().join(format!("keel-seccomp-{tag}-{}.img", std::process::id()));
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(1 << 20))
@@ -33,7 +34,7 @@ fn modes_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
     args.extend_from_slice(extra);
     let mut keel = Watched::spawn(&args);
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
-    let modes = thread_status(&format!("/proc/{}", keel.pid()), "Seccomp");
+    let modes = thread_status(&format!("/proc/{}", keel.pid()), "Seccomp_filters");
     keel.signal(libc::SIGTERM);
     let run = keel.finish(HANG_GUARD);
     assert_eq!(run.code(), Some(0), "{}", run.describe());
@@ -41,10 +42,23 @@ fn modes_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
     modes
 }
 
+/// The filter count of keel's main thread (named `keel`) among `modes`; at least one.
+fn main_thread_filters(modes: &[(String, String)]) -> u32 {
+    let main = modes
+        .iter()
+        .find(|(n, _)| n == "keel")
+        .and_then(|(_, m)| m.parse::<u32>().ok());
+    match main {
+        Some(n) if n >= 1 => n,
+        _ => panic!("the main thread has no filter: {modes:?}"),
+    }
+}
+
 #[test]
-fn vcpu_and_io_threads_are_filtered_and_only_they() {
-    let modes = modes_while_running("on", &[]);
-    let filtered = |name: &str| name.starts_with("keel-vcpu") || name.starts_with("disk0-q");
+fn every_thread_is_filtered_and_vcpu_and_io_threads_once_more() {
+    let modes = filters_while_running("on", &[]);
+    let vmm = main_thread_filters(&modes);
+    let own_filter = |name: &str| name.starts_with("keel-vcpu") || name.starts_with("disk0-q");
     let vcpus = modes
         .iter()
         .filter(|(n, _)| n.starts_with("keel-vcpu"))
@@ -54,17 +68,18 @@ fn vcpu_and_io_threads_are_filtered_and_only_they() {
         .filter(|(n, _)| n.starts_with("disk0-q"))
         .count();
     assert_eq!((vcpus, io), (2, 1), "{modes:?}");
-    // KVM's own kernel workers (kvm-nx-lpage-recovery) inherit the mode of the vCPU thread
-    // that started them; they make no system calls.
-    for (name, mode) in modes.iter().filter(|(n, _)| !n.starts_with("kvm-")) {
-        let want = if filtered(name) { "2" } else { "0" };
-        assert_eq!(mode, want, "thread {name}: {modes:?}");
+    // Kernel workers (KVM's kvm-nx-lpage-recovery, io_uring's iou-wrk) inherit the filters
+    // of the thread that started them; they make no system calls.
+    let kernel_worker = |name: &str| name.starts_with("kvm-") || name.starts_with("iou-");
+    for (name, count) in modes.iter().filter(|(n, _)| !kernel_worker(n)) {
+        let want = if own_filter(name) { vmm + 1 } else { vmm };
+        assert_eq!(count, &want.to_string(), "thread {name}: {modes:?}");
     }
 }
 
 #[test]
 fn seccomp_off_installs_no_filter() {
-    let modes = modes_while_running("off", &["--seccomp", "off"]);
+    let modes = filters_while_running("off", &["--seccomp", "off"]);
     assert!(
         modes.iter().any(|(n, _)| n.starts_with("keel-vcpu")),
         "{modes:?}"
@@ -102,16 +117,18 @@ fn an_api_connection_is_read_on_a_filtered_thread() {
     // Half a request: the connection's thread waits for the rest.
     conn.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n")
         .expect("send half a request");
-    // The thread applies its filter first thing (a hang guard, not a margin: unfiltered, it
-    // never shows mode 2).
+    // The thread applies its filter first thing (a hang guard, not a margin: without its own
+    // filter, it never shows one more than the main thread).
     let proc_dir = format!("/proc/{}", keel.pid());
-    let modes = wait_until("a filtered connection thread", HANG_GUARD, || {
-        let modes = thread_status(&proc_dir, "Seccomp");
-        let seen = modes.iter().any(|(n, m)| n == "keel-api-conn" && m == "2");
-        seen.then_some(modes)
+    let (modes, vmm) = wait_until("a filtered connection thread", HANG_GUARD, || {
+        let modes = thread_status(&proc_dir, "Seccomp_filters");
+        let vmm = main_thread_filters(&modes);
+        let own = (vmm + 1).to_string();
+        let seen = modes.iter().any(|(n, m)| n == "keel-api-conn" && *m == own);
+        seen.then_some((modes, vmm))
     });
-    for (name, mode) in modes.iter().filter(|(n, _)| n != "keel-api-conn") {
-        assert_eq!(mode, "0", "thread {name}: {modes:?}");
+    for (name, count) in modes.iter().filter(|(n, _)| n != "keel-api-conn") {
+        assert_eq!(count, &vmm.to_string(), "thread {name}: {modes:?}");
     }
     // The request is read and answered through the filter.
     conn.write_all(b"Host: x\r\n\r\n").expect("send the rest");

@@ -2,7 +2,10 @@
 //! use) for the threads that handle what a guest or a client controls: each vCPU thread, each
 //! I/O thread and each API connection's thread (which parses what a client sends) may make only
 //! the system calls its work needs; anything else is refused with
-//! `EPERM`. Firecracker kills the process instead; here a refused call surfaces as the error
+//! `EPERM`. The thread that builds and runs VMs (keel's main thread, which also serves the
+//! API) gets the broad [`ThreadKind::Vmm`] filter: what building a VM takes, and what every
+//! thread it starts needs (they inherit it), but no new programs, processes, mounts,
+//! namespaces, tracing or other processes' memory. Firecracker kills the process instead; here a refused call surfaces as the error
 //! it causes (an I/O error to the guest, a logged failure), and keel stays stoppable.
 //!
 //! The mode is process-wide ([`set_mode`], `keel --seccomp=off|log|on`, default on): `log`
@@ -12,7 +15,9 @@
 //! writes, flushes, discards, BAR moves, MSI-X, device reset, pause, stop).
 //!
 //! Threads apply their filter themselves, first thing ([`apply`]); a filter is kept for the
-//! thread's life and inherited by threads it starts, which no filtered thread does.
+//! thread's life and inherited by threads it starts. Only the `Vmm` thread starts threads;
+//! theirs then apply on top of it (a call passes only if both allow it). The `vmm` library
+//! never filters a thread it did not start: an embedder applies `Vmm` itself if it wants it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -56,6 +61,9 @@ pub enum ThreadKind {
     Io,
     /// An API connection's thread: socket reads and writes with timeouts, nothing else.
     ApiConnection,
+    /// The thread that builds, runs and stops VMs and serves the API: everything the others
+    /// may do, plus files, memory placement, threads, sockets and signals.
+    Vmm,
 }
 
 /// Why a filter could not be built or installed.
@@ -104,14 +112,51 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
         SeccompMode::Log => SeccompAction::Log,
         SeccompMode::On => SeccompAction::Errno(libc::EPERM as u32),
     };
-    let program = build(kind, mismatch)?;
-    install(&program).map_err(|source| SeccompError::Install { kind, source })
+    for filter in programs(kind, mismatch)? {
+        install(&filter).map_err(|source| SeccompError::Install { kind, source })?;
+    }
+    Ok(())
 }
 
-/// Installs `program` on the calling thread with `SECCOMP_FILTER_FLAG_LOG`, so that the
-/// kernel logs every refused call too (seccompiler's `apply_filter` logs none), after
-/// `PR_SET_NO_NEW_PRIVS`, which installing a filter requires.
-fn install(program: &BpfProgram) -> std::io::Result<()> {
+/// A compiled filter, and whether the kernel logs the calls it does not allow.
+struct Filter {
+    program: BpfProgram,
+    log_refusals: bool,
+}
+
+/// `kind`'s filters: its list of allowed calls, and for the VMM thread a second filter that
+/// answers `clone3` with `ENOSYS`. `clone3` passes its flags behind a pointer a filter cannot
+/// read, so the C library falls back to `clone`, whose flags the first filter checks (threads
+/// only, no new processes); that answer is routine, so it is not logged.
+fn programs(kind: ThreadKind, mismatch: SeccompAction) -> Result<Vec<Filter>, SeccompError> {
+    let mut programs = vec![Filter {
+        program: build(kind, mismatch.clone())?,
+        log_refusals: true,
+    }];
+    if kind == ThreadKind::Vmm {
+        let answer = match mismatch {
+            SeccompAction::Log => SeccompAction::Log,
+            _ => SeccompAction::Errno(libc::ENOSYS as u32),
+        };
+        let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+        programs.push(Filter {
+            program: compile(kind, rules, SeccompAction::Allow, answer)?,
+            log_refusals: false,
+        });
+    }
+    Ok(programs)
+}
+
+/// Installs `filter` on the calling thread, with `SECCOMP_FILTER_FLAG_LOG` if it logs its
+/// refusals (seccompiler's `apply_filter` logs none), after `PR_SET_NO_NEW_PRIVS`, which
+/// installing a filter requires.
+fn install(filter: &Filter) -> std::io::Result<()> {
+    let program = &filter.program;
+    let flags = if filter.log_refusals {
+        libc::SECCOMP_FILTER_FLAG_LOG
+    } else {
+        0
+    };
     let len = u16::try_from(program.len())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: prctl with integer arguments only.
@@ -128,7 +173,7 @@ fn install(program: &BpfProgram) -> std::io::Result<()> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_LOG,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };
@@ -224,10 +269,53 @@ const API_CONNECTION: &[libc::c_long] = &[
     libc::SYS_ppoll,
 ];
 
+/// What the VMM thread adds to every other thread's calls (its threads inherit its filter):
+/// opening disk images, kernels and /proc or /sys files; guest RAM (memfd, hugetlbfs, NUMA
+/// policy); starting (`clone` is allowed for threads only, see [`programs`]), naming, pinning,
+/// filtering and signalling threads; the API socket; the event loop; OFD locks (through
+/// `fcntl`).
+const VMM: &[libc::c_long] = &[
+    libc::SYS_openat,
+    libc::SYS_pread64,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_ftruncate,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_chmod,
+    libc::SYS_fchmodat,
+    libc::SYS_memfd_create,
+    libc::SYS_mbind,
+    libc::SYS_set_mempolicy,
+    libc::SYS_get_mempolicy,
+    libc::SYS_clone3,
+    libc::SYS_prctl,
+    libc::SYS_seccomp,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigaction,
+    libc::SYS_epoll_create1,
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_getsockname,
+    libc::SYS_prlimit64,
+    libc::SYS_uname,
+];
+
 /// The `ioctl` type byte of KVM's requests (`_IO(0xAE, n)` and friends).
 const KVM_IOCTL_TYPE: u64 = 0xAE;
 /// The `ioctl` type byte of block-device requests (BLKDISCARD, BLKZEROOUT, BLKGETSIZE64).
 const BLOCK_IOCTL_TYPE: u64 = 0x12;
+/// The `ioctl` type byte of terminal and generic file requests (TCGETS, TCSETS, TIOCGWINSZ,
+/// FIONBIO).
+const TERMINAL_IOCTL_TYPE: u64 = 0x54;
 
 /// `ioctl(fd, request, ...)` only for requests of type `ty` (bits 8-15 of the request).
 fn ioctl_of_type(ty: u64) -> Result<SeccompRule, seccompiler::BackendError> {
@@ -236,6 +324,17 @@ fn ioctl_of_type(ty: u64) -> Result<SeccompRule, seccompiler::BackendError> {
         SeccompCmpArgLen::Dword,
         SeccompCmpOp::MaskedEq(0xff00),
         ty << 8,
+    )?])
+}
+
+/// `clone(flags, ...)` only with `CLONE_THREAD` in `flags`: a thread, not a process.
+fn clone_thread() -> Result<SeccompRule, seccompiler::BackendError> {
+    let thread = libc::CLONE_THREAD as u64;
+    SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(thread),
+        thread,
     )?])
 }
 
@@ -251,19 +350,42 @@ fn ioctl_fionbio() -> Result<SeccompRule, seccompiler::BackendError> {
 
 fn build(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
     let err = |source| SeccompError::Build { kind, source };
-    let (extra, ioctl) = match kind {
-        ThreadKind::Vcpu => (VCPU, ioctl_of_type(KVM_IOCTL_TYPE)),
-        ThreadKind::Io => (IO, ioctl_of_type(BLOCK_IOCTL_TYPE)),
-        ThreadKind::ApiConnection => (API_CONNECTION, ioctl_fionbio()),
+    let (extra, ioctl): (&[&[libc::c_long]], _) = match kind {
+        ThreadKind::Vcpu => (&[VCPU], vec![ioctl_of_type(KVM_IOCTL_TYPE)]),
+        ThreadKind::Io => (&[IO], vec![ioctl_of_type(BLOCK_IOCTL_TYPE)]),
+        ThreadKind::ApiConnection => (&[API_CONNECTION], vec![ioctl_fionbio()]),
+        ThreadKind::Vmm => (
+            &[VCPU, IO, API_CONNECTION, VMM],
+            [KVM_IOCTL_TYPE, BLOCK_IOCTL_TYPE, TERMINAL_IOCTL_TYPE]
+                .into_iter()
+                .map(ioctl_of_type)
+                .collect(),
+        ),
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
-        .chain(extra)
+        .chain(extra.iter().flat_map(|list| list.iter()))
         .map(|&nr| (nr, Vec::new()))
         .collect();
-    rules.insert(libc::SYS_ioctl, vec![ioctl.map_err(err)?]);
+    let ioctl = ioctl.into_iter().collect::<Result<Vec<_>, _>>();
+    rules.insert(libc::SYS_ioctl, ioctl.map_err(err)?);
+    if kind == ThreadKind::Vmm {
+        rules.insert(libc::SYS_clone, vec![clone_thread().map_err(err)?]);
+    }
+    compile(kind, rules, mismatch, SeccompAction::Allow)
+}
+
+/// Compiles `rules` into a filter taking `on_match` for calls they match, `mismatch` for the
+/// others.
+fn compile(
+    kind: ThreadKind,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    on_match: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let err = |source| SeccompError::Build { kind, source };
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(err)?;
+    let filter = SeccompFilter::new(rules, mismatch, on_match, arch).map_err(err)?;
     BpfProgram::try_from(filter).map_err(err)
 }
 
@@ -274,8 +396,9 @@ mod tests {
     /// Runs `f` on a new thread with `kind`'s filter in force (mode On).
     fn filtered<T: Send + 'static>(kind: ThreadKind, f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::spawn(move || {
-            let program = build(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
-            install(&program).unwrap();
+            for filter in programs(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap() {
+                install(&filter).unwrap();
+            }
             f()
         })
         .join()
@@ -354,10 +477,49 @@ mod tests {
     }
 
     #[test]
+    fn the_vmm_thread_may_build_vms_and_start_threads_but_no_program_or_process() {
+        let (opened, socket_ok, thread_ran, exec_errno, fork) = filtered(ThreadKind::Vmm, || {
+            let opened = std::fs::File::open("/proc/self/status").is_ok();
+            let path = std::env::temp_dir().join(format!("keel-seccomp-{}", std::process::id()));
+            let socket = std::os::unix::net::UnixListener::bind(&path);
+            let _ = std::fs::remove_file(&path);
+            // A thread starts (clone3 answers ENOSYS, the C library falls back to clone).
+            let thread_ran = std::thread::spawn(|| 7).join().ok() == Some(7);
+            let path = c"/nonexistent-keel-program";
+            let argv = [path.as_ptr(), std::ptr::null()];
+            // SAFETY: execve with a NUL-terminated path and argv, a null envp; the path does
+            // not exist, so even unfiltered it returns (ENOENT) instead of replacing the test.
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), std::ptr::null()) };
+            let exec_errno = errno();
+            // SAFETY: fork; should a child appear (the filter failed), it exits at once
+            // without touching the parent's state.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: the child ends here.
+                unsafe { libc::_exit(0) };
+            }
+            (
+                opened,
+                socket.is_ok(),
+                thread_ran,
+                exec_errno,
+                (pid, errno()),
+            )
+        });
+        assert!(
+            opened && socket_ok && thread_ran,
+            "{opened} {socket_ok} {thread_ran}"
+        );
+        assert_eq!(exec_errno, libc::EPERM, "execve refused");
+        assert_eq!(fork, (-1, libc::EPERM), "fork refused");
+    }
+
+    #[test]
     fn log_mode_allows_what_on_refuses() {
         let fd = std::thread::spawn(|| {
-            let program = build(ThreadKind::Io, SeccompAction::Log).unwrap();
-            install(&program).unwrap();
+            for filter in programs(ThreadKind::Io, SeccompAction::Log).unwrap() {
+                install(&filter).unwrap();
+            }
             // SAFETY: a plain system call making a fresh descriptor.
             unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) }
         })
