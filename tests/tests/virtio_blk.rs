@@ -487,6 +487,36 @@ fn guest_moves_the_bar_and_io_and_kicks_follow_it() {
 }
 
 #[test]
+fn a_head_past_the_ring_sets_device_needs_reset_and_a_reset_recovers() {
+    // The probe publishes a chain head one past queue 0's last descriptor, waits for the
+    // device status to show DEVICE_NEEDS_RESET (0x40), resets the device and runs a verified
+    // write job on it.
+    let img = Image::zeroed("bad-head", 8 << 20);
+    let disk = format!("path={}", img.path());
+    let run = run_with_stats(
+        &disk,
+        "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=4,ios=256,size=1M,verify=1,bad_head=1",
+    );
+    run.assert_probe_done();
+    let status = u(&run.report("blk-bad-head"), "status");
+    assert_eq!(
+        status & 0x40,
+        0x40,
+        "status {status:#x}\n{}",
+        run.describe()
+    );
+    let r = &blk_reports(&run)[0];
+    assert_eq!(
+        (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
+        (256, 0, 0),
+        "{r}"
+    );
+    assert!(img.bad_pattern_sectors(0, (1 << 20) / SECTOR).is_empty());
+    let resets = run.stderr.matches("the device needs a reset").count();
+    assert_eq!(resets, 1, "{}", run.describe());
+}
+
+#[test]
 fn a_write_past_the_file_size_limit_is_an_io_error_not_a_dead_keel() {
     // `ulimit -f` of 16 MiB, a 64 MiB sparse image: the guest writes 1 MiB at 32 MiB. The
     // kernel refuses the write (EFBIG, SIGXFSZ ignored); the guest sees I/O errors and keel

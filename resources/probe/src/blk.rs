@@ -250,6 +250,15 @@ fn ns(tsc: Tsc, ticks: u64) -> u64 {
     (ticks as u128 * 1_000_000 / tsc.khz.max(1) as u128) as u64
 }
 
+/// The `{"cmd":"blk-bad-head",...}` line: the device status after a bad head.
+fn report_needs_reset(bdf: crate::pci::Bdf, status: u8) -> Result<()> {
+    let mut l = Line::new();
+    l.raw("{\"cmd\":\"blk-bad-head\",\"pci\":");
+    bdf.json(&mut l);
+    l.raw(",\"status\":").num(status as u64).raw("}");
+    l.finish()
+}
+
 /// Runs the `blk` command.
 pub fn run(ctx: &mut Ctx, a: &Args) -> Result<()> {
     let tsc = ctx.tsc()?;
@@ -280,6 +289,12 @@ fn run_inner(ctx: &mut Ctx, a: &Args, tsc: Tsc) -> Result<()> {
         interrupts: !a.poll,
     };
     let mut dev = Blk::open(&pci, ctx.boot, &arena, tsc, bdf, &opts)?;
+    if a.bad_head {
+        report_needs_reset(bdf, dev.publish_bad_head()?)?;
+        drop(dev);
+        // Opening resets the device, as a driver answers DEVICE_NEEDS_RESET.
+        dev = Blk::open(&pci, ctx.boot, &arena, tsc, bdf, &opts)?;
+    }
     let info = dev.info;
     let disk_bytes = info.capacity.saturating_mul(512);
     let bsz = info.blk_size as u64;

@@ -1,7 +1,7 @@
 //! Arguments of the `blk` command, parsed and validated before any command runs:
 //! `blk:disk=N,rw=read|write|randread|randwrite|randrw,bs=4k,iodepth=32,ios=N|runtime=S,
 //! verify=0|1,poll=0|1,queues=Q,size=BYTES,offset=BYTES,flush=0|1,seed=N,event_idx=0|1,
-//! indirect=0|1,report=probe|fio,name=NAME,bar=0xADDR`. Sizes accept k/m/g suffixes (powers of
+//! indirect=0|1,report=probe|fio,name=NAME,bar=0xADDR,bad_head=0|1`. Sizes accept k/m/g suffixes (powers of
 //! 1024).
 
 use crate::err;
@@ -128,6 +128,9 @@ pub struct Args {
     /// Move the disk's BAR 0 here before opening it (4 KiB-aligned, below 5 GiB: the probe maps
     /// the GiB above 4 GiB for devices, where the 64-bit PCI window starts).
     pub bar: Option<u64>,
+    /// Before the job, publish a chain head past the queue's end (a broken driver), wait for
+    /// the device to ask for a reset, report it, and reset the device.
+    pub bad_head: bool,
 }
 
 impl Args {
@@ -207,12 +210,13 @@ impl Default for Args {
             report: Report::Probe,
             name: None,
             bar: None,
+            bad_head: false,
         }
     }
 }
 
 /// Every key `blk` takes (each at most once).
-const KEYS: [&[u8]; 18] = [
+const KEYS: [&[u8]; 19] = [
     b"disk",
     b"rw",
     b"bs",
@@ -231,6 +235,7 @@ const KEYS: [&[u8]; 18] = [
     b"report",
     b"name",
     b"bar",
+    b"bad_head",
 ];
 
 /// Parses the part after `blk:` (None: all defaults).
@@ -335,6 +340,7 @@ fn set_option(a: &mut Args, k: &[u8], v: &[u8]) -> Result<()> {
         b"seed" => a.seed = num(v).filter(|&s| s != 0).ok_or_else(bad)?,
         b"event_idx" => a.event_idx = flag(v).ok_or_else(bad)?,
         b"indirect" => a.indirect = Some(flag(v).ok_or_else(bad)?),
+        b"bad_head" => a.bad_head = flag(v).ok_or_else(bad)?,
         b"report" => {
             a.report = match v {
                 b"probe" => Report::Probe,

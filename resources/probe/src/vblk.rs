@@ -454,6 +454,31 @@ impl<'a> Blk<'a> {
         self.inflight += 1;
     }
 
+    /// Publishes a chain head one past queue 0's last descriptor, as a broken driver would,
+    /// and waits (a 10 s hang guard) for the device to set DEVICE_NEEDS_RESET. Returns the
+    /// device status then; the device must be reset before it is used again.
+    pub fn publish_bad_head(&mut self) -> Result<u8> {
+        let ring = &mut self.rings[0];
+        ring.push(self.info.queue_size);
+        ring.publish();
+        let start = rdtsc();
+        let limit = self.tsc.ticks_us(10_000_000);
+        loop {
+            let s = self.t.status();
+            if s & virtio::STATUS_NEEDS_RESET != 0 {
+                return Ok(s);
+            }
+            if rdtsc().wrapping_sub(start) > limit {
+                return Err(err!(
+                    "{}: no DEVICE_NEEDS_RESET 10 s after a bad head (status {:#x})",
+                    self.info.bdf,
+                    s
+                ));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
     /// Publishes queued requests on every queue, notifying where needed.
     pub fn publish(&mut self) {
         for r in &mut self.rings[..self.nq] {
