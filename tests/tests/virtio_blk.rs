@@ -487,6 +487,19 @@ fn guest_moves_the_bar_and_io_and_kicks_follow_it() {
 }
 
 #[test]
+fn stats_carry_the_cpu_time_of_the_vcpu_and_io_threads() {
+    let img = Image::zeroed("cpu-time", 4 << 20);
+    let disk = format!("path={}", img.path());
+    let run = run_with_stats(&disk, "probe.cmd=blk:disk=0,rw=randread,iodepth=8,ios=2000");
+    run.assert_probe_done();
+    let (_, stats) = keel_stats(&run);
+    let cpu = &stats["cpu_ns"];
+    // Both kinds of thread ran (the I/O thread served 2000 requests), so both sums grew.
+    assert!(cpu["vcpus"].as_u64().unwrap_or(0) > 0, "{cpu}");
+    assert!(cpu["iothreads"].as_u64().unwrap_or(0) > 0, "{cpu}");
+}
+
+#[test]
 fn a_head_past_the_ring_sets_device_needs_reset_and_a_reset_recovers() {
     // The probe publishes a chain head one past queue 0's last descriptor, waits for the
     // device status to show DEVICE_NEEDS_RESET (0x40), resets the device and runs a verified

@@ -1,16 +1,18 @@
 //! A VM's counters: Keel's userspace exits per vCPU ([`exits`], bumped by
 //! [`crate::exit::handle_exit`]), KVM's in-kernel counters ([`kvm`]), the snapshot types that
-//! gather them with the disks' I/O counters ([`VmCounters`], [`VcpuStats`]), and the views
-//! that print them ([`view`]).
+//! gather them with the disks' I/O counters ([`VmCounters`], [`VcpuStats`]), the CPU time of
+//! the VM's threads ([`threads`]), and the views that print them ([`view`]).
 
 pub mod exits;
 pub mod kvm;
+pub mod threads;
 pub mod view;
 
 use devices::virtio::block::IoStats;
 
 use exits::{DeviceExits, ExitSnapshot, Unclaimed};
 use kvm::KvmStats;
+use threads::ThreadCpu;
 
 /// One vCPU's counters at a point in time.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct VmCounters {
     pub disks: Vec<(String, IoStats)>,
     /// Per disk (same order as `disks`), the requests each of its queues completed.
     pub disk_queue_requests: Vec<Vec<u64>>,
+    /// CPU time of the vCPU threads and of the I/O path.
+    pub threads: ThreadCpu,
 }
 
 /// KVM's counters by name, or none if the host has no binary stats or they cannot be read.

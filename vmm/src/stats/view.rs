@@ -42,6 +42,8 @@ pub fn flatten(c: &VmCounters) -> BTreeMap<String, u64> {
     for (k, n) in &c.vm {
         add(format!("kvm.vm.{k}"), *n);
     }
+    add("cpu_ns.vcpus".into(), c.threads.vcpus_ns);
+    add("cpu_ns.iothreads".into(), c.threads.iothreads_ns);
     for (name, d) in &c.disks {
         for (k, n) in [
             ("requests", d.requests),
@@ -153,7 +155,7 @@ fn pairs_json(pairs: impl Iterator<Item = (String, u64)>) -> String {
 }
 
 /// The `keel-stats:` JSON object:
-/// `{"vcpus":[{"index":0,"userspace":{...},"devices":{"pio.serial":3},"kvm":{...}}],"vm":{...},"disks":[...]}`.
+/// `{"vcpus":[{"index":0,"userspace":{...},"devices":{"pio.serial":3},"kvm":{...}}],"vm":{...},"disks":[...],"cpu_ns":{"vcpus":N,"iothreads":N}}`.
 pub fn json(c: &VmCounters) -> String {
     let vcpus: Vec<String> = c
         .vcpus
@@ -199,10 +201,12 @@ pub fn json(c: &VmCounters) -> String {
         })
         .collect();
     format!(
-        "{{\"vcpus\":[{}],\"vm\":{},\"disks\":[{}]}}",
+        "{{\"vcpus\":[{}],\"vm\":{},\"disks\":[{}],\"cpu_ns\":{{\"vcpus\":{},\"iothreads\":{}}}}}",
         vcpus.join(","),
         pairs_json(c.vm.iter().cloned()),
-        disks.join(",")
+        disks.join(","),
+        c.threads.vcpus_ns,
+        c.threads.iothreads_ns
     )
 }
 
@@ -241,6 +245,10 @@ mod tests {
                 },
             )],
             disk_queue_requests: vec![vec![requests.saturating_sub(1), requests.min(1)]],
+            threads: crate::stats::threads::ThreadCpu {
+                vcpus_ns: 7,
+                iothreads_ns: 9,
+            },
         }
     }
 
@@ -253,6 +261,7 @@ mod tests {
         assert_eq!(flat["kvm.vm.remote_tlb_flush"], 4);
         assert_eq!(flat["disk.disk0.requests"], 50);
         assert_eq!(flat["keel.unclaimed.pio.0x80"], 4);
+        assert_eq!((flat["cpu_ns.vcpus"], flat["cpu_ns.iothreads"]), (7, 9));
         assert_eq!(exits_per_io(&counters(100, 3, 50)), Some((4.0, 0.12)));
         assert_eq!(exits_per_io(&counters(100, 3, 0)), None);
     }

@@ -21,6 +21,7 @@ use crate::event::{wait_readable, StopEvent};
 use crate::placement::{self, CpuSet};
 use crate::stats::exits::{ExitCounters, Unclaimed};
 use crate::stats::kvm::KvmStats;
+use crate::stats::threads::{ThreadClock, ThreadCpu};
 use crate::stats::{read_kvm, unclaimed_rows, VcpuStats, VmCounters};
 use crate::vcpu::control::VcpuControl;
 use crate::vcpu::{Vcpu, VcpuStop};
@@ -60,6 +61,7 @@ impl Vm {
             events: rx,
             ended: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EndEvent)?),
             counters: Vec::new(),
+            vcpu_clocks: Vec::new(),
             kvm_stats: Vec::new(),
             unclaimed: Vec::new(),
         };
@@ -141,6 +143,8 @@ pub struct RunningVm {
     /// Written by each vCPU thread as it ends, after its stop is on `events`.
     ended: Arc<EventFd>,
     counters: Vec<Arc<ExitCounters>>,
+    /// Each vCPU thread's id and, once it has ended, its CPU time.
+    vcpu_clocks: Vec<Arc<ThreadClock>>,
     kvm_stats: Vec<Option<Arc<KvmStats>>>,
     /// Where each vCPU's unclaimed accesses went, known once its thread has ended.
     unclaimed: Vec<Unclaimed>,
@@ -153,6 +157,8 @@ impl RunningVm {
         let name = format!("keel-vcpu{index}");
         self.kvm_stats.push(vcpu.kvm_stats.clone());
         self.counters.push(Arc::clone(&vcpu.counters));
+        let clock = Arc::new(ThreadClock::default());
+        self.vcpu_clocks.push(Arc::clone(&clock));
         let buses = Arc::clone(self._vm.devices.buses());
         let mem = self._vm.ram.mem.clone();
         let control = Arc::clone(&self.control);
@@ -164,6 +170,7 @@ impl RunningVm {
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                clock.started();
                 pin_vcpu_thread(index, cpus.as_ref());
                 // The guest never runs on a thread whose filter did not go in.
                 if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
@@ -173,6 +180,7 @@ impl RunningVm {
                     return Unclaimed::default();
                 }
                 let (how, unclaimed) = vcpu.run(&buses, &mem, &control);
+                clock.ending();
                 report.send(index, how);
                 unclaimed
             })
@@ -215,7 +223,20 @@ impl RunningVm {
                 .iter()
                 .map(|d| d.io_stats.queue_requests())
                 .collect(),
+            threads: self.thread_cpu(),
         }
+    }
+
+    /// CPU time of the vCPU threads and of the disks' I/O threads.
+    pub fn thread_cpu(&self) -> ThreadCpu {
+        let io: Vec<i32> = self
+            ._vm
+            .disks()
+            .iothread_tids()
+            .into_iter()
+            .filter_map(|(_, tid)| tid)
+            .collect();
+        crate::stats::threads::read(&self.vcpu_clocks, &io)
     }
 
     /// Per-disk I/O counters, by disk name.
