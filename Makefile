@@ -7,7 +7,7 @@ KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio clean fuzz fuzz-replay
+.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio bench-peers clean fuzz fuzz-replay
 
 all: keel probe
 
@@ -103,6 +103,14 @@ bench: keel probe
 	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/memwalk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/clock.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
+
+# Keel beside QEMU and raw io_uring where the VMM is the bottleneck: the probe guest's job on
+# one file per backend (tmpfs, disk), 4K randread/randwrite at QD 1/32/128, 1 and 2 queues,
+# interleaved rounds, medians and spread (about 30 minutes; PEERS_ARGS narrows it).
+PEERS_ARGS ?=
+bench-peers: keel probe
+	$(CARGO) build --release --locked -p keel-bench --bin keel-blkbench
+	python3 resources/bench/peers.py --keel $(KEEL) $(PEERS_ARGS)
 
 # fio in a guest, Keel beside QEMU (iothread, aio=io_uring, cache=none) on the same guest,
 # disks and job. The Linux guest needs VT-x/AMD-V: on a PVM host (its kernel instructions

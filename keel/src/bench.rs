@@ -40,13 +40,13 @@ struct FioCli {
     /// Size of each data disk.
     #[arg(long, default_value = "1G", value_parser = parse_disk_size)]
     disk_size: u64,
-    /// How data disks are filled: random, zero or sparse.
+    /// How data disks are filled: random, zero, sparse, or reuse (the file a --keep-disks run left, if of this size).
     #[arg(long, default_value = "random", value_parser = Fill::parse)]
     fill: Fill,
     /// Options for each of Keel's data disks, as in --disk (queues=2,iothread=cpus:1,...).
     #[arg(long, default_value = "")]
     disk_options: String,
-    /// Directory for the disk files and consoles (O_DIRECT must work there: not tmpfs).
+    /// Directory for the disk files and consoles (O_DIRECT must work there: tmpfs only on Linux 6.6 and later).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/keel-bench-fio")]
     dir: PathBuf,
     /// Keep the disk files.

@@ -26,17 +26,21 @@ pub enum Fill {
     Zero,
     /// Not written: a sparse file (reads of holes never reach the host disk).
     Sparse,
+    /// The file an earlier run kept (`--keep-disks`) if it has the size asked for, as it is;
+    /// else random. Runs compared with each other then read the same blocks.
+    Reuse,
 }
 
 impl Fill {
-    /// Parses `random`, `zero` or `sparse`.
+    /// Parses `random`, `zero`, `sparse` or `reuse`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "random" => Ok(Fill::Random),
             "zero" => Ok(Fill::Zero),
             "sparse" => Ok(Fill::Sparse),
+            "reuse" => Ok(Fill::Reuse),
             _ => Err(format!(
-                "unknown fill '{s}': expected random, zero or sparse"
+                "unknown fill '{s}': expected random, zero, sparse or reuse"
             )),
         }
     }
@@ -131,8 +135,13 @@ impl DiskSet {
             created_dir,
             keep,
         };
+        let reusable = |i: usize| {
+            fill == Fill::Reuse
+                && std::fs::metadata(dir.join(data_disk_name(i))).is_ok_and(|m| m.len() == size)
+        };
+        let to_write = (0..count).filter(|&i| !reusable(i)).count();
         if fill != Fill::Sparse {
-            let needed = size.saturating_mul(count as u64);
+            let needed = size.saturating_mul(to_write as u64);
             let free = free_bytes(dir).map_err(dir_error)?;
             if free < needed {
                 return Err(DiskError::NoSpace {
@@ -144,9 +153,11 @@ impl DiskSet {
         }
         write_file(&set.config, &job.config_disk_image())?;
         for i in 0..count {
-            let path = dir.join(format!("fio-disk{i}.img"));
+            let path = dir.join(data_disk_name(i));
             set.data.push(path.clone());
-            create_data_disk(&path, size, fill, i as u64)?;
+            if !reusable(i) {
+                create_data_disk(&path, size, fill, i as u64)?;
+            }
         }
         Ok(set)
     }
@@ -164,6 +175,11 @@ impl Drop for DiskSet {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// File name of data disk `i`.
+fn data_disk_name(i: usize) -> String {
+    format!("fio-disk{i}.img")
 }
 
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
@@ -217,7 +233,7 @@ fn create_data_disk(path: &Path, size: u64, fill: Fill, seed: u64) -> Result<(),
     let mut left = size;
     while left > 0 {
         let n = left.min(FILL_CHUNK as u64) as usize;
-        if fill == Fill::Random {
+        if matches!(fill, Fill::Random | Fill::Reuse) {
             for word in chunk[..n].chunks_exact_mut(8) {
                 word.copy_from_slice(&next_random(&mut state).to_le_bytes());
             }
@@ -267,6 +283,28 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 4 << 20);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reuse_keeps_a_kept_disk_of_the_right_size_and_rewrites_others() {
+        let dir = tempdir("reuse");
+        let first = DiskSet::create(&dir, 1, 2 << 20, Fill::Random, &job(), true).unwrap();
+        let path = first.data[0].clone();
+        drop(first);
+        let before = std::fs::read(&path).unwrap();
+        let again = DiskSet::create(&dir, 1, 2 << 20, Fill::Reuse, &job(), true).unwrap();
+        drop(again);
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "the kept disk was rewritten"
+        );
+        // Another size: written afresh (random, so not all zero).
+        let other = DiskSet::create(&dir, 1, 1 << 20, Fill::Reuse, &job(), false).unwrap();
+        let data = std::fs::read(&other.data[0]).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert!(data.iter().any(|&b| b != 0));
+        drop(other);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -297,8 +297,9 @@ impl FioJob {
 
     /// The probe guest's commands for this job: one `blk` run per job and disk, one after
     /// another (the probe has no concurrent jobs), each reporting in fio's JSON shape.
-    /// `disk_size` bounds jobs that name no size.
-    pub fn probe_commands(&self, disk_size: u64) -> Result<Vec<String>, JobError> {
+    /// `disk_size` bounds jobs that name no size; each run spreads its requests over `queues`
+    /// virtqueues.
+    pub fn probe_commands(&self, disk_size: u64, queues: u16) -> Result<Vec<String>, JobError> {
         let mut out = Vec::new();
         for job in self.jobs() {
             let rw = probe_rw(&job)?;
@@ -345,6 +346,9 @@ impl FioJob {
                 }
                 (true, None, None) => return Err(job.bad("time_based", "needs runtime=")),
             };
+            // fio's polled completions (`hipri`): the probe polls the used ring instead of
+            // taking interrupts.
+            let poll = if job.flag("hipri") { ",poll=1" } else { "" };
             let verify = job.get("verify").is_some_and(|v| v != "0" && v != "none");
             let verify = if verify && probe_writes(rw) { 1 } else { 0 };
             for disk in job.disks()? {
@@ -359,9 +363,14 @@ impl FioJob {
                 } else {
                     name
                 };
+                let queues = if queues > 1 {
+                    format!(",queues={queues}")
+                } else {
+                    String::new()
+                };
                 out.push(format!(
                     "probe.cmd=blk:disk={disk},rw={rw},bs={bs},iodepth={iodepth},{amount},\
-                     verify={verify},report=fio,name={name}"
+                     verify={verify},report=fio,name={name}{queues}{poll}"
                 ));
             }
         }

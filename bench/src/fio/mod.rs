@@ -22,7 +22,7 @@ pub mod report;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -271,7 +271,7 @@ fn guest_cmdline(opts: &BenchOptions, job: &FioJob) -> Result<String, FioBenchEr
     let base = match opts.guest {
         GuestKind::Linux => LINUX_CMDLINE.to_string(),
         GuestKind::Probe => job
-            .probe_commands(opts.disk_size)
+            .probe_commands(opts.disk_size, data_disk_queues(opts)?)
             .map_err(|source| FioBenchError::Job {
                 path: opts.job.display().to_string(),
                 source,
@@ -285,19 +285,28 @@ fn guest_cmdline(opts: &BenchOptions, job: &FioJob) -> Result<String, FioBenchEr
     })
 }
 
+/// Data disk `path` as Keel attaches it: named `name`, with the user's disk options.
+fn data_disk(opts: &BenchOptions, path: &Path, name: &str) -> Result<DiskConfig, FioBenchError> {
+    let mut text = format!("path={},id={name}", path.display());
+    if !opts.disk_options.is_empty() {
+        text = format!("{text},{}", opts.disk_options);
+    }
+    DiskConfig::parse(&text).map_err(|source| FioBenchError::DiskOptions {
+        options: opts.disk_options.clone(),
+        source,
+    })
+}
+
+/// Virtqueues per data disk (`queues=` of the disk options): Keel's, QEMU's and the probe's.
+fn data_disk_queues(opts: &BenchOptions) -> Result<u16, FioBenchError> {
+    Ok(data_disk(opts, Path::new("/dev/null"), "vda")?.queues)
+}
+
 fn keel_disks(opts: &BenchOptions, set: &DiskSet) -> Result<Vec<DiskConfig>, FioBenchError> {
     let mut out = Vec::new();
     for (i, path) in set.data.iter().enumerate() {
         let name = format!("vd{}", (b'a' + i as u8) as char);
-        let mut text = format!("path={},id={name}", path.display());
-        if !opts.disk_options.is_empty() {
-            text = format!("{text},{}", opts.disk_options);
-        }
-        let disk = DiskConfig::parse(&text).map_err(|source| FioBenchError::DiskOptions {
-            options: opts.disk_options.clone(),
-            source,
-        })?;
-        out.push(disk);
+        out.push(data_disk(opts, path, &name)?);
     }
     let config = DiskConfig {
         path: set.config.clone(),
@@ -423,6 +432,7 @@ fn run_qemu(
         initramfs: opts.initramfs.clone(),
         cmdline,
         data_disks: set.data.clone(),
+        queues: data_disk_queues(opts)?,
         config_disk: set.config.clone(),
     };
     let console = opts.dir.join("qemu-console.log");

@@ -23,6 +23,11 @@ pub struct ExitRates {
     pub kicks: Option<f64>,
     /// Interrupts Keel's data disks sent the guest, per I/O.
     pub interrupts: Option<f64>,
+    /// CPU time of the VMM's vCPU threads per I/O, in microseconds.
+    pub vcpu_cpu_us: Option<f64>,
+    /// CPU time of the VMM's I/O path (I/O threads, io_uring workers) per I/O, in
+    /// microseconds.
+    pub io_cpu_us: Option<f64>,
 }
 
 /// KVM's per-vCPU counters that say where exits go (by reason, or what causes them), reported
@@ -75,6 +80,8 @@ pub fn exit_rates(side: &SideResult) -> Option<ExitRates> {
         disk_requests: has_disks.then(|| window.disk_requests(CONFIG_DISK_ID)),
         kicks: disks_per_io("kicks"),
         interrupts: disks_per_io("interrupts"),
+        vcpu_cpu_us: per_io("cpu_ns.vcpus").map(|ns| ns / 1000.0),
+        io_cpu_us: per_io("cpu_ns.iothreads").map(|ns| ns / 1000.0),
     })
 }
 
@@ -111,6 +118,8 @@ fn side_json(side: &SideResult) -> Value {
         v["disk_requests"] = json!(e.disk_requests);
         v["kicks_per_io"] = json!(e.kicks);
         v["interrupts_per_io"] = json!(e.interrupts);
+        v["vcpu_cpu_us_per_io"] = json!(e.vcpu_cpu_us);
+        v["io_cpu_us_per_io"] = json!(e.io_cpu_us);
         let by_reason: serde_json::Map<String, Value> = exits_by_reason(side)
             .into_iter()
             .map(|(r, x)| (r.to_string(), json!(x)))
@@ -288,6 +297,14 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
         (
             "disk interrupts per I/O (keel)".into(),
             per_io(|e| e.interrupts.map(|v| format!("{v:.4}"))),
+        ),
+        (
+            "vCPU threads' CPU us per I/O".into(),
+            per_io(|e| e.vcpu_cpu_us.map(|v| format!("{v:.2}"))),
+        ),
+        (
+            "I/O threads' CPU us per I/O".into(),
+            per_io(|e| e.io_cpu_us.map(|v| format!("{v:.2}"))),
         ),
         (
             "wall time s".into(),

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use vmm::stats::threads::{is_io_uring_worker, task_times};
+
 use super::console_tail::ConsoleTail;
 use super::counter_window::WindowTracker;
 use super::keel_run::{GuestEnd, GuestRun};
@@ -79,6 +81,8 @@ pub struct QemuGuest {
     pub cmdline: String,
     /// Data disks, then the config disk.
     pub data_disks: Vec<PathBuf>,
+    /// Virtqueues of each data disk.
+    pub queues: u16,
     /// The config disk.
     pub config_disk: PathBuf,
 }
@@ -117,6 +121,8 @@ impl QemuGuest {
             "-display",
             "none",
             "-no-reboot",
+            "-name",
+            "keel-bench,debug-threads=on",
             "-machine",
         ]
         .iter()
@@ -152,7 +158,10 @@ impl QemuGuest {
                 drive_path(disk)?
             ));
             a.push("-device".into());
-            a.push(format!("virtio-blk-pci,drive=d{i},iothread=iot{i}"));
+            a.push(format!(
+                "virtio-blk-pci,drive=d{i},iothread=iot{i},num-queues={}",
+                self.queues
+            ));
         }
         a.push("-drive".into());
         a.push(format!(
@@ -212,7 +221,9 @@ impl QemuGuest {
                     log::warn!("no KVM counters from qemu: {e}");
                     qmp = None;
                 }
-                window.on_marker(marker, stats.and_then(Result::ok));
+                let mut counters = stats.and_then(Result::ok).unwrap_or_default();
+                counters.extend(thread_cpu(child.id()));
+                window.on_marker(marker, Some(counters));
             }
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => break GuestEnd::PowerOff,
@@ -242,6 +253,24 @@ impl QemuGuest {
         };
         Ok(GuestRun::finish(tail, end, window.into_window(), started))
     }
+}
+
+/// CPU time of QEMU's vCPU threads (`CPU n/KVM`) and I/O path (`IO <iothread>` threads and
+/// io_uring workers), as the flattened counters `cpu_ns.vcpus` and `cpu_ns.iothreads`; thread
+/// names need `-name ...,debug-threads=on`.
+fn thread_cpu(pid: u32) -> [(String, u64); 2] {
+    let (mut vcpus, mut io) = (0, 0);
+    for t in task_times(Path::new(&format!("/proc/{pid}"))) {
+        if t.name.starts_with("CPU ") {
+            vcpus += t.on_cpu_ns;
+        } else if t.name.starts_with("IO ") || is_io_uring_worker(&t.name) {
+            io += t.on_cpu_ns;
+        }
+    }
+    [
+        ("cpu_ns.vcpus".to_string(), vcpus),
+        ("cpu_ns.iothreads".to_string(), io),
+    ]
 }
 
 /// The gist of a "KVM internal error" QEMU reported on stderr (it then pauses the guest and
@@ -276,6 +305,7 @@ mod tests {
             initramfs: Some("/k/initramfs.cpio".into()),
             cmdline: "console=ttyS0 quiet".into(),
             data_disks: vec!["/d/a.img".into(), "/d/b.img".into()],
+            queues: 1,
             config_disk: "/d/cfg.img".into(),
         }
     }

@@ -136,14 +136,17 @@ fn config_disk_holds_magic_job_and_padding() {
 fn probe_translation_of_shipped_jobs() {
     let job = FioJob::parse(QD64.as_bytes()).unwrap();
     assert_eq!(
-        job.probe_commands(1 << 30).unwrap(),
+        job.probe_commands(1 << 30, 1).unwrap(),
         vec![
             "probe.cmd=blk:disk=0,rw=randread,bs=4096,iodepth=64,runtime=30,verify=0,\
               report=fio,name=vda"
         ]
     );
+    assert!(job.probe_commands(1 << 30, 2).unwrap()[0].ends_with("name=vda,queues=2"));
+    let polled = FioJob::parse(b"[j]\nfilename=/dev/vda\nhipri=1\n").unwrap();
+    assert!(polled.probe_commands(1 << 30, 1).unwrap()[0].ends_with("name=j,poll=1"));
     let seven = FioJob::parse(SEVEN.as_bytes()).unwrap();
-    let cmds = seven.probe_commands(1 << 30).unwrap();
+    let cmds = seven.probe_commands(1 << 30, 1).unwrap();
     assert_eq!(cmds.len(), 7);
     assert!(cmds[0].starts_with("probe.cmd=blk:disk=1,rw=randwrite,bs=4096,iodepth=32,"));
     assert!(cmds[6].ends_with("name=vdh"));
@@ -156,12 +159,12 @@ fn probe_translation_sizes_verify_and_refusals() {
           [r]\nrw=read\nfilename=/dev/vda\nverify=crc32c\n",
     )
     .unwrap();
-    let cmds = job.probe_commands(1 << 30).unwrap();
+    let cmds = job.probe_commands(1 << 30, 1).unwrap();
     assert!(cmds[0].contains("disk=1,rw=randwrite,bs=8192,iodepth=1,ios=2048,verify=1"));
     // Verifying plain reads would check the probe's own pattern on data it did not write.
     assert!(cmds[1].contains("rw=read,bs=8192,iodepth=1,ios=2048,verify=0"));
     let whole = FioJob::parse(b"[j]\nfilename=/dev/vda\n").unwrap();
-    assert!(whole.probe_commands(1 << 20).unwrap()[0].contains("ios=256,"));
+    assert!(whole.probe_commands(1 << 20, 1).unwrap()[0].contains("ios=256,"));
     for (text, key) in [
         ("[j]\nfilename=/dev/vda\nrw=trim\n", "rw"),
         ("[j]\nfilename=/dev/vda\nbs=100\n", "bs"),
@@ -172,7 +175,7 @@ fn probe_translation_sizes_verify_and_refusals() {
         ("[j]\nfilename=/dev/vda\nsize=1\n", "size"),
     ] {
         let job = FioJob::parse(text.as_bytes()).unwrap();
-        match job.probe_commands(1 << 30) {
+        match job.probe_commands(1 << 30, 1) {
             Err(JobError::BadValue { key: k, .. }) => assert_eq!(k, key, "{text}"),
             other => panic!("{text}: {other:?}"),
         }
