@@ -70,7 +70,7 @@ struct Cli {
     numa: Vec<NumaNodeConfig>,
     /// virtio-blk disk (repeatable): path=FILE[,readonly=on][,cache=none|writeback][,queues=N]
     /// [,queue_size=N][,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID]
-    /// [,id=NAME].
+    /// [,id=NAME][,poll_us=N].
     #[arg(long, value_name = "OPTIONS", value_parser = parse_disk, requires = "kernel")]
     disk: Vec<DiskConfig>,
     /// Serial console (COM1): tty, off, or file=PATH.

@@ -1,6 +1,6 @@
 //! `--disk path=FILE[,readonly=on][,cache=none|writeback][,queues=N][,queue_size=N]
-//! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME]`: one
-//! virtio-blk disk per option, repeatable.
+//! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME][,poll_us=N]`:
+//! one virtio-blk disk per option, repeatable.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ pub const MAX_QUEUES: u16 = 16;
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 /// Longest serial `GET_ID` can return.
 const MAX_SERIAL: usize = 20;
+/// Longest poll window after an event, in microseconds.
+pub const MAX_POLL_US: u16 = 1000;
 
 /// How the backing file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +57,9 @@ pub struct DiskConfig {
     /// Lock the image against other users (shared if read-only, exclusive if writable), as
     /// QEMU does; `lock=off` opts out.
     pub lock: bool,
+    /// How long (microseconds) the I/O thread keeps looking at a queue after each event
+    /// before it sleeps: requests published meanwhile need no kick. 0: no polling.
+    pub poll_us: u16,
 }
 
 impl Default for DiskConfig {
@@ -71,6 +76,7 @@ impl Default for DiskConfig {
             serial: None,
             id: None,
             lock: true,
+            poll_us: 0,
         }
     }
 }
@@ -78,6 +84,7 @@ impl Default for DiskConfig {
 /// Why a value is refused; the same words for `--disk` and for a JSON `disks[]` entry.
 pub(super) const QUEUES: &str = "expected 1 to 16";
 pub(super) const QUEUE_SIZE: &str = "expected a power of two from 4 to 1024";
+pub(super) const POLL_US: &str = "expected 0 to 1000 (microseconds)";
 const SERIAL: &str = "expected at most 20 printable ASCII characters";
 const NAME: &str = "expected 1-15 characters from A-Z a-z 0-9 - _ .";
 const IOTHREAD_CPUS: &str = "expected cpus:LIST such as cpus:2-3 or cpus:[2,4]";
@@ -182,6 +189,7 @@ impl DiskConfig {
         "serial",
         "id",
         "lock",
+        "poll_us",
     ];
 
     /// Parses one `--disk` group, then checks its values ([`DiskConfig::check_values`]).
@@ -214,6 +222,9 @@ impl DiskConfig {
         if let Some(v) = get(&pairs, "queue_size") {
             cfg.queue_size = count("queue_size", v, QUEUE_SIZE)?;
         }
+        if let Some(v) = get(&pairs, "poll_us") {
+            cfg.poll_us = count("poll_us", v, POLL_US)?;
+        }
         if let Some(v) = get(&pairs, "iothread") {
             (cfg.iothread, cfg.iothread_cpus) = parse_iothread(v)?;
         }
@@ -242,6 +253,9 @@ impl DiskConfig {
         let size = self.queue_size;
         if !((4..=MAX_QUEUE_SIZE).contains(&size) && size.is_power_of_two()) {
             return Err(invalid("queue_size", &size.to_string(), QUEUE_SIZE));
+        }
+        if self.poll_us > MAX_POLL_US {
+            return Err(invalid("poll_us", &self.poll_us.to_string(), POLL_US));
         }
         if let Some(v) = &self.serial {
             if v.len() > MAX_SERIAL || !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -376,6 +390,12 @@ mod tests {
     }
 
     #[test]
+    fn polling_is_off_unless_asked_for() {
+        assert_eq!(DiskConfig::parse("path=/a").unwrap().poll_us, 0);
+        assert_eq!(DiskConfig::parse("path=/a,poll_us=50").unwrap().poll_us, 50);
+    }
+
+    #[test]
     fn images_are_locked_unless_lock_off() {
         assert!(DiskConfig::parse("path=/a").unwrap().lock);
         assert!(!DiskConfig::parse("path=/a,lock=off").unwrap().lock);
@@ -394,6 +414,8 @@ mod tests {
             ("path=/a,queues=17", "queues"),
             ("path=/a,queue_size=100", "queue_size"),
             ("path=/a,queue_size=2048", "queue_size"),
+            ("path=/a,poll_us=1001", "poll_us"),
+            ("path=/a,poll_us=-1", "poll_us"),
             ("path=/a,serial=this-serial-is-too-long", "serial"),
             ("path=/a,serial=has space", "serial"),
             ("path=/a,iothread=a/b", "iothread"),

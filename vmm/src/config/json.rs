@@ -20,7 +20,7 @@
 //! - Shared with Cloud Hypervisor: `cpus.boot_vcpus`, `cpus.max_vcpus` (Keel has no vCPU
 //!   hotplug, so it must equal `boot_vcpus`), `cpus.affinity`, `memory.size`, `hugepages`,
 //!   `hugepage_size`, `prefault`, `shared`, `mergeable` (sizes in bytes), `payload`,
-//!   `disks[].path`, `readonly`, `lock`, `num_queues`, `queue_size`, `id`, `serial`, and
+//!   `disks[].path`, `readonly`, `lock`, `num_queues`, `queue_size`, `poll_us`, `id`, `serial`, and
 //!   `serial.mode` (`Tty`, `Off`, `Null` or `File`, any case) with `serial.file`.
 //! - Keel's own: `cpus.kvm_pv`, `cpus.hyperv` (the `--cpus kvm_pv=` / `hyperv=` vocabulary, as
 //!   one string with or without brackets; `"kvm_pv": "hidden"` leaves out KVM's CPUID leaves),
@@ -197,6 +197,8 @@ struct DiskWire {
     numa_node: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lock: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    poll_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -503,6 +505,10 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
         numa_node: wire.numa_node,
         serial: wire.serial,
         id: wire.id,
+        poll_us: match wire.poll_us {
+            Some(n) => narrow("poll_us", n, disk::POLL_US).map_err(cli)?,
+            None => defaults.poll_us,
+        },
     };
     cfg.check_values().map_err(cli)?;
     Ok(cfg)
@@ -628,6 +634,7 @@ fn disk_to(disk: &DiskConfig) -> DiskWire {
         iothread,
         numa_node: disk.numa_node,
         lock: Some(disk.lock),
+        poll_us: Some(u64::from(disk.poll_us)),
     }
 }
 

@@ -197,6 +197,7 @@ pub fn attach(
         let handles = iothreads_for(&mut out.iothreads, cfg, &name, cpus)?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
+        block.set_poll_window(std::time::Duration::from_micros(u64::from(cfg.poll_us)));
         let (dev, bar) = plug(&mut ctx, block, cfg, &name, slot)?;
         out.disks.push(AttachedDisk {
             name,

@@ -17,6 +17,12 @@
 //! requests are in flight; beyond that the handler stops popping until completions free slots.
 //! One call processes at most a bounded number of chains; when it stops early it re-signals its
 //! own kick eventfd, so a driver flooding the ring cannot monopolise the iothread.
+//! With polling (see [`super::dataplane`]) the I/O thread keeps looking at the rings for a
+//! while after each event: [`begin_polling`](BlockQueueHandler::begin_polling) keeps the
+//! driver's notifications off even with nothing in flight,
+//! [`poll_once`](BlockQueueHandler::poll_once) reaps and pops without an event, and
+//! [`end_polling`](BlockQueueHandler::end_polling) turns notifications back on and re-checks the
+//! ring, so nothing published meanwhile waits for a kick that will not come.
 //! A ring no correct driver can produce (an avail index more than a queue ahead, a head that
 //! is no descriptor) stops the handler popping and asks the transport for
 //! `DEVICE_NEEDS_RESET`, once; requests already started still complete.
@@ -152,6 +158,10 @@ pub struct BlockQueueHandler {
     /// The driver broke the ring (see [`Self::ring_broken`]): nothing more is popped until
     /// the device is reset.
     broken: bool,
+    /// The I/O thread is polling: notifications stay off with nothing in flight.
+    polling: bool,
+    /// Chains popped plus completions reaped, ever (wrapping): tells polling it found work.
+    progress: u64,
     log: LogLimiter,
 }
 
@@ -186,6 +196,8 @@ impl BlockQueueHandler {
             throttled: false,
             stopped: false,
             broken: false,
+            polling: false,
+            progress: 0,
             log: LogLimiter::new(),
         })
     }
@@ -286,10 +298,11 @@ impl BlockQueueHandler {
                 return submitted;
             }
             submitted?;
-            if self.in_flight() > 0 {
+            if self.in_flight() > 0 || self.polling {
                 // Every completion comes back through `complete`, which looks at the avail
                 // ring again: the driver need not kick while requests are in flight, so
-                // notifications stay off (with EVENT_IDX, avail_event stays behind).
+                // notifications stay off (with EVENT_IDX, avail_event stays behind). While
+                // the I/O thread polls, it looks at the ring itself.
                 return Ok(());
             }
             match self.queue.enable_notification(&self.mem) {
@@ -322,6 +335,7 @@ impl BlockQueueHandler {
             };
             let Some(chain) = chain else { break };
             budget -= 1;
+            self.progress = self.progress.wrapping_add(1);
             match Request::parse(chain, &self.mem, &self.limits) {
                 Ok(req) => self.start(slot, req),
                 Err(rejected) => self.reject(rejected),
@@ -437,7 +451,36 @@ impl BlockQueueHandler {
         self.signal()
     }
 
+    /// Starts polling: see the module documentation.
+    pub fn begin_polling(&mut self) {
+        self.polling = true;
+    }
+
+    /// One look at the rings without an event: reaps completions and pops new requests,
+    /// signalling the guest as [`complete`](Self::complete) does. Returns whether it found
+    /// anything.
+    pub fn poll_once(&mut self) -> Result<bool, HandlerError> {
+        if self.stopped {
+            return Ok(false);
+        }
+        let before = self.progress;
+        self.complete()?;
+        Ok(self.progress != before)
+    }
+
+    /// Ends polling: notifications go back on (when nothing is in flight) and the ring is
+    /// looked at once more.
+    pub fn end_polling(&mut self) -> Result<(), HandlerError> {
+        self.polling = false;
+        if self.stopped {
+            return Ok(());
+        }
+        self.process_queue()?;
+        self.signal()
+    }
+
     fn complete_one(&mut self, c: Completion) {
+        self.progress = self.progress.wrapping_add(1);
         let idx = usize::try_from(c.user_data).unwrap_or(usize::MAX);
         let Some(Some(inf)) = self.slots.get_mut(idx) else {
             log::error!("virtio-blk: completion for unknown request slot {idx}");

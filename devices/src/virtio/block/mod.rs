@@ -96,6 +96,8 @@ pub struct Block {
     counters: Vec<Arc<QueueCounters>>,
     name: String,
     iothreads: Vec<IoThreadHandle>,
+    /// How long the I/O threads poll a queue after each event.
+    poll: std::time::Duration,
     subscriptions: Vec<(IoThreadHandle, SubscriberId)>,
 }
 
@@ -144,6 +146,7 @@ impl Block {
                 .collect(),
             name: config.path.display().to_string(),
             iothreads: Vec::new(),
+            poll: std::time::Duration::ZERO,
             subscriptions: Vec::new(),
             config,
         })
@@ -155,6 +158,12 @@ impl Block {
     pub fn set_iothreads(&mut self, name: &str, iothreads: Vec<IoThreadHandle>) {
         self.name = name.to_string();
         self.iothreads = iothreads;
+    }
+
+    /// How long the I/O threads keep looking at a queue after each event (zero: they wait
+    /// for the next event at once); applies from the next activation on.
+    pub fn set_poll_window(&mut self, window: std::time::Duration) {
+        self.poll = window;
     }
 
     /// A reader for the device's I/O counters (all queues, across resets).
@@ -201,7 +210,8 @@ impl Block {
         }
         for (i, h) in handlers.iter().enumerate() {
             let thread = &self.iothreads[i % self.iothreads.len()];
-            let subscriber = QueueSubscriber::new(format!("{} queue {i}", self.name), h.clone());
+            let subscriber =
+                QueueSubscriber::new(format!("{} queue {i}", self.name), h.clone(), self.poll);
             match thread.add(Box::new(subscriber)) {
                 Ok(id) => self.subscriptions.push((thread.clone(), id)),
                 Err(e) => {

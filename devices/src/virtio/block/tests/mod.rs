@@ -293,6 +293,16 @@ impl<'a> Harness<'a> {
         }
     }
 
+    /// The device's `avail_event` (EVENT_IDX): the avail index at which the driver must kick
+    /// next; it sits after the used ring's entries.
+    pub fn avail_event(&self) -> u16 {
+        let at = self
+            .mock
+            .used_addr()
+            .unchecked_add(4 + 8 * u64::from(QUEUE_SIZE));
+        self.mem.read_obj::<u16>(at).unwrap()
+    }
+
     /// Number of used entries published.
     pub fn used_idx(&self) -> u16 {
         self.mem
