@@ -57,6 +57,9 @@ def parse_args():
     p.add_argument("--runs", type=int, default=5, help="rounds, at least 5 (5)")
     p.add_argument("--seconds", type=int, default=3, help="timed window per run (3)")
     p.add_argument("--size", default="1G", help="file size (1G)")
+    p.add_argument("--keel-poll-us", type=int, default=32,
+                   help="Keel's disk poll_us (32, as QEMU's iothreads poll up to 32 us by default; "
+                   "0: no polling)")
     p.add_argument("--interrupts", action="store_true",
                    help="the guest takes completion interrupts (default: it polls the used "
                    "ring, fio's hipri, as the figures of resources/bench/blk.py)")
@@ -103,7 +106,8 @@ def run_vmms(a, backend_path, job, queues):
     cmd = [a.keel, "bench", "fio", "--guest", "probe", "--job", job, "--compare", "qemu",
            "--qemu", a.qemu, "--dir", backend_path, "--keep-disks", "--fill", "reuse",
            "--disk-size", a.size, "--cpus", "boot=1", "--memory", "size=512M",
-           "--disk-options", f"queues={queues}", "--timeout", str(a.seconds + 300)]
+           "--disk-options", f"queues={queues},poll_us={a.keel_poll_us}",
+           "--timeout", str(a.seconds + 300)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds * 2 + 900)
     line = next((l for l in p.stdout.splitlines() if l.startswith("keel-bench-fio: ")), None)
     if line is None:
@@ -246,6 +250,7 @@ def main():
         raise BenchError(f"{a.qemu} is not installed: the comparison needs QEMU")
     print(f"bench-peers: {versions(a)}")
     mode = "completion interrupts" if a.interrupts else "polled completions"
+    print(f"  keel poll_us={a.keel_poll_us}; qemu iothread defaults (adaptive polling up to 32 us)")
     print(f"  probe guest, 1 vCPU, 512 MiB, {mode}; {a.size} file per backend "
           f"({', '.join(f'{n} {p}' for n, p in a.backends)}); {a.seconds} s windows, "
           f"{a.runs} rounds", flush=True)
