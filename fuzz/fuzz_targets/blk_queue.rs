@@ -1,9 +1,10 @@
 //! A hostile virtio-blk queue driven through the real queue handler and io_uring engine on a
 //! 1 MiB disk image: the input is guest memory with the layout of `blk_request` (a 16-entry
 //! split queue: descriptors at 0, avail ring at 0x100, used ring at 0x200) and one byte of
-//! settings at 0x300 (EVENT_IDX, a read-only disk, writeback, how many kicks). Each kick
-//! pops, parses and submits what the ring holds; every completion writes its status and
-//! returns the chain. Nothing may panic, touch memory outside the guest's, or leave I/O in
+//! settings at 0x300 (EVENT_IDX, a read-only disk, writeback, polling, how many kicks). Each
+//! kick pops, parses and submits what the ring holds (with polling, the I/O thread's looks
+//! without an event follow, then the hand-over back to notifications); every completion
+//! writes its status and returns the chain. Nothing may panic, touch memory outside the guest's, or leave I/O in
 //! flight unaccounted; a broken ring must stop the queue with a reset request.
 #![no_main]
 
@@ -122,9 +123,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut handler =
         BlockQueueHandler::new(queue(settings & 1 != 0), engine, params).expect("handler");
+    let polling = settings & 8 != 0;
     for _ in 0..=(settings >> 4) % 4 {
         handler.kick_fd().write(1).expect("kick");
         let _ = handler.handle_kick();
+        if polling {
+            handler.begin_polling();
+            for _ in 0..4 {
+                let _ = handler.poll_once();
+            }
+            let _ = handler.end_polling();
+        }
         // Every request started completes: none may stay in flight for good.
         while handler.in_flight() > 0 {
             assert!(readable(handler.completion_fd()), "a completion never came");
