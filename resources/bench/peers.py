@@ -250,7 +250,8 @@ def main():
         raise BenchError(f"{a.qemu} is not installed: the comparison needs QEMU")
     print(f"bench-peers: {versions(a)}")
     mode = "completion interrupts" if a.interrupts else "polled completions"
-    print(f"  keel poll_us={a.keel_poll_us}; qemu iothread defaults (adaptive polling up to 32 us)")
+    print(f"  keel poll_us={a.keel_poll_us}, one I/O thread per queue (its default); qemu: one "
+          "iothread per disk, its default polling (adaptive, up to 32 us)")
     print(f"  probe guest, 1 vCPU, 512 MiB, {mode}; {a.size} file per backend "
           f"({', '.join(f'{n} {p}' for n, p in a.backends)}); {a.seconds} s windows, "
           f"{a.runs} rounds", flush=True)
