@@ -63,6 +63,8 @@ pub struct IoThread {
     handle: IoThreadHandle,
     stop: Arc<AtomicBool>,
     join: Option<JoinHandle<()>>,
+    /// The thread's Linux thread ID, reported by the thread as it starts.
+    tid: i32,
 }
 
 /// A cloneable handle for adding and removing subscribers on an [`IoThread`].
@@ -106,7 +108,8 @@ impl IoThread {
         let join = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let result = setup();
+                // SAFETY: gettid takes no arguments and cannot fail.
+                let result = setup().map(|()| unsafe { libc::gettid() });
                 let ok = result.is_ok();
                 // The spawner waits for this; it only goes away if it panicked.
                 let _ = ready_tx.send(result);
@@ -121,14 +124,18 @@ impl IoThread {
         let setup_result = ready
             .recv()
             .unwrap_or_else(|_| Err("the thread ended before reporting".into()));
-        if let Err(reason) = setup_result {
-            let _ = join.join();
-            return Err(IoThreadError::Setup {
-                name: name.to_string(),
-                reason,
-            });
-        }
+        let tid = match setup_result {
+            Ok(tid) => tid,
+            Err(reason) => {
+                let _ = join.join();
+                return Err(IoThreadError::Setup {
+                    name: name.to_string(),
+                    reason,
+                });
+            }
+        };
         Ok(IoThread {
+            tid,
             handle: IoThreadHandle {
                 name: name.into(),
                 endpoint,
@@ -148,15 +155,10 @@ impl IoThread {
         &self.handle.name
     }
 
-    /// The thread's Linux thread ID (for placement reports and tests).
-    pub fn tid(&self) -> Result<i32, IoThreadError> {
-        self.handle
-            .endpoint
-            .call_blocking(|_ops| {
-                // SAFETY: gettid takes no arguments and cannot fail.
-                Ok::<i32, event_manager::Error>(unsafe { libc::gettid() })
-            })
-            .map_err(|source| self.handle.request_error(source))
+    /// The thread's Linux thread ID (for placement, CPU time and tests), known since it
+    /// started: asking costs the thread nothing.
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 }
 
@@ -282,7 +284,7 @@ mod tests {
     #[test]
     fn thread_is_named_and_stops_on_drop() {
         let t = IoThread::spawn("blk-test-q0").unwrap();
-        let tid = t.tid().unwrap();
+        let tid = t.tid();
         let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
         assert_eq!(comm.trim(), "blk-test-q0");
         let handle = t.handle();

@@ -142,10 +142,10 @@ impl BlockDevices {
     }
 
     /// Linux thread IDs of the I/O threads, by name.
-    pub fn iothread_tids(&self) -> Vec<(String, Option<i32>)> {
+    pub fn iothread_tids(&self) -> Vec<(String, i32)> {
         self.iothreads
             .iter()
-            .map(|t| (t.name().to_string(), t.tid().ok()))
+            .map(|t| (t.name().to_string(), t.tid()))
             .collect()
     }
 }
@@ -325,11 +325,7 @@ fn iothreads_for(
                 source,
             })?;
         if let Some(cpus) = cpus {
-            let tid = thread.tid().map_err(|source| BlockDeviceError::IoThread {
-                disk: disk.to_string(),
-                source,
-            })?;
-            placement::set_thread_affinity(Some(tid), cpus).map_err(|source| {
+            placement::set_thread_affinity(Some(thread.tid()), cpus).map_err(|source| {
                 BlockDeviceError::Pin {
                     thread: name.clone(),
                     source,

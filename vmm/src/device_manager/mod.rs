@@ -153,7 +153,6 @@ fn attach_disks(
 /// Logs the CPUs each I/O thread may run on, as the kernel reports them.
 fn log_iothread_placement(disks: &BlockDevices) {
     for (name, tid) in disks.iothread_tids() {
-        let Some(tid) = tid else { continue };
         match placement::thread_affinity(Some(tid)) {
             Ok(cpus) => log::info!("iothread {name} (tid {tid}): host CPUs {cpus}"),
             Err(e) => log::warn!("iothread {name}: cannot read its CPU affinity: {e}"),

@@ -234,7 +234,7 @@ impl RunningVm {
             .disks()
             .iothread_tids()
             .into_iter()
-            .filter_map(|(_, tid)| tid)
+            .map(|(_, tid)| tid)
             .collect();
         crate::stats::threads::read(&self.vcpu_clocks, &io)
     }

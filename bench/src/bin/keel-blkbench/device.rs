@@ -418,10 +418,7 @@ pub fn run(
         .map_err(setup_err("activate the device"))?;
     let rig = Rig { block, iothread };
     let engine = rig.block.engine_name().unwrap_or("none");
-    let io_tid = rig
-        .iothread
-        .tid()
-        .map_err(setup_err("ask the I/O thread its ID"))?;
+    let io_tid = rig.iothread.tid();
 
     let cpu_before = thread_cpu(io_tid);
     let (ios, elapsed, lat) = drive(&mut d, w, &mut offsets)?;
