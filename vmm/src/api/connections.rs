@@ -31,7 +31,7 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::http::{self, Response};
-use super::routes::{self, error_chain, error_json, Call};
+use super::routes::{self, error_chain, Call};
 
 /// How long a client has to send a whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,16 +180,9 @@ impl Connections {
 /// fits its buffer, the write timeout bounds the rest).
 fn refuse(stream: &mut UnixStream, message: &str) {
     log::debug!("api: {message}");
-    let response = Response {
-        status: 503,
-        body: Some(error_json(message)),
-        allow: None,
-    };
-    let written = stream
-        .set_write_timeout(Some(WRITE_TIMEOUT))
-        .and_then(|()| http::write_response(stream, &response, false));
-    if let Err(e) = written {
-        log::debug!("api: writing the response: {e}");
+    match stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        Ok(()) => write_or_log(stream, &Response::error(503, message), false),
+        Err(e) => log::debug!("api: writing the response: {e}"),
     }
     // Drop what the client already sent, without waiting for more: closing a Unix socket
     // with unread data makes the client's next read fail with ECONNRESET.
@@ -221,17 +214,9 @@ fn serve_connection(stream: &mut UnixStream, to_loop: &Sender<Pending>, ready: &
     let call = match routes::parse(&request.method, &request.path, &request.body) {
         Ok(call) => call,
         Err(e) => {
-            let reply = routes::refused(e);
-            log::debug!(
-                "api: {} {} -> {}",
-                request.method,
-                request.path,
-                reply.response.status
-            );
-            if let Err(e) = http::write_response(stream, &reply.response, head_only) {
-                log::debug!("api: writing the response: {e}");
-            }
-            return;
+            let response = routes::refused(e).response;
+            log_answer(&request.method, &request.path, response.status);
+            return write_or_log(stream, &response, head_only);
         }
     };
     let (reply, response) = mpsc::sync_channel(1);
@@ -249,10 +234,20 @@ fn serve_connection(stream: &mut UnixStream, to_loop: &Sender<Pending>, ready: &
     let Ok(response) = response.recv() else {
         return;
     };
-    if let Err(e) = http::write_response(stream, &response, head_only) {
+    write_or_log(stream, &response, head_only);
+    let _ = written_tx.send(());
+}
+
+/// Writes `response`, logging (at debug level: the client may simply have left) if it cannot.
+fn write_or_log(stream: &mut UnixStream, response: &Response, head_only: bool) {
+    if let Err(e) = http::write_response(stream, response, head_only) {
         log::debug!("api: writing the response: {e}");
     }
-    let _ = written_tx.send(());
+}
+
+/// The debug line for a request answered with `status`.
+pub(super) fn log_answer(method: &str, path: &str, status: u16) {
+    log::debug!("api: {method} {path} -> {status}");
 }
 
 /// Answers a request that could not be read, when its error has a status.
@@ -263,13 +258,6 @@ fn answer_bad_request(stream: &mut UnixStream, e: &http::HttpError) {
         return;
     };
     log::debug!("api: bad request ({status}): {message}");
-    let response = Response {
-        status,
-        body: Some(error_json(&message)),
-        allow: None,
-    };
-    if let Err(e) = http::write_response(stream, &response, false) {
-        log::debug!("api: writing the response: {e}");
-    }
+    write_or_log(stream, &Response::error(status, &message), false);
     http::linger(stream);
 }

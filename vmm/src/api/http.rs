@@ -348,6 +348,17 @@ pub struct Response {
     pub allow: Option<&'static str>,
 }
 
+impl Response {
+    /// An error answer: `status` with the body `{"error": message}`.
+    pub fn error(status: u16, message: &str) -> Self {
+        Response {
+            status,
+            body: Some(serde_json::json!({ "error": message }).to_string()),
+            allow: None,
+        }
+    }
+}
+
 /// Writes `response` with `Connection: close`; `head_only` leaves the body out (a HEAD request).
 pub fn write_response(
     stream: &mut UnixStream,

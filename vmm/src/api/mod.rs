@@ -252,12 +252,7 @@ impl ApiServer {
     fn answer_requests(&self, state: &mut ApiState) -> bool {
         for pending in self.connections.take() {
             let reply = routes::apply(pending.call, state);
-            log::debug!(
-                "api: {} {} -> {}",
-                pending.method,
-                pending.path,
-                reply.response.status
-            );
+            connections::log_answer(&pending.method, &pending.path, reply.response.status);
             let answered = pending.responder.answer(reply.response);
             if reply.exit {
                 answered.wait_written();

@@ -296,7 +296,7 @@ pub fn apply(call: Call, state: &mut ApiState) -> Reply {
 pub fn handle(method: &str, path: &str, body: &[u8], state: &mut ApiState) -> Reply {
     match parse(method, path, body) {
         Ok(call) => apply(call, state),
-        Err(e) => reply(Err(e), false),
+        Err(e) => refused(e),
     }
 }
 
@@ -321,20 +321,14 @@ fn reply(result: Result<Option<String>, RouteError>, exit: bool) -> Reply {
             allow: None,
         },
         Err(e) => Response {
-            status: e.status(),
-            body: Some(error_json(&error_chain(&e))),
             allow: match e {
                 RouteError::Method { allow, .. } => Some(allow),
                 _ => None,
             },
+            ..Response::error(e.status(), &error_chain(&e))
         },
     };
     Reply { response, exit }
-}
-
-/// `{"error": message}`.
-pub fn error_json(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
 }
 
 /// `Ok(Some(json))`: 200 with a body; `Ok(None)`: 204.
