@@ -77,6 +77,17 @@ pub fn is_io_uring_worker(name: &str) -> bool {
     name.starts_with("iou-wrk-")
 }
 
+/// Time on a CPU so far, in nanoseconds, of task `tid` of the process whose `/proc` directory
+/// is `proc_dir`; None once the task has ended.
+pub fn on_cpu_ns(proc_dir: &Path, tid: i32) -> Option<u64> {
+    let path = proc_dir
+        .join("task")
+        .join(tid.to_string())
+        .join("schedstat");
+    let schedstat = std::fs::read_to_string(path).ok()?;
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
 /// Every task of the process whose `/proc` directory is `proc_dir` (`/proc/self` for this
 /// one) that can still be read; a task that ends while it is read is left out.
 pub fn task_times(proc_dir: &Path) -> Vec<TaskTime> {
@@ -87,13 +98,11 @@ pub fn task_times(proc_dir: &Path) -> Vec<TaskTime> {
         .flatten()
         .filter_map(|entry| {
             let tid = entry.file_name().to_str()?.parse().ok()?;
-            let dir = entry.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
-            let schedstat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+            let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
             Some(TaskTime {
                 tid,
                 name: name.trim_end().to_owned(),
-                on_cpu_ns: schedstat.split_whitespace().next()?.parse().ok()?,
+                on_cpu_ns: on_cpu_ns(proc_dir, tid)?,
             })
         })
         .collect()

@@ -244,20 +244,11 @@ impl LatSummary {
     }
 }
 
-/// CPU time (user + system) used so far by thread `tid` of this process, from procfs.
+/// CPU time used so far by thread `tid` of this process: the scheduler's sum, as Keel's own
+/// stats read it ([`vmm::stats::threads::on_cpu_ns`]).
 pub fn thread_cpu(tid: i32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split_ascii_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
-    Some(Duration::from_nanos(
-        (utime + stime).saturating_mul(1_000_000_000 / hz),
-    ))
+    vmm::stats::threads::on_cpu_ns(std::path::Path::new("/proc/self"), tid)
+        .map(Duration::from_nanos)
 }
 
 /// The calling thread's Linux thread ID.
