@@ -133,6 +133,11 @@ fn u(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
 }
 
+/// A blk report's completed I/Os, failed requests and sectors that failed verification.
+fn outcome(r: &Value) -> (u64, u64, u64) {
+    (u(r, "ios"), u(r, "errors"), u(r, "verify_errors"))
+}
+
 /// A "0x..." string as a number.
 fn hex(v: &Value) -> u64 {
     let text = v
@@ -465,11 +470,7 @@ fn guest_moves_the_bar_and_io_and_kicks_follow_it() {
         let run = run_with_stats(&disk, &format!("{job},bar={target:#x} probe.cmd=pci"));
         run.assert_probe_done();
         let r = &blk_reports(&run)[0];
-        assert_eq!(
-            (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
-            (1000, 0, 0),
-            "BAR at {target:#x}: {r}"
-        );
+        assert_eq!(outcome(r), (1000, 0, 0), "BAR at {target:#x}: {r}");
         assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
         let pci = run.report("pci");
         let bar0 = &pci["devices"][1]["bars"][0];
@@ -501,11 +502,7 @@ fn a_polling_io_thread_serves_every_request_exactly_once() {
     let reports = blk_reports(&run);
     assert_eq!(reports.len(), 2, "{}", run.describe());
     for (r, ios) in reports.iter().zip([512, 2048]) {
-        assert_eq!(
-            (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
-            (ios, 0, 0),
-            "{r}"
-        );
+        assert_eq!(outcome(r), (ios, 0, 0), "{r}");
     }
     assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
 }
@@ -543,11 +540,7 @@ fn a_head_past_the_ring_sets_device_needs_reset_and_a_reset_recovers() {
         run.describe()
     );
     let r = &blk_reports(&run)[0];
-    assert_eq!(
-        (u(r, "ios"), u(r, "errors"), u(r, "verify_errors")),
-        (256, 0, 0),
-        "{r}"
-    );
+    assert_eq!(outcome(r), (256, 0, 0), "{r}");
     assert!(img.bad_pattern_sectors(0, (1 << 20) / SECTOR).is_empty());
     let resets = run.stderr.matches("the device needs a reset").count();
     assert_eq!(resets, 1, "{}", run.describe());

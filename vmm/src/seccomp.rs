@@ -5,8 +5,9 @@
 //! `EPERM`. The thread that builds and runs VMs (keel's main thread, which also serves the
 //! API) gets the broad [`ThreadKind::Vmm`] filter: what building a VM takes, and what every
 //! thread it starts needs (they inherit it), but no new programs, processes, mounts,
-//! namespaces, tracing or other processes' memory. Firecracker kills the process instead; here a refused call surfaces as the error
-//! it causes (an I/O error to the guest, a logged failure), and keel stays stoppable.
+//! namespaces, tracing or other processes' memory. Firecracker kills the process instead;
+//! here a refused call surfaces as the error it causes (an I/O error to the guest, a logged
+//! failure), and keel stays stoppable.
 //!
 //! The mode is process-wide ([`set_mode`], `keel --seccomp=off|log|on`, default on): `log`
 //! allows everything but has the kernel log each call a filter would refuse (the audit log,
@@ -276,7 +277,6 @@ const API_CONNECTION: &[libc::c_long] = &[
 /// `fcntl`).
 const VMM: &[libc::c_long] = &[
     libc::SYS_openat,
-    libc::SYS_pread64,
     libc::SYS_getdents64,
     libc::SYS_readlink,
     libc::SYS_readlinkat,
@@ -295,7 +295,6 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_prctl,
     libc::SYS_seccomp,
     libc::SYS_sched_setaffinity,
-    libc::SYS_sched_getaffinity,
     libc::SYS_tgkill,
     libc::SYS_rt_sigaction,
     libc::SYS_epoll_create1,

@@ -151,8 +151,8 @@ fn insert(
         .map_err(|source| LegacyDeviceError::Bus { name, source })
 }
 
-/// Creates the devices and puts them on the port-I/O bus. `ram_below_4g`/`ram_above_4g` feed the CMOS
-/// memory-size registers.
+/// Creates the devices and puts them on the port-I/O bus. `ram_below_4g`/`ram_above_4g` feed
+/// the CMOS memory-size registers.
 pub fn attach(
     vm: &VmFd,
     buses: &Buses,

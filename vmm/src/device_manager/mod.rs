@@ -85,15 +85,7 @@ impl DeviceManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_bar_mapper(bars.clone());
-        let disks = attach_disks(
-            vm,
-            (&buses.ids, ram),
-            &segment,
-            &bars,
-            windows,
-            config,
-            iothread_cpus,
-        )?;
+        let disks = attach_disks(vm, ram, &buses.ids, &segment, &bars, config, iothread_cpus)?;
         Ok(DeviceManager {
             disks,
             buses: Arc::new(buses),
@@ -120,18 +112,18 @@ impl DeviceManager {
     }
 }
 
-/// Attaches the disks on PCI with their BARs allocated in the 32-bit window.
+/// Attaches the disks on PCI with their BARs allocated in the 32-bit window `pci_bars` maps.
 fn attach_disks(
     vm: &Arc<VmFd>,
-    (ids, ram): (&DeviceIds, &GuestRam),
+    ram: &GuestRam,
+    ids: &DeviceIds,
     segment: &Arc<Mutex<PciSegment>>,
     pci_bars: &PciBars,
-    windows: &PciWindows,
     config: &VmConfig,
     iothread_cpus: &[Option<CpuSet>],
 ) -> Result<BlockDevices, DeviceError> {
     let router = Arc::new(GsiRouter::new(Arc::clone(vm)));
-    let (window_base, window_size) = windows.mmio32;
+    let (window_base, window_size) = pci_bars.windows().mmio32;
     let mut bars = BarAllocator::new(window_base, window_base + window_size);
     let disks = block::attach(
         AttachContext {

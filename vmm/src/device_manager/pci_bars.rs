@@ -90,6 +90,11 @@ impl PciBars {
         }
     }
 
+    /// The windows BARs may be placed in.
+    pub fn windows(&self) -> &PciWindows {
+        &self.windows
+    }
+
     /// The MMIO bus, while the VM's buses exist.
     fn bus(&self) -> Result<Arc<Bus>, PciBarError> {
         self.mmio.upgrade().ok_or(PciBarError::BusGone)
