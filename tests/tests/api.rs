@@ -5,8 +5,12 @@
 //! start every vCPU thread (a pids cgroup limit) leaving none running, and create/boot/delete
 //! cycles releasing threads, descriptors and the disk image's lock.
 //!
-//! Requests are raw HTTP/1.1 written to a `UnixStream`. Every answer to an operation the
-//! OpenAPI document describes is checked against the statuses it lists for that operation.
+//! Requests are raw HTTP/1.1 written to a `UnixStream`, and answers are read as Cloud
+//! Hypervisor's client `ch-remote` reads them (its status line parsing, errors as a JSON array
+//! of strings), so every test here also checks that Cloud Hypervisor's clients can talk to
+//! Keel; one boots a `VmConfig` written the way Cloud Hypervisor writes it. Every answer to an
+//! operation the OpenAPI document describes is checked against the statuses it lists for that
+//! operation.
 
 mod common;
 
@@ -70,15 +74,22 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
     }
 
-    /// Asserts a 4xx with exactly `{"error": "one line"}`; returns the message.
-    fn error(&self, status: u16) -> String {
+    /// Asserts an error `status` whose body is what Cloud Hypervisor's clients expect: a JSON
+    /// array of strings, the error chain outermost first, each non-empty and on one line.
+    fn messages(&self, status: u16) -> Vec<String> {
         assert_eq!(self.status, status, "{self:?}");
-        let value = self.json();
-        let object = value.as_object().expect("object");
-        assert_eq!(object.len(), 1, "{self:?}");
-        let message = object["error"].as_str().expect("string").to_string();
-        assert!(!message.is_empty() && !message.contains('\n'), "{message}");
-        message
+        let messages: Vec<String> = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not a JSON array of strings ({e}): {self:?}"));
+        assert!(!messages.is_empty(), "{self:?}");
+        for message in &messages {
+            assert!(!message.is_empty() && !message.contains('\n'), "{self:?}");
+        }
+        messages
+    }
+
+    /// [`Answer::messages`], joined with ": ".
+    fn error(&self, status: u16) -> String {
+        self.messages(status).join(": ")
     }
 
     fn header(&self, name: &str) -> Option<String> {
@@ -87,6 +98,22 @@ impl Answer {
             n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
+}
+
+/// The status as Cloud Hypervisor's `ch-remote` reads it (`get_status_code` in its
+/// `api_client` crate): the text after `HTTP/1.1 ` up to the first CR, trimmed, parsed as a
+/// number. A reason phrase (`200 OK`) makes that parse fail, which `ch-remote` reports as
+/// "Error parsing HTTP status code".
+fn ch_remote_status(response: &str) -> u16 {
+    let o = response
+        .find("HTTP/1.1")
+        .unwrap_or_else(|| panic!("HTTP output is missing protocol statement: {response:?}"));
+    let end = response[o..].find('\r').expect("a CR after the status");
+    let code: usize = response[o + "HTTP/1.1 ".len()..end]
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("Error parsing HTTP status code ({e}): {response:?}"));
+    u16::try_from(code).expect("a 16-bit status")
 }
 
 /// Writes `raw` on a new connection and reads the answer until the server closes.
@@ -99,11 +126,7 @@ fn exchange(socket: &Path, raw: &[u8]) -> Answer {
     stream.read_to_end(&mut bytes).expect("read the answer");
     let text = String::from_utf8(bytes).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {head}"));
+    let status = ch_remote_status(&text);
     if let Some(len) = head
         .lines()
         .find_map(|l| l.strip_prefix("Content-Length: "))
@@ -336,7 +359,11 @@ fn bad_requests_get_4xx_and_json_and_the_vm_keeps_running() {
         ("{", "VM config JSON"),
         (
             "{\"payload\":{\"kernel\":\"/k\"},\"net\":[{}]}",
-            "unknown field",
+            "net devices",
+        ),
+        (
+            "{\"payload\":{\"kernel\":\"/k\"},\"nett\":[{}]}",
+            "unknown field `nett`",
         ),
         (
             "{\"payload\":{\"kernel\":\"/nonexistent/vmlinux\"}}",
@@ -399,6 +426,82 @@ fn bad_requests_get_4xx_and_json_and_the_vm_keeps_running() {
     assert!(!text.contains("\"done\""), "the guest ended: {text}");
     assert_exits_cleanly(keel);
     let _ = std::fs::remove_file(serial);
+}
+
+/// A `VmConfig` as Cloud Hypervisor writes one (every field, its defaults spelled out), with
+/// no console device (`Off`), COM1 on Keel's stdout (`Tty`) and Cloud Hypervisor's default
+/// `rng`; `payload.kernel` and `cmdline` are filled in by [`cloud_hypervisor_body`].
+const CLOUD_HYPERVISOR_CONFIG: &str = r#"{
+  "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "topology": null, "kvm_hyperv": false,
+           "max_phys_bits": 46, "affinity": null, "features": {"amx": false}},
+  "memory": {"size": 134217728, "mergeable": false, "hotplug_method": "Acpi",
+             "hotplug_size": null, "hotplugged_size": null, "shared": false, "hugepages": false,
+             "hugepage_size": null, "prefault": false, "zones": null, "thp": true},
+  "payload": {"firmware": null, "kernel": null, "cmdline": null, "initramfs": null},
+  "rate_limit_groups": null, "disks": null, "net": null,
+  "rng": {"src": "/dev/urandom", "iommu": false},
+  "balloon": null, "fs": null, "pmem": null,
+  "serial": {"file": null, "mode": "Tty", "iommu": false, "socket": null},
+  "console": {"file": null, "mode": "Off", "iommu": false, "socket": null},
+  "debug_console": {"file": null, "mode": "Off", "iobase": 233},
+  "devices": null, "user_devices": null, "vdpa": null, "vsock": null, "pvpanic": false,
+  "iommu": false, "numa": null, "watchdog": false, "pci_segments": null, "platform": null,
+  "tpm": null, "landlock_enable": false, "landlock_rules": null
+}"#;
+
+/// [`CLOUD_HYPERVISOR_CONFIG`] for the probe with `cmdline`.
+fn cloud_hypervisor_body(cmdline: &str) -> Value {
+    let mut body: Value = serde_json::from_str(CLOUD_HYPERVISOR_CONFIG).unwrap();
+    body["payload"]["kernel"] = common::probe_image("probe.elf").to_str().unwrap().into();
+    body["payload"]["cmdline"] = cmdline.into();
+    body
+}
+
+#[test]
+fn a_cloud_hypervisor_vm_config_is_accepted_and_boots() {
+    let keel = Keel::start("ch-config", &[]);
+    let body = cloud_hypervisor_body(&common::busy_until_stopped());
+
+    // What Keel lacks is refused, naming it, and nothing is created.
+    let mut with_net = body.clone();
+    with_net["net"] = serde_json::json!([{"tap": "tap0", "mac": "12:34:56:78:9a:bc"}]);
+    let messages = keel
+        .call("PUT", "vm.create", Some(&with_net.to_string()))
+        .messages(400);
+    assert_eq!(
+        messages,
+        [
+            "the VM config is refused",
+            "net: net devices (virtio-net) are not supported by keel"
+        ]
+    );
+    let mut with_console = body.clone();
+    with_console["console"]["mode"] = "Tty".into();
+    let message = keel
+        .call("PUT", "vm.create", Some(&with_console.to_string()))
+        .error(400);
+    assert!(message.contains("console.mode: \"Tty\""), "{message}");
+    keel.call("GET", "vm.info", None).error(409);
+
+    assert_eq!(
+        keel.call("PUT", "vm.create", Some(&body.to_string()))
+            .status,
+        204
+    );
+    let info = keel.call("GET", "vm.info", None).json();
+    assert_eq!(info["config"]["serial"]["mode"], "Tty");
+    assert_eq!(info["config"]["memory"]["size"], 128u64 << 20);
+    assert_eq!(keel.put("vm.boot").status, 204);
+    assert_eq!(keel.state(), "Running");
+    // The probe writes its boot line to COM1 before its clock loop, whose PM timer reads are
+    // millions of exits: past ten thousand, the line is out.
+    keel.wait_for_guest_progress(10_000, "the guest runs");
+    assert_eq!(keel.put("vm.shutdown").status, 204);
+    assert_eq!(keel.put("vmm.shutdown").status, 204);
+    let run = keel.finish();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    // Serial mode Tty: COM1 is Keel's stdout.
+    assert!(run.stdout.contains(BOOT_LINE), "{}", run.describe());
 }
 
 #[test]
@@ -585,7 +688,7 @@ fn a_boot_that_cannot_start_every_vcpu_leaves_none_running() {
     group.set_max(&(now + 3).to_string());
     let answer = keel.put("vm.boot");
     assert_eq!(answer.status, 500, "{answer:?}");
-    let message = answer.json()["error"].as_str().unwrap().to_string();
+    let message = answer.error(500);
     assert!(message.contains("keel-vcpu2"), "{message}");
     // The two started vCPUs were stopped and joined before the answer; their tasks leave
     // /proc as the kernel reaps them (a hang guard, not a margin: unfixed, they run forever).

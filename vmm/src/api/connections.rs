@@ -181,7 +181,11 @@ impl Connections {
 fn refuse(stream: &mut UnixStream, message: &str) {
     log::debug!("api: {message}");
     match stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
-        Ok(()) => write_or_log(stream, &Response::error(503, message), false),
+        Ok(()) => write_or_log(
+            stream,
+            &Response::error(503, vec![message.to_string()]),
+            false,
+        ),
         Err(e) => log::debug!("api: writing the response: {e}"),
     }
     // Drop what the client already sent, without waiting for more: closing a Unix socket
@@ -258,6 +262,7 @@ fn answer_bad_request(stream: &mut UnixStream, e: &http::HttpError) {
         return;
     };
     log::debug!("api: bad request ({status}): {message}");
-    write_or_log(stream, &Response::error(status, &message), false);
+    let response = Response::error(status, routes::error_messages(e));
+    write_or_log(stream, &response, false);
     http::linger(stream);
 }

@@ -85,28 +85,6 @@ impl HttpError {
     }
 }
 
-/// The reason phrase for the statuses Keel sends.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
-
 /// Bytes read from the connection and not yet consumed, with the request's limits.
 struct Wire<'a> {
     stream: &'a mut UnixStream,
@@ -321,8 +299,10 @@ pub fn read_request(stream: &mut UnixStream, timeout: Duration) -> Result<Reques
     let has_body = head.chunked || head.content_length.is_some_and(|n| n > 0);
     // HTTP/1.0 clients do not know 100 Continue; one that already sent body bytes needs none.
     if head.expect_continue && head.http11 && has_body && wire.pending().is_empty() {
-        let line = b"HTTP/1.1 100 Continue\r\n\r\n";
-        wire.stream.write_all(line).map_err(HttpError::Io)?;
+        let line = format!("{}\r\n", status_line(100));
+        wire.stream
+            .write_all(line.as_bytes())
+            .map_err(HttpError::Io)?;
     }
     let body = if head.chunked {
         read_chunked(&mut wire)?
@@ -349,14 +329,22 @@ pub struct Response {
 }
 
 impl Response {
-    /// An error answer: `status` with the body `{"error": message}`.
-    pub fn error(status: u16, message: &str) -> Self {
+    /// An error answer: `status` with the body `messages` as a JSON array of strings, the
+    /// error chain outermost first, as Cloud Hypervisor's clients read it.
+    pub fn error(status: u16, messages: Vec<String>) -> Self {
         Response {
             status,
-            body: Some(serde_json::json!({ "error": message }).to_string()),
+            body: Some(serde_json::Value::from(messages).to_string()),
             allow: None,
         }
     }
+}
+
+/// The status line, with an empty reason phrase (`HTTP/1.1 200 \r\n`, as Cloud Hypervisor
+/// sends it): its client `ch-remote` reads everything after `HTTP/1.1 ` up to the CR as the
+/// status number, so a reason phrase would make it fail to parse any answer.
+pub fn status_line(status: u16) -> String {
+    format!("HTTP/1.1 {status} \r\n")
 }
 
 /// Writes `response` with `Connection: close`; `head_only` leaves the body out (a HEAD request).
@@ -367,8 +355,8 @@ pub fn write_response(
 ) -> std::io::Result<()> {
     let status = response.status;
     let mut text = format!(
-        "HTTP/1.1 {status} {}\r\nServer: keel/{}\r\nConnection: close\r\n",
-        reason(status),
+        "{}Server: keel/{}\r\nConnection: close\r\n",
+        status_line(status),
         env!("CARGO_PKG_VERSION")
     );
     if let Some(allow) = response.allow {

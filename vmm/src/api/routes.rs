@@ -16,9 +16,10 @@
 //! | `/api/v1/vmm.ping` | GET | 200 `{"version", "build_version", "pid", "features"}` | |
 //!
 //! Any other path is 404; another method on a known path is 405 with `Allow`. Every error
-//! carries `{"error": "one line"}`. A request that does not fit the VM's state is 409
-//! Conflict, and so is one that needs a VM when there is none (404 is kept for paths Keel does
-//! not serve). States are spelled as Cloud Hypervisor spells them: `Created`, `Running`,
+//! carries, as Cloud Hypervisor's errors do, a JSON array of one-line strings: the error chain,
+//! outermost first (`["the VM config is refused", "net: net devices ..."]`). A request that
+//! does not fit the VM's state is 409 Conflict, and so is one that needs a VM when there is
+//! none (404 is kept for paths Keel does not serve). States are spelled as Cloud Hypervisor spells them: `Created`, `Running`,
 //! `Paused`, `Shutdown` (the guest powered off or reset, or `vm.shutdown`). `vm.boot` of a VM in
 //! `Shutdown` builds it afresh from its config and boots it, as Cloud Hypervisor allows. Bodies
 //! of endpoints other than `vm.create` are ignored.
@@ -31,6 +32,7 @@ use crate::config::VmConfig;
 use crate::config::{vm_config_from_json, vm_config_to_json, JsonConfigError};
 use crate::handle::{HandleError, VmHandle, VmState};
 use crate::stats::{view, VmCounters};
+use crate::vm::VmError;
 
 /// Every endpoint served, as (method, path).
 pub const ENDPOINTS: &[(&str, &str)] = &[
@@ -63,20 +65,26 @@ pub enum RouteError {
         allow: &'static str,
     },
     /// The body is not a VM config Keel accepts.
-    #[error(transparent)]
+    #[error("the VM config is refused")]
     Config(#[from] JsonConfigError),
     /// The body is unusable for another reason (missing, not UTF-8).
     #[error("{0}")]
     Body(&'static str),
     /// The VM could not be built from its config on this host.
-    #[error("cannot build the VM: {0}")]
-    Build(String),
+    #[error("cannot build the VM")]
+    Build(#[source] HandleError),
     /// The request does not fit the VM's state.
     #[error("{0}")]
     Conflict(String),
     /// The VM failed to do what was asked.
-    #[error("{0}")]
-    Internal(String),
+    #[error("cannot {action} the VM")]
+    Internal {
+        /// What was asked (`boot`, `pause`, ...).
+        action: &'static str,
+        /// Why it failed.
+        #[source]
+        source: VmError,
+    },
 }
 
 impl RouteError {
@@ -87,7 +95,7 @@ impl RouteError {
             RouteError::Method { .. } => 405,
             RouteError::Config(_) | RouteError::Body(_) | RouteError::Build(_) => 400,
             RouteError::Conflict(_) => 409,
-            RouteError::Internal(_) => 500,
+            RouteError::Internal { .. } => 500,
         }
     }
 }
@@ -128,14 +136,19 @@ pub fn state_name(state: VmState) -> &'static str {
 
 /// `err` and its sources, joined with ": ", on one line.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
+    error_messages(err).join(": ")
+}
+
+/// `err`'s message and each of its sources', outermost first, each on one line: the body of
+/// an error answer.
+pub fn error_messages(err: &dyn std::error::Error) -> Vec<String> {
+    let mut messages = vec![one_line(&err.to_string())];
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        messages.push(one_line(&cause.to_string()));
         source = cause.source();
     }
-    one_line(&text)
+    messages
 }
 
 fn one_line(text: &str) -> String {
@@ -148,13 +161,14 @@ fn no_vm() -> RouteError {
     RouteError::Conflict("no VM has been created (PUT /api/v1/vm.create first)".into())
 }
 
-fn from_handle(err: HandleError) -> RouteError {
-    match err {
+/// The refusal of `action` for a [`VmHandle`] error.
+fn from_handle(action: &'static str) -> impl FnOnce(HandleError) -> RouteError {
+    move |err| match err {
         HandleError::WrongState { action, state } => RouteError::Conflict(format!(
             "cannot {action} a VM that is {}",
             state_name(state)
         )),
-        HandleError::Vm(e) => RouteError::Internal(error_chain(&e)),
+        HandleError::Vm(source) => RouteError::Internal { action, source },
     }
 }
 
@@ -325,7 +339,7 @@ fn reply(result: Result<Option<String>, RouteError>, exit: bool) -> Reply {
                 RouteError::Method { allow, .. } => Some(allow),
                 _ => None,
             },
-            ..Response::error(e.status(), &error_chain(&e))
+            ..Response::error(e.status(), error_messages(&e))
         },
     };
     Reply { response, exit }
@@ -336,12 +350,20 @@ fn route(call: Call, state: &mut ApiState) -> Result<Option<String>, RouteError>
     match call {
         Call::Create(config) => create(config, state).map(|()| None),
         Call::Boot => boot(state).map(|()| None),
-        Call::Pause => state.handle()?.pause().map_err(from_handle).map(|()| None),
-        Call::Resume => state.handle()?.resume().map_err(from_handle).map(|()| None),
+        Call::Pause => state
+            .handle()?
+            .pause()
+            .map_err(from_handle("pause"))
+            .map(|()| None),
+        Call::Resume => state
+            .handle()?
+            .resume()
+            .map_err(from_handle("resume"))
+            .map(|()| None),
         Call::Shutdown => state
             .handle()?
             .shutdown()
-            .map_err(from_handle)
+            .map_err(from_handle("shut down"))
             .map(|_| None),
         Call::Delete => {
             state.stop_vm();
@@ -382,7 +404,7 @@ fn create(
         )));
     }
     let config = *config?;
-    let handle = VmHandle::create(&config).map_err(|e| RouteError::Build(error_chain(&e)))?;
+    let handle = VmHandle::create(&config).map_err(RouteError::Build)?;
     state.vm = Some(ManagedVm {
         config,
         handle: Some(handle),
@@ -398,12 +420,11 @@ fn boot(state: &mut ApiState) -> Result<(), RouteError> {
         // As Cloud Hypervisor: a shut-down VM boots again, rebuilt from its config. The old
         // one goes first, so that its memory (huge pages above all) is free for the new one.
         vm.handle = None;
-        let handle =
-            VmHandle::create(&vm.config).map_err(|e| RouteError::Build(error_chain(&e)))?;
+        let handle = VmHandle::create(&vm.config).map_err(RouteError::Build)?;
         vm.handle = Some(handle);
         vm.ended = false;
     }
-    state.handle()?.boot().map_err(from_handle)
+    state.handle()?.boot().map_err(from_handle("boot"))
 }
 
 fn info(state: &mut ApiState) -> Result<String, RouteError> {

@@ -84,7 +84,7 @@ fn serves_until_vmm_shutdown_or_stop() {
         })
     };
     let answer = send(&path, b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 \r\n"), "{answer}");
     assert!(answer.contains("\"version\""), "{answer}");
 
     // A body over the limit: 413 without reading it, and the server goes on.
@@ -94,16 +94,16 @@ fn serves_until_vmm_shutdown_or_stop() {
     );
     let answer = send(&path, big.as_bytes());
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
-    assert!(answer.contains("{\"error\":"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n[\"request body larger than 1048576 bytes\"]"),
+        "{answer}"
+    );
 
     // A client that connects and leaves gets nothing and harms nothing.
     drop(UnixStream::connect(&path).unwrap());
 
     let answer = send(&path, b"PUT /api/v1/vmm.shutdown HTTP/1.1\r\n\r\n");
-    assert!(
-        answer.starts_with("HTTP/1.1 204 No Content\r\n"),
-        "{answer}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 204 \r\n"), "{answer}");
     stop.trigger();
     assert_eq!(
         serving.join().unwrap(),
@@ -155,11 +155,11 @@ fn idle_connections_do_not_hold_up_other_clients() {
     // Read one connection at a time, this answer would wait for the five idle clients to
     // time out first (REQUEST_TIMEOUT each).
     let answer = send(&path, PING);
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 \r\n"), "{answer}");
     // They were still waiting, not timed out: each is answered once its request is whole.
     for stream in waiting {
         let answer = finish(stream);
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 200 \r\n"), "{answer}");
     }
     stop.trigger();
     assert_eq!(handle.join().unwrap().unwrap(), Served::Interrupted);
@@ -174,20 +174,17 @@ fn connections_past_the_limit_get_503_and_places_come_back() {
     let mut extra = UnixStream::connect(&path).unwrap();
     let mut answer = String::new();
     extra.read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-        "{answer}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 503 \r\n"), "{answer}");
     assert!(answer.contains("too many API connections"), "{answer}");
     for stream in waiting {
         let answer = finish(stream);
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 200 \r\n"), "{answer}");
     }
     // A connection gives its place back before it closes: all are free again.
     let again: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| idle(&path)).collect();
     for stream in again {
         let answer = finish(stream);
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 200 \r\n"), "{answer}");
     }
     stop.trigger();
     assert_eq!(handle.join().unwrap().unwrap(), Served::Interrupted);

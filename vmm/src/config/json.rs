@@ -19,22 +19,26 @@
 //!
 //! - Shared with Cloud Hypervisor: `cpus.boot_vcpus`, `cpus.max_vcpus` (Keel has no vCPU
 //!   hotplug, so it must equal `boot_vcpus`), `cpus.affinity`, `memory.size`, `hugepages`,
-//!   `hugepage_size`, `prefault`, `shared`, `mergeable` (sizes in bytes), `payload`,
-//!   `disks[].path`, `readonly`, `lock`, `num_queues`, `queue_size`, `poll_us`, `id`, `serial`, and
+//!   `hugepage_size`, `prefault`, `shared`, `mergeable`, `thp` (absent: auto; sizes in bytes),
+//!   `payload`, `disks[].path`, `readonly`, `num_queues`, `queue_size`, `id`, `serial`, and
 //!   `serial.mode` (`Tty`, `Off`, `Null` or `File`, any case) with `serial.file`.
 //! - Keel's own: `cpus.kvm_pv`, `cpus.hyperv` (the `--cpus kvm_pv=` / `hyperv=` vocabulary, as
 //!   one string with or without brackets; `"kvm_pv": "hidden"` leaves out KVM's CPUID leaves),
-//!   `cpus.pvm_compat` (`auto`, `on`, `off`), `memory.thp` (absent: auto), `disks[].cache`
-//!   (`none`, `writeback`), `disks[].iothread` (`--disk iothread=` syntax; `cpus:2,4` may leave
-//!   out the brackets) and `disks[].numa_node`.
+//!   `cpus.pvm_compat` (`auto`, `on`, `off`), `disks[].cache` (`none`, `writeback`),
+//!   `disks[].lock`, `disks[].poll_us`, `disks[].iothread` (`--disk iothread=` syntax;
+//!   `cpus:2,4` may leave out the brackets) and `disks[].numa_node`.
 //! - `numa` differs from Cloud Hypervisor's: there a node takes its RAM from named
 //!   `memory_zones`, and Keel has no zones. A Keel node gives its RAM directly:
 //!   `{"guest_numa_id", "cpus", "memory" (bytes), "host_numa_node"}`, as `--numa` does.
+//! - Cloud Hypervisor's other `VmConfig` fields (`net`, `rng`, `console`, `platform`,
+//!   `memory.zones`, `disks[].direct`, `cpus.topology`, ...) are accepted when they ask for
+//!   nothing Keel lacks, mapped where Keel has the same thing in another form (`direct`,
+//!   `kvm_hyperv`), and refused with the field's path otherwise: see [`cloud_hypervisor`].
 //!
 //! Every field may be left out except `payload.kernel` and `disks[].path` (and a NUMA node's
 //! `guest_numa_id` and `memory`, which `--numa` requires too); what is left out takes the CLI's
-//! default. Unknown fields are refused, so a Cloud Hypervisor setting Keel lacks (`net`,
-//! `memory.hotplug_size`, ...) is an error rather than silently dropped.
+//! default. Unknown fields are refused with their name, so a typo is an error rather than a
+//! setting silently dropped.
 //!
 //! A body becomes the typed config directly (no detour through option strings), and then
 //! meets the same checks the command line's parsers end with ([`DiskConfig::check_values`],
@@ -45,19 +49,25 @@
 //! Nothing here touches the filesystem: kernel, initramfs and disk files, the set of disks and
 //! the host's limits are checked when the VM is built, as they are for the CLI.
 
-use std::path::{Path, PathBuf};
+mod cloud_hypervisor;
+mod to_json;
+mod wire;
 
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
+use self::wire::{
+    AffinityWire, CpusWire, DiskWire, MemoryWire, NumaWire, PayloadWire, SerialWire, VmWire,
+};
 use super::cpus::check_affinity_entry;
 use super::disk::{self, narrow, parse_iothread};
-use super::paravirt::{hyperv_text, kvm_pv_text, parse_hyperv, parse_kvm_pv};
+use super::paravirt::{parse_hyperv, parse_kvm_pv};
 use super::{
     strip_brackets, CacheMode, ConfigError, CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig,
     PayloadConfig, SerialConfig, Toggle, VmConfig,
 };
 use crate::host::KEEL_MAX_VCPUS;
 use crate::placement::CpuSet;
+pub use to_json::vm_config_to_json;
 
 /// Why a JSON VM configuration was refused. Each message is one line that starts with the
 /// field path (`memory.hugepage_size`, `disks[1].queue_size`), except for JSON that does not
@@ -92,135 +102,6 @@ pub enum JsonConfigError {
         /// What is not supported, in one line.
         detail: String,
     },
-}
-
-// ---------------------------------------------------------------------------------------------
-// The wire shape. Every field is optional here; what is required is checked while converting,
-// so that the message can name the whole field path.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VmWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cpus: Option<CpusWire>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    memory: Option<MemoryWire>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<PayloadWire>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disks: Option<Vec<DiskWire>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    serial: Option<SerialWire>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    numa: Option<Vec<NumaWire>>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CpusWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    boot_vcpus: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_vcpus: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    affinity: Option<Vec<AffinityWire>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kvm_pv: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hyperv: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pvm_compat: Option<String>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AffinityWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    vcpu: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host_cpus: Option<Vec<u32>>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemoryWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hugepages: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hugepage_size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prefault: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thp: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shared: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mergeable: Option<bool>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PayloadWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kernel: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    initramfs: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cmdline: Option<String>,
-}
-
-/// Numbers the CLI range-checks are taken wide, so that the CLI's message, not serde's
-/// integer-width one, says what range is allowed.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DiskWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    readonly: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    num_queues: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    queue_size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    serial: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cache: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iothread: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    numa_node: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lock: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    poll_us: Option<u64>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SerialWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mode: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NumaWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    guest_numa_id: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cpus: Option<Vec<u32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    memory: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host_numa_node: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,6 +209,7 @@ fn paravirt_error(key: &str, source: ConfigError) -> JsonConfigError {
 /// the module documentation for the shape). Files are not looked at.
 pub fn vm_config_from_json(body: &str) -> Result<VmConfig, JsonConfigError> {
     let wire: VmWire = serde_json::from_str(body).map_err(JsonConfigError::Json)?;
+    cloud_hypervisor::check_vm(&wire)?;
     let config = VmConfig {
         cpus: cpus_from(wire.cpus.unwrap_or_default())?,
         memory: memory_from(wire.memory.unwrap_or_default())?,
@@ -369,21 +251,28 @@ fn cpus_from(wire: CpusWire) -> Result<CpusConfig, JsonConfigError> {
             ),
         ));
     }
-    if let Some(list) = wire.affinity {
-        cfg.affinity = affinity_from(&list)?;
+    if let Some(list) = &wire.affinity {
+        cfg.affinity = affinity_from(list)?;
     }
-    if let Some(v) = wire.kvm_pv {
-        cfg.kvm_pv = parse_kvm_pv(strip_brackets(&v))
+    if let Some(v) = &wire.kvm_pv {
+        cfg.kvm_pv = parse_kvm_pv(strip_brackets(v))
             .map_err(|e| paravirt_error("kvm_pv", ConfigError::KvmPv(e)))?;
     }
-    if let Some(v) = wire.hyperv {
-        cfg.hyperv = parse_hyperv(strip_brackets(&v))
-            .map_err(|e| paravirt_error("hyperv", ConfigError::Hyperv(e)))?;
+    let hyperv = match &wire.hyperv {
+        Some(v) => Some(
+            parse_hyperv(strip_brackets(v))
+                .map_err(|e| paravirt_error("hyperv", ConfigError::Hyperv(e)))?,
+        ),
+        None => None,
+    };
+    if let Some(hyperv) = cloud_hypervisor::kvm_hyperv(wire.kvm_hyperv, hyperv)? {
+        cfg.hyperv = hyperv;
     }
-    if let Some(v) = wire.pvm_compat {
+    if let Some(v) = &wire.pvm_compat {
         cfg.pvm_compat =
-            Toggle::parse("cpus", "pvm_compat", &v).map_err(|e| from_cli("cpus", &[], e))?;
+            Toggle::parse("cpus", "pvm_compat", v).map_err(|e| from_cli("cpus", &[], e))?;
     }
+    cloud_hypervisor::check_cpus(&wire, cfg.boot_vcpus)?;
     // The host's own KVM limit is checked when the VM is built.
     cfg.validate(KEEL_MAX_VCPUS, "Keel's limit: 8-bit APIC IDs")
         .map_err(|e| from_cli("cpus", &[], e))?;
@@ -414,6 +303,7 @@ fn affinity_from(list: &[AffinityWire]) -> Result<Vec<(u32, CpuSet)>, JsonConfig
 }
 
 fn memory_from(wire: MemoryWire) -> Result<MemoryConfig, JsonConfigError> {
+    cloud_hypervisor::check_memory(&wire)?;
     let defaults = MemoryConfig::default();
     let cfg = MemoryConfig {
         size: wire.size.unwrap_or(defaults.size),
@@ -434,6 +324,7 @@ fn memory_from(wire: MemoryWire) -> Result<MemoryConfig, JsonConfigError> {
 }
 
 fn payload_from(wire: PayloadWire) -> Result<PayloadConfig, JsonConfigError> {
+    cloud_hypervisor::check_payload(&wire)?;
     let kernel = wire
         .kernel
         .filter(|k| !k.is_empty())
@@ -446,6 +337,7 @@ fn payload_from(wire: PayloadWire) -> Result<PayloadConfig, JsonConfigError> {
 }
 
 fn serial_from(wire: SerialWire) -> Result<SerialConfig, JsonConfigError> {
+    cloud_hypervisor::check_serial(&wire)?;
     let mode = match &wire.mode {
         Some(m) => m.to_ascii_lowercase(),
         None if wire.file.is_some() => "file".to_string(),
@@ -478,8 +370,13 @@ fn serial_from(wire: SerialWire) -> Result<SerialConfig, JsonConfigError> {
 fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError> {
     let field = format!("disks[{index}]");
     let cli = |e| from_cli(&field, &[("queues", "num_queues")], e);
+    cloud_hypervisor::check_disk(&field, &wire)?;
     let path = wire.path.ok_or_else(|| missing(format!("{field}.path")))?;
     let defaults = DiskConfig::default();
+    let cache = match &wire.cache {
+        Some(v) => Some(CacheMode::parse(v).map_err(cli)?),
+        None => None,
+    };
     let (iothread, iothread_cpus) = match &wire.iothread {
         Some(v) => parse_iothread(v).map_err(cli)?,
         None => (None, None),
@@ -488,10 +385,8 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
         path: PathBuf::from(path),
         readonly: wire.readonly.unwrap_or(defaults.readonly),
         lock: wire.lock.unwrap_or(defaults.lock),
-        cache: match &wire.cache {
-            Some(v) => CacheMode::parse(v).map_err(cli)?,
-            None => defaults.cache,
-        },
+        cache: cloud_hypervisor::direct_cache(&field, wire.direct, cache)?
+            .unwrap_or(defaults.cache),
         queues: match wire.num_queues {
             Some(n) => narrow("queues", n, disk::QUEUES).map_err(cli)?,
             None => defaults.queues,
@@ -516,6 +411,7 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
 
 fn numa_from(index: usize, wire: NumaWire) -> Result<NumaNodeConfig, JsonConfigError> {
     let field = format!("numa[{index}]");
+    cloud_hypervisor::check_numa(&field, &wire)?;
     let guest_node = wire
         .guest_numa_id
         .ok_or_else(|| missing(format!("{field}.guest_numa_id")))?;
@@ -532,131 +428,6 @@ fn numa_from(index: usize, wire: NumaWire) -> Result<NumaNodeConfig, JsonConfigE
     };
     node.check_values().map_err(|e| from_cli(&field, &[], e))?;
     Ok(node)
-}
-
-// ---------------------------------------------------------------------------------------------
-// VmConfig -> JSON.
-// ---------------------------------------------------------------------------------------------
-
-/// The JSON form of `config`, every setting spelled out (`thp` only when not auto). For a
-/// config the CLI built, [`vm_config_from_json`] gives `config` back. Paths that are not UTF-8
-/// cannot be JSON strings; their bad bytes become U+FFFD.
-pub fn vm_config_to_json(config: &VmConfig) -> String {
-    let wire = VmWire {
-        cpus: Some(cpus_to(&config.cpus)),
-        memory: Some(memory_to(&config.memory)),
-        payload: Some(PayloadWire {
-            kernel: Some(path_text(&config.payload.kernel)),
-            initramfs: config.payload.initramfs.as_deref().map(path_text),
-            cmdline: Some(config.payload.cmdline.clone()),
-        }),
-        disks: (!config.disks.is_empty()).then(|| config.disks.iter().map(disk_to).collect()),
-        serial: Some(serial_to(&config.serial)),
-        numa: (!config.numa.is_empty()).then(|| config.numa.iter().map(numa_to).collect()),
-    };
-    // Every wire field is a string, number, bool or list of them, so this cannot fail.
-    match serde_json::to_string(&wire) {
-        Ok(text) => text,
-        Err(e) => {
-            log::error!("cannot write the VM config as JSON: {e}");
-            String::from("{}")
-        }
-    }
-}
-
-fn path_text(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn cpus_to(cpus: &CpusConfig) -> CpusWire {
-    CpusWire {
-        boot_vcpus: Some(cpus.boot_vcpus),
-        max_vcpus: Some(cpus.boot_vcpus),
-        affinity: (!cpus.affinity.is_empty()).then(|| {
-            cpus.affinity
-                .iter()
-                .map(|(vcpu, set)| AffinityWire {
-                    vcpu: Some(*vcpu),
-                    host_cpus: Some(set.iter().collect()),
-                })
-                .collect()
-        }),
-        kvm_pv: Some(kvm_pv_text(cpus.kvm_pv)),
-        hyperv: Some(hyperv_text(&cpus.hyperv)),
-        pvm_compat: Some(
-            match cpus.pvm_compat {
-                Toggle::Auto => "auto",
-                Toggle::On => "on",
-                Toggle::Off => "off",
-            }
-            .to_string(),
-        ),
-    }
-}
-
-fn memory_to(memory: &MemoryConfig) -> MemoryWire {
-    MemoryWire {
-        size: Some(memory.size),
-        hugepages: Some(memory.hugepages),
-        hugepage_size: memory.hugepage_size,
-        prefault: Some(memory.prefault),
-        thp: match memory.thp {
-            Toggle::Auto => None,
-            Toggle::On => Some(true),
-            Toggle::Off => Some(false),
-        },
-        shared: Some(memory.shared),
-        mergeable: Some(memory.mergeable),
-    }
-}
-
-fn disk_to(disk: &DiskConfig) -> DiskWire {
-    let cpus = disk.iothread_cpus.as_ref().map(|c| format!("cpus:[{c}]"));
-    let iothread = match (&disk.iothread, cpus) {
-        (Some(name), Some(cpus)) => Some(format!("{name}:{cpus}")),
-        (Some(name), None) => Some(name.clone()),
-        (None, cpus) => cpus,
-    };
-    DiskWire {
-        path: Some(path_text(&disk.path)),
-        readonly: Some(disk.readonly),
-        num_queues: Some(u64::from(disk.queues)),
-        queue_size: Some(u64::from(disk.queue_size)),
-        id: disk.id.clone(),
-        serial: disk.serial.clone(),
-        cache: Some(
-            match disk.cache {
-                CacheMode::None => "none",
-                CacheMode::Writeback => "writeback",
-            }
-            .to_string(),
-        ),
-        iothread,
-        numa_node: disk.numa_node,
-        lock: Some(disk.lock),
-        poll_us: Some(u64::from(disk.poll_us)),
-    }
-}
-
-fn serial_to(serial: &SerialConfig) -> SerialWire {
-    let (mode, file) = match serial {
-        SerialConfig::Tty => ("Tty", None),
-        SerialConfig::Off => ("Off", None),
-        SerialConfig::File(path) => ("File", Some(path_text(path))),
-    };
-    SerialWire {
-        mode: Some(mode.to_string()),
-        file,
-    }
-}
-
-fn numa_to(node: &NumaNodeConfig) -> NumaWire {
-    NumaWire {
-        guest_numa_id: Some(node.guest_node),
-        cpus: Some(node.cpus.iter().collect()),
-        memory: Some(node.memory),
-        host_numa_node: node.host_node,
-    }
 }
 
 #[cfg(test)]

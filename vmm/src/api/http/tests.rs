@@ -63,17 +63,14 @@ fn answers_expect_100_continue_before_the_body() {
         client
             .write_all(b"PUT /a HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
             .unwrap();
-        let mut line = [0u8; 25];
+        let mut line = [0u8; 17];
         client.read_exact(&mut line).unwrap();
         client.write_all(b"abc").unwrap();
         line
     });
     let r = read_request(&mut server, Duration::from_secs(5)).unwrap();
     assert_eq!(r.body, b"abc");
-    assert_eq!(
-        &client_side.join().unwrap(),
-        b"HTTP/1.1 100 Continue\r\n\r\n"
-    );
+    assert_eq!(&client_side.join().unwrap(), b"HTTP/1.1 100 \r\n\r\n");
 }
 
 #[test]
@@ -168,21 +165,18 @@ fn writes_responses_with_length_and_allow() {
     let (mut server, mut client) = UnixStream::pair().unwrap();
     let response = Response {
         status: 405,
-        body: Some("{\"error\":\"x\"}".into()),
+        body: Some("[\"x\"]".into()),
         allow: Some("GET"),
     };
     write_response(&mut server, &response, false).unwrap();
     drop(server);
     let mut text = String::new();
     client.read_to_string(&mut text).unwrap();
-    assert!(
-        text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("HTTP/1.1 405 \r\n"), "{text}");
     assert!(text.contains("\r\nAllow: GET\r\n"), "{text}");
     assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
-    assert!(text.contains("\r\nContent-Length: 13\r\n"), "{text}");
-    assert!(text.ends_with("\r\n\r\n{\"error\":\"x\"}"), "{text}");
+    assert!(text.contains("\r\nContent-Length: 5\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n[\"x\"]"), "{text}");
 
     let (mut server, mut client) = UnixStream::pair().unwrap();
     let response = Response {
@@ -194,7 +188,7 @@ fn writes_responses_with_length_and_allow() {
     drop(server);
     let mut text = String::new();
     client.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 204 \r\n"), "{text}");
     assert!(!text.contains("Content-Length"), "{text}");
     assert!(text.ends_with("close\r\n\r\n"), "{text}");
 }

@@ -6,15 +6,21 @@ fn call(method: &str, path: &str, body: &str, state: &mut ApiState) -> Reply {
     handle(method, path, body.as_bytes(), state)
 }
 
-/// The `error` message of an error reply (which must be `{"error": "..."}` on one line).
-fn error_of(reply: &Reply) -> String {
+/// The messages of an error reply, which must be a JSON array of non-empty one-line strings
+/// (the error chain, outermost first), as Cloud Hypervisor's clients read it.
+fn messages_of(reply: &Reply) -> Vec<String> {
     let body = reply.response.body.as_deref().expect("error body");
-    let value: serde_json::Value = serde_json::from_str(body).expect("JSON error body");
-    let object = value.as_object().expect("an object");
-    assert_eq!(object.len(), 1, "{body}");
-    let message = object["error"].as_str().expect("a string").to_string();
-    assert!(!message.contains('\n'), "{message}");
-    message
+    let messages: Vec<String> = serde_json::from_str(body).expect("a JSON array of strings");
+    assert!(!messages.is_empty(), "{body}");
+    for message in &messages {
+        assert!(!message.is_empty() && !message.contains('\n'), "{body}");
+    }
+    messages
+}
+
+/// The messages of an error reply, joined with ": ".
+fn error_of(reply: &Reply) -> String {
+    messages_of(reply).join(": ")
 }
 
 #[test]
@@ -92,8 +98,12 @@ fn bad_create_bodies_are_400_and_leave_no_vm() {
         ("{", "VM config JSON"),
         ("[1,2]", "VM config JSON"),
         (
-            "{\"payload\":{\"kernel\":\"/k\"},\"net\":[]}",
-            "unknown field",
+            "{\"payload\":{\"kernel\":\"/k\"},\"net\":[{}]}",
+            "net: net devices (virtio-net) are not supported by keel",
+        ),
+        (
+            "{\"payload\":{\"kernel\":\"/k\"},\"consle\":{}}",
+            "unknown field `consle`",
         ),
         ("{\"payload\":{}}", "payload.kernel: missing"),
         (
@@ -118,6 +128,38 @@ fn bad_create_bodies_are_400_and_leave_no_vm() {
 }
 
 #[test]
+fn error_bodies_are_the_chain_one_string_per_level() {
+    let mut state = ApiState::new();
+    let body = r#"{"payload": {"kernel": "/k"}, "net": [{"tap": "tap0"}]}"#;
+    let reply = call("PUT", "/api/v1/vm.create", body, &mut state);
+    assert_eq!(reply.response.status, 400);
+    assert_eq!(
+        messages_of(&reply),
+        [
+            "the VM config is refused",
+            "net: net devices (virtio-net) are not supported by keel"
+        ]
+    );
+    // A value the CLI refuses too: its error is the third level.
+    let body = r#"{"payload": {"kernel": "/k"}, "cpus": {"boot_vcpus": 0}}"#;
+    let messages = messages_of(&call("PUT", "/api/v1/vm.create", body, &mut state));
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(messages[1].starts_with("cpus.boot_vcpus: "), "{messages:?}");
+    assert!(messages[2].starts_with("--cpus: "), "{messages:?}");
+    // A VM that cannot be built: the build error below the refusal.
+    let body = r#"{"payload": {"kernel": "/nonexistent/vmlinux"}}"#;
+    let messages = messages_of(&call("PUT", "/api/v1/vm.create", body, &mut state));
+    assert_eq!(messages[0], "cannot build the VM", "{messages:?}");
+    assert!(messages.len() >= 2, "{messages:?}");
+    assert!(messages[1..]
+        .iter()
+        .any(|m| m.contains("/nonexistent/vmlinux")));
+    // Errors of one level are one string.
+    let reply = call("GET", "/api/v1/vm.nope", "", &mut state);
+    assert_eq!(messages_of(&reply), ["no endpoint /api/v1/vm.nope"]);
+}
+
+#[test]
 fn states_are_spelled_as_cloud_hypervisor_spells_them() {
     assert_eq!(state_name(VmState::Created), "Created");
     assert_eq!(state_name(VmState::Running), "Running");
@@ -132,6 +174,7 @@ fn error_chains_stay_on_one_line() {
         source: std::io::Error::other("inner"),
     };
     assert_eq!(error_chain(&e), "cannot listen on /tmp/a b: inner");
+    assert_eq!(error_messages(&e), ["cannot listen on /tmp/a b", "inner"]);
 }
 
 #[test]

@@ -128,28 +128,31 @@ fn minimal_body_takes_the_cli_defaults() {
 #[test]
 fn unknown_fields_and_wrong_types_are_refused_by_name() {
     for (section, name) in [
-        (r#""net": []"#, "`net`"),
+        (r#""nett": [{}]"#, "`nett`"),
         (
-            r#""memory": {"size": 1073741824, "hotplug_size": 0}"#,
-            "`hotplug_size`",
+            r#""memory": {"size": 1073741824, "hotplug_sise": 0}"#,
+            "`hotplug_sise`",
         ),
-        (r#""cpus": {"topology": {}}"#, "`topology`"),
+        (r#""cpus": {"topology": {"threads": 1}}"#, "`threads`"),
         (
             r#""cpus": {"affinity": [{"vcpu": 0, "cpus": [1]}]}"#,
             "`cpus`",
         ),
-        (r#""disks": [{"path": "/a", "direct": true}]"#, "`direct`"),
-        (r#""serial": {"mode": "Tty", "socket": "/s"}"#, "`socket`"),
+        (r#""disks": [{"path": "/a", "directt": true}]"#, "`directt`"),
+        (r#""serial": {"mode": "Tty", "sockett": "/s"}"#, "`sockett`"),
+        (r#""console": {"mode": "Off", "fil": null}"#, "`fil`"),
+        (r#""rng": {"source": "/dev/urandom"}"#, "`source`"),
+        (r#""platform": {"uuidd": null}"#, "`uuidd`"),
         (
-            r#""numa": [{"guest_numa_id": 0, "memory_zones": ["z"]}]"#,
-            "`memory_zones`",
+            r#""numa": [{"guest_numa_id": 0, "memory_zone": ["z"]}]"#,
+            "`memory_zone`",
         ),
         (r#""cpus": {"boot_vcpus": "2"}"#, "expected u32"),
         (r#""cpus": {"boot_vcpus": -1}"#, "expected u32"),
         (r#""memory": {"hugepages": "on"}"#, "expected a boolean"),
         (r#""memory": {"size": 1.5}"#, "expected u64"),
         (r#""disks": {"path": "/a"}"#, "expected a sequence"),
-        (r#""serial": "tty""#, "expected struct SerialWire"),
+        (r#""serial": "tty""#, "expected struct ConsoleWire"),
     ] {
         let err = message_with(section);
         assert!(err.starts_with("VM config JSON: "), "{section}: {err}");
@@ -497,3 +500,5 @@ fn values_the_option_syntax_cannot_carry_are_taken_whole() {
     let back = parse(&vm_config_to_json(&c));
     assert_eq!(back, c);
 }
+
+mod cloud_hypervisor;
