@@ -29,9 +29,10 @@ use vmm::config::{
 use vmm::event::StopEvent;
 use vmm::handle::VmHandle;
 use vmm::seccomp::SeccompMode;
+use vmm::snapshot::SnapshotFile;
 use vmm::stats::view as stats_view;
 use vmm::stats::VmCounters;
-use vmm::vm::{RunningVm, Vm, VmOutcome};
+use vmm::vm::{RunningVm, Vm, VmError, VmOutcome};
 
 /// Keel: a small KVM hypervisor focused on few VM exits and fast storage.
 #[derive(Parser, Debug)]
@@ -45,8 +46,17 @@ use vmm::vm::{RunningVm, Vm, VmOutcome};
 struct Cli {
     /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage; the format is detected.
     /// Optional with --api-socket (the VM then comes from `vm.create`).
-    #[arg(long, value_name = "PATH", required_unless_present = "api_socket")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["api_socket", "restore"]
+    )]
     kernel: Option<PathBuf>,
+    /// Restore the VM saved in a snapshot and run it on from the snapshot's instant:
+    /// `source_url=file:///PATH` (Cloud Hypervisor's form; a plain absolute path is taken
+    /// too). The VM's configuration comes from the snapshot.
+    #[arg(long, value_name = "source_url=URL", value_parser = parse_restore, conflicts_with = "kernel")]
+    restore: Option<PathBuf>,
     /// Serve the HTTP API (Cloud Hypervisor's endpoints) on this Unix socket, created with mode
     /// 0600 (`path=PATH` is accepted too). Keel runs until `PUT /api/v1/vmm.shutdown`.
     #[arg(long, value_name = "PATH", value_parser = parse_api_socket)]
@@ -96,6 +106,11 @@ struct Cli {
     /// refused with EPERM), log (allowed, and logged by the kernel), off.
     #[arg(long, default_value = "on", value_parser = parse_seccomp)]
     seccomp: SeccompMode,
+}
+
+fn parse_restore(s: &str) -> Result<PathBuf, String> {
+    let url = s.strip_prefix("source_url=").unwrap_or(s);
+    vmm::snapshot::path_from_url(url).map_err(|e| e.to_string())
 }
 
 fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
@@ -273,16 +288,20 @@ fn main() -> ExitCode {
     if let Some(path) = cli.api_socket.clone() {
         return api_main(cli, &path);
     }
-    let Some(config) = vm_config(&cli) else {
-        err_line!("keel: error: --kernel is required");
-        return ExitCode::from(1);
-    };
     let stop = match stop_event() {
         Ok(stop) => stop,
         Err(code) => return code,
     };
     install_stop_handlers();
-    let mut running = match Vm::create(&config).and_then(Vm::start) {
+    let built = match (&cli.restore, vm_config(&cli)) {
+        (Some(source), _) => restore_vm(source),
+        (None, Some(config)) => Vm::create(&config),
+        (None, None) => {
+            err_line!("keel: error: --kernel is required");
+            return ExitCode::from(1);
+        }
+    };
+    let mut running = match built.and_then(Vm::start) {
         Ok(vm) => vm,
         Err(e) => {
             err_line!("keel: error: {}", error_chain(&e));
@@ -299,6 +318,19 @@ fn main() -> ExitCode {
     drop(running);
     log_peak_rss();
     exit_code(outcome)
+}
+
+/// The VM saved at `source`, ready to run on.
+fn restore_vm(source: &std::path::Path) -> Result<Vm, VmError> {
+    let snap = SnapshotFile::open(source)?;
+    let (vm, report) = Vm::restore(&snap)?;
+    log::info!(
+        "restored {} bytes of guest RAM from {} in {:.3} s",
+        report.ram_bytes,
+        source.display(),
+        report.ram_time.as_secs_f64()
+    );
+    Ok(vm)
 }
 
 /// Waits for the VM to end, printing a `keel-rates:` view every `interval`.
@@ -392,10 +424,18 @@ fn api_main(cli: Cli, path: &std::path::Path) -> ExitCode {
     };
     install_stop_handlers();
     let mut state = ApiState::new();
-    if let Some(config) = vm_config(&cli) {
-        let booted = VmHandle::create(&config).and_then(|mut vm| vm.boot().map(|()| vm));
+    let handle = match (&cli.restore, vm_config(&cli)) {
+        (Some(source), _) => Some(VmHandle::restore(source).map(|(vm, _)| vm)),
+        (None, Some(config)) => Some(VmHandle::create(&config)),
+        (None, None) => None,
+    };
+    if let Some(handle) = handle {
+        let booted = handle.and_then(|mut vm| vm.boot().map(|()| vm));
         match booted {
-            Ok(vm) => state.adopt(config, vm),
+            Ok(vm) => {
+                let config = vm.config().cloned().unwrap_or_default();
+                state.adopt(config, vm);
+            }
             Err(e) => {
                 err_line!("keel: error: {}", error_chain(&e));
                 return ExitCode::from(1);

@@ -405,7 +405,7 @@ fn bad_requests_get_4xx_and_json_and_the_vm_keeps_running() {
     let answer = keel.call("PUT", "vm.info", Some("{}"));
     answer.error(405);
     assert_eq!(answer.header("Allow").as_deref(), Some("GET"));
-    keel.call("GET", "vm.snapshot", None).error(404);
+    keel.call("GET", "vm.add-net", None).error(404);
     exchange(&keel.socket, b"GET /nope HTTP/1.1\r\n\r\n").error(404);
     exchange(&keel.socket, b"NOT HTTP\r\n\r\n").error(400);
     exchange(&keel.socket, b"GET /api/v1/vm.info HTTP/3.0\r\n\r\n").error(505);

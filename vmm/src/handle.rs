@@ -23,11 +23,13 @@
 //! ```
 
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
 use crate::config::VmConfig;
 use crate::exit::ResetCause;
+use crate::snapshot::{RestoreReport, SnapshotFile, SnapshotMode, SnapshotReport};
 use crate::stats::VmCounters;
 use crate::vm::{RunningVm, Vm, VmError, VmOutcome};
 
@@ -69,6 +71,9 @@ pub enum HandleError {
     /// Building or starting the VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A snapshot failed (the VM runs on).
+    #[error(transparent)]
+    Snapshot(#[from] crate::vm::SnapshotError),
     /// The request does not fit the VM's state (boot twice, pause a stopped VM, ...).
     #[error("cannot {action} a VM that is {state:?}")]
     WrongState {
@@ -109,6 +114,50 @@ impl VmHandle {
         })
     }
 
+    /// Builds the VM saved in the snapshot at `source` (its configuration, RAM and state);
+    /// [`VmHandle::boot`] then runs it on from the snapshot's instant.
+    pub fn restore(source: &Path) -> Result<(Self, RestoreReport), HandleError> {
+        let snap = SnapshotFile::open(source).map_err(VmError::from)?;
+        let (vm, report) = Vm::restore(&snap)?;
+        log::info!(
+            "restored {} of guest RAM from {} in {:.3} s",
+            report.ram_bytes,
+            source.display(),
+            report.ram_time.as_secs_f64()
+        );
+        let (events, receiver) = channel();
+        let handle = VmHandle {
+            inner: Inner::Created(Box::new(vm)),
+            outcome: None,
+            events,
+            receiver: Some(receiver),
+            install_signal_handler: true,
+        };
+        Ok((handle, report))
+    }
+
+    /// Saves the running (or paused) VM to `destination`, which must not exist.
+    pub fn snapshot(
+        &mut self,
+        destination: &Path,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotReport, HandleError> {
+        self.poll();
+        match &mut self.inner {
+            Inner::Running(vm) => Ok(vm.snapshot(destination, mode)?),
+            _ => Err(self.wrong("snapshot")),
+        }
+    }
+
+    /// The configuration the VM was built from (for a restored VM, the saved one).
+    pub fn config(&self) -> Option<&VmConfig> {
+        match &self.inner {
+            Inner::Created(vm) => Some(vm.config()),
+            Inner::Running(vm) | Inner::Stopped(Some(vm)) => Some(vm.config()),
+            Inner::Stopped(None) => None,
+        }
+    }
+
     /// Opt out of Keel installing its no-op handler for the vCPU kick signal
     /// ([`crate::vm::kick_signal`], SIGRTMIN) at boot. The caller must then install one itself
     /// (without SA_RESTART), or the first kick terminates the process.
@@ -147,12 +196,29 @@ impl VmHandle {
 
     /// Starts the vCPUs.
     pub fn boot(&mut self) -> Result<(), HandleError> {
+        self.start(false)
+    }
+
+    /// Starts the vCPUs parked: the VM is `Paused` until [`VmHandle::resume`] (for a restored
+    /// VM, whose user may want to look before it runs on).
+    pub fn boot_paused(&mut self) -> Result<(), HandleError> {
+        self.start(true)
+    }
+
+    fn start(&mut self, paused: bool) -> Result<(), HandleError> {
         let inner = std::mem::replace(&mut self.inner, Inner::Stopped(None));
         match inner {
-            Inner::Created(vm) => match vm.start_with(self.install_signal_handler) {
+            Inner::Created(vm) => match if paused {
+                vm.start_paused_with(self.install_signal_handler)
+            } else {
+                vm.start_with(self.install_signal_handler)
+            } {
                 Ok(running) => {
                     self.inner = Inner::Running(Box::new(running));
                     self.emit(VmEvent::Booted);
+                    if paused {
+                        self.emit(VmEvent::Paused);
+                    }
                     Ok(())
                 }
                 Err(e) => Err(e.into()),

@@ -22,6 +22,8 @@ pub struct HostInfo {
     pub get_tsc_khz: bool,
     /// Host RAM in bytes (MemTotal), if readable.
     pub ram_bytes: Option<u64>,
+    /// KVM_CAP_XSAVE2: the size of a vCPU's extended state (0 where KVM lacks the cap).
+    pub xsave2_size: i32,
 }
 
 impl HostInfo {
@@ -34,6 +36,7 @@ impl HostInfo {
             tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
             get_tsc_khz: kvm.check_extension(Cap::GetTscKhz),
             ram_bytes: host_ram_bytes(),
+            xsave2_size: kvm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_XSAVE2)),
         }
     }
 
@@ -91,6 +94,7 @@ mod tests {
             tsc_deadline: true,
             get_tsc_khz: true,
             ram_bytes: None,
+            xsave2_size: 0,
         };
         assert_eq!(h.vcpu_limit().0, KEEL_MAX_VCPUS);
         h.kvm_max_vcpus = 16;

@@ -28,6 +28,7 @@ pub mod memory;
 pub mod paravirt;
 pub mod placement;
 pub mod seccomp;
+pub mod snapshot;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

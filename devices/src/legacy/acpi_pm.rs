@@ -44,6 +44,19 @@ const CNT_STORED: u16 = BM_RLD | SLP_TYP_MASK;
 
 const BLOCK: usize = ACPI_PM_LEN as usize;
 
+/// The PM block's saved state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcpiPmSnapshot {
+    /// PM1a_STS.
+    pub sts: u16,
+    /// PM1a_EN.
+    pub en: u16,
+    /// PM1a_CNT's stored bits.
+    pub cnt: u16,
+    /// Timer ticks since the block was created.
+    pub ticks: u64,
+}
+
 /// The ACPI PM register block.
 #[derive(Debug)]
 pub struct AcpiPm {
@@ -72,6 +85,32 @@ impl AcpiPm {
             reset_value,
             other_sleep_logged: false,
         }
+    }
+
+    /// The registers and the timer's count, for a snapshot.
+    pub fn state(&self) -> AcpiPmSnapshot {
+        AcpiPmSnapshot {
+            sts: self.sts,
+            en: self.en,
+            cnt: self.cnt,
+            ticks: self.ticks_at(Instant::now()),
+        }
+    }
+
+    /// Puts saved registers back; the timer goes on from the saved count.
+    pub fn restore(&mut self, saved: &AcpiPmSnapshot) {
+        let now = Instant::now();
+        let elapsed = Duration::from_nanos(
+            u64::try_from(u128::from(saved.ticks) * 1_000_000_000 / u128::from(PM_TIMER_HZ))
+                .unwrap_or(u64::MAX),
+        );
+        // A count older than the host's monotonic clock starts the timer at now (it only
+        // needs to advance).
+        self.start = now.checked_sub(elapsed).unwrap_or(now);
+        self.sts = saved.sts;
+        self.en = saved.en;
+        self.cnt = saved.cnt & CNT_STORED;
+        self.tmr_epoch = self.ticks_at(now) >> 23;
     }
 
     /// Timer ticks from creation to `now` (not yet truncated to 24 bits).

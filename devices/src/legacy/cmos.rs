@@ -114,6 +114,20 @@ fn bcd(value: u8) -> u8 {
     ((value / 10) << 4) | (value % 10)
 }
 
+/// The CMOS's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosSnapshot {
+    /// The index register.
+    pub index: u8,
+    /// The 128 bytes of CMOS memory.
+    pub ram: Vec<u8>,
+}
+
+/// A saved CMOS memory of the wrong size.
+#[derive(Debug, thiserror::Error)]
+#[error("the saved CMOS memory holds {0} bytes, not 128")]
+pub struct CmosStateError(pub usize);
+
 /// The CMOS/RTC device.
 #[derive(Debug)]
 pub struct Cmos {
@@ -142,6 +156,26 @@ impl Cmos {
         ram[ABOVE_4G_LO..ABOVE_4G_LO + 3].copy_from_slice(&above.to_le_bytes()[..3]);
         ram[usize::from(REG_B)] = REG_B_24H;
         Cmos { index: 0, ram }
+    }
+
+    /// The index register and the CMOS memory, for a snapshot (the clock registers are read
+    /// from the host's clock, so they are not state).
+    pub fn state(&self) -> CmosSnapshot {
+        CmosSnapshot {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    /// Puts saved registers back; a saved memory of another size is refused.
+    pub fn restore(&mut self, saved: &CmosSnapshot) -> Result<(), CmosStateError> {
+        self.ram = saved
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| CmosStateError(saved.ram.len()))?;
+        self.index = saved.index & 0x7f;
+        Ok(())
     }
 
     /// Reads register `index` (already masked to 0..=127).

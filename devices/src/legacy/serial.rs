@@ -53,6 +53,19 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// A 16550's receive FIFO.
+const FIFO_SIZE: usize = 64;
+
+/// The UART's saved state: DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR, and the bytes
+/// received but not yet read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// The registers in the order above.
+    pub registers: [u8; 9],
+    /// The receive FIFO.
+    pub in_buffer: Vec<u8>,
+}
+
 /// The boxed output sink the guest's transmitted bytes go to.
 type Sink = Box<dyn Write + Send>;
 
@@ -80,6 +93,54 @@ impl Serial {
             inner: vm_superio::Serial::new(EventFdTrigger(interrupt), output),
             output_error_logged: false,
         }
+    }
+
+    /// The registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        let s = self.inner.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Puts saved registers and receive FIFO back, keeping this UART's interrupt and output.
+    /// A FIFO longer than a 16550's is cut to what the UART holds.
+    pub fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), SerialError> {
+        let [divisor_low, divisor_high, ier, iir, lcr, lsr, mcr, msr, scratch] = saved.registers;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: divisor_low,
+            baud_divisor_high: divisor_high,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch,
+            in_buffer: saved.in_buffer.iter().copied().take(FIFO_SIZE).collect(),
+        };
+        let interrupt = self
+            .inner
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(SerialError::Interrupt)?;
+        let output = std::mem::replace(self.inner.writer_mut(), Box::new(io::sink()));
+        self.inner =
+            vm_superio::Serial::from_state(&state, EventFdTrigger(interrupt), NoEvents, output)
+                .map_err(|e| SerialError::Output(io::Error::other(format!("{e:?}"))))?;
+        Ok(())
     }
 
     /// Free space in the receive FIFO, in bytes.

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::io::rdtsc;
 use crate::json::Line;
 use crate::tsc::{self, Tsc};
-use crate::{blk, blkargs, clock, cpuid, cpus, hv, memwalk, numa, pci, power};
+use crate::{blk, blkargs, clock, counter, cpuid, cpus, hv, memwalk, numa, pci, power};
 
 const PREFIX: &[u8] = b"probe.cmd=";
 const MAX_CMDS: usize = 64;
@@ -29,6 +29,7 @@ pub enum Cmd {
     Memwalk(memwalk::Args),
     Hv(hv::Args),
     Clock(clock::Args),
+    Counter(counter::Args),
 }
 
 /// State shared by the commands.
@@ -87,6 +88,7 @@ fn parse_one(spec: &[u8]) -> Result<Cmd> {
         b"memwalk" => Ok(Cmd::Memwalk(memwalk::parse(args)?)),
         b"hv" => Ok(Cmd::Hv(hv::parse(args)?)),
         b"clock" => Ok(Cmd::Clock(clock::parse(args)?)),
+        b"counter" => Ok(Cmd::Counter(counter::parse(args)?)),
         b"spin" => {
             let mut ms = None;
             for arg in args.unwrap_or(b"").split(|&c| c == b',') {
@@ -157,6 +159,7 @@ fn run(cmd: Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Memwalk(a) => memwalk::run(ctx, &a),
         Cmd::Hv(a) => hv::run(&a),
         Cmd::Clock(a) => clock::run(ctx, &a),
+        Cmd::Counter(a) => counter::run(&a),
     }
 }
 

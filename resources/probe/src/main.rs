@@ -16,6 +16,7 @@ mod blkargs;
 mod bootinfo;
 mod clock;
 mod cmd;
+mod counter;
 mod cpuid;
 mod cpus;
 mod dma;

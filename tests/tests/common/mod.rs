@@ -348,6 +348,12 @@ impl Watched {
         self.child.as_ref().expect("running").id()
     }
 
+    /// What keel has printed on stdout so far.
+    pub fn stdout_now(&self) -> String {
+        let out = self.output.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&out.stdout.bytes).into_owned()
+    }
+
     /// Whether keel has exited.
     pub fn has_exited(&mut self) -> bool {
         let child = self.child.as_mut().expect("running");

@@ -10,6 +10,8 @@
 //! | `/api/v1/vm.resume` | PUT | 204 | 409 no VM, or not `Paused` |
 //! | `/api/v1/vm.shutdown` | PUT | 204 | 409 no VM, or not `Running`/`Paused` |
 //! | `/api/v1/vm.delete` | PUT | 204 (also with no VM) | |
+//! | `/api/v1/vm.snapshot` | PUT, body `{"destination_url":"file:///PATH"[,"mode":"paused"]}` | 200 `{"file_bytes", "ram_bytes", "zero_bytes", "paused_ms", "took_ms"}` | 400 bad body; 409 no VM, or not `Running`/`Paused`; 500 the snapshot failed (the VM runs on) |
+//! | `/api/v1/vm.restore` | PUT, body `{"source_url":"file:///PATH"[,"resume":BOOL]}` | 204, the VM `Paused` (or `Running` with `resume`) | 400 bad body or unusable snapshot; 409 a VM exists |
 //! | `/api/v1/vmm.shutdown` | PUT | 204, then keel exits | |
 //! | `/api/v1/vm.info` | GET | 200 `{"config", "state", "memory_actual_size"}` | 409 no VM |
 //! | `/api/v1/vm.counters` | GET | 200 [`view::json`] | 409 no VM, or never booted |
@@ -23,6 +25,8 @@
 //! `Paused`, `Shutdown` (the guest powered off or reset, or `vm.shutdown`). `vm.boot` of a VM in
 //! `Shutdown` builds it afresh from its config and boots it, as Cloud Hypervisor allows. Bodies
 //! of endpoints other than `vm.create` are ignored.
+
+mod snapshot;
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -42,6 +46,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/api/v1/vm.resume"),
     ("PUT", "/api/v1/vm.shutdown"),
     ("PUT", "/api/v1/vm.delete"),
+    ("PUT", "/api/v1/vm.snapshot"),
+    ("PUT", "/api/v1/vm.restore"),
     ("PUT", "/api/v1/vmm.shutdown"),
     ("GET", "/api/v1/vm.info"),
     ("GET", "/api/v1/vm.counters"),
@@ -67,6 +73,9 @@ pub enum RouteError {
     /// The body is not a VM config Keel accepts.
     #[error("the VM config is refused")]
     Config(#[from] JsonConfigError),
+    /// The body does not fit the endpoint (a field, a URL), said by the parser.
+    #[error("{0}")]
+    Request(String),
     /// The body is unusable for another reason (missing, not UTF-8).
     #[error("{0}")]
     Body(&'static str),
@@ -85,6 +94,9 @@ pub enum RouteError {
         #[source]
         source: VmError,
     },
+    /// The snapshot could not be taken (the VM runs on).
+    #[error("cannot take the snapshot")]
+    Snapshot(#[source] crate::vm::SnapshotError),
 }
 
 impl RouteError {
@@ -93,9 +105,12 @@ impl RouteError {
         match self {
             RouteError::NotFound(_) => 404,
             RouteError::Method { .. } => 405,
-            RouteError::Config(_) | RouteError::Body(_) | RouteError::Build(_) => 400,
+            RouteError::Config(_)
+            | RouteError::Body(_)
+            | RouteError::Request(_)
+            | RouteError::Build(_) => 400,
             RouteError::Conflict(_) => 409,
-            RouteError::Internal { .. } => 500,
+            RouteError::Internal { .. } | RouteError::Snapshot(_) => 500,
         }
     }
 }
@@ -169,6 +184,7 @@ fn from_handle(action: &'static str) -> impl FnOnce(HandleError) -> RouteError {
             state_name(state)
         )),
         HandleError::Vm(source) => RouteError::Internal { action, source },
+        HandleError::Snapshot(source) => RouteError::Snapshot(source),
     }
 }
 
@@ -260,6 +276,10 @@ pub enum Call {
     Shutdown,
     /// `vm.delete`.
     Delete,
+    /// `vm.snapshot`, with its body parsed (refused after the state's checks).
+    Snapshot(Result<snapshot::SnapshotRequest, RouteError>),
+    /// `vm.restore`, with its body parsed (refused after the state's checks).
+    Restore(Result<snapshot::RestoreRequest, RouteError>),
     /// `vmm.shutdown`.
     VmmShutdown,
     /// `vm.info`.
@@ -290,6 +310,8 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<Call, RouteError> 
         "vm.resume" => Call::Resume,
         "vm.shutdown" => Call::Shutdown,
         "vm.delete" => Call::Delete,
+        "vm.snapshot" => Call::Snapshot(snapshot::parse_snapshot(body)),
+        "vm.restore" => Call::Restore(snapshot::parse_restore(body)),
         "vmm.shutdown" => Call::VmmShutdown,
         "vm.info" => Call::Info,
         "vm.counters" => Call::Counters,
@@ -370,6 +392,8 @@ fn route(call: Call, state: &mut ApiState) -> Result<Option<String>, RouteError>
             state.vm = None;
             Ok(None)
         }
+        Call::Snapshot(request) => snapshot::snapshot(request, state).map(Some),
+        Call::Restore(request) => snapshot::restore(request, state).map(|()| None),
         Call::VmmShutdown => Ok(None),
         Call::Info => info(state).map(Some),
         Call::Counters => {
@@ -393,16 +417,22 @@ fn config_from_body(body: &[u8]) -> Result<VmConfig, RouteError> {
     Ok(vm_config_from_json(text)?)
 }
 
+/// 409 if there is a VM already (`vm.create` and `vm.restore` need none).
+fn refuse_existing(state: &mut ApiState) -> Result<(), RouteError> {
+    match state.vm_state() {
+        Some(s) => Err(RouteError::Conflict(format!(
+            "a VM already exists (state {}); PUT /api/v1/vm.delete first",
+            state_name(s)
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn create(
     config: Result<Box<VmConfig>, RouteError>,
     state: &mut ApiState,
 ) -> Result<(), RouteError> {
-    if let Some(s) = state.vm_state() {
-        return Err(RouteError::Conflict(format!(
-            "a VM already exists (state {}); PUT /api/v1/vm.delete first",
-            state_name(s)
-        )));
-    }
+    refuse_existing(state)?;
     let config = *config?;
     let handle = VmHandle::create(&config).map_err(RouteError::Build)?;
     state.vm = Some(ManagedVm {

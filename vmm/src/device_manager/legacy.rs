@@ -74,6 +74,10 @@ pub struct LegacyDevices {
     pub serial: Arc<Mutex<Serial>>,
     /// Whether input should come from Keel's stdin.
     pub serial_from_stdin: bool,
+    /// The CMOS, for snapshots.
+    pub cmos: Arc<Mutex<Cmos>>,
+    /// The ACPI PM block, for snapshots.
+    pub pm: Arc<Mutex<AcpiPm>>,
     /// The thread writing COM1's output, if it goes anywhere.
     console: Option<ConsoleDrain>,
 }
@@ -170,14 +174,8 @@ pub fn attach(
         ports::I8042,
         ports::I8042_LEN,
     )?;
-    let cmos = Cmos::new(ram_below_4g, ram_above_4g);
-    insert(
-        buses,
-        "cmos",
-        Arc::new(Mutex::new(cmos)),
-        ports::CMOS,
-        ports::CMOS_LEN,
-    )?;
+    let cmos = Arc::new(Mutex::new(Cmos::new(ram_below_4g, ram_above_4g)));
+    insert(buses, "cmos", cmos.clone(), ports::CMOS, ports::CMOS_LEN)?;
     insert(
         buses,
         "post",
@@ -185,17 +183,22 @@ pub fn attach(
         ports::POST,
         1,
     )?;
-    let pm = AcpiPm::new(ports::ACPI_S5_SLP_TYP, ports::ACPI_RESET_VALUE);
+    let pm = Arc::new(Mutex::new(AcpiPm::new(
+        ports::ACPI_S5_SLP_TYP,
+        ports::ACPI_RESET_VALUE,
+    )));
     insert(
         buses,
         "acpi-pm",
-        Arc::new(Mutex::new(pm)),
+        pm.clone(),
         ports::ACPI_PM_BASE,
         ports::ACPI_PM_LEN,
     )?;
     Ok(LegacyDevices {
         serial: com1,
         serial_from_stdin: *serial == SerialConfig::Tty,
+        cmos,
+        pm,
         console,
     })
 }

@@ -12,6 +12,7 @@ pub mod interrupts;
 pub mod legacy;
 pub mod pci_bars;
 pub mod pci_host;
+pub mod state;
 
 use std::sync::{Arc, Mutex};
 

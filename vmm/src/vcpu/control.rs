@@ -1,6 +1,8 @@
 //! Telling vCPU threads to stop or to park (pause) and waiting until they have. A vCPU thread
 //! calls [`VcpuControl::checkpoint`] before every KVM_RUN; whoever pauses or stops it sets the
-//! flag and kicks the thread out of KVM_RUN with a signal until it has noticed.
+//! flag and kicks the thread out of KVM_RUN with a signal until it has noticed. A parked
+//! thread runs the checkpoint's `while_parked` work when it parks and whenever it is poked
+//! ([`VcpuControl::poke`]): that is how a snapshot gets each vCPU's state from its own thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -11,31 +13,52 @@ use std::time::{Duration, Instant};
 pub struct VcpuControl {
     stop: AtomicBool,
     pause: AtomicBool,
-    /// How many vCPU threads are parked.
-    parked: Mutex<usize>,
+    parking: Mutex<Parking>,
     changed: Condvar,
+    /// Where parked threads hand over their state to a snapshot.
+    pub states: super::save::StateRequests,
+}
+
+/// What parked threads and their waiters share under one lock.
+#[derive(Debug, Default)]
+struct Parking {
+    /// How many vCPU threads are parked.
+    parked: usize,
+    /// How many times parked threads were poked: a thread that saw this value before its
+    /// `while_parked` work does not sleep through a poke that came during it.
+    pokes: u64,
 }
 
 impl VcpuControl {
-    fn parked(&self) -> MutexGuard<'_, usize> {
-        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    fn parking(&self) -> MutexGuard<'_, Parking> {
+        self.parking.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Called by a vCPU thread before KVM_RUN: parks while paused; returns true when the
-    /// thread must stop.
-    pub fn checkpoint(&self) -> bool {
-        if self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
-            let mut parked = self.parked();
-            *parked += 1;
+    fn parked_now(&self) -> bool {
+        self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire)
+    }
+
+    /// Called by a vCPU thread before KVM_RUN: parks while paused, running `while_parked`
+    /// once parked and again each time it is poked; returns true when the thread must stop.
+    pub fn checkpoint(&self, mut while_parked: impl FnMut()) -> bool {
+        if self.parked_now() {
+            let mut parking = self.parking();
+            parking.parked += 1;
             self.changed.notify_all();
-            while self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
-                parked = self
-                    .changed
-                    .wait_timeout(parked, Duration::from_millis(100))
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+            while self.parked_now() {
+                let seen = parking.pokes;
+                drop(parking);
+                while_parked();
+                parking = self.parking();
+                if parking.pokes == seen && self.parked_now() {
+                    parking = self
+                        .changed
+                        .wait_timeout(parking, Duration::from_millis(100))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
             }
-            *parked -= 1;
+            parking.parked -= 1;
             self.changed.notify_all();
         }
         self.stop.load(Ordering::Acquire)
@@ -49,7 +72,7 @@ impl VcpuControl {
     /// Asks every vCPU thread to stop (parked ones wake up and stop).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _guard = self.parked();
+        let _guard = self.parking();
         self.changed.notify_all();
     }
 
@@ -58,10 +81,17 @@ impl VcpuControl {
         self.pause.store(true, Ordering::Release);
     }
 
+    /// Wakes parked threads so that they run their `while_parked` work again.
+    pub fn poke(&self) {
+        let mut parking = self.parking();
+        parking.pokes += 1;
+        self.changed.notify_all();
+    }
+
     /// Lets parked threads run again.
     pub fn resume(&self) {
         self.pause.store(false, Ordering::Release);
-        let _guard = self.parked();
+        let _guard = self.parking();
         self.changed.notify_all();
     }
 
@@ -70,8 +100,8 @@ impl VcpuControl {
     pub fn wait_parked(&self, count: usize, timeout: Duration, mut kick: impl FnMut()) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let parked = self.parked();
-            if *parked >= count {
+            let parking = self.parking();
+            if parking.parked >= count {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -80,7 +110,7 @@ impl VcpuControl {
             }
             drop(
                 self.changed
-                    .wait_timeout(parked, left.min(Duration::from_millis(2)))
+                    .wait_timeout(parking, left.min(Duration::from_millis(2)))
                     .unwrap_or_else(PoisonError::into_inner),
             );
             kick();
@@ -105,7 +135,7 @@ mod tests {
                 let control = Arc::clone(control);
                 let work = Arc::clone(&work);
                 std::thread::spawn(move || {
-                    while !control.checkpoint() {
+                    while !control.checkpoint(|| {}) {
                         work.fetch_add(1, Ordering::Relaxed);
                         std::thread::sleep(Duration::from_micros(100));
                     }
@@ -132,6 +162,38 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_parked_thread_does_its_parked_work_again_when_poked() {
+        let control = Arc::new(VcpuControl::default());
+        let runs = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (control, runs) = (Arc::clone(&control), Arc::clone(&runs));
+            std::thread::spawn(move || {
+                while !control.checkpoint(|| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                }) {
+                    std::thread::yield_now();
+                }
+            })
+        };
+        control.pause();
+        assert!(control.wait_parked(1, Duration::from_secs(5), || {}));
+        let wait_for = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while runs.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "parked work not run {n} times");
+                std::thread::yield_now();
+            }
+        };
+        wait_for(1);
+        let before = runs.load(Ordering::SeqCst);
+        control.poke();
+        wait_for(before + 1);
+        control.resume();
+        control.stop();
+        thread.join().unwrap();
     }
 
     #[test]

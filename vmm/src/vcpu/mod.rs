@@ -3,6 +3,8 @@
 //! vCPU stopped. [`control`] is how other threads pause and stop it.
 
 pub mod control;
+pub mod save;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -77,6 +79,20 @@ pub enum VcpuError {
         /// CPUID or MSR.
         what: &'static str,
     },
+    /// KVM refused an MSR of a restored state.
+    #[error("vCPU {index}: KVM refused MSR {msr:#x} of the saved state")]
+    MsrRefused {
+        /// vCPU index.
+        index: u32,
+        /// The MSR.
+        msr: u32,
+    },
+    /// The vCPUs' extended state does not fit KVM_GET_XSAVE (AMX).
+    #[error("the vCPUs' extended state ({size} bytes, AMX) is larger than a snapshot can hold")]
+    XsaveTooLarge {
+        /// KVM_CAP_XSAVE2's size.
+        size: usize,
+    },
 }
 
 /// How a vCPU's run loop ended.
@@ -112,11 +128,19 @@ pub struct Vcpu {
     pub counters: Arc<ExitCounters>,
     /// KVM's in-kernel counters for this vCPU (None if the host lacks binary stats).
     pub kvm_stats: Option<Arc<KvmStats>>,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST).
+    msr_indices: Arc<[u32]>,
 }
 
 impl Vcpu {
-    /// KVM_CREATE_VCPU; `counters` are its exit counters (see [`ExitCounters`]).
-    pub fn new(vm: &VmFd, index: u32, counters: ExitCounters) -> Result<Self, VcpuError> {
+    /// KVM_CREATE_VCPU; `counters` are its exit counters (see [`ExitCounters`]);
+    /// `msr_indices` the MSRs its snapshots save.
+    pub fn new(
+        vm: &VmFd,
+        index: u32,
+        counters: ExitCounters,
+        msr_indices: Arc<[u32]>,
+    ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
@@ -132,7 +156,37 @@ impl Vcpu {
             fd,
             counters: Arc::new(counters),
             kvm_stats,
+            msr_indices,
         })
+    }
+
+    /// Puts a saved state into this vCPU (before it first runs).
+    pub fn restore_state(&self, state: &state::VcpuState) -> Result<(), VcpuError> {
+        state.restore(&self.fd)
+    }
+
+    /// If a snapshot wants this vCPU's state, completes any pending I/O instruction (one
+    /// KVM_RUN with `immediate_exit`, which returns before guest code runs) and deposits the
+    /// state.
+    fn deposit_state(&mut self, requests: &save::StateRequests) {
+        if !requests.wanted(self.index) {
+            return;
+        }
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        let state = completed
+            .map_err(|source| VcpuError::Setup {
+                index: self.index,
+                what: "KVM_RUN (immediate exit)",
+                source,
+            })
+            .and_then(|()| state::VcpuState::capture(&self.fd, self.index, &self.msr_indices));
+        requests.put(self.index, state);
     }
 
     fn setup_err(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
@@ -250,7 +304,7 @@ impl Vcpu {
             log::debug!("first KVM_RUN at unix time {:.6}", now.as_secs_f64());
         }
         loop {
-            if control.checkpoint() {
+            if control.checkpoint(|| self.deposit_state(&control.states)) {
                 if log::log_enabled!(log::Level::Debug) {
                     log::debug!(
                         "vCPU {} stopped at {}, {}",

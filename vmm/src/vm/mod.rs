@@ -8,9 +8,13 @@ mod kvm;
 mod payload;
 mod ram;
 mod running;
+mod snapshot;
+mod state;
 mod vcpus;
 
 pub use running::{kick_signal, RunningVm};
+pub use snapshot::SnapshotError;
+pub use state::VmState;
 
 use std::sync::Arc;
 
@@ -90,6 +94,35 @@ pub enum VmError {
     /// The eventfd the vCPU threads signal their end on could not be created.
     #[error("cannot create the vCPU end eventfd")]
     EndEvent(#[source] std::io::Error),
+    /// A snapshot file could not be read.
+    #[error(transparent)]
+    SnapshotFile(Box<crate::snapshot::FileError>),
+    /// A snapshot's configuration was refused.
+    #[error("the snapshot's configuration is refused")]
+    SnapshotConfig(#[source] Box<crate::config::JsonConfigError>),
+    /// A snapshot's vCPUs do not match its configuration.
+    #[error("the snapshot holds {saved} vCPU states for {built} vCPUs")]
+    SnapshotVcpus {
+        /// States (or the saved index) found.
+        saved: usize,
+        /// vCPUs built (or the vCPU's index).
+        built: usize,
+    },
+    /// A snapshot's device state could not be restored.
+    #[error(transparent)]
+    DeviceState(Box<crate::device_manager::state::DeviceStateError>),
+}
+
+impl From<crate::snapshot::FileError> for VmError {
+    fn from(e: crate::snapshot::FileError) -> Self {
+        VmError::SnapshotFile(Box::new(e))
+    }
+}
+
+impl From<crate::device_manager::state::DeviceStateError> for VmError {
+    fn from(e: crate::device_manager::state::DeviceStateError) -> Self {
+        VmError::DeviceState(Box::new(e))
+    }
 }
 
 /// How a VM ended.
@@ -119,10 +152,12 @@ pub struct Vm {
     /// dropped, before guest RAM unmaps).
     devices: DeviceManager,
     ram: GuestRam,
+    /// What it was built from (a snapshot saves it).
+    config: VmConfig,
     /// Host facts used to build it.
     pub host: HostInfo,
-    /// Boot path chosen for the kernel.
-    pub entry_mode: EntryMode,
+    /// Boot path chosen for the kernel (none for a restored VM).
+    pub entry_mode: Option<EntryMode>,
     /// CPUID features hidden because the host is PVM.
     pub hidden_features: Vec<&'static str>,
 }
@@ -132,12 +167,15 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
 }
 
 /// Checks `config` against what the host offers.
-fn validate(config: &VmConfig, host: &HostInfo) -> Result<(), VmError> {
+/// The payload's files are checked only when it is loaded (`load_payload`).
+fn validate(config: &VmConfig, host: &HostInfo, load_payload: bool) -> Result<(), VmError> {
     let (max_vcpus, why) = host.vcpu_limit();
     config.cpus.validate(max_vcpus, why)?;
     config.memory.validate(host.ram_bytes)?;
     config.validate_numa()?;
-    config.payload.validate()?;
+    if load_payload {
+        config.payload.validate()?;
+    }
     config.validate_disks()?;
     Ok(())
 }
@@ -145,9 +183,15 @@ fn validate(config: &VmConfig, host: &HostInfo) -> Result<(), VmError> {
 impl Vm {
     /// Validates `config` against the host and builds the VM.
     pub fn create(config: &VmConfig) -> Result<Self, VmError> {
+        Self::build(config, true)
+    }
+
+    /// Builds the VM; with `load_payload` the kernel (and initramfs and boot tables) go into
+    /// guest RAM and the boot vCPU starts at its entry, otherwise (a restore) RAM stays empty.
+    fn build(config: &VmConfig, load_payload: bool) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let host = HostInfo::probe(&kvm);
-        validate(config, &host)?;
+        validate(config, &host, load_payload)?;
         let topology = HostTopology::from_host().map_err(VmError::Topology)?;
 
         let vm_fd = kvm::create_vm(&kvm)?;
@@ -158,7 +202,11 @@ impl Vm {
         ram.register(&vm_fd)?;
         let windows = PciWindows::for_guest(ram.end(), phys_bits);
         let devices = DeviceManager::attach(&vm_fd, &ram, config, &windows, &plan.iothread_cpus)?;
-        let boot = payload::load(config, &ram, &plan, &windows)?;
+        let boot = if load_payload {
+            Some(payload::load(config, &ram, &plan, &windows)?)
+        } else {
+            None
+        };
         let (vcpus, hidden_features) = vcpus::create(&vcpus::VcpuSetup {
             kvm: &kvm,
             vm: &vm_fd,
@@ -166,7 +214,7 @@ impl Vm {
             host: &host,
             supported: &supported,
             mem: &ram.mem,
-            boot: &boot,
+            boot: boot.as_ref(),
         })?;
 
         if plan.fully_bound {
@@ -182,8 +230,9 @@ impl Vm {
             _vm_fd: vm_fd,
             devices,
             ram,
+            config: config.clone(),
             host,
-            entry_mode: boot.mode,
+            entry_mode: boot.map(|b| b.mode),
             hidden_features,
         })
     }
@@ -191,6 +240,11 @@ impl Vm {
     /// The attached disks.
     pub fn disks(&self) -> &BlockDevices {
         self.devices.disks()
+    }
+
+    /// What it was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
     }
 
     /// Guest memory (for tests and inspection).

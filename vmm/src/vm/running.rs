@@ -41,7 +41,21 @@ impl Vm {
     /// All or nothing: if a vCPU thread cannot be started, the ones already running are
     /// stopped and joined before the error returns (the [`RunningVm`] under construction is
     /// dropped), so a failed start leaves no guest code running.
-    pub fn start_with(mut self, install_signal_handler: bool) -> Result<RunningVm, VmError> {
+    pub fn start_with(self, install_signal_handler: bool) -> Result<RunningVm, VmError> {
+        self.start_inner(install_signal_handler, false)
+    }
+
+    /// [`Vm::start_with`], with every vCPU parked before it first runs: the VM is paused
+    /// until [`RunningVm::resume`] (a restored VM waits so, as Cloud Hypervisor's does).
+    pub fn start_paused_with(self, install_signal_handler: bool) -> Result<RunningVm, VmError> {
+        self.start_inner(install_signal_handler, true)
+    }
+
+    fn start_inner(
+        mut self,
+        install_signal_handler: bool,
+        paused: bool,
+    ) -> Result<RunningVm, VmError> {
         if install_signal_handler {
             install_kick_handler();
         }
@@ -57,7 +71,7 @@ impl Vm {
             _vm: self,
             threads: Vec::new(),
             control: Arc::new(VcpuControl::default()),
-            paused: false,
+            paused,
             events: rx,
             ended: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EndEvent)?),
             counters: Vec::new(),
@@ -65,6 +79,9 @@ impl Vm {
             kvm_stats: Vec::new(),
             unclaimed: Vec::new(),
         };
+        if paused {
+            running.control.pause();
+        }
         for vcpu in vcpus {
             running.spawn_vcpu(vcpu, &tx)?;
         }
@@ -135,9 +152,9 @@ fn install_kick_handler() {
 
 /// A VM whose vCPU threads are running.
 pub struct RunningVm {
-    _vm: Vm,
-    threads: Vec<JoinHandle<Unclaimed>>,
-    control: Arc<VcpuControl>,
+    pub(super) _vm: Vm,
+    pub(super) threads: Vec<JoinHandle<Unclaimed>>,
+    pub(super) control: Arc<VcpuControl>,
     paused: bool,
     events: Receiver<(u32, VcpuStop)>,
     /// Written by each vCPU thread as it ends, after its stop is on `events`.
@@ -187,6 +204,11 @@ impl RunningVm {
             .map_err(|source| VmError::Spawn { name, source })?;
         self.threads.push(handle);
         Ok(())
+    }
+
+    /// What the VM was built from.
+    pub fn config(&self) -> &crate::config::VmConfig {
+        self._vm.config()
     }
 
     /// Per-vCPU statistics: Keel's userspace exit counters and KVM's in-kernel counters.

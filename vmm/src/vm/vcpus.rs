@@ -2,6 +2,8 @@
 //! adjusted for the topology, the host and the requested KVM PV and Hyper-V features), its
 //! MSRs and LAPIC, and the boot vCPU's entry registers.
 
+use std::sync::Arc;
+
 use arch::cpuid::CpuidConfig;
 use kvm_bindings::kvm_cpuid_entry2;
 use kvm_ioctls::{Kvm, VmFd};
@@ -24,8 +26,8 @@ pub(super) struct VcpuSetup<'a> {
     /// KVM's supported CPUID.
     pub supported: &'a [kvm_cpuid_entry2],
     pub mem: &'a GuestMemoryMmap,
-    /// Where the boot vCPU starts.
-    pub boot: &'a BootEntry,
+    /// Where the boot vCPU starts (none for a restore, which sets every register).
+    pub boot: Option<&'a BootEntry>,
 }
 
 /// Creates and configures the boot vCPUs. Also returns the CPUID features hidden because
@@ -41,8 +43,10 @@ pub(super) fn create(s: &VcpuSetup<'_>) -> Result<(Vec<Vcpu>, Vec<&'static str>)
     let x2apic_api = crate::paravirt::enable_x2apic_api(s.vm);
     let mut vcpus = Vec::with_capacity(num_vcpus as usize);
     let mut hidden_features = Vec::new();
+    let msr_indices = saved_msrs(s.kvm);
     for index in 0..num_vcpus {
-        let vcpu = Vcpu::new(s.vm, index, ExitCounters::default())?;
+        let counters = ExitCounters::default();
+        let vcpu = Vcpu::new(s.vm, index, counters, Arc::clone(&msr_indices))?;
         let cfg = CpuidConfig {
             vcpu_index: index,
             num_vcpus,
@@ -61,8 +65,8 @@ pub(super) fn create(s: &VcpuSetup<'_>) -> Result<(Vec<Vcpu>, Vec<&'static str>)
             log_paravirt(paravirt.kvm_pv, &pv, &hv, x2apic_api);
         }
         vcpu.configure(&entries, &paravirt)?;
-        if index == 0 {
-            vcpu.set_boot_entry(s.mem, s.boot)?;
+        if let (0, Some(boot)) = (index, s.boot) {
+            vcpu.set_boot_entry(s.mem, boot)?;
         }
         vcpus.push(vcpu);
     }
@@ -73,6 +77,18 @@ pub(super) fn create(s: &VcpuSetup<'_>) -> Result<(Vec<Vcpu>, Vec<&'static str>)
         );
     }
     Ok((vcpus, hidden_features))
+}
+
+/// The MSRs KVM lists for saving and restoring a vCPU (none if it will not tell: a snapshot
+/// then carries no MSRs, and says so).
+fn saved_msrs(kvm: &Kvm) -> Arc<[u32]> {
+    match kvm.get_msr_index_list() {
+        Ok(list) => list.as_slice().into(),
+        Err(e) => {
+            log::warn!("KVM_GET_MSR_INDEX_LIST failed ({e}): snapshots will carry no MSRs");
+            Arc::from(Vec::new())
+        }
+    }
 }
 
 /// Logs what the guest gets besides plain hardware.

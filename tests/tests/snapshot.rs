@@ -1,0 +1,302 @@
+//! Snapshot and restore with real probe guests and the real `keel` binary: a guest counting
+//! in memory is snapshotted through the API (`vm.snapshot`), the keel is killed, and a new
+//! keel restores it (`--restore`, or `vm.restore` then `vm.resume`). The saved counter lies
+//! between the last value printed before the snapshot and the first printed after it; the
+//! restored guest goes on from exactly the saved value, and its TSC from where it was. A
+//! truncated or corrupted file, or one that is not a snapshot, is refused with one line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use common::{probe_image, run_keel, wait_until, Watched, HANG_GUARD};
+use serde_json::Value;
+use vmm::snapshot::SnapshotFile;
+
+/// Steps between two lines the counting guest prints (a few milliseconds of counting).
+const EVERY: u64 = 1 << 22;
+/// Never reached: the guest counts until the test stops it.
+const TO: u64 = 1 << 60;
+
+/// A fresh directory for one test's files.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-snapshot-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// `PUT path` with a JSON body on the API socket: (status, body).
+fn put(socket: &Path, path: &str, body: &Value) -> (u16, String) {
+    let body = body.to_string();
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+/// The counter lines in `text` that are complete: (value, guest TSC).
+fn counter_values(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["cmd"] == "counter")
+        .filter_map(|v| Some((v["value"].as_u64()?, v["tsc"].as_u64()?)))
+        .collect()
+}
+
+/// The counter's guest address, from the guest's first counter line.
+fn counter_addr(text: &str) -> u64 {
+    let line = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["cmd"] == "counter" && v["addr"].is_string())
+        .unwrap_or_else(|| panic!("no counter address line in {text}"));
+    let hex = line["addr"].as_str().unwrap().trim_start_matches("0x");
+    u64::from_str_radix(hex, 16).expect("hex address")
+}
+
+/// Waits until the guest has printed more than `after` counter lines; returns them all.
+fn counted_past(keel: &Watched, after: usize) -> Vec<(u64, u64)> {
+    wait_until("the guest to print a counter line", HANG_GUARD, || {
+        let values = counter_values(&keel.stdout_now());
+        (values.len() > after).then_some(values)
+    })
+}
+
+/// A keel with an API socket running the counting probe with `cpus` vCPUs and `more`
+/// options.
+fn counting_keel_with(dir: &Path, cpus: u32, more: &[&str]) -> (Watched, PathBuf) {
+    let socket = dir.join("api.sock");
+    let kernel = probe_image("probe.elf");
+    let cmdline = format!("probe.cmd=counter:to={TO},every={EVERY}");
+    let cpus = format!("boot={cpus}");
+    let mut args = vec![
+        "--api-socket",
+        socket.to_str().unwrap(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--cpus",
+        &cpus,
+        "--memory",
+        "size=256M",
+    ];
+    args.extend_from_slice(more);
+    (Watched::spawn(&args), socket)
+}
+
+/// [`counting_keel_with`] and no more options.
+fn counting_keel(dir: &Path, cpus: u32) -> (Watched, PathBuf) {
+    counting_keel_with(dir, cpus, &[])
+}
+
+/// What the first keel saw around its snapshot.
+struct Taken {
+    file: PathBuf,
+    /// The counter's value in the file.
+    saved: u64,
+    /// The last line printed before the snapshot was asked for.
+    before: (u64, u64),
+}
+
+/// Runs the counting guest, snapshots it through the API, checks the guest ran on after the
+/// snapshot, and kills that keel.
+fn take_snapshot(dir: &Path, cpus: u32) -> Taken {
+    let (keel, socket) = counting_keel(dir, cpus);
+    let before = *counted_past(&keel, 2).last().unwrap();
+    let file = dir.join("vm.snap");
+    let (status, body) = put(
+        &socket,
+        "/api/v1/vm.snapshot",
+        &serde_json::json!({"destination_url": format!("file://{}", file.display())}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).expect("a JSON report");
+    assert!(report["ram_bytes"].as_u64().unwrap() > 0, "{report}");
+    let printed = counter_values(&keel.stdout_now()).len();
+    let after = counted_past(&keel, printed)[printed];
+    let addr = counter_addr(&keel.stdout_now());
+    keel.signal(libc::SIGKILL);
+    drop(keel);
+
+    let snap = SnapshotFile::open(&file).expect("the snapshot opens");
+    let mut word = [0u8; 8];
+    snap.read_guest(addr, &mut word).expect("read the counter");
+    let saved = u64::from_le_bytes(word);
+    assert!(
+        before.0 <= saved && saved <= after.0,
+        "the saved counter {saved} is not between {} (printed before) and {} (after)",
+        before.0,
+        after.0
+    );
+    Taken {
+        file,
+        saved,
+        before,
+    }
+}
+
+/// Checks the restored guest's first lines: it goes on from the saved value (the first
+/// complete line is the next multiple of EVERY, or the one after if the snapshot caught a
+/// line being printed) and its TSC did not go back.
+fn assert_goes_on_from(taken: &Taken, restored: &[(u64, u64)]) {
+    let (first, tsc) = restored[0];
+    let next = taken.saved.div_ceil(EVERY) * EVERY;
+    assert!(
+        first == next || first == next + EVERY,
+        "the restored guest printed {first} first; the snapshot saved {} (next line {next})",
+        taken.saved
+    );
+    assert!(
+        tsc >= taken.before.1,
+        "the guest TSC went back: {tsc} after restore, {} before the snapshot",
+        taken.before.1
+    );
+    for pair in restored.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + EVERY, "{restored:?}");
+    }
+}
+
+#[test]
+fn a_restored_guest_goes_on_from_the_snapshot_instant() {
+    let dir = temp_dir("cli");
+    let taken = take_snapshot(&dir, 2);
+    let keel = Watched::spawn(&[
+        "--restore",
+        &format!("source_url=file://{}", taken.file.display()),
+    ]);
+    let restored = counted_past(&keel, 2);
+    keel.signal(libc::SIGTERM);
+    let run = keel.finish(HANG_GUARD);
+    assert!(run.status.success(), "{}", run.describe());
+    assert_goes_on_from(&taken, &restored);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn vm_restore_waits_paused_until_vm_resume() {
+    let dir = temp_dir("api");
+    let taken = take_snapshot(&dir, 1);
+    let socket = dir.join("api2.sock");
+    let keel = Watched::spawn(&["--api-socket", socket.to_str().unwrap()]);
+    wait_until("the API socket", HANG_GUARD, || {
+        socket.exists().then_some(())
+    });
+    let url = format!("file://{}", taken.file.display());
+    let (status, body) = put(
+        &socket,
+        "/api/v1/vm.restore",
+        &serde_json::json!({ "source_url": url }),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = put(
+        &socket,
+        "/api/v1/vm.restore",
+        &serde_json::json!({ "source_url": url }),
+    );
+    assert_eq!(status, 409, "a second restore over a VM: {body}");
+    // Paused: its vCPUs are parked, so nothing it prints can appear; a pause of a paused VM
+    // is refused as the state says.
+    let (status, body) = put(&socket, "/api/v1/vm.pause", &Value::Null);
+    assert_eq!(status, 409, "{body}");
+    assert!(counter_values(&keel.stdout_now()).is_empty());
+    let (status, body) = put(&socket, "/api/v1/vm.resume", &Value::Null);
+    assert_eq!(status, 204, "{body}");
+    let restored = counted_past(&keel, 2);
+    assert_goes_on_from(&taken, &restored);
+    let (status, _) = put(&socket, "/api/v1/vmm.shutdown", &Value::Null);
+    assert_eq!(status, 204);
+    let run = keel.finish(HANG_GUARD);
+    assert!(run.status.success(), "{}", run.describe());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `keel --restore` of `file`: fails with exit 1 and one error line containing `needle`.
+fn assert_refused(file: &Path, needle: &str) {
+    let run = run_keel(&[
+        "--restore",
+        &format!("source_url=file://{}", file.display()),
+    ]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("keel: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.describe());
+    assert!(errors[0].contains(needle), "{}", run.describe());
+}
+
+#[test]
+fn truncated_corrupted_and_foreign_files_are_refused() {
+    let dir = temp_dir("bad");
+    let taken = take_snapshot(&dir, 1);
+    let bytes = std::fs::read(&taken.file).unwrap();
+    let variant = |name: &str, data: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    };
+    let cut = variant("cut.snap", &bytes[..bytes.len() - 8192]);
+    assert_refused(&cut, "incomplete or truncated");
+    // A byte of the saved RAM (which starts at 1 MiB) flipped.
+    let mut flipped = bytes.clone();
+    flipped[(1 << 20) + 100] ^= 0x40;
+    let flipped = variant("flipped.snap", &flipped);
+    assert_refused(&flipped, "corrupted");
+    let foreign = variant("foreign.snap", &vec![0x5a; 3 * 4096]);
+    assert_refused(&foreign, "not a keel snapshot");
+    assert_refused(&dir.join("missing.snap"), "cannot open");
+    // A snapshot is never overwritten.
+    let (keel, socket) = counting_keel(&dir, 1);
+    counted_past(&keel, 0);
+    let (status, body) = put(
+        &socket,
+        "/api/v1/vm.snapshot",
+        &serde_json::json!({"destination_url": format!("file://{}", taken.file.display())}),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("already exists"), "{body}");
+    assert_eq!(std::fs::read(&taken.file).unwrap(), bytes);
+    drop(keel);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_vm_with_a_disk_is_refused_by_name_and_runs_on() {
+    let dir = temp_dir("disk");
+    let image = dir.join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!("path={}", image.display());
+    let (keel, socket) = counting_keel_with(&dir, 1, &["--disk", &disk]);
+    counted_past(&keel, 0);
+    let file = dir.join("vm.snap");
+    let (status, body) = put(
+        &socket,
+        "/api/v1/vm.snapshot",
+        &serde_json::json!({"destination_url": format!("file://{}", file.display())}),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("disks"), "{body}");
+    assert!(!file.exists(), "nothing is written for a refused snapshot");
+    let printed = counter_values(&keel.stdout_now()).len();
+    counted_past(&keel, printed);
+    drop(keel);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

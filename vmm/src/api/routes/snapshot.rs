@@ -1,0 +1,179 @@
+//! `vm.snapshot` and `vm.restore`, with Cloud Hypervisor's bodies:
+//! `{"destination_url":"file:///PATH"[,"mode":"paused"|"live"]}` and
+//! `{"source_url":"file:///PATH"[,"prefault":BOOL][,"resume":BOOL]}`. Keel's snapshot is one
+//! file (Cloud Hypervisor's is a directory). A restored VM is `Paused` until `vm.resume`,
+//! as Cloud Hypervisor's is, unless `"resume":true`; `prefault` is accepted and always holds
+//! (a restore reads every saved page into guest RAM before the guest runs).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{from_handle, refuse_existing, ApiState, ManagedVm, RouteError};
+use crate::handle::VmHandle;
+use crate::snapshot::{path_from_url, SnapshotMode, SnapshotReport};
+
+/// `vm.snapshot`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    destination_url: String,
+    #[serde(default)]
+    mode: SnapshotMode,
+}
+
+/// `vm.restore`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    source_url: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    prefault: bool,
+    #[serde(default)]
+    resume: bool,
+}
+
+/// A parsed `vm.snapshot` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// The file to write.
+    pub destination: PathBuf,
+    /// Paused or live.
+    pub mode: SnapshotMode,
+}
+
+/// A parsed `vm.restore` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    /// The file to read.
+    pub source: PathBuf,
+    /// Run at once instead of waiting paused.
+    pub resume: bool,
+}
+
+fn body_text<'a>(body: &'a [u8], endpoint: &'static str) -> Result<&'a str, RouteError> {
+    let text = std::str::from_utf8(body).map_err(|_| RouteError::Body("body is not UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(RouteError::Body(endpoint));
+    }
+    Ok(text)
+}
+
+fn bad_body(e: impl std::fmt::Display) -> RouteError {
+    RouteError::Request(e.to_string())
+}
+
+/// Parses `vm.snapshot`'s body.
+pub fn parse_snapshot(body: &[u8]) -> Result<SnapshotRequest, RouteError> {
+    let text = body_text(
+        body,
+        "vm.snapshot needs {\"destination_url\":\"file:///PATH\"}",
+    )?;
+    let b: SnapshotBody = serde_json::from_str(text).map_err(bad_body)?;
+    Ok(SnapshotRequest {
+        destination: path_from_url(&b.destination_url).map_err(bad_body)?,
+        mode: b.mode,
+    })
+}
+
+/// Parses `vm.restore`'s body.
+pub fn parse_restore(body: &[u8]) -> Result<RestoreRequest, RouteError> {
+    let text = body_text(body, "vm.restore needs {\"source_url\":\"file:///PATH\"}")?;
+    let b: RestoreBody = serde_json::from_str(text).map_err(bad_body)?;
+    Ok(RestoreRequest {
+        source: path_from_url(&b.source_url).map_err(bad_body)?,
+        resume: b.resume,
+    })
+}
+
+/// The report of a snapshot, as JSON.
+fn report_json(r: &SnapshotReport) -> String {
+    serde_json::json!({
+        "file_bytes": r.file_bytes,
+        "ram_bytes": r.ram_bytes,
+        "zero_bytes": r.zero_bytes,
+        "paused_ms": r.paused_for.as_secs_f64() * 1e3,
+        "took_ms": r.took.as_secs_f64() * 1e3,
+    })
+    .to_string()
+}
+
+/// Takes the snapshot; 200 with its report.
+pub fn snapshot(
+    request: Result<SnapshotRequest, RouteError>,
+    state: &mut ApiState,
+) -> Result<String, RouteError> {
+    let handle = state.handle()?;
+    let request = request?;
+    let report = handle
+        .snapshot(&request.destination, request.mode)
+        .map_err(from_handle("snapshot"))?;
+    log::info!(
+        "api: snapshot to {}: {} bytes, guest parked {:.1} ms",
+        request.destination.display(),
+        report.file_bytes,
+        report.paused_for.as_secs_f64() * 1e3
+    );
+    Ok(report_json(&report))
+}
+
+/// Builds the VM of the snapshot and starts it, paused unless asked to resume.
+pub fn restore(
+    request: Result<RestoreRequest, RouteError>,
+    state: &mut ApiState,
+) -> Result<(), RouteError> {
+    refuse_existing(state)?;
+    let request = request?;
+    let (mut handle, _) = VmHandle::restore(&request.source).map_err(RouteError::Build)?;
+    let config = handle.config().cloned().unwrap_or_default();
+    if request.resume {
+        handle.boot()
+    } else {
+        handle.boot_paused()
+    }
+    .map_err(from_handle("restore"))?;
+    state.vm = Some(ManagedVm {
+        config,
+        handle: Some(handle),
+        ended: false,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_in_cloud_hypervisors_shape_are_taken() {
+        let s = parse_snapshot(br#"{"destination_url":"file:///var/s"}"#).unwrap();
+        assert_eq!(s.destination, PathBuf::from("/var/s"));
+        assert_eq!(s.mode, SnapshotMode::Paused);
+        let s = parse_snapshot(br#"{"destination_url":"file:///s","mode":"live"}"#).unwrap();
+        assert_eq!(s.mode, SnapshotMode::Live);
+        let r = parse_restore(br#"{"source_url":"file:///s","prefault":true}"#).unwrap();
+        assert_eq!(
+            r,
+            RestoreRequest {
+                source: PathBuf::from("/s"),
+                resume: false
+            }
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_what_is_wrong() {
+        for (body, needle) in [
+            (&b""[..], "destination_url"),
+            (br#"{"destination_url":"http://x/s"}"#, "file://"),
+            (br#"{"destination_url":"file:///s","mode":"fast"}"#, "fast"),
+            (br#"{"destination":"file:///s"}"#, "destination"),
+        ] {
+            let e = parse_snapshot(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        assert!(parse_restore(br#"{"source_url":"rel/path"}"#).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Taking a snapshot of a running VM ([`RunningVm::snapshot`]) and building a VM from one
+//! ([`Vm::restore`]); the file and its format are in [`crate::snapshot`].
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::config::vm_config_to_json;
+use crate::device_manager::state::{DeviceStateError, DevicesState};
+use crate::snapshot::file::{FileError, SnapshotFile, SnapshotWriter};
+use crate::snapshot::ram_io::{GuestTarget, RamRegion};
+use crate::snapshot::{sections, RestoreReport, SnapshotMode, SnapshotReport};
+use crate::vcpu::save::CollectError;
+use crate::vcpu::state::{check_xsave_size, VcpuState};
+use crate::vcpu::{Vcpu, VcpuError};
+
+use super::state::VmState;
+use super::{RunningVm, Vm, VmError};
+
+/// How long a snapshot waits for the parked vCPUs to hand over their state.
+const COLLECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Errors taking a snapshot. The VM runs on (or stays paused, if it was) after any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Live mode is not built yet.
+    #[error("live snapshots are not supported yet (use \"mode\":\"paused\")")]
+    LiveUnsupported,
+    /// A vCPU has ended: there is no running guest to save.
+    #[error("the guest has ended; there is nothing to snapshot")]
+    Ended,
+    /// The vCPUs did not park.
+    #[error("cannot pause the VM for the snapshot")]
+    Pause(#[source] Box<VmError>),
+    /// The vCPUs' state could not be collected.
+    #[error("cannot collect the vCPUs' state")]
+    Vcpus(#[source] CollectError),
+    /// The extended state cannot be saved.
+    #[error(transparent)]
+    Xsave(VcpuError),
+    /// The VM-wide KVM state could not be read.
+    #[error("cannot read the VM's KVM state")]
+    VmState(#[source] Box<VmError>),
+    /// A device's state could not be saved.
+    #[error(transparent)]
+    Devices(#[from] DeviceStateError),
+    /// The configuration could not be encoded.
+    #[error("cannot encode the VM's configuration")]
+    Config(#[source] serde_json::Error),
+    /// The file could not be written.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// Everything but RAM, captured at the snapshot instant.
+struct Captured {
+    config: serde_json::Value,
+    vm: VmState,
+    vcpus: Vec<VcpuState>,
+    devices: DevicesState,
+}
+
+/// Guest RAM as the RAM writer sees it.
+fn ram_regions(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
+    mem.iter()
+        .map(|r| RamRegion {
+            guest: r.start_addr().0,
+            host: r.as_ptr(),
+            len: r.len(),
+        })
+        .collect()
+}
+
+/// Guest RAM as the restore's reader fills it.
+struct MemTarget<'a>(&'a GuestMemoryMmap);
+
+impl GuestTarget for MemTarget<'_> {
+    fn host(&self, guest: u64, len: u64) -> Option<*mut u8> {
+        let region = self.0.find_region(GuestAddress(guest))?;
+        let offset = guest - region.start_addr().0;
+        if offset.checked_add(len)? > region.len() {
+            return None;
+        }
+        // SAFETY: `offset + len` lies within the region, checked above.
+        Some(unsafe { region.as_ptr().add(offset as usize) })
+    }
+}
+
+impl RunningVm {
+    /// Saves the VM at this instant to `path` (which must not exist). The guest is parked
+    /// until RAM is on disk, then runs on, unless it was paused before.
+    pub fn snapshot(
+        &mut self,
+        path: &Path,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotReport, SnapshotError> {
+        if mode == SnapshotMode::Live {
+            return Err(SnapshotError::LiveUnsupported);
+        }
+        if self.threads.iter().any(|t| t.is_finished()) || self.threads.is_empty() {
+            return Err(SnapshotError::Ended);
+        }
+        let started = Instant::now();
+        let was_paused = self.is_paused();
+        self.pause()
+            .map_err(|e| SnapshotError::Pause(Box::new(e)))?;
+        let result = self
+            .capture()
+            .and_then(|captured| self.write(path, &captured));
+        if !was_paused {
+            self.resume();
+        }
+        let (file_bytes, ram_bytes, zero_bytes) = result?;
+        let took = started.elapsed();
+        Ok(SnapshotReport {
+            file_bytes,
+            ram_bytes,
+            zero_bytes,
+            paused_for: took,
+            took,
+        })
+    }
+
+    /// Reads every vCPU's, the VM's and the devices' state; the vCPUs are parked.
+    fn capture(&mut self) -> Result<Captured, SnapshotError> {
+        check_xsave_size(self._vm.host.xsave2_size).map_err(SnapshotError::Xsave)?;
+        let vm = &self._vm;
+        let devices = vm.devices.capture_state()?;
+        let config =
+            serde_json::from_str(&vm_config_to_json(&vm.config)).map_err(SnapshotError::Config)?;
+        let vm_state =
+            VmState::capture(&vm._vm_fd).map_err(|e| SnapshotError::VmState(Box::new(e)))?;
+        self.control.states.request(self.threads.len());
+        self.control.poke();
+        let vcpus = self
+            .control
+            .states
+            .collect(COLLECT_LIMIT)
+            .map_err(SnapshotError::Vcpus)?;
+        Ok(Captured {
+            config,
+            vm: vm_state,
+            vcpus,
+            devices,
+        })
+    }
+
+    /// Writes the file: state sections, RAM, table, trailer. Returns the file's length and
+    /// the RAM bytes written and skipped.
+    fn write(&self, path: &Path, c: &Captured) -> Result<(u64, u64, u64), SnapshotError> {
+        let w = SnapshotWriter::create(path)?;
+        let written = self.write_into(w, c);
+        if written.is_err() {
+            // Ours and incomplete: a restore would refuse it anyway.
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!(
+                    "cannot remove the incomplete snapshot {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        written
+    }
+
+    fn write_into(
+        &self,
+        mut w: SnapshotWriter,
+        c: &Captured,
+    ) -> Result<(u64, u64, u64), SnapshotError> {
+        w.section(sections::CONFIG, &c.config)?;
+        w.section(sections::VM, &c.vm)?;
+        w.section(sections::VCPUS, &c.vcpus)?;
+        w.section(sections::DEVICES, &c.devices)?;
+        let regions = ram_regions(&self._vm.ram.mem);
+        let ram = w.ram(&regions)?;
+        let file_bytes = w.finish()?;
+        let total: u64 = regions.iter().map(|r| r.len).sum();
+        let written: u64 = ram.extents.iter().map(|e| e.len).sum();
+        Ok((file_bytes, written, total - written))
+    }
+}
+
+impl Vm {
+    /// Builds the VM saved in `snap`: its configuration, RAM, and the VM, device and vCPU
+    /// state; [`Vm::start`] then runs it on from the snapshot's instant.
+    pub fn restore(snap: &SnapshotFile) -> Result<(Self, RestoreReport), VmError> {
+        let config: serde_json::Value = snap.section(sections::CONFIG)?;
+        let config = crate::config::vm_config_from_json(&config.to_string())
+            .map_err(|e| VmError::SnapshotConfig(Box::new(e)))?;
+        let vm = Vm::build(&config, false)?;
+        let report = vm.restore_state(snap)?;
+        Ok((vm, report))
+    }
+
+    /// Reads RAM and puts the VM, device and vCPU state of `snap` into this freshly built VM.
+    fn restore_state(&self, snap: &SnapshotFile) -> Result<RestoreReport, VmError> {
+        let vcpus: Vec<VcpuState> = snap.section(sections::VCPUS)?;
+        if vcpus.len() != self.vcpus.len() {
+            return Err(VmError::SnapshotVcpus {
+                saved: vcpus.len(),
+                built: self.vcpus.len(),
+            });
+        }
+        let vm_state: VmState = snap.section(sections::VM)?;
+        let devices: DevicesState = snap.section(sections::DEVICES)?;
+        let extents = snap.ram_extents(&self.ram.regions)?;
+        let started = Instant::now();
+        let ram_bytes = snap.read_ram(&extents, &MemTarget(&self.ram.mem))?;
+        let ram_time = started.elapsed();
+        vm_state.restore(&self._vm_fd)?;
+        self.devices.restore_state(&devices)?;
+        for (vcpu, state) in self.vcpus.iter().zip(&vcpus) {
+            restore_vcpu(vcpu, state)?;
+        }
+        Ok(RestoreReport {
+            ram_bytes,
+            ram_time,
+        })
+    }
+}
+
+fn restore_vcpu(vcpu: &Vcpu, state: &VcpuState) -> Result<(), VmError> {
+    if state.index != vcpu.index {
+        return Err(VmError::SnapshotVcpus {
+            saved: state.index as usize,
+            built: vcpu.index as usize,
+        });
+    }
+    Ok(vcpu.restore_state(state)?)
+}
