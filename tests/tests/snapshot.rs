@@ -78,12 +78,11 @@ fn counted_past(keel: &Watched, after: usize) -> Vec<(u64, u64)> {
     })
 }
 
-/// A keel with an API socket running the counting probe with `cpus` vCPUs and `more`
-/// options.
-fn counting_keel_with(dir: &Path, cpus: u32, more: &[&str]) -> (Watched, PathBuf) {
+/// A keel with an API socket running the probe with `cmdline`, `cpus` vCPUs, 256 MiB and
+/// `more` options.
+fn api_keel(dir: &Path, cmdline: &str, cpus: u32, more: &[&str]) -> (Watched, PathBuf) {
     let socket = dir.join("api.sock");
     let kernel = probe_image("probe.elf");
-    let cmdline = format!("probe.cmd=counter:to={TO},every={EVERY}");
     let cpus = format!("boot={cpus}");
     let mut args = vec![
         "--api-socket",
@@ -91,7 +90,7 @@ fn counting_keel_with(dir: &Path, cpus: u32, more: &[&str]) -> (Watched, PathBuf
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
-        &cmdline,
+        cmdline,
         "--cpus",
         &cpus,
         "--memory",
@@ -101,9 +100,10 @@ fn counting_keel_with(dir: &Path, cpus: u32, more: &[&str]) -> (Watched, PathBuf
     (Watched::spawn(&args), socket)
 }
 
-/// [`counting_keel_with`] and no more options.
+/// A keel with an API socket running the counting probe with `cpus` vCPUs.
 fn counting_keel(dir: &Path, cpus: u32) -> (Watched, PathBuf) {
-    counting_keel_with(dir, cpus, &[])
+    let cmdline = format!("probe.cmd=counter:to={TO},every={EVERY}");
+    api_keel(dir, &cmdline, cpus, &[])
 }
 
 /// What the first keel saw around its snapshot.
@@ -278,25 +278,65 @@ fn truncated_corrupted_and_foreign_files_are_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `GET path` on the API socket: the JSON body.
+fn get(socket: &Path, path: &str) -> Value {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// Requests the disk completed so far, from `vm.counters`.
+fn disk_requests(socket: &Path) -> u64 {
+    get(socket, "/api/v1/vm.counters")["disks"][0]["requests"]
+        .as_u64()
+        .expect("a disk's request count")
+}
+
+/// Requests the probe's verified random read/write job issues in all.
+const DISK_IOS: u64 = 100_000;
+
 #[test]
-fn a_vm_with_a_disk_is_refused_by_name_and_runs_on() {
+fn a_disk_under_verified_io_is_restored_mid_run_and_the_job_completes() {
     let dir = temp_dir("disk");
     let image = dir.join("disk.img");
-    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&image, vec![0u8; 16 << 20]).unwrap();
+    let cmdline =
+        format!("probe.cmd=blk:rw=randrw,bs=4k,iodepth=16,ios={DISK_IOS},verify=1,seed=7");
     let disk = format!("path={}", image.display());
-    let (keel, socket) = counting_keel_with(&dir, 1, &["--disk", &disk]);
-    counted_past(&keel, 0);
+    let (keel, socket) = api_keel(&dir, &cmdline, 2, &["--disk", &disk]);
+    wait_until("the guest's disk I/O", HANG_GUARD, || {
+        (socket.exists() && disk_requests(&socket) >= 1000).then_some(())
+    });
+    // Pause first, so that the copy of the image matches the snapshot's instant.
+    assert_eq!(put(&socket, "/api/v1/vm.pause", &Value::Null).0, 204);
+    let done_before = disk_requests(&socket);
+    assert!(done_before < DISK_IOS, "the job ended before the snapshot");
     let file = dir.join("vm.snap");
     let (status, body) = put(
         &socket,
         "/api/v1/vm.snapshot",
         &serde_json::json!({"destination_url": format!("file://{}", file.display())}),
     );
-    assert_eq!(status, 500, "{body}");
-    assert!(body.contains("disks"), "{body}");
-    assert!(!file.exists(), "nothing is written for a refused snapshot");
-    let printed = counter_values(&keel.stdout_now()).len();
-    counted_past(&keel, printed);
+    assert_eq!(status, 200, "{body}");
+    let saved_image = std::fs::read(&image).unwrap();
+    keel.signal(libc::SIGKILL);
     drop(keel);
+    std::fs::write(&image, saved_image).unwrap();
+
+    let keel = Watched::spawn(&[
+        "--restore",
+        &format!("source_url=file://{}", file.display()),
+    ]);
+    let run = keel.finish(HANG_GUARD);
+    run.assert_probe_done();
+    let blk = run.report("blk");
+    assert_eq!(blk["ios"], DISK_IOS, "{blk}");
+    assert_eq!(blk["errors"], 0, "{blk}");
+    assert_eq!(blk["verify_errors"], 0, "{blk}");
+    assert!(blk["verify_reads"].as_u64().unwrap() > 0, "{blk}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

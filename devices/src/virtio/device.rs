@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -41,6 +42,19 @@ pub enum DeviceError {
     /// A device-specific failure while activating (e.g. the I/O backend could not be set up).
     #[error("device activation failed")]
     Activate(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The device could not be quiesced or resumed for a snapshot.
+    #[error("cannot stop or resume the device's dataplane")]
+    Quiesce(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where a device stands in a live queue: the next avail entry it will take and the next
+/// used entry it will write (saved by a snapshot, put back into the restored queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePosition {
+    /// Next avail ring index to read.
+    pub next_avail: u16,
+    /// Next used ring index to write.
+    pub next_used: u16,
 }
 
 /// Interrupt sink used by a device to notify the guest driver.
@@ -84,4 +98,19 @@ pub trait VirtioDevice: Send {
     /// Resets the device: stops processing, waits for in-flight I/O, forgets the negotiated
     /// features and drops the queues. The device may be activated again afterwards.
     fn reset(&mut self) -> Result<(), DeviceError>;
+    /// For a snapshot of an active device: stops taking requests, finishes every request in
+    /// flight (used ring written, guest signalled) and returns each queue's position. The
+    /// device stays active; [`VirtioDevice::unquiesce`] resumes it.
+    fn quiesce(&mut self) -> Result<Vec<QueuePosition>, DeviceError> {
+        Ok(Vec::new())
+    }
+    /// Resumes a device after [`VirtioDevice::quiesce`].
+    fn unquiesce(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// The configuration fields the driver wrote, as (offset, bytes), for a restore to write
+    /// again once features are negotiated.
+    fn driver_config(&self) -> Vec<(u64, Vec<u8>)> {
+        Vec::new()
+    }
 }

@@ -132,7 +132,14 @@ pub struct AttachedDisk {
     pub iothreads: Vec<String>,
     /// Its I/O counters.
     pub io_stats: IoStatsReader,
-    _device: Arc<Mutex<VirtioPciDevice>>,
+    device: Arc<Mutex<VirtioPciDevice>>,
+}
+
+impl AttachedDisk {
+    /// Its virtio-pci function.
+    pub fn device(&self) -> &Arc<Mutex<VirtioPciDevice>> {
+        &self.device
+    }
 }
 
 impl BlockDevices {
@@ -205,7 +212,7 @@ pub fn attach(
             bar,
             iothreads: thread_names,
             io_stats,
-            _device: dev,
+            device: dev,
         });
     }
     Ok(out)

@@ -63,6 +63,8 @@ pub struct DeviceManager {
     disks: BlockDevices,
     buses: Arc<Buses>,
     legacy: LegacyDevices,
+    /// PCI segment 0 (a restore writes the disks' configuration through it).
+    segment: Arc<Mutex<PciSegment>>,
 }
 
 impl DeviceManager {
@@ -91,6 +93,7 @@ impl DeviceManager {
             disks,
             buses: Arc::new(buses),
             legacy,
+            segment,
         })
     }
 

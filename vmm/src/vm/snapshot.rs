@@ -108,6 +108,7 @@ impl RunningVm {
         let result = self
             .capture()
             .and_then(|captured| self.write(path, &captured));
+        self._vm.devices.resume_dataplane();
         if !was_paused {
             self.resume();
         }
@@ -213,6 +214,7 @@ impl Vm {
         for (vcpu, state) in self.vcpus.iter().zip(&vcpus) {
             restore_vcpu(vcpu, state)?;
         }
+        self.devices.kick_after_restore();
         Ok(RestoreReport {
             ram_bytes,
             ram_time,

@@ -40,7 +40,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::counters::QueueCounters;
 use super::engine::{Completion, EngineError, IoEngine, IoOp};
 use super::request::{write_serial, Rejected, Request, RequestKind, RequestLimits, SERIAL_LEN};
-use crate::virtio::device::{DeviceError, VirtioInterrupt};
+use crate::virtio::device::{DeviceError, QueuePosition, VirtioInterrupt};
 
 /// Errors from driving a queue.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,12 @@ pub enum HandlerError {
     /// The handler was created with a queue of size 0.
     #[error("queue has size 0")]
     EmptyQueue,
+    /// In-flight requests did not complete in time.
+    #[error("{0} request(s) still in flight after {1:?}")]
+    Unsettled(usize, Duration),
+    /// Waiting for completions failed.
+    #[error("cannot wait for I/O completions")]
+    Wait(#[source] std::io::Error),
 }
 
 /// Rate limiter for guest-triggered log messages: at most `BURST` per second.
@@ -253,6 +259,25 @@ impl BlockQueueHandler {
             return Ok(());
         }
         self.complete()
+    }
+
+    /// For a snapshot (the caller keeps the I/O thread away): finishes every request in
+    /// flight, and those the driver queued meanwhile, waiting at most `limit`; returns where
+    /// the handler stands in the queue.
+    pub fn settle(&mut self, limit: Duration) -> Result<QueuePosition, HandlerError> {
+        let deadline = Instant::now() + limit;
+        while self.in_flight() > 0 && !self.stopped {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HandlerError::Unsettled(self.in_flight(), limit));
+            }
+            wait_readable(self.engine.completion_fd(), left).map_err(HandlerError::Wait)?;
+            self.handle_completion()?;
+        }
+        Ok(QueuePosition {
+            next_avail: self.queue.next_avail(),
+            next_used: self.queue.next_used(),
+        })
     }
 
     /// Stops the handler for a device reset: waits for in-flight I/O, forgets it without
@@ -572,6 +597,27 @@ impl BlockQueueHandler {
         }
         Ok(())
     }
+}
+
+/// Waits up to `timeout` for `fd` to become readable (returns early on a signal).
+fn wait_readable(fd: &EventFd, timeout: Duration) -> std::io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: `pfd` is one valid pollfd that outlives the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn req_error_status() -> u8 {

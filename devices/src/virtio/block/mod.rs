@@ -44,7 +44,7 @@ pub use engine::{open_engine, DiskImage, EngineError, IoEngine};
 pub use handler::{BlockQueueHandler, HandlerError, HandlerParams};
 pub use request::{Request, RequestError, RequestLimits, SECTOR_SIZE};
 
-use crate::virtio::device::{DeviceError, VirtioDevice, VirtioInterrupt};
+use crate::virtio::device::{DeviceError, QueuePosition, VirtioDevice, VirtioInterrupt};
 use crate::virtio::iothread::{IoThreadError, IoThreadHandle};
 use dataplane::QueueSubscriber;
 use event_manager::SubscriberId;
@@ -65,6 +65,9 @@ pub enum BlockError {
     #[error("cannot serve a queue on its I/O thread")]
     IoThread(#[source] IoThreadError),
 }
+
+/// How long a snapshot waits for a queue's in-flight requests to finish.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a block device's I/O counters from any thread.
 #[derive(Clone, Debug)]
@@ -348,6 +351,46 @@ impl VirtioDevice for Block {
         }
         self.handlers = handlers;
         Ok(())
+    }
+
+    fn quiesce(&mut self) -> Result<Vec<QueuePosition>, DeviceError> {
+        self.unsubscribe();
+        let mut positions = Vec::with_capacity(self.handlers.len());
+        for h in &self.handlers {
+            let settled = lock(h).settle(SETTLE_LIMIT);
+            match settled {
+                Ok(p) => positions.push(p),
+                Err(e) => {
+                    // Serve the queues again rather than leave the device stopped.
+                    let handlers = self.handlers.clone();
+                    if let Err(again) = self.subscribe(&handlers) {
+                        log::error!("virtio-blk {}: {again}", self.name);
+                    }
+                    return Err(DeviceError::Quiesce(Box::new(e)));
+                }
+            }
+        }
+        Ok(positions)
+    }
+
+    fn unquiesce(&mut self) -> Result<(), DeviceError> {
+        if !self.subscriptions.is_empty() {
+            return Ok(());
+        }
+        let handlers = self.handlers.clone();
+        self.subscribe(&handlers)
+            .map_err(|e| DeviceError::Quiesce(Box::new(e)))
+    }
+
+    fn driver_config(&self) -> Vec<(u64, Vec<u8>)> {
+        if self.acked(VIRTIO_BLK_F_CONFIG_WCE) {
+            vec![(
+                config::WRITEBACK_OFFSET,
+                vec![self.config_space.writeback()],
+            )]
+        } else {
+            Vec::new()
+        }
     }
 
     fn reset(&mut self) -> Result<(), DeviceError> {

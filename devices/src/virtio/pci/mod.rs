@@ -43,6 +43,7 @@
 pub mod caps;
 mod common_cfg;
 pub mod interrupt;
+pub mod state;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ use std::sync::Arc;
 
 use log::{debug, error, warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -168,6 +170,8 @@ pub struct VirtioPciDevice {
     interrupt: Arc<VirtioPciInterrupt>,
     kicks: Vec<EventFd>,
     activated: bool,
+    /// Where each queue stood when quiesced, or where a restored queue starts.
+    positions: Vec<crate::virtio::device::QueuePosition>,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -263,6 +267,7 @@ impl VirtioPciDevice {
             interrupt,
             kicks,
             activated: false,
+            positions: Vec::new(),
         })
     }
 
@@ -401,7 +406,11 @@ impl VirtioPciDevice {
         let count = self.common.enabled_queue_count()?;
         let mut queues = Vec::with_capacity(count);
         for (i, kick) in self.kicks.iter().enumerate().take(count) {
-            let queue = self.common.build_queue(i, &self.mem)?;
+            let mut queue = self.common.build_queue(i, &self.mem)?;
+            if let Some(p) = self.positions.get(i) {
+                queue.set_next_avail(p.next_avail);
+                queue.set_next_used(p.next_used);
+            }
             queues.push((queue, kick.try_clone().map_err(VirtioPciError::EventFd)?));
         }
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();

@@ -4,6 +4,7 @@
 
 mod block;
 mod interrupts;
+mod snapshot;
 mod transport;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +49,8 @@ pub struct ActivatedQueue {
     pub avail: u64,
     pub used: u64,
     pub ready: bool,
+    /// Where the device starts in the queue (`next_avail`, `next_used`).
+    pub position: (u16, u16),
 }
 
 /// Everything the fake device was asked to do.
@@ -60,6 +63,10 @@ pub struct DeviceLog {
     pub interrupt: Option<Arc<dyn VirtioInterrupt>>,
     pub config_writes: Vec<(u64, Vec<u8>)>,
     pub fail_next_activate: bool,
+    /// What `quiesce` reports, and how often it and `unquiesce` were called.
+    pub positions: Vec<crate::virtio::device::QueuePosition>,
+    pub quiesced: usize,
+    pub unquiesced: usize,
 }
 
 /// A device with two queues and an 8-byte configuration space `0x10..=0x17`.
@@ -117,6 +124,7 @@ impl VirtioDevice for FakeDevice {
                 avail: q.avail_ring(),
                 used: q.used_ring(),
                 ready: q.ready() && q.is_valid(&mem),
+                position: (q.next_avail(), q.next_used()),
             })
             .collect();
         log.activations.push(info);
@@ -124,6 +132,18 @@ impl VirtioDevice for FakeDevice {
         log.interrupt = Some(interrupt);
         self.active = true;
         Ok(())
+    }
+    fn quiesce(&mut self) -> Result<Vec<crate::virtio::device::QueuePosition>, DeviceError> {
+        let mut log = self.log.lock().unwrap();
+        log.quiesced += 1;
+        Ok(log.positions.clone())
+    }
+    fn unquiesce(&mut self) -> Result<(), DeviceError> {
+        self.log.lock().unwrap().unquiesced += 1;
+        Ok(())
+    }
+    fn driver_config(&self) -> Vec<(u64, Vec<u8>)> {
+        vec![(0x12, vec![0xab])]
     }
     fn reset(&mut self) -> Result<(), DeviceError> {
         let mut log = self.log.lock().unwrap();

@@ -228,6 +228,7 @@ fn queue_setup_and_driver_ok_activate() {
                 avail: 0x1_1000,
                 used: 0x1_2000,
                 ready: true,
+                position: (0, 0),
             },
             ActivatedQueue {
                 size: 64,
@@ -235,6 +236,7 @@ fn queue_setup_and_driver_ok_activate() {
                 avail: 0x2_1000,
                 used: 0x2_2000,
                 ready: true,
+                position: (0, 0),
             },
         ]
     );
