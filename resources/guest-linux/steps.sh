@@ -282,6 +282,12 @@ step_clocksource() {
         t_fail "current clocksource is '$now', not '$1' (available: $(cat "$T_CS/available_clocksource" 2>/dev/null | xargs))"
 }
 
+# step_uptime: the guest's boot-time clock (CLOCK_BOOTTIME, /proc/uptime) and wall clock; a
+# restored guest's must not be behind what it printed before its snapshot.
+step_uptime() {
+    t_result "uptime s=$(cut -d ' ' -f 1 /proc/uptime) realtime=$(date +%s)"
+}
+
 step_clock() {
     n=${1:-1000000}
     case $n in '' | *[!0-9]*) t_fail "expected clock:N with N a number of reads"; return ;; esac
@@ -326,7 +332,8 @@ run_step() {
         sync) step_sync "$1" ;;
         clocksource) step_clocksource "$1" ;;
         clock) step_clock "$1" ;;
-        *) t_fail "unknown step '$name' (known: info fio irqs mq ro discard zeroout console sync clocksource clock)" ;;
+        uptime) step_uptime ;;
+        *) t_fail "unknown step '$name' (known: info fio irqs mq ro discard zeroout console sync clocksource clock uptime)" ;;
     esac
 }
 

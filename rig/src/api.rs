@@ -1,5 +1,6 @@
-//! Keel's API socket from the scenarios' side: `GET vm.counters` while the guest runs and
-//! `PUT vmm.shutdown` at the end (HTTP/1.1, one request per connection).
+//! Keel's API socket from the scenarios' side: `GET vm.counters` while the guest runs,
+//! `PUT vm.pause` / `vm.snapshot` for snapshots, and `PUT vmm.shutdown` at the end (HTTP/1.1,
+//! one request per connection).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -12,13 +13,27 @@ use crate::error::{io, RigError};
 /// Largest reply read.
 const MAX_REPLY: u64 = 4 << 20;
 
-/// Sends one request and returns (status code, body).
+/// Sends one request without a body and returns (status code, body).
 fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), RigError> {
+    request_with(socket, method, path, "")
+}
+
+/// Sends one request with `body` (JSON) and returns (status code, body).
+fn request_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), RigError> {
     let mut s = UnixStream::connect(socket).map_err(io("cannot connect to", socket))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
+    // A snapshot of a guest's RAM answers once it is on disk.
+    s.set_read_timeout(Some(Duration::from_secs(600)))
         .map_err(io("cannot set a timeout on", socket))?;
-    let req =
-        format!("{method} /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "{method} /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes())
         .map_err(io("cannot write to", socket))?;
     let mut reply = String::new();
@@ -37,32 +52,51 @@ fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), Rig
     Ok((status, body))
 }
 
-/// Keel's counters, flattened to `keel.<kind>`, `keel.<bus>.<device>`, `kvm.<name>` (summed
-/// over vCPUs) and `kvm.vm.<name>`.
-pub fn counters(socket: &Path) -> Result<BTreeMap<String, u64>, RigError> {
+/// `GET vm.counters`, parsed.
+fn counters_json(socket: &Path) -> Result<serde_json::Value, RigError> {
     let (status, body) = request(socket, "GET", "vm.counters")?;
     if status != 200 {
         return Err(RigError::Check(format!(
             "vm.counters answered {status}: {body}"
         )));
     }
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|source| RigError::Json {
+    serde_json::from_str(&body).map_err(|source| RigError::Json {
         what: "vm.counters",
         source,
-    })?;
-    Ok(flatten(&v))
+    })
+}
+
+/// Keel's counters, flattened to `keel.<kind>`, `keel.<bus>.<device>`, `kvm.<name>` (summed
+/// over vCPUs) and `kvm.vm.<name>`.
+pub fn counters(socket: &Path) -> Result<BTreeMap<String, u64>, RigError> {
+    Ok(flatten(&counters_json(socket)?))
 }
 
 /// Stops keel (it exits 0).
 pub fn shutdown(socket: &Path) -> Result<(), RigError> {
-    let (status, body) = request(socket, "PUT", "vmm.shutdown")?;
+    put(socket, "vmm.shutdown", "").map(drop)
+}
+
+/// `PUT path` with `body`; the answer's body if it is 2xx.
+pub fn put(socket: &Path, path: &str, body: &str) -> Result<String, RigError> {
+    let (status, answer) = request_with(socket, "PUT", path, body)?;
     if status / 100 == 2 {
-        Ok(())
+        Ok(answer)
     } else {
         Err(RigError::Check(format!(
-            "vmm.shutdown answered {status}: {body}"
+            "{path} answered {status}: {answer}"
         )))
     }
+}
+
+/// Requests the VM's disks completed so far.
+pub fn disk_requests(socket: &Path) -> Result<u64, RigError> {
+    Ok(counters_json(socket)?["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["requests"].as_u64())
+        .sum())
 }
 
 /// Flattens a `keel-stats` / `vm.counters` document (see `vmm::stats::view::json`).

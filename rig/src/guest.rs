@@ -178,7 +178,23 @@ impl Guest {
     /// Starts keel for `launch`; its console goes to `<dir>/<label>.console` and its stderr to
     /// `<dir>/<label>.stderr`.
     pub fn start(ctx: &Ctx, dir: &Path, label: &str, launch: &Launch) -> Result<Guest, RigError> {
-        let args = launch.args(&ctx.guest);
+        Self::spawn(ctx, dir, label, launch.args(&ctx.guest))
+    }
+
+    /// Starts keel restoring the snapshot at `snapshot` (its configuration, console included,
+    /// comes from the file), with `--stats` and debug logs as [`Guest::start`] has.
+    pub fn restore(ctx: &Ctx, dir: &Path, label: &str, snapshot: &Path) -> Result<Guest, RigError> {
+        let args = vec![
+            "--restore".into(),
+            format!("source_url=file://{}", snapshot.display()),
+            "--stats".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        Self::spawn(ctx, dir, label, args)
+    }
+
+    fn spawn(ctx: &Ctx, dir: &Path, label: &str, args: Vec<String>) -> Result<Guest, RigError> {
         let mut child = Command::new(&ctx.keel)
             .args(&args)
             .stdin(Stdio::piped())

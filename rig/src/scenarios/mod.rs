@@ -10,6 +10,7 @@ mod console;
 mod lifecycle;
 mod placement;
 mod probe;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(clocks::scenarios());
     v.extend(console::scenarios());
     v.extend(probe::scenarios());
+    v.extend(snapshot::scenarios());
     v.extend(bench::scenarios());
     v
 }

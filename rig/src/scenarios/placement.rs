@@ -41,12 +41,12 @@ fn read_number(path: &str) -> Result<u64, RigError> {
 }
 
 /// Grows the host's 2 MiB pool so `pages` are free; puts the old size back when dropped.
-struct HugepagePool {
+pub(super) struct HugepagePool {
     old: Option<u64>,
 }
 
 impl HugepagePool {
-    fn reserve(pages: u64) -> Result<Self, RigError> {
+    pub(super) fn reserve(pages: u64) -> Result<Self, RigError> {
         let free = read_number(FREE_2M)?;
         if free >= pages {
             return Ok(HugepagePool { old: None });
