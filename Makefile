@@ -7,7 +7,7 @@ KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio bench-peers clean fuzz fuzz-replay
+.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio bench-peers bench-snapshot clean fuzz fuzz-replay
 
 all: keel probe
 
@@ -103,6 +103,14 @@ bench: keel probe
 	python3 resources/bench/blk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/memwalk.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
 	python3 resources/bench/clock.py --keel $(KEEL) --probe-dir $(PROBE_DIR)
+	python3 resources/bench/snapshot.py --keel $(KEEL) --probe-dir $(PROBE_DIR) $(SNAPSHOT_ARGS)
+
+# Snapshot and restore of a 2 GiB probe guest (RAM mostly non-zero) against fio on the same
+# file system, beside QEMU's migration to a file (about 4 minutes; needs root and fio;
+# SNAPSHOT_ARGS="--dir PATH --rounds N" picks the file system and the rounds).
+SNAPSHOT_ARGS ?=
+bench-snapshot: keel probe
+	python3 resources/bench/snapshot.py --keel $(KEEL) --probe-dir $(PROBE_DIR) $(SNAPSHOT_ARGS)
 
 # Keel beside QEMU and raw io_uring where the VMM is the bottleneck: the probe guest's job on
 # one file per backend (tmpfs, disk), 4K randread/randwrite at QD 1/32/128, 1 and 2 queues,
