@@ -34,7 +34,14 @@ fn filters_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
     args.extend_from_slice(extra);
     let mut keel = Watched::spawn(&args);
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
-    let modes = thread_status(&format!("/proc/{}", keel.pid()), "Seccomp_filters");
+    // A thread shows its creator's name until it first runs and names itself: wait until the
+    // two vCPU threads and the disk's I/O thread have (a hang guard, not a margin).
+    let proc_dir = format!("/proc/{}", keel.pid());
+    let modes = wait_until("every vCPU and I/O thread named", HANG_GUARD, || {
+        let modes = thread_status(&proc_dir, "Seccomp_filters");
+        let named = |prefix: &str| modes.iter().filter(|(n, _)| n.starts_with(prefix)).count();
+        (named("keel-vcpu") == 2 && named("disk0-q") == 1).then_some(modes)
+    });
     keel.signal(libc::SIGTERM);
     let run = keel.finish(HANG_GUARD);
     assert_eq!(run.code(), Some(0), "{}", run.describe());

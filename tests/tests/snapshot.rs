@@ -115,20 +115,27 @@ struct Taken {
     before: (u64, u64),
 }
 
-/// Runs the counting guest, snapshots it through the API, checks the guest ran on after the
-/// snapshot, and kills that keel.
-fn take_snapshot(dir: &Path, cpus: u32) -> Taken {
-    let (keel, socket) = counting_keel(dir, cpus);
-    let before = *counted_past(&keel, 2).last().unwrap();
-    let file = dir.join("vm.snap");
+/// `vm.snapshot` to `file` in `mode` ("live" or "paused"): its report.
+fn snapshot(socket: &Path, file: &Path, mode: &str) -> Value {
     let (status, body) = put(
-        &socket,
+        socket,
         "/api/v1/vm.snapshot",
-        &serde_json::json!({"destination_url": format!("file://{}", file.display())}),
+        &serde_json::json!({"destination_url": format!("file://{}", file.display()), "mode": mode}),
     );
     assert_eq!(status, 200, "{body}");
     let report: Value = serde_json::from_str(&body).expect("a JSON report");
+    assert_eq!(report["mode"], mode, "{report}");
     assert!(report["ram_bytes"].as_u64().unwrap() > 0, "{report}");
+    report
+}
+
+/// Runs the counting guest, snapshots it through the API in `mode`, checks the guest ran on
+/// after the snapshot, and kills that keel.
+fn take_snapshot(dir: &Path, cpus: u32, mode: &str) -> Taken {
+    let (keel, socket) = counting_keel(dir, cpus);
+    let before = *counted_past(&keel, 2).last().unwrap();
+    let file = dir.join("vm.snap");
+    snapshot(&socket, &file, mode);
     let printed = counter_values(&keel.stdout_now()).len();
     let after = counted_past(&keel, printed)[printed];
     let addr = counter_addr(&keel.stdout_now());
@@ -173,10 +180,11 @@ fn assert_goes_on_from(taken: &Taken, restored: &[(u64, u64)]) {
     }
 }
 
-#[test]
-fn a_restored_guest_goes_on_from_the_snapshot_instant() {
-    let dir = temp_dir("cli");
-    let taken = take_snapshot(&dir, 2);
+/// Snapshots the counting guest with `cpus` vCPUs in `mode`, restores it with `keel
+/// --restore` and checks it goes on from the saved instant.
+fn restore_goes_on_from_the_instant(name: &str, cpus: u32, mode: &str) {
+    let dir = temp_dir(name);
+    let taken = take_snapshot(&dir, cpus, mode);
     let keel = Watched::spawn(&[
         "--restore",
         &format!("source_url=file://{}", taken.file.display()),
@@ -190,9 +198,19 @@ fn a_restored_guest_goes_on_from_the_snapshot_instant() {
 }
 
 #[test]
+fn a_guest_restored_from_a_live_snapshot_goes_on_from_the_instant() {
+    restore_goes_on_from_the_instant("live", 2, "live");
+}
+
+#[test]
+fn a_guest_restored_from_a_paused_snapshot_goes_on_from_the_instant() {
+    restore_goes_on_from_the_instant("paused", 2, "paused");
+}
+
+#[test]
 fn vm_restore_waits_paused_until_vm_resume() {
     let dir = temp_dir("api");
-    let taken = take_snapshot(&dir, 1);
+    let taken = take_snapshot(&dir, 1, "live");
     let socket = dir.join("api2.sock");
     let keel = Watched::spawn(&["--api-socket", socket.to_str().unwrap()]);
     wait_until("the API socket", HANG_GUARD, || {
@@ -246,7 +264,7 @@ fn assert_refused(file: &Path, needle: &str) {
 #[test]
 fn truncated_corrupted_and_foreign_files_are_refused() {
     let dir = temp_dir("bad");
-    let taken = take_snapshot(&dir, 1);
+    let taken = take_snapshot(&dir, 1, "paused");
     let bytes = std::fs::read(&taken.file).unwrap();
     let variant = |name: &str, data: &[u8]| {
         let path = dir.join(name);
@@ -299,9 +317,11 @@ fn disk_requests(socket: &Path) -> u64 {
 /// Requests the probe's verified random read/write job issues in all.
 const DISK_IOS: u64 = 100_000;
 
-#[test]
-fn a_disk_under_verified_io_is_restored_mid_run_and_the_job_completes() {
-    let dir = temp_dir("disk");
+/// Runs the probe's verified random read/write job on a disk, snapshots it in `mode` once
+/// 1000 requests are done (with `pause`, after `vm.pause`, the image copied at that instant
+/// and put back for the restore), kills keel, restores: the job completes without an error.
+fn disk_job_restored_mid_run(name: &str, mode: &str, pause: bool) {
+    let dir = temp_dir(name);
     let image = dir.join("disk.img");
     std::fs::write(&image, vec![0u8; 16 << 20]).unwrap();
     let cmdline =
@@ -311,22 +331,19 @@ fn a_disk_under_verified_io_is_restored_mid_run_and_the_job_completes() {
     wait_until("the guest's disk I/O", HANG_GUARD, || {
         (socket.exists() && disk_requests(&socket) >= 1000).then_some(())
     });
-    // Pause first, so that the copy of the image matches the snapshot's instant.
-    assert_eq!(put(&socket, "/api/v1/vm.pause", &Value::Null).0, 204);
+    if pause {
+        assert_eq!(put(&socket, "/api/v1/vm.pause", &Value::Null).0, 204);
+    }
     let done_before = disk_requests(&socket);
     assert!(done_before < DISK_IOS, "the job ended before the snapshot");
     let file = dir.join("vm.snap");
-    let (status, body) = put(
-        &socket,
-        "/api/v1/vm.snapshot",
-        &serde_json::json!({"destination_url": format!("file://{}", file.display())}),
-    );
-    assert_eq!(status, 200, "{body}");
-    let saved_image = std::fs::read(&image).unwrap();
+    snapshot(&socket, &file, mode);
+    let saved_image = pause.then(|| std::fs::read(&image).unwrap());
     keel.signal(libc::SIGKILL);
     drop(keel);
-    std::fs::write(&image, saved_image).unwrap();
-
+    if let Some(saved) = saved_image {
+        std::fs::write(&image, saved).unwrap();
+    }
     let keel = Watched::spawn(&[
         "--restore",
         &format!("source_url=file://{}", file.display()),
@@ -339,4 +356,16 @@ fn a_disk_under_verified_io_is_restored_mid_run_and_the_job_completes() {
     assert_eq!(blk["verify_errors"], 0, "{blk}");
     assert!(blk["verify_reads"].as_u64().unwrap() > 0, "{blk}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_disk_job_paused_and_snapshotted_with_its_image_copied_completes_after_a_restore() {
+    disk_job_restored_mid_run("disk-paused", "paused", true);
+}
+
+/// The probe's data is a function of the sector, so writes the first keel made after the
+/// instant agree with what the restored guest expects, and the image need not be copied.
+#[test]
+fn a_disk_job_snapshotted_live_while_it_runs_completes_after_a_restore() {
+    disk_job_restored_mid_run("disk-live", "live", false);
 }

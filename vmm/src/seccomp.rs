@@ -306,6 +306,8 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_getsockname,
     libc::SYS_prlimit64,
     libc::SYS_uname,
+    // Live snapshots: write-protecting guest RAM and copying the pages written.
+    libc::SYS_userfaultfd,
 ];
 
 /// The `ioctl` type byte of KVM's requests (`_IO(0xAE, n)` and friends).
@@ -315,6 +317,8 @@ const BLOCK_IOCTL_TYPE: u64 = 0x12;
 /// The `ioctl` type byte of terminal and generic file requests (TCGETS, TCSETS, TIOCGWINSZ,
 /// FIONBIO).
 const TERMINAL_IOCTL_TYPE: u64 = 0x54;
+/// The `ioctl` type byte of userfaultfd requests (UFFDIO_*), for live snapshots.
+const UFFD_IOCTL_TYPE: u64 = 0xAA;
 
 /// `ioctl(fd, request, ...)` only for requests of type `ty` (bits 8-15 of the request).
 fn ioctl_of_type(ty: u64) -> Result<SeccompRule, seccompiler::BackendError> {
@@ -355,10 +359,15 @@ fn build(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, Seccom
         ThreadKind::ApiConnection => (&[API_CONNECTION], vec![ioctl_fionbio()]),
         ThreadKind::Vmm => (
             &[VCPU, IO, API_CONNECTION, VMM],
-            [KVM_IOCTL_TYPE, BLOCK_IOCTL_TYPE, TERMINAL_IOCTL_TYPE]
-                .into_iter()
-                .map(ioctl_of_type)
-                .collect(),
+            [
+                KVM_IOCTL_TYPE,
+                BLOCK_IOCTL_TYPE,
+                TERMINAL_IOCTL_TYPE,
+                UFFD_IOCTL_TYPE,
+            ]
+            .into_iter()
+            .map(ioctl_of_type)
+            .collect(),
         ),
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON

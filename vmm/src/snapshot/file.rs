@@ -153,10 +153,18 @@ impl SnapshotWriter {
 
     /// Writes guest RAM from the next 1 MiB boundary, then its extent index as section "ram".
     pub fn ram(&mut self, regions: &[RamRegion]) -> Result<WrittenRam, FileError> {
+        self.ram_with(|file, start| ram_io::write_ram(file, regions, start))
+    }
+
+    /// [`SnapshotWriter::ram`], with guest RAM written by `write` (given the file, opened
+    /// for O_DIRECT where the file system allows it, and the 1 MiB-aligned start offset).
+    pub fn ram_with(
+        &mut self,
+        write: impl FnOnce(&File, u64) -> io::Result<WrittenRam>,
+    ) -> Result<WrittenRam, FileError> {
         let start = align_up(self.next, RAM_CHUNK);
         let direct = open_direct(&self.path)?;
-        let written = ram_io::write_ram(&direct, regions, start)
-            .map_err(io_err("write guest RAM to", &self.path))?;
+        let written = write(&direct, start).map_err(io_err("write guest RAM to", &self.path))?;
         self.next = written.end;
         self.section("ram", &written.extents)?;
         Ok(written)

@@ -3,7 +3,8 @@
 //! A snapshot fixes the VM at one instant: the vCPUs park (each hands over its state from its
 //! own thread, [`crate::vcpu::save`]), the VM-wide KVM state ([`crate::vm::VmState`]) and every
 //! device's ([`crate::device_manager::state`]) are read, then guest RAM is written while the
-//! guest stays parked (`mode=paused`). The file ([`format`], [`file`]) holds the VM's
+//! guest stays parked (`mode=paused`), or runs on with its RAM write-protected until each
+//! part is on disk (`mode=live`, [`live`]). The file ([`format`], [`file`]) holds the VM's
 //! configuration, the state sections and RAM as 1 MiB-aligned extents written with O_DIRECT
 //! ([`ram_io`]); its trailer is written last, so an interrupted snapshot is refused, never
 //! half-restored.
@@ -14,7 +15,10 @@
 
 pub mod file;
 pub mod format;
+pub mod live;
 pub mod ram_io;
+pub mod uffd;
+pub mod uring;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,8 +51,10 @@ pub enum SnapshotMode {
 }
 
 /// What a snapshot took.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotReport {
+    /// Paused or live.
+    pub mode: SnapshotMode,
     /// The file's length.
     pub file_bytes: u64,
     /// Guest RAM written (non-zero chunks).
@@ -59,6 +65,8 @@ pub struct SnapshotReport {
     pub paused_for: Duration,
     /// How long the whole snapshot took.
     pub took: Duration,
+    /// Live mode: the guest's write faults while RAM was written.
+    pub faults: live::FaultStats,
 }
 
 /// What a restore read.

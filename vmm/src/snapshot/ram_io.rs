@@ -16,9 +16,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use io_uring::{opcode, types, IoUring};
-
 use super::format::{RamExtent, RAM_CHUNK};
+use super::uring::{Done, Write, WriteRing};
 
 /// Writes queued at once (8 x 1 MiB keeps a disk's queue full without a deep backlog).
 pub const WRITES_IN_FLIGHT: usize = 8;
@@ -48,101 +47,30 @@ pub struct WrittenRam {
 }
 
 /// Whether `bytes` are all zero.
-fn is_zero(bytes: &[u8]) -> bool {
+pub(super) fn is_zero(bytes: &[u8]) -> bool {
     // SAFETY: reinterpreting initialized bytes as u64 words is valid for any bit pattern;
     // `align_to` returns only the properly aligned middle part as words.
     let (head, words, tail) = unsafe { bytes.align_to::<u64>() };
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// Queued writes and what each must have written.
-struct Queue {
-    ring: IoUring,
-    /// Expected length per slot; `None` when free.
-    pending: Vec<Option<u32>>,
-}
-
-impl Queue {
-    fn new() -> io::Result<Self> {
-        Ok(Queue {
-            ring: IoUring::new(WRITES_IN_FLIGHT as u32 * 2)?,
-            pending: vec![None; WRITES_IN_FLIGHT],
-        })
-    }
-
-    fn in_flight(&self) -> usize {
-        self.pending.iter().filter(|p| p.is_some()).count()
-    }
-
-    /// Queues a write of `len` bytes at `host` to file offset `offset`, waiting for a free
-    /// slot first.
-    fn push(&mut self, fd: i32, host: *const u8, len: u32, offset: u64) -> io::Result<()> {
-        let slot = match self.pending.iter().position(Option::is_none) {
-            Some(slot) => slot,
-            None => {
-                self.reap(1)?;
-                self.pending
-                    .iter()
-                    .position(Option::is_none)
-                    .ok_or_else(|| io::Error::other("no write slot freed"))?
-            }
-        };
-        let entry = opcode::Write::new(types::Fd(fd), host, len)
-            .offset(offset)
-            .build()
-            .user_data(slot as u64);
-        // SAFETY: `host..host+len` is guest RAM, mapped for the VM's lifetime, which outlasts
-        // this writer: every queued write is reaped (`drain`) before the writer returns.
-        unsafe { self.ring.submission().push(&entry) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.pending[slot] = Some(len);
-        Ok(())
-    }
-
-    /// Waits for at least `want` completions and checks each wrote everything.
-    fn reap(&mut self, want: usize) -> io::Result<()> {
-        self.ring.submit_and_wait(want)?;
-        let mut failure = None;
-        for cqe in self.ring.completion() {
-            let slot = cqe.user_data() as usize;
-            let expected = self.pending.get_mut(slot).and_then(Option::take);
-            let done = cqe.result();
-            if failure.is_none() {
-                if done < 0 {
-                    failure = Some(io::Error::from_raw_os_error(-done));
-                } else if Some(done as u32) != expected {
-                    failure = Some(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("short write: {done} of {expected:?} bytes"),
-                    ));
-                }
-            }
-        }
-        failure.map_or(Ok(()), Err)
-    }
-
-    /// Waits for every queued write; the first error is returned after all are done.
-    fn drain(&mut self) -> io::Result<()> {
-        let mut first = Ok(());
-        while self.in_flight() > 0 {
-            if let Err(e) = self.reap(1) {
-                if first.is_ok() {
-                    first = Err(e);
-                }
-            }
-        }
-        first
-    }
-}
-
 /// Writes the non-zero 1 MiB chunks of `regions` to `file` from offset `start` (1 MiB
 /// aligned). The regions must stay mapped, and for a consistent image unchanged, meanwhile.
 pub fn write_ram(file: &File, regions: &[RamRegion], start: u64) -> io::Result<WrittenRam> {
-    let mut queue = Queue::new()?;
-    let fd = file.as_raw_fd();
+    let mut ring = WriteRing::new(file.as_raw_fd(), WRITES_IN_FLIGHT as u32 * 2)?;
+    let mut done = Vec::new();
     let mut out = WrittenRam {
         end: start,
         ..Default::default()
+    };
+    let mut first_error = Ok(());
+    let mut check = |done: &mut Done<()>| {
+        for (_, outcome) in done.drain(..) {
+            if first_error.is_ok() {
+                first_error = outcome;
+            }
+        }
+        std::mem::replace(&mut first_error, Ok(()))
     };
     let result = (|| {
         for r in regions {
@@ -163,7 +91,16 @@ pub fn write_ram(file: &File, regions: &[RamRegion], start: u64) -> io::Result<W
                         offset: out.end,
                         crc: crc32fast::hash(bytes),
                     });
-                    queue.push(fd, host, len as u32, out.end)?;
+                    while ring.in_flight() >= WRITES_IN_FLIGHT {
+                        ring.reap(1, &mut done)?;
+                        check(&mut done)?;
+                    }
+                    let w = Write {
+                        src: host,
+                        offset: out.end,
+                        len: len as u32,
+                    };
+                    ring.push((), w, &mut done)?;
                     out.end += RAM_CHUNK;
                 }
                 at += len;
@@ -171,8 +108,15 @@ pub fn write_ram(file: &File, regions: &[RamRegion], start: u64) -> io::Result<W
         }
         Ok(())
     })();
-    let drained = queue.drain();
-    result.and(drained).map(|()| out)
+    // Every write is reaped before returning: they read guest RAM until then.
+    let mut drained = Ok(());
+    while ring.in_flight() > 0 {
+        if let Err(e) = ring.reap(1, &mut done) {
+            drained = drained.and(Err(e));
+        }
+    }
+    let outcomes = check(&mut done);
+    result.and(drained).and(outcomes).map(|()| out)
 }
 
 /// Where extent runs land in guest memory.

@@ -9,6 +9,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use crate::config::vm_config_to_json;
 use crate::device_manager::state::{DeviceStateError, DevicesState};
 use crate::snapshot::file::{FileError, SnapshotFile, SnapshotWriter};
+use crate::snapshot::live::{FaultStats, LiveError, LiveRam, Prepared};
 use crate::snapshot::ram_io::{GuestTarget, RamRegion};
 use crate::snapshot::{sections, RestoreReport, SnapshotMode, SnapshotReport};
 use crate::vcpu::save::CollectError;
@@ -24,9 +25,9 @@ const COLLECT_LIMIT: Duration = Duration::from_secs(5);
 /// Errors taking a snapshot. The VM runs on (or stays paused, if it was) after any of them.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Live mode is not built yet.
-    #[error("live snapshots are not supported yet (use \"mode\":\"paused\")")]
-    LiveUnsupported,
+    /// Guest RAM could not be write-protected for a live snapshot.
+    #[error("cannot take a live snapshot")]
+    Live(#[source] LiveError),
     /// A vCPU has ended: there is no running guest to save.
     #[error("the guest has ended; there is nothing to snapshot")]
     Ended,
@@ -52,6 +53,10 @@ pub enum SnapshotError {
     #[error(transparent)]
     File(#[from] FileError),
 }
+
+/// What a snapshot wrote: the file's length, (RAM written, RAM skipped as zero), how long the
+/// guest was parked, and the write faults of a live snapshot.
+type Written = (u64, (u64, u64), Duration, FaultStats);
 
 /// Everything but RAM, captured at the snapshot instant.
 struct Captured {
@@ -88,39 +93,91 @@ impl GuestTarget for MemTarget<'_> {
 }
 
 impl RunningVm {
-    /// Saves the VM at this instant to `path` (which must not exist). The guest is parked
-    /// until RAM is on disk, then runs on, unless it was paused before.
+    /// Saves the VM at this instant to `path` (which must not exist). In paused mode the
+    /// guest is parked until RAM is on disk; in live mode only until its RAM is
+    /// write-protected. Either way it then runs on, unless it was paused before.
     pub fn snapshot(
         &mut self,
         path: &Path,
         mode: SnapshotMode,
     ) -> Result<SnapshotReport, SnapshotError> {
-        if mode == SnapshotMode::Live {
-            return Err(SnapshotError::LiveUnsupported);
-        }
         if self.threads.iter().any(|t| t.is_finished()) || self.threads.is_empty() {
             return Err(SnapshotError::Ended);
         }
+        // Registration (and, on older kernels, faulting in untouched RAM) happens while the
+        // guest runs; a destination that exists is refused before the guest stops.
+        let prepared = match mode {
+            SnapshotMode::Live => {
+                let regions = ram_regions(&self._vm.ram.mem);
+                let page = self._vm.ram.backing.page_size;
+                Some(Prepared::new(&regions, page).map_err(SnapshotError::Live)?)
+            }
+            SnapshotMode::Paused => None,
+        };
+        let w = SnapshotWriter::create(path)?;
         let started = Instant::now();
         let was_paused = self.is_paused();
-        self.pause()
-            .map_err(|e| SnapshotError::Pause(Box::new(e)))?;
-        let result = self
-            .capture()
-            .and_then(|captured| self.write(path, &captured));
+        let result = match (prepared, self.pause()) {
+            (_, Err(e)) => Err(SnapshotError::Pause(Box::new(e))),
+            (Some(prepared), Ok(())) => self.snapshot_live(w, prepared, was_paused, started),
+            (None, Ok(())) => self.snapshot_paused(w, was_paused, started),
+        };
+        let (file_bytes, ram, paused_for, faults) = result.inspect_err(|_| {
+            // Ours and incomplete: a restore would refuse it anyway.
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!(
+                    "cannot remove the incomplete snapshot {}: {e}",
+                    path.display()
+                );
+            }
+        })?;
+        Ok(SnapshotReport {
+            mode,
+            file_bytes,
+            ram_bytes: ram.0,
+            zero_bytes: ram.1,
+            paused_for,
+            took: started.elapsed(),
+            faults,
+        })
+    }
+
+    /// Lets the disks and (unless it was paused before) the guest run again.
+    fn release(&mut self, was_paused: bool) {
         self._vm.devices.resume_dataplane();
         if !was_paused {
             self.resume();
         }
-        let (file_bytes, ram_bytes, zero_bytes) = result?;
-        let took = started.elapsed();
-        Ok(SnapshotReport {
-            file_bytes,
-            ram_bytes,
-            zero_bytes,
-            paused_for: took,
-            took,
-        })
+    }
+
+    fn snapshot_paused(
+        &mut self,
+        w: SnapshotWriter,
+        was_paused: bool,
+        started: Instant,
+    ) -> Result<Written, SnapshotError> {
+        let result = self.capture().and_then(|c| self.write_into(w, &c, None));
+        self.release(was_paused);
+        let (file_bytes, ram) = result?;
+        Ok((file_bytes, ram, started.elapsed(), FaultStats::default()))
+    }
+
+    fn snapshot_live(
+        &mut self,
+        w: SnapshotWriter,
+        prepared: Prepared,
+        was_paused: bool,
+        started: Instant,
+    ) -> Result<Written, SnapshotError> {
+        let armed = self.capture().and_then(|c| {
+            let live = LiveRam::arm(prepared).map_err(SnapshotError::Live)?;
+            Ok((c, live))
+        });
+        self.release(was_paused);
+        let paused_for = started.elapsed();
+        let (c, live) = armed?;
+        let (file_bytes, ram) = self.write_into(w, &c, Some(&live))?;
+        Ok((file_bytes, ram, paused_for, live.stats()))
     }
 
     /// Reads every vCPU's, the VM's and the devices' state; the vCPUs are parked.
@@ -147,38 +204,27 @@ impl RunningVm {
         })
     }
 
-    /// Writes the file: state sections, RAM, table, trailer. Returns the file's length and
-    /// the RAM bytes written and skipped.
-    fn write(&self, path: &Path, c: &Captured) -> Result<(u64, u64, u64), SnapshotError> {
-        let w = SnapshotWriter::create(path)?;
-        let written = self.write_into(w, c);
-        if written.is_err() {
-            // Ours and incomplete: a restore would refuse it anyway.
-            if let Err(e) = std::fs::remove_file(path) {
-                log::warn!(
-                    "cannot remove the incomplete snapshot {}: {e}",
-                    path.display()
-                );
-            }
-        }
-        written
-    }
-
+    /// Writes the file: state sections, RAM (through `live` if armed), table, trailer.
+    /// Returns the file's length and the RAM bytes written and skipped.
     fn write_into(
         &self,
         mut w: SnapshotWriter,
         c: &Captured,
-    ) -> Result<(u64, u64, u64), SnapshotError> {
+        live: Option<&LiveRam>,
+    ) -> Result<(u64, (u64, u64)), SnapshotError> {
         w.section(sections::CONFIG, &c.config)?;
         w.section(sections::VM, &c.vm)?;
         w.section(sections::VCPUS, &c.vcpus)?;
         w.section(sections::DEVICES, &c.devices)?;
         let regions = ram_regions(&self._vm.ram.mem);
-        let ram = w.ram(&regions)?;
+        let ram = match live {
+            Some(live) => w.ram_with(|file, start| live.write(file, start))?,
+            None => w.ram(&regions)?,
+        };
         let file_bytes = w.finish()?;
         let total: u64 = regions.iter().map(|r| r.len).sum();
         let written: u64 = ram.extents.iter().map(|e| e.len).sum();
-        Ok((file_bytes, written, total - written))
+        Ok((file_bytes, (written, total - written)))
     }
 }
 

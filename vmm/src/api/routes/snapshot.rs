@@ -1,5 +1,5 @@
 //! `vm.snapshot` and `vm.restore`, with Cloud Hypervisor's bodies:
-//! `{"destination_url":"file:///PATH"[,"mode":"paused"|"live"]}` and
+//! `{"destination_url":"file:///PATH"[,"mode":"live"|"paused"]}` (live by default) and
 //! `{"source_url":"file:///PATH"[,"prefault":BOOL][,"resume":BOOL]}`. Keel's snapshot is one
 //! file (Cloud Hypervisor's is a directory). A restored VM is `Paused` until `vm.resume`,
 //! as Cloud Hypervisor's is, unless `"resume":true`; `prefault` is accepted and always holds
@@ -18,8 +18,13 @@ use crate::snapshot::{path_from_url, SnapshotMode, SnapshotReport};
 #[serde(deny_unknown_fields)]
 struct SnapshotBody {
     destination_url: String,
-    #[serde(default)]
+    #[serde(default = "live")]
     mode: SnapshotMode,
+}
+
+/// The default mode: the guest runs on while its RAM is written.
+fn live() -> SnapshotMode {
+    SnapshotMode::Live
 }
 
 /// `vm.restore`'s body.
@@ -89,12 +94,18 @@ pub fn parse_restore(body: &[u8]) -> Result<RestoreRequest, RouteError> {
 
 /// The report of a snapshot, as JSON.
 fn report_json(r: &SnapshotReport) -> String {
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
     serde_json::json!({
+        "mode": r.mode,
         "file_bytes": r.file_bytes,
         "ram_bytes": r.ram_bytes,
         "zero_bytes": r.zero_bytes,
         "paused_ms": r.paused_for.as_secs_f64() * 1e3,
         "took_ms": r.took.as_secs_f64() * 1e3,
+        "wp_faults": r.faults.faults,
+        "wp_throttled": r.faults.throttled,
+        "wp_fault_p50_us": us(r.faults.p50),
+        "wp_fault_p99_us": us(r.faults.p99),
     })
     .to_string()
 }
@@ -149,9 +160,9 @@ mod tests {
     fn bodies_in_cloud_hypervisors_shape_are_taken() {
         let s = parse_snapshot(br#"{"destination_url":"file:///var/s"}"#).unwrap();
         assert_eq!(s.destination, PathBuf::from("/var/s"));
-        assert_eq!(s.mode, SnapshotMode::Paused);
-        let s = parse_snapshot(br#"{"destination_url":"file:///s","mode":"live"}"#).unwrap();
         assert_eq!(s.mode, SnapshotMode::Live);
+        let s = parse_snapshot(br#"{"destination_url":"file:///s","mode":"paused"}"#).unwrap();
+        assert_eq!(s.mode, SnapshotMode::Paused);
         let r = parse_restore(br#"{"source_url":"file:///s","prefault":true}"#).unwrap();
         assert_eq!(
             r,
