@@ -312,13 +312,24 @@ impl SnapshotFile {
         }
     }
 
-    /// Reads guest RAM into `target`; returns the bytes read.
+    /// Reads guest RAM into `target`; returns the bytes read. The reads bypass the page
+    /// cache (O_DIRECT, straight into guest memory) where the file system allows it.
     pub fn read_ram(
         &self,
         extents: &[RamExtent],
         target: &dyn GuestTarget,
     ) -> Result<u64, FileError> {
-        ram_io::read_ram(&self.file, extents, target).map_err(|source| FileError::Ram {
+        let direct = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+        {
+            Ok(f) => Some(f),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+            Err(e) => return Err(io_err("open for RAM reads", &self.path)(e)),
+        };
+        let file = direct.as_ref().unwrap_or(&self.file);
+        ram_io::read_ram(file, extents, target).map_err(|source| FileError::Ram {
             path: self.path.clone(),
             source,
         })

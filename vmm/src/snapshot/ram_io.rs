@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::format::{RamExtent, RAM_CHUNK};
 use super::uring::{Done, Write, WriteRing};
@@ -144,6 +145,9 @@ pub enum ReadRamError {
     /// An extent's bytes do not match its CRC.
     #[error("the RAM extent at guest {0:#x} is corrupted (CRC-32 mismatch)")]
     Checksum(u64),
+    /// The thread checking CRCs failed.
+    #[error("the CRC checking thread failed")]
+    Checker,
 }
 
 /// How many leading extents of `rest` one read covers: contiguous in the file and in guest
@@ -163,7 +167,62 @@ fn run_len(rest: &[RamExtent]) -> usize {
     n
 }
 
+/// One read of a restore: extents contiguous in the file and in guest memory.
+struct Run {
+    offset: u64,
+    host: usize,
+    len: u64,
+    extents: std::ops::Range<usize>,
+}
+
+/// Groups `sorted` (by file offset) into reads, each checked to land in guest memory.
+fn plan_runs(sorted: &[RamExtent], target: &dyn GuestTarget) -> Result<Vec<Run>, ReadRamError> {
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while let Some(first) = sorted.get(at) {
+        let n = run_len(&sorted[at..]);
+        let len = sorted[at..at + n].iter().map(|e| e.len).sum::<u64>();
+        let host = target
+            .host(first.guest, len)
+            .ok_or(ReadRamError::Unmapped(first.guest))?;
+        runs.push(Run {
+            offset: first.offset,
+            host: host as usize,
+            len,
+            extents: at..at + n,
+        });
+        at += n;
+    }
+    Ok(runs)
+}
+
+/// Faults in the guest memory of `runs` for writing, in file order, until `stop`: run ahead
+/// of the reads on a thread of its own, it takes the page faults (and on a host that gave
+/// unused memory back to its own host, the cost of getting it back) off the reading thread.
+fn prefault(runs: &[Run], stop: &AtomicBool) {
+    for r in runs {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: advises mapped guest RAM (checked by `plan_runs`) that nothing else uses
+        // during a restore; populating changes no content that is not about to be read over.
+        let rc = unsafe {
+            libc::madvise(
+                r.host as *mut libc::c_void,
+                r.len as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if rc != 0 {
+            // Only an optimisation: the reads fault the pages in themselves.
+            return;
+        }
+    }
+}
+
 /// Reads every extent into guest memory, checking each one's CRC. Returns the bytes read.
+/// One read at a time, in file order; meanwhile one thread faults guest memory in ahead of
+/// the reads and another checks the CRCs of what was read.
 pub fn read_ram(
     file: &File,
     extents: &[RamExtent],
@@ -171,35 +230,51 @@ pub fn read_ram(
 ) -> Result<u64, ReadRamError> {
     let mut sorted = extents.to_vec();
     sorted.sort_by_key(|e| e.offset);
-    let mut total = 0;
-    let mut rest = sorted.as_slice();
-    while let Some(first) = rest.first() {
-        let n = run_len(rest);
-        let run = &rest[..n];
-        let len = run.iter().map(|e| e.len).sum::<u64>();
-        let host = target
-            .host(first.guest, len)
-            .ok_or(ReadRamError::Unmapped(first.guest))?;
-        // SAFETY: `target` vouches that `len` bytes at `host` are mapped guest RAM; no vCPU
-        // runs during a restore, so nothing else touches them.
-        let buf = unsafe { std::slice::from_raw_parts_mut(host, len as usize) };
-        file.read_exact_at(buf, first.offset)
-            .map_err(|source| ReadRamError::Io {
-                offset: first.offset,
-                source,
-            })?;
-        let mut at = 0usize;
-        for e in run {
-            let bytes = &buf[at..at + e.len as usize];
-            if crc32fast::hash(bytes) != e.crc {
-                return Err(ReadRamError::Checksum(e.guest));
+    let runs = plan_runs(&sorted, target)?;
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<&Run>();
+    std::thread::scope(|scope| {
+        scope.spawn(|| prefault(&runs, &stop));
+        let checker = scope.spawn(|| -> Result<(), ReadRamError> {
+            for run in rx {
+                // SAFETY: the run was read in full (sent after `read_exact_at`), lies in
+                // guest memory, and nothing writes it during a restore.
+                let buf =
+                    unsafe { std::slice::from_raw_parts(run.host as *const u8, run.len as usize) };
+                let mut at = 0usize;
+                for e in &sorted[run.extents.clone()] {
+                    if crc32fast::hash(&buf[at..at + e.len as usize]) != e.crc {
+                        return Err(ReadRamError::Checksum(e.guest));
+                    }
+                    at += e.len as usize;
+                }
             }
-            at += e.len as usize;
-        }
-        total += len;
-        rest = &rest[n..];
-    }
-    Ok(total)
+            Ok(())
+        });
+        let read = (|| {
+            for run in &runs {
+                // SAFETY: `plan_runs` checked that `len` bytes at `host` are mapped guest
+                // RAM; no vCPU runs during a restore.
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut(run.host as *mut u8, run.len as usize)
+                };
+                file.read_exact_at(buf, run.offset)
+                    .map_err(|source| ReadRamError::Io {
+                        offset: run.offset,
+                        source,
+                    })?;
+                if tx.send(run).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        stop.store(true, Ordering::Relaxed);
+        let checked = checker.join().unwrap_or(Err(ReadRamError::Checker));
+        read.and(checked)
+    })?;
+    Ok(runs.iter().map(|r| r.len).sum())
 }
 
 #[cfg(test)]
