@@ -115,7 +115,8 @@ struct Taken {
     before: (u64, u64),
 }
 
-/// `vm.snapshot` to `file` in `mode` ("live" or "paused"): its report.
+/// `vm.snapshot` to `file` in `mode` ("live" or "paused"): its report. `vm.snapshot-status`
+/// then tells it is done and went through all of guest RAM.
 fn snapshot(socket: &Path, file: &Path, mode: &str) -> Value {
     let (status, body) = put(
         socket,
@@ -126,6 +127,12 @@ fn snapshot(socket: &Path, file: &Path, mode: &str) -> Value {
     let report: Value = serde_json::from_str(&body).expect("a JSON report");
     assert_eq!(report["mode"], mode, "{report}");
     assert!(report["ram_bytes"].as_u64().unwrap() > 0, "{report}");
+    let status = get(socket, "/api/v1/vm.snapshot-status");
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["mode"], mode, "{status}");
+    assert_eq!(status["written_bytes"], status["total_bytes"], "{status}");
+    let ram = report["ram_bytes"].as_u64().unwrap() + report["zero_bytes"].as_u64().unwrap();
+    assert_eq!(status["total_bytes"], ram, "{status} {report}");
     report
 }
 
@@ -134,6 +141,8 @@ fn snapshot(socket: &Path, file: &Path, mode: &str) -> Value {
 fn take_snapshot(dir: &Path, cpus: u32, mode: &str) -> Taken {
     let (keel, socket) = counting_keel(dir, cpus);
     let before = *counted_past(&keel, 2).last().unwrap();
+    let idle = get(&socket, "/api/v1/vm.snapshot-status");
+    assert_eq!(idle, serde_json::json!({"state": "idle"}));
     let file = dir.join("vm.snap");
     snapshot(&socket, &file, mode);
     let printed = counter_values(&keel.stdout_now()).len();

@@ -31,7 +31,7 @@ use crate::config::VmConfig;
 use crate::exit::ResetCause;
 use crate::snapshot::{RestoreReport, SnapshotFile, SnapshotMode, SnapshotReport};
 use crate::stats::VmCounters;
-use crate::vm::{RunningVm, Vm, VmError, VmOutcome};
+use crate::vm::{RunningVm, SnapshotJob, Vm, VmError, VmOutcome};
 
 /// Where a VM is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,20 @@ impl VmHandle {
         self.poll();
         match &mut self.inner {
             Inner::Running(vm) => Ok(vm.snapshot(destination, mode)?),
+            _ => Err(self.wrong("snapshot")),
+        }
+    }
+
+    /// [`VmHandle::snapshot`] up to the instant: a live snapshot's RAM is left to write in
+    /// the job (which may finish on another thread while this handle serves on).
+    pub fn begin_snapshot(
+        &mut self,
+        destination: &Path,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotJob, HandleError> {
+        self.poll();
+        match &mut self.inner {
+            Inner::Running(vm) => Ok(vm.begin_snapshot(destination, mode)?),
             _ => Err(self.wrong("snapshot")),
         }
     }

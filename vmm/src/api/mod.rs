@@ -251,7 +251,13 @@ impl ApiServer {
     /// is written (requests behind it are dropped unanswered).
     fn answer_requests(&self, state: &mut ApiState) -> bool {
         for pending in self.connections.take() {
-            let reply = routes::apply(pending.call, state);
+            let reply = match routes::apply(pending.call, state) {
+                routes::Outcome::Now(reply) => reply,
+                routes::Outcome::Later(work) => {
+                    answer_later(work, pending.method, pending.path, pending.responder);
+                    continue;
+                }
+            };
             connections::log_answer(&pending.method, &pending.path, reply.response.status);
             let answered = pending.responder.answer(reply.response);
             if reply.exit {
@@ -260,6 +266,38 @@ impl ApiServer {
             }
         }
         false
+    }
+}
+
+/// Runs `work` on a thread of its own and answers with what it returns, so that the serve
+/// loop goes on meanwhile (where no thread can be started, here).
+fn answer_later(
+    work: Box<dyn FnOnce() -> routes::Reply + Send>,
+    method: String,
+    path: String,
+    responder: connections::Responder,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("keel-api-work".into())
+        .spawn(move || {
+            let Ok((work, responder)) = rx.recv() else {
+                return;
+            };
+            let work: Box<dyn FnOnce() -> routes::Reply + Send> = work;
+            let reply = work();
+            connections::log_answer(&method, &path, reply.response.status);
+            let _ = connections::Responder::answer(responder, reply.response);
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = tx.send((work, responder));
+        }
+        Err(e) => {
+            log::warn!("api: cannot start a work thread ({e}); working on the serve loop");
+            let reply = work();
+            let _ = responder.answer(reply.response);
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `/api/v1/vm.shutdown` | PUT | 204 | 409 no VM, or not `Running`/`Paused` |
 //! | `/api/v1/vm.delete` | PUT | 204 (also with no VM) | |
 //! | `/api/v1/vm.snapshot` | PUT, body `{"destination_url":"file:///PATH"[,"mode":"paused"]}` | 200 `{"file_bytes", "ram_bytes", "zero_bytes", "paused_ms", "took_ms"}` | 400 bad body; 409 no VM, or not `Running`/`Paused`; 500 the snapshot failed (the VM runs on) |
+//! | `/api/v1/vm.snapshot-status` | GET | 200 `{"state":"idle"}` or `{"state":"writing"\|"done", "mode", "destination", "written_bytes", "total_bytes", "elapsed_ms"}` | |
 //! | `/api/v1/vm.restore` | PUT, body `{"source_url":"file:///PATH"[,"resume":BOOL]}` | 204, the VM `Paused` (or `Running` with `resume`) | 400 bad body or unusable snapshot; 409 a VM exists |
 //! | `/api/v1/vmm.shutdown` | PUT | 204, then keel exits | |
 //! | `/api/v1/vm.info` | GET | 200 `{"config", "state", "memory_actual_size"}` | 409 no VM |
@@ -48,6 +49,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/api/v1/vm.delete"),
     ("PUT", "/api/v1/vm.snapshot"),
     ("PUT", "/api/v1/vm.restore"),
+    ("GET", "/api/v1/vm.snapshot-status"),
     ("PUT", "/api/v1/vmm.shutdown"),
     ("GET", "/api/v1/vm.info"),
     ("GET", "/api/v1/vm.counters"),
@@ -137,6 +139,9 @@ struct ManagedVm {
 #[derive(Default)]
 pub struct ApiState {
     vm: Option<ManagedVm>,
+    /// The last snapshot begun, for `vm.snapshot-status` (and to refuse a second one while
+    /// it is written).
+    snapshot: Option<std::sync::Arc<crate::vm::SnapshotProgress>>,
 }
 
 /// The state as Cloud Hypervisor spells it.
@@ -280,6 +285,8 @@ pub enum Call {
     Snapshot(Result<snapshot::SnapshotRequest, RouteError>),
     /// `vm.restore`, with its body parsed (refused after the state's checks).
     Restore(Result<snapshot::RestoreRequest, RouteError>),
+    /// `vm.snapshot-status`.
+    SnapshotStatus,
     /// `vmm.shutdown`.
     VmmShutdown,
     /// `vm.info`.
@@ -312,6 +319,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<Call, RouteError> 
         "vm.delete" => Call::Delete,
         "vm.snapshot" => Call::Snapshot(snapshot::parse_snapshot(body)),
         "vm.restore" => Call::Restore(snapshot::parse_restore(body)),
+        "vm.snapshot-status" => Call::SnapshotStatus,
         "vmm.shutdown" => Call::VmmShutdown,
         "vm.info" => Call::Info,
         "vm.counters" => Call::Counters,
@@ -320,18 +328,42 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<Call, RouteError> 
     })
 }
 
-/// Carries out `call` on the VM in `state`.
-pub fn apply(call: Call, state: &mut ApiState) -> Reply {
-    state.refresh();
-    let exit = matches!(call, Call::VmmShutdown);
-    let result = route(call, state);
-    reply(result, exit)
+/// What the server does with a request.
+pub enum Outcome {
+    /// Answer it now.
+    Now(Reply),
+    /// Answer it once this work, run on a thread of its own, is done (a live snapshot's RAM
+    /// being written while the server goes on serving, `vm.snapshot-status` among others).
+    Later(Box<dyn FnOnce() -> Reply + Send>),
 }
 
-/// Answers one request: [`parse`], then [`apply`].
+impl Outcome {
+    /// The reply, doing the work left here if there is some.
+    pub fn wait(self) -> Reply {
+        match self {
+            Outcome::Now(reply) => reply,
+            Outcome::Later(work) => work(),
+        }
+    }
+}
+
+/// Carries out `call` on the VM in `state`.
+pub fn apply(call: Call, state: &mut ApiState) -> Outcome {
+    state.refresh();
+    if let Call::Snapshot(request) = call {
+        return match snapshot::begin(request, state) {
+            Ok(job) => Outcome::Later(Box::new(move || reply(snapshot::finish(job), false))),
+            Err(e) => Outcome::Now(reply(Err(e), false)),
+        };
+    }
+    let exit = matches!(call, Call::VmmShutdown);
+    Outcome::Now(reply(route(call, state), exit))
+}
+
+/// Answers one request: [`parse`], then [`apply`] (and any work left, here).
 pub fn handle(method: &str, path: &str, body: &[u8], state: &mut ApiState) -> Reply {
     match parse(method, path, body) {
-        Ok(call) => apply(call, state),
+        Ok(call) => apply(call, state).wait(),
         Err(e) => refused(e),
     }
 }
@@ -392,8 +424,9 @@ fn route(call: Call, state: &mut ApiState) -> Result<Option<String>, RouteError>
             state.vm = None;
             Ok(None)
         }
-        Call::Snapshot(request) => snapshot::snapshot(request, state).map(Some),
+        Call::Snapshot(request) => snapshot::begin(request, state).and_then(snapshot::finish),
         Call::Restore(request) => snapshot::restore(request, state).map(|()| None),
+        Call::SnapshotStatus => Ok(Some(snapshot::status(state))),
         Call::VmmShutdown => Ok(None),
         Call::Info => info(state).map(Some),
         Call::Counters => {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::format::{
     self, align_up, FormatError, RamExtent, Section, Trailer, BLOCK, MAX_SECTION, RAM_CHUNK,
 };
-use super::ram_io::{self, GuestTarget, RamRegion, ReadRamError, WrittenRam};
+use super::ram_io::{self, GuestTarget, ReadRamError, WrittenRam};
 
 /// Errors writing or reading a snapshot file.
 #[derive(Debug, thiserror::Error)]
@@ -151,13 +151,9 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes guest RAM from the next 1 MiB boundary, then its extent index as section "ram".
-    pub fn ram(&mut self, regions: &[RamRegion]) -> Result<WrittenRam, FileError> {
-        self.ram_with(|file, start| ram_io::write_ram(file, regions, start))
-    }
-
-    /// [`SnapshotWriter::ram`], with guest RAM written by `write` (given the file, opened
-    /// for O_DIRECT where the file system allows it, and the 1 MiB-aligned start offset).
+    /// Writes guest RAM with `write` (given the file, opened for O_DIRECT where the file
+    /// system allows it, and the 1 MiB-aligned start offset after the state sections), then
+    /// its extent index as section "ram".
     pub fn ram_with(
         &mut self,
         write: impl FnOnce(&File, u64) -> io::Result<WrittenRam>,

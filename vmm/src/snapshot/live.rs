@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -407,8 +408,9 @@ impl LiveRam {
     }
 
     /// Writes guest RAM to `file` from offset `start` (1 MiB-aligned), as it was when armed.
-    pub fn write(&self, file: &File, start: u64) -> io::Result<WrittenRam> {
-        let mut w = writer::Writer::new(&self.shared, file, start)?;
+    /// `progress` counts the RAM gone through (written or skipped).
+    pub fn write(&self, file: &File, start: u64, progress: &AtomicU64) -> io::Result<WrittenRam> {
+        let mut w = writer::Writer::new(&self.shared, file, start, progress)?;
         let result = w.run();
         let drained = w.drain();
         result.and(drained).map(|()| w.out)

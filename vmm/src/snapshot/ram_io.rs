@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::format::{RamExtent, RAM_CHUNK};
 use super::uring::{Done, Write, WriteRing};
@@ -57,7 +57,13 @@ pub(super) fn is_zero(bytes: &[u8]) -> bool {
 
 /// Writes the non-zero 1 MiB chunks of `regions` to `file` from offset `start` (1 MiB
 /// aligned). The regions must stay mapped, and for a consistent image unchanged, meanwhile.
-pub fn write_ram(file: &File, regions: &[RamRegion], start: u64) -> io::Result<WrittenRam> {
+/// `progress` counts the RAM gone through (written or skipped).
+pub fn write_ram(
+    file: &File,
+    regions: &[RamRegion],
+    start: u64,
+    progress: &AtomicU64,
+) -> io::Result<WrittenRam> {
     let mut ring = WriteRing::new(file.as_raw_fd(), WRITES_IN_FLIGHT as u32 * 2)?;
     let mut done = Vec::new();
     let mut out = WrittenRam {
@@ -104,6 +110,7 @@ pub fn write_ram(file: &File, regions: &[RamRegion], start: u64) -> io::Result<W
                     ring.push((), w, &mut done)?;
                     out.end += RAM_CHUNK;
                 }
+                progress.fetch_add(len, Ordering::Relaxed);
                 at += len;
             }
         }
@@ -356,7 +363,9 @@ mod tests {
             host: ram.as_mut_ptr(),
             len: ram.len() as u64,
         }];
-        let written = write_ram(&file, &regions, RAM_CHUNK).unwrap();
+        let progress = AtomicU64::new(0);
+        let written = write_ram(&file, &regions, RAM_CHUNK, &progress).unwrap();
+        assert_eq!(progress.load(Ordering::Relaxed), ram.len() as u64);
         assert_eq!(written.zero_chunks, 2);
         assert_eq!(
             written.extents.iter().map(|e| e.guest).collect::<Vec<_>>(),

@@ -13,7 +13,7 @@ mod state;
 mod vcpus;
 
 pub use running::{kick_signal, RunningVm};
-pub use snapshot::SnapshotError;
+pub use snapshot::{Progress as SnapshotProgress, SnapshotError, SnapshotJob};
 pub use state::VmState;
 
 use std::sync::Arc;

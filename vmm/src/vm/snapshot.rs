@@ -9,7 +9,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use crate::config::vm_config_to_json;
 use crate::device_manager::state::{DeviceStateError, DevicesState};
 use crate::snapshot::file::{FileError, SnapshotFile, SnapshotWriter};
-use crate::snapshot::live::{FaultStats, LiveError, LiveRam, Prepared};
+use crate::snapshot::live::{LiveError, LiveRam, Prepared};
 use crate::snapshot::ram_io::{GuestTarget, RamRegion};
 use crate::snapshot::{sections, RestoreReport, SnapshotMode, SnapshotReport};
 use crate::vcpu::save::CollectError;
@@ -18,6 +18,11 @@ use crate::vcpu::{Vcpu, VcpuError};
 
 use super::state::VmState;
 use super::{RunningVm, Vm, VmError};
+
+mod job;
+
+use job::{remove_incomplete, write_file, Captured, JobStart};
+pub use job::{Progress, SnapshotJob};
 
 /// How long a snapshot waits for the parked vCPUs to hand over their state.
 const COLLECT_LIMIT: Duration = Duration::from_secs(5);
@@ -54,20 +59,8 @@ pub enum SnapshotError {
     File(#[from] FileError),
 }
 
-/// What a snapshot wrote: the file's length, (RAM written, RAM skipped as zero), how long the
-/// guest was parked, and the write faults of a live snapshot.
-type Written = (u64, (u64, u64), Duration, FaultStats);
-
-/// Everything but RAM, captured at the snapshot instant.
-struct Captured {
-    config: serde_json::Value,
-    vm: VmState,
-    vcpus: Vec<VcpuState>,
-    devices: DevicesState,
-}
-
 /// Guest RAM as the RAM writer sees it.
-fn ram_regions(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
+pub(crate) fn ram_regions(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
     mem.iter()
         .map(|r| RamRegion {
             guest: r.start_addr().0,
@@ -101,45 +94,39 @@ impl RunningVm {
         path: &Path,
         mode: SnapshotMode,
     ) -> Result<SnapshotReport, SnapshotError> {
+        self.begin_snapshot(path, mode)?.finish()
+    }
+
+    /// [`RunningVm::snapshot`] up to the instant: a paused snapshot is written by the time
+    /// this returns; a live one returns once the guest runs on, with what is left to write
+    /// (guest RAM, while the guest runs) in the job, which may finish on another thread.
+    pub fn begin_snapshot(
+        &mut self,
+        path: &Path,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotJob, SnapshotError> {
         if self.threads.iter().any(|t| t.is_finished()) || self.threads.is_empty() {
             return Err(SnapshotError::Ended);
         }
+        let mem = self._vm.ram.mem.clone();
         // Registration (and, on older kernels, faulting in untouched RAM) happens while the
         // guest runs; a destination that exists is refused before the guest stops.
         let prepared = match mode {
             SnapshotMode::Live => {
-                let regions = ram_regions(&self._vm.ram.mem);
                 let page = self._vm.ram.backing.page_size;
-                Some(Prepared::new(&regions, page).map_err(SnapshotError::Live)?)
+                Some(Prepared::new(&ram_regions(&mem), page).map_err(SnapshotError::Live)?)
             }
             SnapshotMode::Paused => None,
         };
         let w = SnapshotWriter::create(path)?;
-        let started = Instant::now();
+        let job = JobStart::new(path, mode, mem);
         let was_paused = self.is_paused();
         let result = match (prepared, self.pause()) {
             (_, Err(e)) => Err(SnapshotError::Pause(Box::new(e))),
-            (Some(prepared), Ok(())) => self.snapshot_live(w, prepared, was_paused, started),
-            (None, Ok(())) => self.snapshot_paused(w, was_paused, started),
+            (Some(prepared), Ok(())) => self.snapshot_live(w, prepared, was_paused, job),
+            (None, Ok(())) => self.snapshot_paused(w, was_paused, job),
         };
-        let (file_bytes, ram, paused_for, faults) = result.inspect_err(|_| {
-            // Ours and incomplete: a restore would refuse it anyway.
-            if let Err(e) = std::fs::remove_file(path) {
-                log::warn!(
-                    "cannot remove the incomplete snapshot {}: {e}",
-                    path.display()
-                );
-            }
-        })?;
-        Ok(SnapshotReport {
-            mode,
-            file_bytes,
-            ram_bytes: ram.0,
-            zero_bytes: ram.1,
-            paused_for,
-            took: started.elapsed(),
-            faults,
-        })
+        result.inspect_err(|_| remove_incomplete(path))
     }
 
     /// Lets the disks and (unless it was paused before) the guest run again.
@@ -154,12 +141,13 @@ impl RunningVm {
         &mut self,
         w: SnapshotWriter,
         was_paused: bool,
-        started: Instant,
-    ) -> Result<Written, SnapshotError> {
-        let result = self.capture().and_then(|c| self.write_into(w, &c, None));
+        job: JobStart,
+    ) -> Result<SnapshotJob, SnapshotError> {
+        let result = self
+            .capture()
+            .and_then(|c| write_file(w, &c, &job.mem, None, &job.progress));
         self.release(was_paused);
-        let (file_bytes, ram) = result?;
-        Ok((file_bytes, ram, started.elapsed(), FaultStats::default()))
+        Ok(job.written(result?))
     }
 
     fn snapshot_live(
@@ -167,17 +155,15 @@ impl RunningVm {
         w: SnapshotWriter,
         prepared: Prepared,
         was_paused: bool,
-        started: Instant,
-    ) -> Result<Written, SnapshotError> {
+        job: JobStart,
+    ) -> Result<SnapshotJob, SnapshotError> {
         let armed = self.capture().and_then(|c| {
             let live = LiveRam::arm(prepared).map_err(SnapshotError::Live)?;
             Ok((c, live))
         });
         self.release(was_paused);
-        let paused_for = started.elapsed();
-        let (c, live) = armed?;
-        let (file_bytes, ram) = self.write_into(w, &c, Some(&live))?;
-        Ok((file_bytes, ram, paused_for, live.stats()))
+        let (captured, live) = armed?;
+        Ok(job.live(w, captured, live))
     }
 
     /// Reads every vCPU's, the VM's and the devices' state; the vCPUs are parked.
@@ -202,29 +188,6 @@ impl RunningVm {
             vcpus,
             devices,
         })
-    }
-
-    /// Writes the file: state sections, RAM (through `live` if armed), table, trailer.
-    /// Returns the file's length and the RAM bytes written and skipped.
-    fn write_into(
-        &self,
-        mut w: SnapshotWriter,
-        c: &Captured,
-        live: Option<&LiveRam>,
-    ) -> Result<(u64, (u64, u64)), SnapshotError> {
-        w.section(sections::CONFIG, &c.config)?;
-        w.section(sections::VM, &c.vm)?;
-        w.section(sections::VCPUS, &c.vcpus)?;
-        w.section(sections::DEVICES, &c.devices)?;
-        let regions = ram_regions(&self._vm.ram.mem);
-        let ram = match live {
-            Some(live) => w.ram_with(|file, start| live.write(file, start))?,
-            None => w.ram(&regions)?,
-        };
-        let file_bytes = w.finish()?;
-        let total: u64 = regions.iter().map(|r| r.len).sum();
-        let written: u64 = ram.extents.iter().map(|e| e.len).sum();
-        Ok((file_bytes, (written, total - written)))
     }
 }
 

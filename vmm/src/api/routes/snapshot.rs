@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::{from_handle, refuse_existing, ApiState, ManagedVm, RouteError};
 use crate::handle::VmHandle;
 use crate::snapshot::{path_from_url, SnapshotMode, SnapshotReport};
+use crate::vm::SnapshotJob;
 
 /// `vm.snapshot`'s body.
 #[derive(Debug, Deserialize)]
@@ -110,23 +111,55 @@ fn report_json(r: &SnapshotReport) -> String {
     .to_string()
 }
 
-/// Takes the snapshot; 200 with its report.
-pub fn snapshot(
+/// Takes the snapshot up to its instant (all of it in paused mode); refused while another
+/// one is being written.
+pub fn begin(
     request: Result<SnapshotRequest, RouteError>,
     state: &mut ApiState,
-) -> Result<String, RouteError> {
+) -> Result<SnapshotJob, RouteError> {
+    if let Some(p) = state.snapshot.as_ref().filter(|p| !p.finished()) {
+        return Err(RouteError::Conflict(format!(
+            "a snapshot to {} is being written",
+            p.destination.display()
+        )));
+    }
     let handle = state.handle()?;
     let request = request?;
-    let report = handle
-        .snapshot(&request.destination, request.mode)
+    let job = handle
+        .begin_snapshot(&request.destination, request.mode)
         .map_err(from_handle("snapshot"))?;
+    state.snapshot = Some(job.progress());
+    Ok(job)
+}
+
+/// Writes what is left of a snapshot; its report as the answer's body.
+pub fn finish(job: SnapshotJob) -> Result<Option<String>, RouteError> {
+    let progress = job.progress();
+    let report = job.finish().map_err(RouteError::Snapshot)?;
     log::info!(
-        "api: snapshot to {}: {} bytes, guest parked {:.1} ms",
-        request.destination.display(),
+        "api: {:?} snapshot to {}: {} bytes, guest parked {:.1} ms",
+        report.mode,
+        progress.destination.display(),
         report.file_bytes,
         report.paused_for.as_secs_f64() * 1e3
     );
-    Ok(report_json(&report))
+    Ok(Some(report_json(&report)))
+}
+
+/// `vm.snapshot-status`: how far the last snapshot got.
+pub fn status(state: &ApiState) -> String {
+    let Some(p) = &state.snapshot else {
+        return serde_json::json!({"state": "idle"}).to_string();
+    };
+    serde_json::json!({
+        "state": if p.finished() { "done" } else { "writing" },
+        "mode": p.mode,
+        "destination": p.destination.display().to_string(),
+        "written_bytes": p.written_bytes(),
+        "total_bytes": p.total_bytes,
+        "elapsed_ms": p.elapsed().as_secs_f64() * 1e3,
+    })
+    .to_string()
 }
 
 /// Builds the VM of the snapshot and starts it, paused unless asked to resume.

@@ -89,7 +89,9 @@ fn snapshot_while_written(
         .truncate(true)
         .open(&path)
         .unwrap();
-    let written = live.write(&file, RAM_CHUNK).unwrap();
+    let progress = AtomicU64::new(0);
+    let written = live.write(&file, RAM_CHUNK, &progress).unwrap();
+    assert_eq!(progress.load(Ordering::Relaxed), (pages * 4096) as u64);
     let stats = live.stats();
     drop(live);
     writer.join().unwrap();

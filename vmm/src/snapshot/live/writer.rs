@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{lock, Shared};
 use crate::snapshot::format::{RamExtent, RAM_CHUNK};
@@ -22,6 +23,7 @@ enum Op {
 
 pub(super) struct Writer<'a> {
     shared: &'a Shared,
+    progress: &'a AtomicU64,
     ring: WriteRing<Op>,
     /// Writes finished and not yet handled.
     done: Done<Op>,
@@ -36,9 +38,15 @@ pub(super) struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    pub(super) fn new(shared: &'a Shared, file: &File, start: u64) -> io::Result<Self> {
+    pub(super) fn new(
+        shared: &'a Shared,
+        file: &File,
+        start: u64,
+        progress: &'a AtomicU64,
+    ) -> io::Result<Self> {
         Ok(Writer {
             shared,
+            progress,
             ring: WriteRing::new(file.as_raw_fd(), 256)?,
             done: Vec::new(),
             failed: Ok(()),
@@ -67,6 +75,7 @@ impl<'a> Writer<'a> {
     fn start_unit(&mut self, unit: usize) -> io::Result<()> {
         let shared = self.shared;
         let u = shared.units[unit];
+        self.progress.fetch_add(u.len, Ordering::Relaxed);
         let mut st = lock(&shared.state);
         let mut chunks = Vec::new();
         let mut at = 0;
