@@ -215,16 +215,10 @@ pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let cli = match FioCli::try_parse_from(std::iter::once(program).chain(args.skip(1))) {
+    let args = std::iter::once(program).chain(args.skip(1));
+    let cli = match super::parse_command::<FioCli>("keel: bench fio", args, 1) {
         Ok(cli) => cli,
-        Err(e) if e.use_stderr() => {
-            err_line!("keel: bench fio: {}", super::clap_error_line(&e));
-            return ExitCode::from(1);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
+        Err(code) => return code,
     };
     crate::logger::init(cli.log_level);
     let opts = match options(cli) {

@@ -4,15 +4,17 @@
 //! [`vmm::api`]), with the VM of the command line booted if `--kernel` is given, and exits 0 on
 //! `vmm.shutdown` or SIGINT/SIGTERM/SIGHUP.
 //!
-//! Two more commands: `keel stat --pid PID` ([`stat`]) watches a running keel's KVM counters,
+//! Three more commands: `keel stat --pid PID` ([`stat`]) watches a running keel's KVM counters,
 //! taking its statistics fds from the other process; `keel bench fio --job FILE` ([`bench`])
 //! runs a fio benchmark in a guest, parsing the command line of the `keel-bench` crate's
-//! harness ([`keel_bench::fio`]).
+//! harness ([`keel_bench::fio`]); `keel remote --api-socket PATH COMMAND` ([`remote`]) drives
+//! a running keel through its API socket, as Cloud Hypervisor's `ch-remote` does.
 
 #[macro_use]
 mod out;
 mod bench;
 mod logger;
+mod remote;
 mod stat;
 
 use std::os::fd::AsRawFd;
@@ -41,7 +43,9 @@ use vmm::vm::{RunningVm, Vm, VmError, VmOutcome};
     version,
     about,
     after_help = "Other commands:\n  keel stat --pid PID        KVM counters of a running keel, as rates\n  \
-                  keel bench fio --job FILE  a fio benchmark in a guest (keel bench fio --help)"
+                  keel bench fio --job FILE  a fio benchmark in a guest (keel bench fio --help)\n  \
+                  keel remote --api-socket PATH COMMAND\n                             \
+                  drive a running keel (keel remote --help)"
 )]
 struct Cli {
     /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage; the format is detected.
@@ -237,6 +241,31 @@ fn clap_error_line(e: &clap::Error) -> String {
     message.trim_start_matches("error: ").to_string()
 }
 
+/// The command line of a command of its own (`P`) from `args`, or the exit code to end with:
+/// 0 once clap's help or version is on stdout, `usage` after one line on stderr, `name` first
+/// (clap's error, or the usage where clap would print the whole help for want of arguments).
+fn parse_command<P: Parser>(
+    name: &str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    usage: u8,
+) -> Result<P, ExitCode> {
+    P::try_parse_from(args).map_err(|e| {
+        if !e.use_stderr() {
+            // --help and --version: clap's own text on stdout.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            let usage = P::command().render_usage().to_string();
+            let usage = usage.trim_start_matches("Usage: ");
+            err_line!("{name}: usage: {usage} (see {name} --help)");
+        } else {
+            err_line!("{name}: {}", clap_error_line(&e));
+        }
+        ExitCode::from(usage)
+    })
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     vmm::api::routes::error_chain(err)
 }
@@ -253,18 +282,22 @@ fn log_peak_rss() {
     }
 }
 
+/// The entry of a command of its own (`keel stat`, `keel bench`, `keel remote`): it gets the
+/// arguments with the command's name taken out.
+type CommandMain = fn(std::vec::IntoIter<std::ffi::OsString>) -> ExitCode;
+
 fn main() -> ExitCode {
-    let mut args = std::env::args_os();
-    match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
-        Some("stat") => {
-            let program = args.next().unwrap_or_default();
-            return stat::main(std::iter::once(program).chain(args.skip(1)));
-        }
-        Some("bench") => {
-            let program = args.next().unwrap_or_default();
-            return bench::main(std::iter::once(program).chain(args.skip(1)));
-        }
-        _ => {}
+    let command: Option<CommandMain> =
+        match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
+            Some("stat") => Some(stat::main),
+            Some("bench") => Some(bench::main),
+            Some("remote") => Some(remote::main),
+            _ => None,
+        };
+    if let Some(command) = command {
+        let mut args: Vec<_> = std::env::args_os().collect();
+        args.remove(1);
+        return command(args.into_iter());
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -41,17 +41,9 @@ struct StatCli {
 
 /// Runs `keel stat ARGS...`; `args` starts with the program name, `stat` removed.
 pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
-    let cli = match StatCli::try_parse_from(args) {
+    let cli = match crate::parse_command::<StatCli>("keel stat", args, 1) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version: clap's own text on stdout.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            err_line!("keel stat: {}", crate::clap_error_line(&e));
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let remote = match RemoteStats::attach(cli.pid) {
         Ok(r) => r,
