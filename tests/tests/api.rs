@@ -163,8 +163,13 @@ impl Keel {
     fn start_at(socket: PathBuf, args: &[&str]) -> Keel {
         let mut all = vec!["--api-socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);
+        Keel::serving(socket.clone(), common::spawn_keel(&all))
+    }
+
+    /// `child`, a keel serving `socket`, once it answers vmm.ping.
+    fn serving(socket: PathBuf, child: std::process::Child) -> Keel {
         let mut keel = Keel {
-            process: Watched::spawn(&all),
+            process: Watched::new(child),
             socket,
         };
         let listening = wait_until("keel listening on its socket", HANG_GUARD, || {
@@ -819,4 +824,34 @@ fn create_boot_delete_cycles_release_threads_descriptors_and_the_image_lock() {
     assert_exits_cleanly(keel);
     let _ = std::fs::remove_file(serial);
     let _ = std::fs::remove_file(image);
+}
+
+/// Keel's stdin has one reader however many VMs with a terminal console boot in turn: each
+/// boot hands the input over to the new VM's COM1 instead of starting another reader.
+#[test]
+fn boots_with_a_terminal_console_share_one_stdin_reader() {
+    let socket = temp_path("stdin.sock");
+    // keel's stdin a pipe that stays open (the child keeps its end), as a terminal would.
+    let child = std::process::Command::new(common::keel_bin())
+        .args(["--api-socket", socket.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    let keel = Keel::serving(socket, child);
+    let pid = keel.process.pid();
+    let (body, _) = probe_body("stdin", &common::busy_until_stopped());
+    let mut create: Value = serde_json::from_str(&body).unwrap();
+    create["serial"] = serde_json::json!({"mode": "Tty"});
+    let create = create.to_string();
+    for _ in 0..3 {
+        assert_eq!(keel.call("PUT", "vm.create", Some(&create)).status, 204);
+        assert_eq!(keel.put("vm.boot").status, 204);
+        assert_eq!(keel.put("vm.shutdown").status, 204);
+        assert_eq!(keel.put("vm.delete").status, 204);
+    }
+    wait_for_threads_settled(pid, "every thread named");
+    assert_eq!(threads_named(pid, "keel-stdin").len(), 1);
+    assert_exits_cleanly(keel);
 }

@@ -84,6 +84,7 @@ pub struct LegacyDevices {
 
 impl Drop for LegacyDevices {
     fn drop(&mut self) {
+        stop_stdin_input(&self.serial);
         if let Some(console) = self.console.take() {
             console.finish(CONSOLE_FINISH_LIMIT);
         }
@@ -203,39 +204,73 @@ pub fn attach(
     })
 }
 
-/// Feeds Keel's stdin to the guest's COM1 on a detached thread until stdin ends.
+/// The COM1 that Keel's stdin feeds: the latest VM started with a terminal console.
+static STDIN_TARGET: Mutex<Option<Arc<Mutex<Serial>>>> = Mutex::new(None);
+
+fn stdin_target() -> std::sync::MutexGuard<'static, Option<Arc<Mutex<Serial>>>> {
+    STDIN_TARGET
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Feeds Keel's stdin to `serial` (the guest's COM1): one detached reader thread per
+/// process, started by the first VM with a terminal console, reads until stdin ends; a VM
+/// started later takes the input over, and input with no VM to take it is dropped.
 pub fn spawn_stdin_reader(serial: Arc<Mutex<Serial>>) -> std::io::Result<()> {
-    std::thread::Builder::new()
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    *stdin_target() = Some(serial);
+    if STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return Ok(());
+    }
+    let spawned = std::thread::Builder::new()
         .name("keel-stdin".into())
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        let mut pending = &buf[..n];
-                        while !pending.is_empty() {
-                            let queued = match serial.lock() {
-                                Ok(mut s) => s.enqueue_input(pending).unwrap_or(0),
-                                Err(_) => return,
-                            };
-                            if queued == 0 {
-                                // The guest's receive FIFO is full: give it time to drain.
-                                std::thread::sleep(std::time::Duration::from_millis(10));
-                            }
-                            pending = &pending[queued..];
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        log::warn!("stopped reading stdin for the serial console: {e}");
-                        return;
-                    }
-                }
+        .spawn(read_stdin_forever);
+    if spawned.is_err() {
+        STARTED.store(false, std::sync::atomic::Ordering::Release);
+    }
+    spawned.map(|_| ())
+}
+
+/// Stops feeding stdin to `serial` (its VM is going away).
+pub fn stop_stdin_input(serial: &Arc<Mutex<Serial>>) {
+    let mut target = stdin_target();
+    if target.as_ref().is_some_and(|t| Arc::ptr_eq(t, serial)) {
+        *target = None;
+    }
+}
+
+/// Queues `bytes` on the current target's receive FIFO, waiting while it is full.
+fn feed(mut pending: &[u8]) {
+    while !pending.is_empty() {
+        let Some(serial) = stdin_target().clone() else {
+            return;
+        };
+        let queued = match serial.lock() {
+            Ok(mut s) => s.enqueue_input(pending).unwrap_or(0),
+            Err(_) => return,
+        };
+        if queued == 0 {
+            // The guest's receive FIFO is full: give it time to drain.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        pending = &pending[queued..];
+    }
+}
+
+fn read_stdin_forever() {
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => feed(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("stopped reading stdin for the serial console: {e}");
+                return;
             }
-        })
-        .map(|_| ())
+        }
+    }
 }
 
 #[cfg(test)]
