@@ -12,6 +12,17 @@ with no request in flight or completing: deleting 2 GiB on a file system mounted
     `PUT /api/v1/vm.snapshot` with `"mode":"paused"`; its answer gives file_bytes, ram_bytes,
     zero_bytes, paused_ms, took_ms. Then, on the same guest, a `"mode":"live"` snapshot: its
     pause and throughput where keel has live mode, else the refusal, printed.
+  - Keel live snapshot of a guest dirtying RAM: a new guest, `memwalk` as above, then
+    `dirty:mbps=100,size=256m` (one u64 written into each 4 KiB page of a 256 MiB buffer,
+    cycling, paced to 100 MB/s of distinct pages; a line a second with the rate achieved). Once
+    the buffer has been written through (its 4th line), `"mode":"live"`: its throughput
+    (ram_bytes / took_ms) against the same round's fio write, its pause, and the time the
+    write-fault handler took per guest fault (wp_fault_p50_us / p99_us, with wp_faults and
+    wp_throttled). The rate the guest achieved while the request was in flight is read from its
+    lines. Twice: on keel's default backing (4 KiB pages + THP where the host has it), and on
+    2 MiB hugetlb pages (`--memory size=...,hugepages=on`) when the host's pool could be grown
+    for the run (/proc/sys/vm/nr_hugepages, restored at the end; skipped with the reason
+    printed otherwise, or with --no-hugepages).
   - fio write: sequential write of the snapshot's size to a new file, bs=1M, iodepth=8,
     direct=1, io_uring, end_fsync=1 (Keel fdatasyncs its file too): the throughput reference.
   - QEMU (KVM) on the same guest and command line: `stop`, `migrate` to `file:` (its stream
@@ -29,15 +40,17 @@ with no request in flight or completing: deleting 2 GiB on a file system mounted
     (virtio-balloon free page reporting), so memory not touched lately costs seconds per GiB
     to fault in. The script times a plain process faulting in guest RAM + 256 MiB of fresh
     anonymous THP memory, frees it, and restores again at once (into memory just freed).
-Odd rounds (1, 3, ...) run Keel snapshot, fio write, QEMU, Keel restore, fio read; even rounds
-run the writers in reverse order (QEMU, fio write, Keel snapshot) and fio read before Keel
+Odd rounds (1, 3, ...) run Keel snapshot, Keel dirty (default backing, then hugetlb), fio
+write, QEMU, Keel restore, fio read; even rounds run the writers in reverse order (QEMU, fio
+write, Keel dirty hugetlb, Keel dirty default, Keel snapshot) and fio read before Keel
 restore, so that neither side always goes first: on this host the first read of a freshly
 written file is several times slower than the next one, page cache dropped or not.
 
 Figures are medians with their spread (min-max); ratios are per round (the runs of a round
 ran back to back) and then the median. A benchmark, not a test: missed goals are printed,
 never fatal; the exit code is non-zero only when something could not run. Needs root (to drop
-the page cache), fio, and qemu-system-x86_64 for the comparison. Standard library only.
+the page cache and grow the hugetlb pool), fio, and qemu-system-x86_64 for the comparison.
+Standard library only.
 """
 import argparse
 import json
@@ -63,6 +76,11 @@ GOAL_PAUSE_HUGE_MS = 5       # guest pause with THP or hugetlb RAM (live mode), 
 GOAL_PAUSE_4K_MS = 50        # guest pause with 4 KiB pages (live mode), at most
 GOAL_RESTORE_VS_FIO = 1.1    # restore time / (file size / fio sequential read), at most
 NOT_LIVE = "not measured: live mode not built yet"
+DIRTY_MBPS = 100             # the dirtying guest's rate, MB/s (10^6 bytes) of distinct pages
+HUGE_PAGE_KIB = 2048
+# Hugetlb pages beyond guest RAM: keel's 64 MiB staging pool takes 2 MiB pages from the pool too
+# when guest RAM is hugetlb, plus a margin.
+HUGE_EXTRA_PAGES = 64
 
 
 class BenchError(Exception):
@@ -84,6 +102,11 @@ def parse_args():
     p.add_argument("--walk-mib", type=int,
                    help="memwalk buffer in MiB (default: guest RAM - 128; it must fit below "
                    "3 GiB)")
+    p.add_argument("--dirty-mib", type=int, default=256,
+                   help="the dirtying guest's buffer in MiB (256; it cycles through it at "
+                   f"{DIRTY_MBPS} MB/s)")
+    p.add_argument("--no-hugepages", action="store_true",
+                   help="skip the dirtying guest on 2 MiB hugetlb pages")
     p.add_argument("--no-qemu", action="store_true", help="skip the QEMU comparison")
     p.add_argument("--no-qemu-shipped", action="store_true",
                    help="skip the one run of QEMU with its default max-bandwidth (128 MiB/s)")
@@ -95,6 +118,8 @@ def parse_args():
         a.walk_mib = a.memory_mib - 128
     if not 1 <= a.walk_mib <= min(a.memory_mib - 16, 3000):
         p.error("--walk-mib must fit in guest RAM and below 3 GiB")
+    if not 1 <= a.dirty_mib <= a.walk_mib:
+        p.error("--dirty-mib must be 1..--walk-mib")
     a.dir = os.path.abspath(a.dir)
     return a
 
@@ -211,6 +236,61 @@ def anon_huge_mib(pid):
     except OSError:
         pass
     return None
+
+
+def meminfo_kib(field):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+class HugePool:
+    """The host's default hugetlb pool grown by enough 2 MiB pages for one guest for the run
+    (as root, through /proc/sys/vm/nr_hugepages), and set back to its size at the end."""
+    PATH = "/proc/sys/vm/nr_hugepages"
+
+    def __init__(self, memory_mib):
+        self.need = memory_mib * 1024 // HUGE_PAGE_KIB + HUGE_EXTRA_PAGES
+        self.old = None
+        self.reason = None
+
+    def grow(self):
+        """True if `need` free pages are there; else False with `reason` set."""
+        size = meminfo_kib("Hugepagesize")
+        if size != HUGE_PAGE_KIB:
+            self.reason = f"the default hugetlb page size is {size} KiB, not 2 MiB"
+            return False
+        try:
+            with open(self.PATH) as f:
+                self.old = int(f.read())
+            free = meminfo_kib("HugePages_Free") or 0
+            if free < self.need:
+                with open(self.PATH, "w") as f:
+                    f.write(str(self.old + self.need - free))
+        except OSError as e:
+            self.reason = f"cannot grow the pool through {self.PATH}: {e}"
+            self.restore()
+            return False
+        free = meminfo_kib("HugePages_Free") or 0
+        if free < self.need:
+            self.reason = (f"the 2 MiB pool could not be grown to {self.need} free pages (got "
+                           f"{free}: host memory too fragmented or short)")
+            self.restore()
+            return False
+        return True
+
+    def restore(self):
+        if self.old is None:
+            return
+        try:
+            with open(self.PATH, "w") as f:
+                f.write(str(self.old))
+        except OSError as e:
+            print(f"bench-snapshot: could not set {self.PATH} back to {self.old}: {e}",
+                  file=sys.stderr)
+        self.old = None
 
 
 def touch_memory(mib):
@@ -366,6 +446,61 @@ def keel_live_snapshot(sock, path):
         why = body[-1] if isinstance(body, list) and body else body
         return {"ok": False, "error": f"vm.snapshot mode=live answered {status}: {why}"}
     return dict(body, ok=True)
+
+
+DIRTY_LINE = re.compile(r'\{"cmd":"dirty",[^\n]*"second":(\d+),"pages":(\d+),'
+                        r'"achieved_mbps":([\d.]+)\}')
+
+
+def dirty_lines(path):
+    with open(path, errors="replace") as f:
+        return [(int(m.group(1)), int(m.group(2)), float(m.group(3)))
+            for m in DIRTY_LINE.finditer(f.read())]
+
+
+def keel_dirty_snapshot(a, tmp, path, hugepages):
+    """A live snapshot of a new guest that dirties DIRTY_MBPS MB/s (after memwalk, so that its
+    RAM is mostly non-zero as the other guest's): the answer, the backing, and the rate the
+    guest achieved in the per-second lines printed while the request was in flight and in the
+    one after (the second that ended the snapshot)."""
+    sock = os.path.join(tmp, "dirty.sock")
+    out, err = os.path.join(tmp, "dirty.out"), os.path.join(tmp, "dirty.err")
+    remove(sock)
+    memory = f"size={a.memory_mib}M" + (",hugepages=on" if hugepages else "")
+    cmdline = (f"probe.cmd=memwalk:size={a.walk_mib}m,iters=1 "
+               f"probe.cmd=dirty:mbps={DIRTY_MBPS},size={a.dirty_mib}m")
+    cmd = [a.keel, "--api-socket", sock, "--kernel", os.path.join(a.probe_dir, "probe.elf"),
+           "--memory", memory, "--serial", "tty", "--log-level", "info", "--cmdline", cmdline]
+    # The buffer written through once (`alloc` zeroed it), plus a second.
+    warm = -(-a.dirty_mib * MIB // (DIRTY_MBPS * 1_000_000)) + 1
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(cmd, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_file(out, r'"cmd":"dirty",[^\n]*"second":%d,' % warm, proc, 180, "keel")
+        backing = wait_for_file(err, r"memory \[[^\n]*\): ([^,\n]*)", proc, 5, "keel").group(1)
+        huge = anon_huge_mib(proc.pid)
+        before = len(dirty_lines(out))
+        live = keel_live_snapshot(sock, path)
+        during = len(dirty_lines(out))
+        if live.get("ok"):
+            # The line of the second in which the snapshot ended.
+            wait_for_file(out, r'"cmd":"dirty",[^\n]*"second":%d,' % (during + 1), proc, 10,
+                          "keel")
+        lines = dirty_lines(out)
+        try:
+            api(sock, "PUT", "vmm.shutdown")
+        except OSError:
+            pass
+        stop(proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    steady = [x[2] for x in lines[:before]]
+    snap = [x[2] for x in lines[before:during + 1]]
+    return dict(live, backing=backing, anon_huge_mib=huge, hugepages=hugepages,
+                guest_mbps_before=statistics.median(steady) if steady else None,
+                guest_mbps_during=min(snap) if snap else None)
 
 
 def keel_restore(a, tmp, snap, before=None):
@@ -552,6 +687,13 @@ def qemu_snapshot(a, tmp, variant):
 # The rounds
 
 
+def dirty_summary(x):
+    if not x.get("ok"):
+        return f"failed ({x.get('error')})"
+    return (f"{x['took_ms'] / 1000:.2f} s, pause {x['paused_ms']:.1f} ms, faults "
+            f"{x['wp_faults']} p50/p99 {x['wp_fault_p50_us']:.1f}/{x['wp_fault_p99_us']:.1f} us")
+
+
 def measure(a, tmp):
     """Every round; odd rounds run the writers and the first two readers in reverse order."""
     runs = []
@@ -567,11 +709,19 @@ def measure(a, tmp):
             for v in names:
                 run[f"qemu_{v}"] = qemu_snapshot(a, tmp, v)
 
+        dirty_variants = [False] + ([True] if a.huge_ok else [])
+
+        def dirty_runs(variants):
+            for huge in variants:
+                run["dirty_huge" if huge else "dirty"] = keel_dirty_snapshot(
+                    a, tmp, snap + ".live", huge)
+
         remove(snap)
         try:
             if r % 2 == 0:
                 run["keel"] = keel_snapshot(a, tmp, snap)
                 size = run["keel"]["file_bytes"]
+                dirty_runs(dirty_variants)
                 run["fio_write"] = fio_write(a, size)
                 qemu_runs(qemu)
                 run["restore"] = keel_restore(a, tmp, snap)
@@ -579,6 +729,7 @@ def measure(a, tmp):
             else:
                 qemu_runs(qemu[::-1])
                 run["fio_write"] = fio_write(a, size)  # the size of the last round's file
+                dirty_runs(dirty_variants[::-1])
                 run["keel"] = keel_snapshot(a, tmp, snap)
                 run["fio_read"] = fio_read(a, snap)
                 run["restore"] = keel_restore(a, tmp, snap)
@@ -595,12 +746,15 @@ def measure(a, tmp):
             remove(snap)
         k = run["keel"]
         q = ", ".join(f"qemu {v} {run[f'qemu_{v}']['wall_s']:.2f} s" for v in variants)
+        d = ", ".join(f"keel live dirty {name} {dirty_summary(run.get(key))}"
+                      for key, name in (("dirty", "default"), ("dirty_huge", "hugetlb"))
+                      if key in run)
         print(f"  round {r + 1}/{a.rounds} ({run['order']}): keel snapshot "
               f"{k['took_ms'] / 1000:.2f} s, fio write {run['fio_write']['s']:.2f} s, keel restore "
               f"{run['restore']['wall_s']:.2f} s, fio read {run['fio_read']['s']:.2f} s (buffered "
               f"{run['fio_read_buffered']['s']:.2f} s), memory touch {run['touch_s']:.2f} s, keel "
-              f"restore after it {run['restore_warm']['wall_s']:.2f} s, {q}", file=sys.stderr,
-              flush=True)
+              f"restore after it {run['restore_warm']['wall_s']:.2f} s, {d}, {q}",
+              file=sys.stderr, flush=True)
         runs.append(run)
     return runs
 
@@ -627,6 +781,61 @@ def verdict(values, goal, higher):
     return "met" if (m >= goal if higher else m <= goal) else "MISSED"
 
 
+def dirty_report(a, runs):
+    """The rows of the dirtying guest's live snapshots, per backing: throughput against fio
+    write of the same round, pause, write faults (three lists, for three places in the table)."""
+    rows, pauses, faults = [], [], []
+    what = f"guest dirtying {DIRTY_MBPS} MB/s"
+    for key, name in (("dirty", "default backing"), ("dirty_huge", "hugetlb")):
+        xs = [(r[key], r) for r in runs if key in r]
+        ok = [(x, r) for x, r in xs if x.get("ok")]
+        if not ok:
+            if key == "dirty_huge" and not a.huge_ok:
+                why = f"not measured: {a.huge_reason}"
+            else:
+                errors = sorted({x.get("error", "?") for x, _ in xs}) or ["no run"]
+                why = f"not measured: {'; '.join(errors)}"
+            rows.append((f"Snapshot throughput, live mode, {what} ({name})", why, "", "",
+                         f">= {GOAL_WRITE_DIRTY}", ""))
+            faults.append((f"Guest write-fault p50 / p99 during the live snapshot, {what} "
+                           f"({name})", why, "", "", "", ""))
+            continue
+        backing = ok[0][0]["backing"]
+        mib_s = [x["ram_bytes"] / MIB / (x["took_ms"] / 1000) for x, _ in ok]
+        ratio = [x["ram_bytes"] / MIB / (x["took_ms"] / 1000) / r["fio_write"]["mib_s"]
+                 for x, r in ok]
+        before = [x["guest_mbps_before"] for x, _ in ok]
+        during = [x["guest_mbps_during"] for x, _ in ok]
+        huge_note = ""
+        if key == "dirty":
+            ah = [x["anon_huge_mib"] for x, _ in ok if x["anon_huge_mib"] is not None]
+            huge_note = f", AnonHugePages {med_span(ah, 0, ' MiB')}" if ah else ""
+        rows.append((f"Snapshot throughput, live mode, {what} ({backing}; ram_bytes / took_ms)",
+                     med_span(mib_s, 0, " MiB/s"), "fio write, same round", med_span(ratio),
+                     f">= {GOAL_WRITE_DIRTY}",
+                     f"{verdict(ratio, GOAL_WRITE_DIRTY, True)}; {len(ok)} of {len(xs)} "
+                     f"answered{huge_note}; the guest's rate before "
+                     f"{med_span(before, 1, ' MB/s')}, its slowest second while the request "
+                     f"was in flight {med_span(during, 1, ' MB/s')}"))
+        huge_backed = "THP" in backing or "huge" in backing
+        goal = GOAL_PAUSE_HUGE_MS if huge_backed else GOAL_PAUSE_4K_MS
+        lp = [x["paused_ms"] for x, _ in ok]
+        pauses.append((f"Guest pause, live mode, {what} ({backing}; paused_ms)",
+                     med_span(lp, 1, " ms"), "", "",
+                     f"<= {GOAL_PAUSE_HUGE_MS} ms THP/hugetlb, <= {GOAL_PAUSE_4K_MS} ms 4 KiB",
+                     f"{verdict(lp, goal, False)} (against {goal} ms)"))
+        p50 = [x["wp_fault_p50_us"] for x, _ in ok]
+        p99 = [x["wp_fault_p99_us"] for x, _ in ok]
+        nf = [x["wp_faults"] for x, _ in ok]
+        nt = [x["wp_throttled"] for x, _ in ok]
+        faults.append((f"Guest write-fault p50 / p99 during the live snapshot, {what} "
+                       f"({backing}; handler time per fault, fault read to guest woken)",
+                       f"p50 {med_span(p50, 1, ' us')} / p99 {med_span(p99, 1, ' us')}",
+                       "", "", "none set",
+                       f"faults {med_span(nf, 0)}, throttled {med_span(nt, 0)}"))
+    return rows, pauses, faults
+
+
 def report(a, runs, facts):
     n = len(runs)
     print(f"bench-snapshot: {facts['versions']}")
@@ -642,10 +851,16 @@ def report(a, runs, facts):
     print(f"  guest: probe, 1 vCPU, {a.memory_mib} MiB ({k0['backing']}; host THP "
           f"{facts['thp']}, keel's AnonHugePages at snapshot {med_span(huge, 0, ' MiB')}); "
           f"memwalk over {a.walk_mib} MiB, then counter (runs on); paused-mode snapshots")
+    huge = ("and on 2 MiB hugetlb pages (pool grown for the run)" if a.huge_ok
+            else f"(no hugetlb run: {a.huge_reason})")
+    print(f"  dirtying guests: new ones, memwalk as above then dirty:mbps={DIRTY_MBPS},"
+          f"size={a.dirty_mib}m, live snapshot after its buffer was written through; on the "
+          f"default backing {huge}")
     qemu = "" if a.no_qemu else ", qemu stream, qemu mapped-ram (as shipped: round 1 only)"
-    print(f"  {n} rounds: odd ones keel snapshot, fio write{qemu}, keel restore, fio read; even "
-          "ones the writers reversed and fio read before keel restore; then fio's buffered read, "
-          "the memory touch and the second restore; medians (min-max); ratios per round")
+    print(f"  {n} rounds: odd ones keel snapshot, keel dirtying guests, fio write{qemu}, keel "
+          "restore, fio read; even ones the writers reversed and fio read before keel restore; "
+          "then fio's buffered read, the memory touch and the second restore; medians (min-max); "
+          "ratios per round")
     print()
 
     def by_order(values, digits=2):
@@ -693,9 +908,8 @@ def report(a, runs, facts):
     else:
         errors = sorted({x.get("error", "?") for x in live})
         live_note = f"live mode not available here: {'; '.join(errors)}"
-    rows.append(("Snapshot throughput while the guest dirties 100 MB/s",
-                 "not measured: no dirtying guest workload yet" if live_ok else NOT_LIVE, "", "",
-                 f">= {GOAL_WRITE_DIRTY}", live_note))
+    dirty_rows, pause_rows, fault_rows = dirty_report(a, runs)
+    rows.extend(dirty_rows)
     rows.append(("Guest pause, paused mode (paused_ms: the whole snapshot)",
                  med_span(paused, 0, " ms"), "", "",
                  f"live mode: <= {GOAL_PAUSE_HUGE_MS} ms THP/hugetlb, <= {GOAL_PAUSE_4K_MS} ms "
@@ -704,7 +918,8 @@ def report(a, runs, facts):
     pause_goal = GOAL_PAUSE_HUGE_MS if huge_backed else GOAL_PAUSE_4K_MS
     if live_ok:
         lp = [x["paused_ms"] for x in live_ok]
-        rows.append(("Guest pause, live mode (paused_ms)", med_span(lp, 1, " ms"), "", "",
+        rows.append(("Guest pause, live mode, guest idle (paused_ms)", med_span(lp, 1, " ms"),
+                     "", "",
                      f"<= {GOAL_PAUSE_HUGE_MS} ms THP/hugetlb, <= {GOAL_PAUSE_4K_MS} ms 4 KiB",
                      f"{verdict(lp, pause_goal, False)} (against {pause_goal} ms: "
                      f"{k0['backing']})"))
@@ -712,9 +927,8 @@ def report(a, runs, facts):
         rows.append(("Guest pause, live mode", NOT_LIVE, "", "",
                      f"<= {GOAL_PAUSE_HUGE_MS} ms THP/hugetlb, <= {GOAL_PAUSE_4K_MS} ms 4 KiB",
                      live_note))
-    rows.append(("Guest write-fault p50 / p99 during the snapshot",
-                 "not measured: no guest-side fault timing yet" if live_ok else NOT_LIVE, "", "",
-                 "", ""))
+    rows.extend(pause_rows)
+    rows.extend(fault_rows)
     rows.append(("Restore, vm.restore to its 204 (VM Paused)", med_span(restore, 2, " s"),
                  f"file / fio read {med_span(fio_read_s, 2, ' s')} "
                  f"({med_span(col('fio_read', 'mib_s'), 0, ' MiB/s')})", med_span(r_ratio),
@@ -799,6 +1013,7 @@ def main():
     a = parse_args()
     created = not os.path.exists(a.dir)
     os.makedirs(a.dir, exist_ok=True)
+    pool = HugePool(a.memory_mib)
     try:
         check(a)
         mount, fstype, source = mount_of(a.dir)
@@ -816,6 +1031,12 @@ def main():
             "odirect": "accepted" if odirect_ok(a.dir) else "REFUSED (buffered)",
             "thp": thp_mode(),
         }
+        a.huge_ok, a.huge_reason = False, "--no-hugepages"
+        if not a.no_hugepages:
+            a.huge_ok = pool.grow()
+            a.huge_reason = pool.reason
+            if not a.huge_ok:
+                print(f"bench-snapshot: no hugetlb round: {a.huge_reason}", file=sys.stderr)
         print(f"bench-snapshot: {a.rounds} rounds in {a.dir} ({fstype}), "
               f"{a.memory_mib} MiB guests", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="keel-snapbench-") as tmp:
@@ -824,6 +1045,7 @@ def main():
             runs = measure(a, tmp)
         report(a, runs, facts)
     finally:
+        pool.restore()
         for name in ("keel.snap", "keel.snap.live", "fio-write.bin", "qemu.mig"):
             remove(os.path.join(a.dir, name))
         if created:

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::io::rdtsc;
 use crate::json::Line;
 use crate::tsc::{self, Tsc};
-use crate::{blk, blkargs, clock, counter, cpuid, cpus, hv, memwalk, numa, pci, power};
+use crate::{blk, blkargs, clock, counter, cpuid, cpus, dirty, hv, memwalk, numa, pci, power};
 
 const PREFIX: &[u8] = b"probe.cmd=";
 const MAX_CMDS: usize = 64;
@@ -30,6 +30,7 @@ pub enum Cmd {
     Hv(hv::Args),
     Clock(clock::Args),
     Counter(counter::Args),
+    Dirty(dirty::Args),
 }
 
 /// State shared by the commands.
@@ -66,6 +67,33 @@ pub fn show(b: &[u8]) -> &str {
     core::str::from_utf8(b).unwrap_or("<non-utf8>")
 }
 
+/// Splits one `key=value` argument of command `cmd`.
+pub fn key_value<'a>(cmd: &str, arg: &'a [u8]) -> Result<(&'a [u8], &'a [u8])> {
+    match arg.iter().position(|&c| c == b'=') {
+        Some(i) => Ok((&arg[..i], &arg[i + 1..])),
+        None => Err(err!(
+            "{}: bad argument '{}' (want key=value)",
+            cmd,
+            show(arg)
+        )),
+    }
+}
+
+/// Command `cmd`'s argument `key` as a decimal number in `lo..=hi`.
+pub fn num_in(cmd: &str, key: &str, v: &[u8], lo: u64, hi: u64) -> Result<u64> {
+    parse_u64(v)
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or_else(|| err!("{}: {} '{}' must be {}..{}", cmd, key, show(v), lo, hi))
+}
+
+/// Stores the value of command `cmd`'s argument `key` in `slot`; fails if it was given before.
+pub fn set_once<T>(cmd: &str, key: &[u8], slot: &mut Option<T>, value: T) -> Result<()> {
+    match slot.replace(value) {
+        Some(_) => Err(err!("{}: {} given twice", cmd, show(key))),
+        None => Ok(()),
+    }
+}
+
 fn parse_one(spec: &[u8]) -> Result<Cmd> {
     let (name, args) = match spec.iter().position(|&c| c == b':') {
         Some(i) => (&spec[..i], Some(&spec[i + 1..])),
@@ -89,6 +117,7 @@ fn parse_one(spec: &[u8]) -> Result<Cmd> {
         b"hv" => Ok(Cmd::Hv(hv::parse(args)?)),
         b"clock" => Ok(Cmd::Clock(clock::parse(args)?)),
         b"counter" => Ok(Cmd::Counter(counter::parse(args)?)),
+        b"dirty" => Ok(Cmd::Dirty(dirty::parse(args)?)),
         b"spin" => {
             let mut ms = None;
             for arg in args.unwrap_or(b"").split(|&c| c == b',') {
@@ -160,6 +189,7 @@ fn run(cmd: Cmd, ctx: &mut Ctx) -> Result<()> {
         Cmd::Hv(a) => hv::run(&a),
         Cmd::Clock(a) => clock::run(ctx, &a),
         Cmd::Counter(a) => counter::run(&a),
+        Cmd::Dirty(a) => dirty::run(ctx, &a),
     }
 }
 

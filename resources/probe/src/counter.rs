@@ -23,8 +23,9 @@ fn number(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |a, &c| c.is_ascii_digit().then(|| a * 10 + (c - b'0') as u64))
+    v.iter().try_fold(0u64, |a, &c| {
+        c.is_ascii_digit().then(|| a * 10 + (c - b'0') as u64)
+    })
 }
 
 /// Parses `to=N,every=K` (both required, 1 <= K <= N).

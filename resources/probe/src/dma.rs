@@ -138,6 +138,30 @@ impl Arena {
     }
 }
 
+/// A zeroed buffer of `size` bytes aligned to `align` for command `cmd`, from an arena over the
+/// largest usable RAM range above the image and below [`phys::CACHED_LIMIT`] (the top GiB of
+/// the identity map is uncached); fails with the range there was if it does not fit. Returns
+/// the arena with the buffer's address: the buffer is the caller's while the arena lives.
+pub fn cached_buffer(boot: &BootInfo, size: u64, align: u64, cmd: &str) -> Result<(Arena, u64)> {
+    let arena = Arena::above_image_below(boot, phys::CACHED_LIMIT)?;
+    let (start, end) = arena.range();
+    let room = end.saturating_sub(start.div_ceil(align) * align);
+    if size > room {
+        return Err(err!(
+            "{}: size {} does not fit: the largest usable RAM range below {:#x} above the \
+             probe image is [{:#x}, {:#x}), {} bytes",
+            cmd,
+            size,
+            phys::CACHED_LIMIT,
+            start,
+            end,
+            room
+        ));
+    }
+    let base = arena.alloc(size, align, cmd)?;
+    Ok((arena, base))
+}
+
 impl Drop for Arena {
     fn drop(&mut self) {
         TAKEN.store(false, Ordering::Release);

@@ -19,6 +19,7 @@ mod cmd;
 mod counter;
 mod cpuid;
 mod cpus;
+mod dirty;
 mod dma;
 mod error;
 mod fio;

@@ -23,13 +23,12 @@
 //! for 256 MiB.
 
 use crate::blkargs::{bytes, num};
-use crate::cmd::Ctx;
-use crate::dma::Arena;
+use crate::cmd::{key_value, num_in, set_once, show, Ctx};
+use crate::dma;
 use crate::err;
 use crate::error::Result;
 use crate::io::rdtsc;
 use crate::json::Line;
-use crate::phys;
 
 /// Bytes per chased line (one cache line; only its first word is used).
 const LINE: u64 = 64;
@@ -50,24 +49,12 @@ pub struct Args {
     pub seed: u64,
 }
 
-fn show(b: &[u8]) -> &str {
-    core::str::from_utf8(b).unwrap_or("<non-utf8>")
-}
-
 /// Parses the part after `memwalk:`; `size` and `iters` are required.
 pub fn parse(args: Option<&[u8]>) -> Result<Args> {
     let args = args.ok_or_else(|| err!("memwalk needs size=BYTES,iters=N"))?;
     let (mut size, mut iters, mut seed) = (None, None, None);
     for arg in args.split(|&c| c == b',') {
-        let (k, v) = match arg.iter().position(|&c| c == b'=') {
-            Some(i) => (&arg[..i], &arg[i + 1..]),
-            None => {
-                return Err(err!(
-                    "memwalk: bad argument '{}' (want key=value)",
-                    show(arg)
-                ))
-            }
-        };
+        let (k, v) = key_value("memwalk", arg)?;
         let (slot, value) = match k {
             b"size" => {
                 let s = bytes(v).filter(|&s| s >= MIN_SIZE && s % LINE == 0);
@@ -81,12 +68,7 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
                 })?;
                 (&mut size, s)
             }
-            b"iters" => {
-                let n = num(v).filter(|&n| (1..=MAX_ITERS).contains(&n));
-                let n =
-                    n.ok_or_else(|| err!("memwalk: iters '{}' must be 1..{}", show(v), MAX_ITERS))?;
-                (&mut iters, n)
-            }
+            b"iters" => (&mut iters, num_in("memwalk", "iters", v, 1, MAX_ITERS)?),
             b"seed" => {
                 let s = num(v).filter(|&s| s != 0);
                 let s = s.ok_or_else(|| err!("memwalk: seed '{}' must be non-zero", show(v)))?;
@@ -94,9 +76,7 @@ pub fn parse(args: Option<&[u8]>) -> Result<Args> {
             }
             _ => return Err(err!("memwalk: unknown argument '{}'", show(k))),
         };
-        if slot.replace(value).is_some() {
-            return Err(err!("memwalk: {} given twice", show(k)));
-        }
+        set_once("memwalk", k, slot, value)?;
     }
     Ok(Args {
         size: size.ok_or_else(|| err!("memwalk needs size=BYTES"))?,
@@ -150,26 +130,12 @@ fn chase(start: u64, iters: u64) -> u64 {
 /// Runs the `memwalk` command.
 pub fn run(ctx: &mut Ctx, a: &Args) -> Result<()> {
     let tsc = ctx.tsc()?;
-    let arena = Arena::above_image_below(ctx.boot, phys::CACHED_LIMIT)?;
-    let (start, end) = arena.range();
-    let room = end.saturating_sub(start.div_ceil(ALIGN) * ALIGN);
-    if a.size > room {
-        return Err(err!(
-            "memwalk: size {} does not fit: the largest usable RAM range below {:#x} above the \
-             probe image is [{:#x}, {:#x}), {} bytes",
-            a.size,
-            phys::CACHED_LIMIT,
-            start,
-            end,
-            room
-        ));
-    }
     let t0 = rdtsc();
     // Zeroed, so every host page is faulted in before the timed phase.
-    let base = arena.alloc(a.size, ALIGN, "the memwalk buffer")?;
-    // SAFETY: `alloc` handed out `a.size` bytes at `base`, 4 KiB aligned, that nothing else
-    // uses (the arena is exclusive and lives until the end of this function, past the last use
-    // of `buf`); identity mapped and user accessible (see the module doc).
+    let (_arena, base) = dma::cached_buffer(ctx.boot, a.size, ALIGN, "memwalk")?;
+    // SAFETY: `cached_buffer` handed out `a.size` bytes at `base`, 4 KiB aligned, that nothing
+    // else uses (the arena is exclusive and lives until the end of this function, past the last
+    // use of `buf`); identity mapped and user accessible (see the module doc).
     let buf = unsafe {
         core::slice::from_raw_parts_mut(base as usize as *mut u64, (a.size / 8) as usize)
     };
