@@ -6,4 +6,5 @@ pub mod bus;
 pub mod device_id;
 pub mod legacy;
 pub mod pci;
+pub mod snapshot;
 pub mod virtio;

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::bus::{BusDevice, MachineRequest};
+use crate::snapshot::{DeviceSnapshot, StateError};
 
 /// PM1a_STS (2 bytes, write-1-to-clear) followed by PM1a_EN (2 bytes).
 pub const PM1A_EVT_OFFSET: u64 = 0;
@@ -87,32 +88,6 @@ impl AcpiPm {
         }
     }
 
-    /// The registers and the timer's count, for a snapshot.
-    pub fn state(&self) -> AcpiPmSnapshot {
-        AcpiPmSnapshot {
-            sts: self.sts,
-            en: self.en,
-            cnt: self.cnt,
-            ticks: self.ticks_at(Instant::now()),
-        }
-    }
-
-    /// Puts saved registers back; the timer goes on from the saved count.
-    pub fn restore(&mut self, saved: &AcpiPmSnapshot) {
-        let now = Instant::now();
-        let elapsed = Duration::from_nanos(
-            u64::try_from(u128::from(saved.ticks) * 1_000_000_000 / u128::from(PM_TIMER_HZ))
-                .unwrap_or(u64::MAX),
-        );
-        // A count older than the host's monotonic clock starts the timer at now (it only
-        // needs to advance).
-        self.start = now.checked_sub(elapsed).unwrap_or(now);
-        self.sts = saved.sts;
-        self.en = saved.en;
-        self.cnt = saved.cnt & CNT_STORED;
-        self.tmr_epoch = self.ticks_at(now) >> 23;
-    }
-
     /// Timer ticks from creation to `now` (not yet truncated to 24 bits).
     fn ticks_at(&self, now: Instant) -> u64 {
         ticks_in(now.saturating_duration_since(self.start))
@@ -178,6 +153,39 @@ fn covered(offset: u64, len: usize) -> impl Iterator<Item = (usize, usize)> {
         let at = offset.checked_add(i as u64)?;
         (at < ACPI_PM_LEN).then_some((at as usize, i))
     })
+}
+
+impl DeviceSnapshot for AcpiPm {
+    type State = AcpiPmSnapshot;
+    const NAME: &'static str = "acpi-pm";
+    const STATE_VERSION: u32 = 1;
+
+    /// The registers and the timer's count.
+    fn save_state(&self) -> AcpiPmSnapshot {
+        AcpiPmSnapshot {
+            sts: self.sts,
+            en: self.en,
+            cnt: self.cnt,
+            ticks: self.ticks_at(Instant::now()),
+        }
+    }
+
+    /// Puts saved registers back; the timer goes on from the saved count.
+    fn restore_state(&mut self, saved: &AcpiPmSnapshot) -> Result<(), StateError> {
+        let now = Instant::now();
+        let elapsed = Duration::from_nanos(
+            u64::try_from(u128::from(saved.ticks) * 1_000_000_000 / u128::from(PM_TIMER_HZ))
+                .unwrap_or(u64::MAX),
+        );
+        // A count older than the host's monotonic clock starts the timer at now (it only
+        // needs to advance).
+        self.start = now.checked_sub(elapsed).unwrap_or(now);
+        self.sts = saved.sts;
+        self.en = saved.en;
+        self.cnt = saved.cnt & CNT_STORED;
+        self.tmr_epoch = self.ticks_at(now) >> 23;
+        Ok(())
+    }
 }
 
 impl BusDevice for AcpiPm {

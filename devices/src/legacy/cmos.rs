@@ -13,6 +13,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::bus::{BusDevice, MachineRequest};
+use crate::snapshot::{DeviceSnapshot, StateError};
 
 /// Offset of the index port (0x70).
 pub const INDEX_OFFSET: u64 = 0;
@@ -123,11 +124,6 @@ pub struct CmosSnapshot {
     pub ram: Vec<u8>,
 }
 
-/// A saved CMOS memory of the wrong size.
-#[derive(Debug, thiserror::Error)]
-#[error("the saved CMOS memory holds {0} bytes, not 128")]
-pub struct CmosStateError(pub usize);
-
 /// The CMOS/RTC device.
 #[derive(Debug)]
 pub struct Cmos {
@@ -156,26 +152,6 @@ impl Cmos {
         ram[ABOVE_4G_LO..ABOVE_4G_LO + 3].copy_from_slice(&above.to_le_bytes()[..3]);
         ram[usize::from(REG_B)] = REG_B_24H;
         Cmos { index: 0, ram }
-    }
-
-    /// The index register and the CMOS memory, for a snapshot (the clock registers are read
-    /// from the host's clock, so they are not state).
-    pub fn state(&self) -> CmosSnapshot {
-        CmosSnapshot {
-            index: self.index,
-            ram: self.ram.to_vec(),
-        }
-    }
-
-    /// Puts saved registers back; a saved memory of another size is refused.
-    pub fn restore(&mut self, saved: &CmosSnapshot) -> Result<(), CmosStateError> {
-        self.ram = saved
-            .ram
-            .as_slice()
-            .try_into()
-            .map_err(|_| CmosStateError(saved.ram.len()))?;
-        self.index = saved.index & 0x7f;
-        Ok(())
     }
 
     /// Reads register `index` (already masked to 0..=127).
@@ -211,6 +187,31 @@ impl Cmos {
                 }
             }
         }
+    }
+}
+
+impl DeviceSnapshot for Cmos {
+    type State = CmosSnapshot;
+    const NAME: &'static str = "cmos";
+    const STATE_VERSION: u32 = 1;
+
+    /// The index register and the CMOS memory (the clock registers are read from the host's
+    /// clock, so they are not state).
+    fn save_state(&self) -> CmosSnapshot {
+        CmosSnapshot {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    /// Puts saved registers back; a saved memory of another size is refused.
+    fn restore_state(&mut self, saved: &CmosSnapshot) -> Result<(), StateError> {
+        self.ram = saved.ram.as_slice().try_into().map_err(|_| {
+            let what = format!("{} bytes of CMOS memory, not {RAM_SIZE}", saved.ram.len());
+            StateError::invalid(Self::NAME, what)
+        })?;
+        self.index = saved.index & 0x7f;
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 use log::debug;
 
 use crate::bus::{BusDevice, MachineRequest};
+use crate::snapshot::{DeviceSnapshot, StateError};
 
 /// Offset of the data port (0x60).
 const DATA: u64 = 0;
@@ -53,6 +54,92 @@ enum Pending {
     KbdEcho,
     /// Echo as if received from the aux device, command 0xd3.
     AuxEcho,
+}
+
+/// The i8042's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    /// The 32 bytes of internal RAM (byte 0: the command byte).
+    pub ram: Vec<u8>,
+    /// The output port.
+    pub output_port: u8,
+    /// Port 0x61.
+    pub port_b: u8,
+    /// The output buffer.
+    pub out: Option<u8>,
+    /// The last byte read from the data port.
+    pub last_out: u8,
+    /// Whether the last write was a command.
+    pub last_was_command: bool,
+    /// What the next data byte is for: 0 nothing, 1 the output port, 2 keyboard echo, 3 aux
+    /// echo, 32 + n internal RAM byte n.
+    pub pending: u8,
+}
+
+/// [`I8042Snapshot::pending`] of internal RAM byte 0.
+const PENDING_RAM: u8 = 32;
+
+impl Pending {
+    fn code(self) -> u8 {
+        match self {
+            Pending::None => 0,
+            Pending::OutputPort => 1,
+            Pending::KbdEcho => 2,
+            Pending::AuxEcho => 3,
+            // n < 32.
+            Pending::Ram(n) => PENDING_RAM + n as u8,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Pending::None,
+            1 => Pending::OutputPort,
+            2 => Pending::KbdEcho,
+            3 => Pending::AuxEcho,
+            n @ PENDING_RAM..=63 => Pending::Ram(usize::from(n - PENDING_RAM)),
+            _ => return None,
+        })
+    }
+}
+
+impl DeviceSnapshot for I8042 {
+    type State = I8042Snapshot;
+    const NAME: &'static str = "i8042";
+    const STATE_VERSION: u32 = 1;
+
+    fn save_state(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ram: self.ram.to_vec(),
+            output_port: self.output_port,
+            port_b: self.port_b,
+            out: self.out,
+            last_out: self.last_out,
+            last_was_command: self.last_was_command,
+            pending: self.pending.code(),
+        }
+    }
+
+    fn restore_state(&mut self, saved: &I8042Snapshot) -> Result<(), StateError> {
+        let invalid = |what: String| StateError::invalid(Self::NAME, what);
+        let ram = saved
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| invalid(format!("{} bytes of RAM, not 32", saved.ram.len())))?;
+        let pending = Pending::from_code(saved.pending)
+            .ok_or_else(|| invalid(format!("pending code {}", saved.pending)))?;
+        *self = I8042 {
+            ram,
+            output_port: saved.output_port,
+            port_b: saved.port_b,
+            out: saved.out,
+            last_out: saved.last_out,
+            last_was_command: saved.last_was_command,
+            pending,
+        };
+        Ok(())
+    }
 }
 
 /// The i8042 controller.

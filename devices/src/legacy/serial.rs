@@ -14,6 +14,7 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{BusDevice, MachineRequest};
+use crate::snapshot::{DeviceSnapshot, StateError};
 
 /// Number of ports a 16550 decodes.
 const SERIAL_PORTS: u64 = 8;
@@ -94,9 +95,15 @@ impl Serial {
             output_error_logged: false,
         }
     }
+}
 
-    /// The registers and receive FIFO, for a snapshot.
-    pub fn state(&self) -> SerialSnapshot {
+impl DeviceSnapshot for Serial {
+    type State = SerialSnapshot;
+    const NAME: &'static str = "com1";
+    const STATE_VERSION: u32 = 1;
+
+    /// The registers and receive FIFO.
+    fn save_state(&self) -> SerialSnapshot {
         let s = self.inner.state();
         SerialSnapshot {
             registers: [
@@ -116,7 +123,7 @@ impl Serial {
 
     /// Puts saved registers and receive FIFO back, keeping this UART's interrupt and output.
     /// A FIFO longer than a 16550's is cut to what the UART holds.
-    pub fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), SerialError> {
+    fn restore_state(&mut self, saved: &SerialSnapshot) -> Result<(), StateError> {
         let [divisor_low, divisor_high, ier, iir, lcr, lsr, mcr, msr, scratch] = saved.registers;
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: divisor_low,
@@ -130,19 +137,22 @@ impl Serial {
             scratch,
             in_buffer: saved.in_buffer.iter().copied().take(FIFO_SIZE).collect(),
         };
+        let invalid = |what: String| StateError::invalid(Self::NAME, what);
         let interrupt = self
             .inner
             .interrupt_evt()
             .0
             .try_clone()
-            .map_err(SerialError::Interrupt)?;
+            .map_err(|e| invalid(format!("cannot duplicate its interrupt eventfd: {e}")))?;
         let output = std::mem::replace(self.inner.writer_mut(), Box::new(io::sink()));
         self.inner =
             vm_superio::Serial::from_state(&state, EventFdTrigger(interrupt), NoEvents, output)
-                .map_err(|e| SerialError::Output(io::Error::other(format!("{e:?}"))))?;
+                .map_err(|e| invalid(format!("{e:?}")))?;
         Ok(())
     }
+}
 
+impl Serial {
     /// Free space in the receive FIFO, in bytes.
     pub fn fifo_capacity(&self) -> usize {
         self.inner.fifo_capacity()

@@ -74,6 +74,8 @@ pub struct LegacyDevices {
     pub serial: Arc<Mutex<Serial>>,
     /// Whether input should come from Keel's stdin.
     pub serial_from_stdin: bool,
+    /// The i8042, for snapshots.
+    pub i8042: Arc<Mutex<I8042>>,
     /// The CMOS, for snapshots.
     pub cmos: Arc<Mutex<Cmos>>,
     /// The ACPI PM block, for snapshots.
@@ -168,10 +170,11 @@ pub fn attach(
     let (output, console) = serial_output(serial)?;
     let com1 = Arc::new(Mutex::new(Serial::new(irqfd(vm, ports::COM1_IRQ)?, output)));
     insert(buses, "com1", com1.clone(), ports::COM1, ports::COM1_LEN)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new()));
     insert(
         buses,
         "i8042",
-        Arc::new(Mutex::new(I8042::new())),
+        i8042.clone(),
         ports::I8042,
         ports::I8042_LEN,
     )?;
@@ -198,6 +201,7 @@ pub fn attach(
     Ok(LegacyDevices {
         serial: com1,
         serial_from_stdin: *serial == SerialConfig::Tty,
+        i8042,
         cmos,
         pm,
         console,

@@ -1,5 +1,7 @@
 //! The devices' part of a snapshot: each device's state in a versioned record, captured with
-//! the vCPUs parked and put back into freshly built devices before any vCPU runs.
+//! the vCPUs parked and put back into freshly built devices before any vCPU runs. Each
+//! device's record comes from its [`DeviceSnapshot`] implementation with that device's own
+//! state version ([`Saved`]), checked on restore.
 //!
 //! Disks are quiesced first ([`DeviceManager::capture_state`]): their queues leave their I/O
 //! threads and every request in flight finishes (its completion written to the used ring and
@@ -14,9 +16,10 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use devices::legacy::acpi_pm::AcpiPmSnapshot;
-use devices::legacy::cmos::{CmosSnapshot, CmosStateError};
+use devices::legacy::cmos::CmosSnapshot;
+use devices::legacy::i8042::I8042Snapshot;
 use devices::legacy::serial::SerialSnapshot;
-use devices::legacy::SerialError;
+use devices::snapshot::{self as device_snapshot, DeviceSnapshot, Saved, StateError};
 use devices::virtio::pci::state::{RestoreError, VirtioPciState};
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +27,7 @@ use super::block::AttachedDisk;
 use super::DeviceManager;
 
 /// The version of [`DevicesState`]'s layout; a restore refuses any other.
-pub const DEVICES_STATE_VERSION: u32 = 2;
+pub const DEVICES_STATE_VERSION: u32 = 3;
 
 /// Configuration-space registers a restore writes through the PCI segment: BAR 0 (both
 /// dwords), the interrupt line, then the command register.
@@ -38,7 +41,7 @@ pub struct DiskState {
     /// Its name (a restore checks the disks line up).
     pub name: String,
     /// Its virtio-pci function.
-    pub transport: VirtioPciState,
+    pub transport: Saved<VirtioPciState>,
 }
 
 /// Every device's saved state.
@@ -47,11 +50,13 @@ pub struct DevicesState {
     /// [`DEVICES_STATE_VERSION`] when written.
     pub version: u32,
     /// COM1.
-    pub serial: SerialSnapshot,
+    pub serial: Saved<SerialSnapshot>,
+    /// The i8042.
+    pub i8042: Saved<I8042Snapshot>,
     /// CMOS/RTC.
-    pub cmos: CmosSnapshot,
+    pub cmos: Saved<CmosSnapshot>,
     /// ACPI PM block.
-    pub acpi_pm: AcpiPmSnapshot,
+    pub acpi_pm: Saved<AcpiPmSnapshot>,
     /// The disks, in slot order.
     pub disks: Vec<DiskState>,
 }
@@ -59,7 +64,7 @@ pub struct DevicesState {
 /// Errors saving or restoring device state.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceStateError {
-    /// A disk could not be quiesced, saved or restored.
+    /// A disk could not be quiesced or resumed.
     #[error("disk {disk}")]
     Disk {
         /// The disk.
@@ -67,6 +72,15 @@ pub enum DeviceStateError {
         /// Cause.
         #[source]
         source: RestoreError,
+    },
+    /// A device's saved state could not be put back.
+    #[error("cannot restore {name}")]
+    Restore {
+        /// The device (a disk's name, or the platform device's).
+        name: String,
+        /// Cause.
+        #[source]
+        source: StateError,
     },
     /// The saved disks do not match the configuration's.
     #[error("the snapshot holds {saved} disk state(s) for {configured} disk(s)")]
@@ -82,12 +96,17 @@ pub enum DeviceStateError {
         /// The version found.
         found: u32,
     },
-    /// COM1's state could not be put back.
-    #[error("cannot restore COM1")]
-    Serial(#[source] SerialError),
-    /// The CMOS state could not be put back.
-    #[error("cannot restore the CMOS")]
-    Cmos(#[source] CmosStateError),
+}
+
+/// Puts `saved` back into the device behind `m`.
+fn restore_one<D: DeviceSnapshot>(
+    m: &Mutex<D>,
+    saved: &Saved<D::State>,
+) -> Result<(), DeviceStateError> {
+    device_snapshot::restore(&mut *lock(m), saved).map_err(|source| DeviceStateError::Restore {
+        name: D::NAME.to_string(),
+        source,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,14 +126,15 @@ impl DeviceManager {
             })?;
             disks.push(DiskState {
                 name: d.name.clone(),
-                transport: dev.state(),
+                transport: device_snapshot::save(&*dev),
             });
         }
         Ok(DevicesState {
             version: DEVICES_STATE_VERSION,
-            serial: lock(&self.legacy.serial).state(),
-            cmos: lock(&self.legacy.cmos).state(),
-            acpi_pm: lock(&self.legacy.pm).state(),
+            serial: device_snapshot::save(&*lock(&self.legacy.serial)),
+            i8042: device_snapshot::save(&*lock(&self.legacy.i8042)),
+            cmos: device_snapshot::save(&*lock(&self.legacy.cmos)),
+            acpi_pm: device_snapshot::save(&*lock(&self.legacy.pm)),
             disks,
         })
     }
@@ -143,11 +163,7 @@ impl DeviceManager {
         disk: &AttachedDisk,
         saved: &DiskState,
     ) -> Result<(), DeviceStateError> {
-        let err = |source| DeviceStateError::Disk {
-            disk: disk.name.clone(),
-            source,
-        };
-        let config = &saved.transport.config_space;
+        let config = &saved.transport.state.config_space;
         let write = |offset: u32, len: usize| {
             let at = offset as usize;
             if let Some(bytes) = config.get(at..at + len) {
@@ -159,7 +175,12 @@ impl DeviceManager {
         }
         let msix_cap = {
             let mut dev = lock(disk.device());
-            dev.restore(&saved.transport).map_err(err)?;
+            device_snapshot::restore(&mut *dev, &saved.transport).map_err(|source| {
+                DeviceStateError::Restore {
+                    name: disk.name.clone(),
+                    source,
+                }
+            })?;
             u32::from(dev.cap_offsets().msix)
         };
         write(msix_cap + MSIX_MSG_CTL, 2);
@@ -173,13 +194,10 @@ impl DeviceManager {
                 found: saved.version,
             });
         }
-        lock(&self.legacy.serial)
-            .restore(&saved.serial)
-            .map_err(DeviceStateError::Serial)?;
-        lock(&self.legacy.cmos)
-            .restore(&saved.cmos)
-            .map_err(DeviceStateError::Cmos)?;
-        lock(&self.legacy.pm).restore(&saved.acpi_pm);
+        restore_one(&self.legacy.serial, &saved.serial)?;
+        restore_one(&self.legacy.i8042, &saved.i8042)?;
+        restore_one(&self.legacy.cmos, &saved.cmos)?;
+        restore_one(&self.legacy.pm, &saved.acpi_pm)?;
         let disks = self.disks.disks();
         if saved.disks.len() != disks.len() {
             return Err(DeviceStateError::DiskCount {

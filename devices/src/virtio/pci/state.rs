@@ -25,6 +25,7 @@ use super::{
     STATUS_FEATURES_OK, VIRTIO_PCI_BAR,
 };
 use crate::pci::device::PciDevice;
+use crate::snapshot::{DeviceSnapshot, StateError};
 use crate::virtio::device::{QueuePosition, VirtioInterrupt};
 
 /// Bytes of configuration space saved (the standard header and the capability list).
@@ -68,6 +69,25 @@ pub struct VirtioPciState {
     pub queues: Vec<QueueState>,
     /// The device's driver-written configuration fields: (offset, bytes).
     pub device_config: Vec<(u64, Vec<u8>)>,
+}
+
+impl DeviceSnapshot for VirtioPciDevice {
+    type State = VirtioPciState;
+    const NAME: &'static str = "virtio-pci";
+    const STATE_VERSION: u32 = 1;
+
+    /// See [`VirtioPciDevice::quiesce`] for when to call it.
+    fn save_state(&self) -> VirtioPciState {
+        self.state()
+    }
+
+    /// The transport's part of a restore (see the module documentation).
+    fn restore_state(&mut self, state: &VirtioPciState) -> Result<(), StateError> {
+        self.restore(state).map_err(|e| StateError::Device {
+            device: Self::NAME,
+            source: Box::new(e),
+        })
+    }
 }
 
 /// Offsets of common configuration fields replayed on restore.
@@ -135,7 +155,7 @@ impl VirtioPciDevice {
     }
 
     /// The function's state; call between [`Self::quiesce`] and [`Self::unquiesce`].
-    pub fn state(&mut self) -> VirtioPciState {
+    fn state(&self) -> VirtioPciState {
         let mut config_space = vec![0u8; CONFIG_SPACE_LEN];
         for (at, dword) in config_space.chunks_mut(4).enumerate() {
             self.config.read_config((at * 4) as u32, dword);
@@ -194,7 +214,7 @@ impl VirtioPciDevice {
 
     /// Replays the saved MSI-X table and common configuration into this freshly built
     /// function (see the module documentation for the order around it).
-    pub fn restore(&mut self, s: &VirtioPciState) -> Result<(), RestoreError> {
+    fn restore(&mut self, s: &VirtioPciState) -> Result<(), RestoreError> {
         self.check_shape(s)?;
         for (at, dword) in s.msix_table.chunks(4).enumerate() {
             self.bar_write(VIRTIO_PCI_BAR, MSIX_TABLE_OFFSET + (at * 4) as u64, dword);
