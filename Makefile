@@ -84,7 +84,7 @@ test: keel probe guest-linux lint
 # Fuzzing (fuzz/, its own crate): `make fuzz` runs every target for FUZZ_SECONDS with cargo-fuzz
 # (installed if missing; libFuzzer on the stable toolchain, no sanitizer) and grows the corpus;
 # not part of `make test`, which only replays the committed corpus (`make fuzz-replay`, seconds).
-FUZZ_TARGETS := vm_config_json cli_options http_request blk_request blk_queue virtio_pci
+FUZZ_TARGETS := vm_config_json cli_options http_request blk_request blk_queue virtio_pci snapshot_file
 FUZZ_SECONDS ?= 120
 fuzz:
 	resources/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
