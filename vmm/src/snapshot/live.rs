@@ -205,7 +205,7 @@ impl Shared {
             if st.released[unit] || st.stopping || st.staged[unit].iter().any(|s| s.0 == page) {
                 drop(st);
                 // Unprotected already (or being torn down): the faulting thread needs a wake.
-                let _ = self.uffd.write_protect(page, self.page, false);
+                self.unprotect(page);
                 return;
             }
             if let Some(slot) = st.free.pop() {
@@ -221,9 +221,7 @@ impl Shared {
                 };
                 st.staged[unit].push((page, slot));
                 st.faults += 1;
-                if let Err(e) = self.uffd.write_protect(page, self.page, false) {
-                    log::error!("live snapshot: cannot unprotect {page:#x}: {e}");
-                }
+                self.unprotect(page);
                 if st.latencies_ns.len() < MAX_SAMPLES {
                     let ns = started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
                     st.latencies_ns.push(ns);
@@ -236,6 +234,18 @@ impl Shared {
                 .wait_timeout(st, Duration::from_millis(100))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+        }
+    }
+
+    /// Unprotects `page`, which wakes the threads that faulted on it; if the kernel refuses
+    /// (it can, while the address space changes), at least wakes them: they fault again and
+    /// come back here.
+    fn unprotect(&self, page: u64) {
+        if let Err(e) = self.uffd.write_protect(page, self.page, false) {
+            log::debug!("live snapshot: cannot unprotect {page:#x} ({e}); waking its threads");
+            if let Err(e) = self.uffd.wake(page, self.page) {
+                log::error!("live snapshot: cannot wake the threads at {page:#x}: {e}");
+            }
         }
     }
 
