@@ -1,14 +1,16 @@
 //! Live snapshots: guest RAM is written while the guest runs, every page as it was at the
 //! snapshot instant.
 //!
-//! At the instant (vCPUs parked, disks quiesced) [`LiveRam::arm`] write-protects all of guest
-//! RAM with userfaultfd ([`super::uffd`]) and starts a fault handler thread; the guest then
-//! runs on. RAM is cut into units (1 MiB, or one huge page where pages are larger), each
-//! protected until it is on disk. A guest write to a protected page (from a vCPU, KVM, an I/O
-//! thread or io_uring) faults; the handler copies the page, still as it was at the instant, to
-//! a bounded staging pool and unprotects it. When the pool is full the handler waits for the
-//! writer to free a slot: the writing guest thread waits too (throttled), and the writer
-//! never waits for the handler, so this cannot deadlock.
+//! Protection is armed in two phases, so that the guest's pause holds only the second.
+//! [`LiveRam::start`], while the guest still runs, write-protects all of guest RAM and
+//! starts a fault handler thread, which then only records each page written and unprotects
+//! it. At the instant (vCPUs parked, disks quiesced) [`LiveRam::instant`] protects those few
+//! pages again; the guest then runs on. RAM is cut into units (1 MiB, or one huge page where
+//! pages are larger), each protected until it is on disk. A guest write to a protected page
+//! (from a vCPU, KVM, an I/O thread or io_uring) faults; the handler copies the page, still
+//! as it was at the instant, to a bounded staging pool and unprotects it. When the pool is
+//! full the handler waits for the writer to free a slot: the writing guest thread waits too
+//! (throttled), and the writer never waits for the handler, so this cannot deadlock.
 //!
 //! [`LiveRam::write`] ([`writer`]) goes through the units in order with up to eight 1 MiB
 //! O_DIRECT writes on an io_uring straight from guest memory. A unit's zero check and CRCs
@@ -121,6 +123,11 @@ impl Drop for Staging {
 
 /// What the handler and the writer share under one lock.
 struct State {
+    /// Before the instant: faults only record the page and unprotect it (its content then
+    /// does not matter yet); [`LiveRam::instant`] protects those pages again.
+    before_instant: bool,
+    /// Pages written before the instant.
+    written_before: Vec<u64>,
     released: Vec<bool>,
     /// Per unit: (host address of a page copied, its slot).
     staged: Vec<Vec<(u64, usize)>>,
@@ -201,6 +208,13 @@ impl Shared {
             return;
         };
         let mut st = lock(&self.state);
+        if st.before_instant {
+            // Once unprotected a page faults no more until the instant: the list holds each
+            // page at most once (bounded by guest RAM's page count).
+            st.written_before.push(page);
+            self.unprotect(page);
+            return;
+        }
         loop {
             if st.released[unit] || st.stopping || st.staged[unit].iter().any(|s| s.0 == page) {
                 drop(st);
@@ -352,9 +366,10 @@ impl Prepared {
 }
 
 impl LiveRam {
-    /// Write-protects the prepared RAM and starts the fault handler. Call with the vCPUs
-    /// parked: every later write to guest RAM faults until its unit is on disk.
-    pub fn arm(prepared: Prepared) -> Result<Self, LiveError> {
+    /// Write-protects the prepared RAM and starts the fault handler, while the guest still
+    /// runs (the first of two phases, so that the pause holds only the second): until
+    /// [`LiveRam::instant`], a write only has its page recorded and unprotected.
+    pub fn start(prepared: Prepared) -> Result<Self, LiveError> {
         let Prepared {
             uffd,
             regions,
@@ -368,6 +383,8 @@ impl LiveRam {
         let units = units(&regions, unit_len);
         let staging = Staging::new(page).map_err(LiveError::Setup)?;
         let state = State {
+            before_instant: true,
+            written_before: Vec::new(),
             released: vec![false; units.len()],
             staged: vec![Vec::new(); units.len()],
             free: (0..staging.slots()).rev().collect(),
@@ -400,6 +417,32 @@ impl LiveRam {
         })
     }
 
+    /// The instant (call with the vCPUs parked and the disks quiesced): protects again the
+    /// pages written since [`LiveRam::start`]; from now on every write to guest RAM faults
+    /// and copies its page until its unit is on disk.
+    pub fn instant(&self) -> Result<(), LiveError> {
+        let mut st = lock(&self.shared.state);
+        st.before_instant = false;
+        let mut pages = std::mem::take(&mut st.written_before);
+        pages.sort_unstable();
+        let page = self.shared.page;
+        let mut i = 0;
+        while i < pages.len() {
+            // One call per run of adjacent pages.
+            let mut end = i + 1;
+            while end < pages.len() && pages[end] == pages[end - 1] + page {
+                end += 1;
+            }
+            let len = (end - i) as u64 * page;
+            self.shared
+                .uffd
+                .write_protect(pages[i], len, true)
+                .map_err(LiveError::Uffd)?;
+            i = end;
+        }
+        Ok(())
+    }
+
     /// The fault statistics so far.
     pub fn stats(&self) -> FaultStats {
         let st = lock(&self.shared.state);
@@ -417,7 +460,8 @@ impl LiveRam {
         }
     }
 
-    /// Writes guest RAM to `file` from offset `start` (1 MiB-aligned), as it was when armed.
+    /// Writes guest RAM to `file` from offset `start` (1 MiB-aligned), as it was at the
+    /// instant.
     /// `progress` counts the RAM gone through (written or skipped).
     pub fn write(&self, file: &File, start: u64, progress: &AtomicU64) -> io::Result<WrittenRam> {
         let mut w = writer::Writer::new(&self.shared, file, start, progress)?;

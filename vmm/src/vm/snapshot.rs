@@ -109,21 +109,24 @@ impl RunningVm {
             return Err(SnapshotError::Ended);
         }
         let mem = self._vm.ram.mem.clone();
-        // Registration (and, on older kernels, faulting in untouched RAM) happens while the
-        // guest runs; a destination that exists is refused before the guest stops.
-        let prepared = match mode {
+        // Registration (and, on older kernels, faulting in untouched RAM) and the first phase
+        // of write-protection happen while the guest runs; a destination that exists is
+        // refused before the guest stops.
+        let live = match mode {
             SnapshotMode::Live => {
                 let page = self._vm.ram.backing.page_size;
-                Some(Prepared::new(&ram_regions(&mem), page).map_err(SnapshotError::Live)?)
+                let prepared =
+                    Prepared::new(&ram_regions(&mem), page).map_err(SnapshotError::Live)?;
+                Some(LiveRam::start(prepared).map_err(SnapshotError::Live)?)
             }
             SnapshotMode::Paused => None,
         };
         let w = SnapshotWriter::create(path)?;
         let job = JobStart::new(path, mode, mem);
         let was_paused = self.is_paused();
-        let result = match (prepared, self.pause()) {
+        let result = match (live, self.pause()) {
             (_, Err(e)) => Err(SnapshotError::Pause(Box::new(e))),
-            (Some(prepared), Ok(())) => self.snapshot_live(w, prepared, was_paused, job),
+            (Some(live), Ok(())) => self.snapshot_live(w, live, was_paused, job),
             (None, Ok(())) => self.snapshot_paused(w, was_paused, job),
         };
         result.inspect_err(|_| remove_incomplete(path))
@@ -153,16 +156,16 @@ impl RunningVm {
     fn snapshot_live(
         &mut self,
         w: SnapshotWriter,
-        prepared: Prepared,
+        live: LiveRam,
         was_paused: bool,
         job: JobStart,
     ) -> Result<SnapshotJob, SnapshotError> {
         let armed = self.capture().and_then(|c| {
-            let live = LiveRam::arm(prepared).map_err(SnapshotError::Live)?;
-            Ok((c, live))
+            live.instant().map_err(SnapshotError::Live)?;
+            Ok(c)
         });
         self.release(was_paused);
-        let (captured, live) = armed?;
+        let captured = armed?;
         Ok(job.live(w, captured, live))
     }
 

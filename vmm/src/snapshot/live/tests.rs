@@ -58,7 +58,8 @@ fn snapshot_while_written(
     }];
     let prepared =
         Prepared::with_features(&regions, 4096, features).expect("userfaultfd registration");
-    let live = LiveRam::arm(prepared).expect("userfaultfd write-protect");
+    let live = LiveRam::start(prepared).expect("userfaultfd write-protect");
+    live.instant().expect("the instant");
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let (mem, done) = (Arc::clone(&mem), Arc::clone(&done));
@@ -132,4 +133,61 @@ fn a_full_staging_pool_throttles_the_writing_thread_and_the_snapshot_completes()
     let pages = (STAGING_BYTES / 4096) as usize * 3 / 2;
     let stats = snapshot_while_written(pages, pages, Before::Throttled, FEATURE_WP_UNPOPULATED);
     assert!(stats.throttled > 0 && stats.faults > 0, "{stats:?}");
+}
+
+/// Between the two phases the guest runs: pages it writes then are saved as they were at the
+/// instant, not as they were when protection started, and later writes do not reach the file.
+#[test]
+fn pages_written_between_the_two_phases_are_saved_as_at_the_instant() {
+    let pages = 512;
+    let mem = Mem::new(pages * 4096);
+    let regions = [RamRegion {
+        guest: 0,
+        host: mem.0.base,
+        len: mem.len() as u64,
+    }];
+    let prepared = Prepared::new(&regions, 4096).expect("userfaultfd registration");
+    let live = LiveRam::start(prepared).expect("first phase");
+    for i in 0..pages / 2 {
+        // SAFETY: inside the mapping; the first write faults and is let through.
+        unsafe { mem.page(i).write_volatile(1) };
+        // SAFETY: as above; no fault any more until the instant.
+        unsafe { mem.page(i).write_volatile(2) };
+    }
+    live.instant().expect("the instant");
+    let writer = {
+        let base = mem.0.base as usize;
+        std::thread::spawn(move || {
+            for i in 0..pages {
+                let p = (base + i * 4096) as *mut u64;
+                // SAFETY: inside the mapping, which outlives this thread (joined below).
+                unsafe { p.write_volatile(3) };
+            }
+        })
+    };
+    writer.join().unwrap();
+    let path = std::env::temp_dir().join(format!("keel-live-2phase-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let progress = AtomicU64::new(0);
+    let written = live.write(&file, RAM_CHUNK, &progress).unwrap();
+    assert_eq!(
+        live.stats().faults,
+        pages as u64,
+        "every page faulted after the instant"
+    );
+    drop(live);
+    let back = Mem::new(pages * 4096);
+    read_ram(&file, &written.extents, &back).unwrap();
+    for i in 0..pages {
+        let want = if i < pages / 2 { 2 } else { 0 };
+        // SAFETY: inside the mapping.
+        assert_eq!(unsafe { back.page(i).read_volatile() }, want, "page {i}");
+    }
+    std::fs::remove_file(&path).unwrap();
 }
