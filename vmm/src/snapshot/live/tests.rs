@@ -28,6 +28,19 @@ impl GuestTarget for Mem {
     }
 }
 
+/// A new file in the temp directory for the snapshot's RAM.
+fn temp_file(tag: &str) -> (std::path::PathBuf, std::fs::File) {
+    let path = std::env::temp_dir().join(format!("keel-live-{tag}-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    (path, file)
+}
+
 /// What to wait for before RAM is written.
 #[derive(Clone, Copy, PartialEq)]
 enum Before {
@@ -82,14 +95,7 @@ fn snapshot_while_written(
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let path = std::env::temp_dir().join(format!("keel-live-{}-{pages}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let (path, file) = temp_file(&format!("{pages}"));
     let progress = AtomicU64::new(0);
     let written = live.write(&file, RAM_CHUNK, &progress).unwrap();
     assert_eq!(progress.load(Ordering::Relaxed), (pages * 4096) as u64);
@@ -166,14 +172,7 @@ fn pages_written_between_the_two_phases_are_saved_as_at_the_instant() {
         })
     };
     writer.join().unwrap();
-    let path = std::env::temp_dir().join(format!("keel-live-2phase-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let (path, file) = temp_file("2phase");
     let progress = AtomicU64::new(0);
     let written = live.write(&file, RAM_CHUNK, &progress).unwrap();
     assert_eq!(
