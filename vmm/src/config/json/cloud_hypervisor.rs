@@ -72,6 +72,25 @@ fn unset<T>(
 /// The top-level devices and features Keel does not have, and `console`, `debug_console`,
 /// `rng` and `platform`.
 pub(super) fn check_vm(wire: &VmWire) -> Result<(), JsonConfigError> {
+    check_device_lists(wire)?;
+    check_switches(wire)?;
+    if let Some(console) = &wire.console {
+        check_console("console", console, "keel has no virtio-console device")?;
+    }
+    if let Some(console) = &wire.debug_console {
+        check_console("debug_console", console, "keel has no debug console port")?;
+    }
+    if let Some(rng) = &wire.rng {
+        check_rng(rng)?;
+    }
+    if let Some(platform) = &wire.platform {
+        check_platform(platform)?;
+    }
+    Ok(())
+}
+
+/// The device lists Keel has no such device for must be absent or empty.
+fn check_device_lists(wire: &VmWire) -> Result<(), JsonConfigError> {
     let lists = [
         (
             "net",
@@ -140,6 +159,11 @@ pub(super) fn check_vm(wire: &VmWire) -> Result<(), JsonConfigError> {
     for (field, value, what) in lists {
         empty(field, value, what)?;
     }
+    Ok(())
+}
+
+/// The switches of devices and features Keel lacks must be off.
+fn check_switches(wire: &VmWire) -> Result<(), JsonConfigError> {
     let switches = [
         (
             "pvpanic",
@@ -165,18 +189,6 @@ pub(super) fn check_vm(wire: &VmWire) -> Result<(), JsonConfigError> {
     ];
     for (field, value, what) in switches {
         off(field, value, what)?;
-    }
-    if let Some(console) = &wire.console {
-        check_console("console", console, "keel has no virtio-console device")?;
-    }
-    if let Some(console) = &wire.debug_console {
-        check_console("debug_console", console, "keel has no debug console port")?;
-    }
-    if let Some(rng) = &wire.rng {
-        check_rng(rng)?;
-    }
-    if let Some(platform) = &wire.platform {
-        check_platform(platform)?;
     }
     Ok(())
 }
