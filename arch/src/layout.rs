@@ -169,14 +169,22 @@ pub mod ports {
     pub const PCI_CONFIG_LEN: u16 = 8;
     /// POST/debug port.
     pub const POST: u16 = 0x80;
-    /// ACPI PM register block base: PM1a_EVT (4 bytes), PM1a_CNT (2), PM_TMR (4), reset (1).
+    /// Firmware debug console (edk2 logs there when a read returns 0xE9).
+    pub const DEBUGCON: u16 = 0x402;
+    /// ACPI PM register block base: sleep control (1 byte) and status (1), PM1a_EVT (4),
+    /// PM1a_CNT (2), PM_TMR (4), reset (1). edk2's CloudHv firmware hard-codes the sleep
+    /// control register at 0x600 and the PM timer at 0x608.
     pub const ACPI_PM_BASE: u16 = 0x600;
+    /// Sleep control register (FADT SLEEP_CONTROL_REG), one byte.
+    pub const ACPI_SLEEP_CONTROL: u16 = ACPI_PM_BASE;
+    /// Sleep status register (FADT SLEEP_STATUS_REG), one byte.
+    pub const ACPI_SLEEP_STATUS: u16 = ACPI_PM_BASE + 1;
     /// PM1a event block (status + enable).
-    pub const ACPI_PM1A_EVT: u16 = ACPI_PM_BASE;
+    pub const ACPI_PM1A_EVT: u16 = ACPI_PM_BASE + 2;
     /// Length of the PM1a event block.
     pub const ACPI_PM1A_EVT_LEN: u8 = 4;
     /// PM1a control block.
-    pub const ACPI_PM1A_CNT: u16 = ACPI_PM_BASE + 4;
+    pub const ACPI_PM1A_CNT: u16 = ACPI_PM_BASE + 6;
     /// Length of the PM1a control block.
     pub const ACPI_PM1A_CNT_LEN: u8 = 2;
     /// ACPI PM timer (24-bit, 3.579545 MHz).

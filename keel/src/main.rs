@@ -47,15 +47,21 @@ use vmm::vm::{RunningVm, Vm, VmError, VmOutcome};
                   keel remote --api-socket PATH COMMAND\n                             \
                   drive a running keel (keel remote --help)"
 )]
+#[command(group(clap::ArgGroup::new("payload").args(["kernel", "firmware"])))]
 struct Cli {
     /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage; the format is detected.
     /// Optional with --api-socket (the VM then comes from `vm.create`).
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present_any = ["api_socket", "restore"]
+        required_unless_present_any = ["api_socket", "restore", "firmware"]
     )]
     kernel: Option<PathBuf>,
+    /// Boot a PVH firmware instead of a kernel: edk2's Cloud Hypervisor firmware (CLOUDHV.fd,
+    /// `make firmware`), which boots the OS from a --disk through UEFI. No --kernel,
+    /// --initramfs or --cmdline with it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "restore", "initramfs", "cmdline"])]
+    firmware: Option<PathBuf>,
     /// Restore the VM saved in a snapshot and run it on from the snapshot's instant:
     /// `source_url=file:///PATH` (Cloud Hypervisor's form; a plain absolute path is taken
     /// too). The VM's configuration comes from the snapshot.
@@ -73,22 +79,22 @@ struct Cli {
     cmdline: String,
     /// vCPUs: boot=N[,affinity=[0@[2,3],1@[4]]][,kvm_pv=on|off|hidden|[LIST]]
     /// [,hyperv=on|off|[LIST]][,pvm_compat=auto|on|off].
-    #[arg(long, default_value = "boot=1", value_parser = parse_cpus, requires = "kernel")]
+    #[arg(long, default_value = "boot=1", value_parser = parse_cpus, requires = "payload")]
     cpus: CpusConfig,
     /// Guest RAM: size=S[,hugepages=on][,hugepage_size=2M|1G][,prefault=on][,thp=on|off]
     /// [,shared=on][,mergeable=on].
-    #[arg(long, default_value = "size=512M", value_parser = parse_memory, requires = "kernel")]
+    #[arg(long, default_value = "size=512M", value_parser = parse_memory, requires = "payload")]
     memory: MemoryConfig,
     /// Guest NUMA node (repeatable): guest_node=N,cpus=LIST,memory=SIZE[,host_node=H].
-    #[arg(long, value_name = "OPTIONS", value_parser = parse_numa, requires = "kernel")]
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_numa, requires = "payload")]
     numa: Vec<NumaNodeConfig>,
     /// virtio-blk disk (repeatable): path=FILE[,readonly=on][,cache=none|writeback][,queues=N]
     /// [,queue_size=N][,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID]
     /// [,id=NAME][,poll_us=N].
-    #[arg(long, value_name = "OPTIONS", value_parser = parse_disk, requires = "kernel")]
+    #[arg(long, value_name = "OPTIONS", value_parser = parse_disk, requires = "payload")]
     disk: Vec<DiskConfig>,
     /// Serial console (COM1): tty, off, or file=PATH.
-    #[arg(long, default_value = "tty", value_parser = parse_serial, requires = "kernel")]
+    #[arg(long, default_value = "tty", value_parser = parse_serial, requires = "payload")]
     serial: SerialConfig,
     /// At exit, print every counter (Keel's exits by kind and device, KVM's per vCPU and per
     /// VM, each disk's I/O) on stderr as a table and as one `keel-stats: {JSON}` line.
@@ -330,7 +336,7 @@ fn main() -> ExitCode {
         (Some(source), _) => restore_vm(source),
         (None, Some(config)) => Vm::create(&config),
         (None, None) => {
-            err_line!("keel: error: --kernel is required");
+            err_line!("keel: error: --kernel or --firmware is required");
             return ExitCode::from(1);
         }
     };
@@ -411,16 +417,25 @@ fn exit_code(outcome: VmOutcome) -> ExitCode {
     }
 }
 
-/// The VM of the command line, if `--kernel` was given.
+/// The VM of the command line, if `--kernel` or `--firmware` was given.
 fn vm_config(cli: &Cli) -> Option<VmConfig> {
+    let payload = match (&cli.firmware, &cli.kernel) {
+        (Some(firmware), _) => PayloadConfig {
+            firmware: Some(firmware.clone()),
+            ..PayloadConfig::default()
+        },
+        (None, Some(kernel)) => PayloadConfig {
+            kernel: kernel.clone(),
+            initramfs: cli.initramfs.clone(),
+            cmdline: cli.cmdline.clone(),
+            firmware: None,
+        },
+        (None, None) => return None,
+    };
     Some(VmConfig {
         cpus: cli.cpus.clone(),
         memory: cli.memory.clone(),
-        payload: PayloadConfig {
-            kernel: cli.kernel.clone()?,
-            initramfs: cli.initramfs.clone(),
-            cmdline: cli.cmdline.clone(),
-        },
+        payload,
         serial: cli.serial.clone(),
         disks: cli.disk.clone(),
         numa: cli.numa.clone(),

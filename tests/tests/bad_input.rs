@@ -47,6 +47,28 @@ fn kernel_flag_required() {
 }
 
 #[test]
+fn firmware_that_is_not_a_pvh_firmware() {
+    // An ELF kernel without a PVH note boots with --kernel, not as a firmware.
+    assert_refused(&["--firmware", &ok_kernel()], "not a PVH firmware");
+    assert_refused(&["--firmware", "/nonexistent/CLOUDHV.fd"], "--firmware");
+}
+
+#[test]
+fn firmware_comes_without_kernel_options() {
+    let fw = probe_image("probe-pvh.elf").display().to_string();
+    for other in [
+        ["--kernel", fw.as_str()],
+        ["--cmdline", "quiet"],
+        ["--initramfs", fw.as_str()],
+    ] {
+        assert_refused(
+            &["--firmware", &fw, other[0], other[1]],
+            "cannot be used with",
+        );
+    }
+}
+
+#[test]
 fn kernel_that_is_a_directory() {
     assert_refused(&["--kernel", "/tmp"], "not a regular file");
 }

@@ -238,3 +238,19 @@ fn guest_exception_is_reported_not_hung() {
         run.describe()
     );
 }
+
+/// `--firmware` enters a PVH image as a firmware: through its PVH note, with the PVH start
+/// info, an empty command line and no initramfs; the probe then powers off through ACPI.
+#[test]
+fn firmware_boots_a_pvh_image_without_a_command_line() {
+    let image = probe_image("probe-pvh.elf");
+    let run = run_keel(&[
+        "--firmware",
+        image.to_str().expect("utf-8 path"),
+        "--cpus",
+        "boot=2",
+        "--memory",
+        &format!("size={MEMORY}"),
+    ]);
+    check_default_report(&run, 2, "pvh", "");
+}

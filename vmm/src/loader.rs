@@ -1,6 +1,7 @@
 //! Kernel loading with format detection: ELF vmlinux (PVH entry when it carries the PVH note,
 //! 64-bit entry otherwise) or bzImage (64-bit boot protocol); plus the initramfs and the
-//! command line. Produces the entry point the boot vCPU starts at.
+//! command line; or a PVH firmware in place of the kernel. Produces the entry point the boot
+//! vCPU starts at.
 //!
 //! The files and guest memory are handled here; the x86 rules (magic numbers, the bzImage
 //! header, where the initramfs may go, the entry modes) are [`arch::kernel`]'s.
@@ -67,6 +68,9 @@ pub enum LoaderError {
     /// The command line could not be written.
     #[error("failed to write the kernel command line")]
     CmdlineWrite(#[source] linux_loader::loader::Error),
+    /// `--firmware` given a file that is not an ELF with a PVH entry note.
+    #[error("{0}: not a PVH firmware (expected an ELF with a PVH entry note, such as edk2's CLOUDHV.fd)")]
+    NotPvhFirmware(String),
 }
 
 /// A loaded kernel.
@@ -157,6 +161,32 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
                 setup_header: hdr,
             })
         }
+    }
+}
+
+/// Loads the PVH firmware at `path` (edk2's CLOUDHV.fd: an ELF whose PVH note gives its
+/// 32-bit entry) into `mem`; anything else is refused.
+pub fn load_firmware(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
+    let mut file = open("firmware", path)?;
+    let not_pvh = || LoaderError::NotPvhFirmware(path.display().to_string());
+    if detect_format(&mut file).ok().flatten() != Some(KernelFormat::Elf) {
+        return Err(not_pvh());
+    }
+    let himem = Some(GuestAddress(HIMEM_START));
+    let r = Elf::load(mem, None, &mut file, himem).map_err(|source| LoaderError::Load {
+        path: path.display().to_string(),
+        format: "ELF firmware",
+        source,
+    })?;
+    match r.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
+            format: KernelFormat::Elf,
+            mode: EntryMode::Pvh,
+            entry,
+            end: r.kernel_end,
+            setup_header: None,
+        }),
+        _ => Err(not_pvh()),
     }
 }
 
@@ -251,6 +281,57 @@ mod tests {
             load_kernel(&m, &bz),
             Err(LoaderError::Load {
                 format: "bzImage",
+                ..
+            })
+        ));
+    }
+
+    /// A minimal ELF64 executable: one PT_LOAD of `payload` at 1 MiB, no notes.
+    fn elf_without_notes(payload: &[u8]) -> Vec<u8> {
+        const EHDR: usize = 64;
+        const PHDR: usize = 56;
+        let mut e = vec![0u8; EHDR + PHDR];
+        e[0..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+        e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        e[20..24].copy_from_slice(&1u32.to_le_bytes());
+        e[24..32].copy_from_slice(&(HIMEM_START).to_le_bytes()); // e_entry
+        e[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+        e[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+        e[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+        e[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let p = &mut e[EHDR..];
+        p[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        p[8..16].copy_from_slice(&((EHDR + PHDR) as u64).to_le_bytes()); // p_offset
+        p[16..24].copy_from_slice(&HIMEM_START.to_le_bytes()); // p_vaddr
+        p[24..32].copy_from_slice(&HIMEM_START.to_le_bytes()); // p_paddr
+        p[32..40].copy_from_slice(&(payload.len() as u64).to_le_bytes()); // p_filesz
+        p[40..48].copy_from_slice(&(payload.len() as u64).to_le_bytes()); // p_memsz
+        e.extend_from_slice(payload);
+        e
+    }
+
+    #[test]
+    fn firmware_must_be_an_elf_with_a_pvh_note() {
+        let m = mem(4 << 20);
+        let (bare, _) = temp_file("bare.elf", &elf_without_notes(&[0xf4; 64]));
+        // The same image boots as a kernel (64-bit entry), but is no PVH firmware.
+        assert_eq!(load_kernel(&m, &bare).unwrap().mode, EntryMode::Linux64);
+        assert!(matches!(
+            load_firmware(&m, &bare),
+            Err(LoaderError::NotPvhFirmware(_))
+        ));
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let (bz, _) = temp_file("fw.bz", &bz);
+        assert!(matches!(
+            load_firmware(&m, &bz),
+            Err(LoaderError::NotPvhFirmware(_))
+        ));
+        assert!(matches!(
+            load_firmware(&m, Path::new("/nonexistent/CLOUDHV.fd")),
+            Err(LoaderError::Open {
+                what: "firmware",
                 ..
             })
         ));

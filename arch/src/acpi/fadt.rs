@@ -3,7 +3,9 @@
 //!
 //! Keel's guest is a legacy PC platform (not HW-reduced) with ACPI always enabled (no SMI
 //! command port), a PM1a event/control block and a 24-bit PM timer on I/O ports, and a one-byte
-//! reset register.
+//! reset register. The block's hardware-reduced sleep control register (for edk2's CloudHv
+//! firmware, which writes it without reading the FADT) is left out of the FADT: an OS reads
+//! those fields only on hardware-reduced platforms.
 
 use super::sdt::{access_size, GenericAddress, Sdt};
 use crate::layout::ports::{
@@ -176,7 +178,7 @@ mod tests {
         assert_eq!(u32_at(&t, 48), 0);
         assert_eq!(
             (u32_at(&t, 56), u32_at(&t, 64), u32_at(&t, 76)),
-            (0x600, 0x604, 0x608)
+            (0x602, 0x606, 0x608)
         );
         assert_eq!((u32_at(&t, 60), u32_at(&t, 68), u32_at(&t, 80)), (0, 0, 0)); // no PM1b/GPE0
         assert_eq!((t[88], t[89], t[91], t[92]), (4, 2, 4, 0));
@@ -188,13 +190,14 @@ mod tests {
         assert_eq!(t[128], 1);
         assert_eq!(t[131], 5);
         assert_eq!(&t[148..152], &[1, 32, 0, 2]);
-        assert_eq!(u64_at(&t, 152), 0x600);
+        assert_eq!(u64_at(&t, 152), 0x602);
         assert_eq!(&t[172..176], &[1, 16, 0, 2]);
-        assert_eq!(u64_at(&t, 176), 0x604);
+        assert_eq!(u64_at(&t, 176), 0x606);
         assert_eq!(&t[208..212], &[1, 32, 0, 3]);
         assert_eq!(u64_at(&t, 212), 0x608);
         assert!(t[160..172].iter().all(|b| *b == 0)); // X_PM1b_EVT_BLK
-        assert!(t[220..276].iter().all(|b| *b == 0)); // GPE blocks, sleep registers, vendor
+                                                      // GPE blocks, the sleep registers (read only when HW_REDUCED_ACPI), vendor.
+        assert!(t[220..276].iter().all(|b| *b == 0));
     }
 
     #[test]

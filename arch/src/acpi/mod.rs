@@ -412,7 +412,7 @@ mod tests {
                 u32_at(&t.fadt, 64),
                 u32_at(&t.fadt, 76)
             ),
-            (0x600, 0x604, 0x608)
+            (0x602, 0x606, 0x608)
         );
         assert_eq!(&t.fadt[116..120], &[1, 8, 0, 1]);
         assert_eq!((u64_at(&t.fadt, 120), t.fadt[128]), (0x60c, 1));

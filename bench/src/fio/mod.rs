@@ -396,6 +396,7 @@ fn run_keel(
             kernel: opts.kernel.clone(),
             initramfs: opts.initramfs.clone(),
             cmdline: cmdline.to_string(),
+            firmware: None,
         },
         disks: keel_disks(opts, set)?,
         numa: opts.numa.clone(),

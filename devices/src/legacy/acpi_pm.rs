@@ -1,5 +1,11 @@
-//! A fixed-hardware ACPI power-management register block: PM1a event and control, the PM
-//! timer and the FADT reset register, laid out in one 16-byte block.
+//! A fixed-hardware ACPI power-management register block: the sleep control and status
+//! registers, PM1a event and control, the PM timer and the FADT reset register, laid out in one
+//! 16-byte block.
+//!
+//! Two of its ports are fixed by edk2's Cloud Hypervisor firmware (`OvmfPkg/Include/
+//! IndustryStandard/CloudHv.h`): it powers off by writing `SLP_TYP 5 | SLP_EN` to a
+//! hardware-reduced sleep control register at 0x600 and times delays with the PM timer at
+//! 0x608. Linux uses PM1a_CNT instead (the FADT is not hardware-reduced); both power off.
 //!
 //! The block is modelled as a little-endian byte array, so accesses of any width at any offset
 //! touch exactly the bytes they cover: a 4-byte write at [`PM1A_CNT_OFFSET`] sets PM1a_CNT and
@@ -12,11 +18,16 @@ use std::time::{Duration, Instant};
 use crate::bus::{BusDevice, MachineRequest};
 use crate::snapshot::{DeviceSnapshot, StateError};
 
+/// SLEEP_CONTROL_REG (1 byte, ACPI 6.5 section 4.8.3.7): SLP_TYP in bits 2..=4 and SLP_EN
+/// (bit 5, write-only) starts the sleep; reads 0.
+pub const SLEEP_CONTROL_OFFSET: u64 = 0;
+/// SLEEP_STATUS_REG (1 byte): WAK_STS (bit 7) is never set, so it reads 0.
+pub const SLEEP_STATUS_OFFSET: u64 = 1;
 /// PM1a_STS (2 bytes, write-1-to-clear) followed by PM1a_EN (2 bytes).
-pub const PM1A_EVT_OFFSET: u64 = 0;
+pub const PM1A_EVT_OFFSET: u64 = 2;
 /// PM1a_CNT (2 bytes): SCI_EN (bit 0) always reads 1, SLP_TYP is bits 10..=12 and SLP_EN
 /// (bit 13, write-only) starts the sleep.
-pub const PM1A_CNT_OFFSET: u64 = 4;
+pub const PM1A_CNT_OFFSET: u64 = 6;
 /// PM_TMR (4 bytes, read-only): a 24-bit counter at 3.579545 MHz.
 pub const PM_TMR_OFFSET: u64 = 8;
 /// The reset register (1 byte): writing the reset value resets the machine.
@@ -40,6 +51,10 @@ const BM_RLD: u16 = 1 << 1;
 const SLP_TYP_SHIFT: u16 = 10;
 const SLP_TYP_MASK: u16 = 0x7 << SLP_TYP_SHIFT;
 const SLP_EN: u16 = 1 << 13;
+
+// Sleep control register bits.
+const SLEEP_CONTROL_TYP_SHIFT: u8 = 2;
+const SLEEP_CONTROL_EN: u8 = 1 << 5;
 /// Control bits that hold a value (GBL_RLS and SLP_EN are write-only, SCI_EN is fixed).
 const CNT_STORED: u16 = BM_RLD | SLP_TYP_MASK;
 
@@ -133,7 +148,19 @@ impl AcpiPm {
         if written & SLP_EN == 0 {
             return None;
         }
-        let slp_typ = ((written & SLP_TYP_MASK) >> SLP_TYP_SHIFT) as u8;
+        self.sleep(((written & SLP_TYP_MASK) >> SLP_TYP_SHIFT) as u8)
+    }
+
+    /// Handles a write to the sleep control register.
+    fn write_sleep_control(&mut self, written: u8) -> Option<MachineRequest> {
+        if written & SLEEP_CONTROL_EN == 0 {
+            return None;
+        }
+        self.sleep((written >> SLEEP_CONTROL_TYP_SHIFT) & 0x7)
+    }
+
+    /// The guest asked for sleep state `slp_typ`: S5 powers off, others are ignored.
+    fn sleep(&mut self, slp_typ: u8) -> Option<MachineRequest> {
         if slp_typ == self.s5_slp_typ {
             log::info!("ACPI: guest entered S5 (SLP_TYP {slp_typ})");
             return Some(MachineRequest::PowerOff);
@@ -227,7 +254,10 @@ impl BusDevice for AcpiPm {
             self.en = field(&merged, PM1A_EN_OFFSET);
         }
         let mut request = None;
-        if hits(PM1A_CNT_OFFSET, 2) {
+        if touched[SLEEP_CONTROL_OFFSET as usize] {
+            request = self.write_sleep_control(written[SLEEP_CONTROL_OFFSET as usize]);
+        }
+        if request.is_none() && hits(PM1A_CNT_OFFSET, 2) {
             // The current value never shows SLP_EN, so only this write can set it.
             request = self.write_cnt(field(&merged, PM1A_CNT_OFFSET));
         }
@@ -315,6 +345,26 @@ mod tests {
             ),
             Some(MachineRequest::PowerOff)
         );
+    }
+
+    #[test]
+    fn the_sleep_control_register_powers_off_in_s5_only() {
+        let mut pm = pm();
+        // What edk2's CloudHv firmware writes: SLP_TYP 5 in bits 2..=4, SLP_EN (bit 5).
+        assert_eq!(
+            pm.write(SLEEP_CONTROL_OFFSET, &[(S5 << 2) | (1 << 5)]),
+            Some(MachineRequest::PowerOff)
+        );
+        for typ in (0..8).filter(|&t| t != S5) {
+            assert_eq!(
+                pm.write(SLEEP_CONTROL_OFFSET, &[(typ << 2) | (1 << 5)]),
+                None
+            );
+        }
+        // SLP_TYP alone, or the status register, do nothing; both read 0.
+        assert_eq!(pm.write(SLEEP_CONTROL_OFFSET, &[S5 << 2]), None);
+        assert_eq!(pm.write(SLEEP_STATUS_OFFSET, &[0xff]), None);
+        assert_eq!(read_u16(&mut pm, SLEEP_CONTROL_OFFSET), 0);
     }
 
     #[test]

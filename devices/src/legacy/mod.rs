@@ -1,14 +1,17 @@
 //! The legacy PC platform devices every Keel VM has on its port-I/O bus: the COM1 UART, the
-//! i8042 (for its reset line), the CMOS/RTC, the POST port and the ACPI PM register block.
+//! i8042 (for its reset line), the CMOS/RTC, the POST port, the firmware debug console and the
+//! ACPI PM register block.
 
 pub mod acpi_pm;
 pub mod cmos;
+pub mod debugcon;
 pub mod i8042;
 pub mod post;
 pub mod serial;
 
 pub use acpi_pm::AcpiPm;
 pub use cmos::Cmos;
+pub use debugcon::DebugCon;
 pub use i8042::I8042;
 pub use post::PostCode;
 pub use serial::{Serial, SerialError};
@@ -48,6 +51,7 @@ mod tests {
         hammer("i8042", &mut I8042::new());
         hammer("cmos", &mut Cmos::new(3 << 30, 2 << 30));
         hammer("post", &mut PostCode::new());
+        hammer("debugcon", &mut DebugCon::new());
         hammer("acpi-pm", &mut AcpiPm::new(5, 0x0f));
     }
 
@@ -72,7 +76,11 @@ mod tests {
             Some(MachineRequest::Reset)
         );
         assert_eq!(
-            bus.write(0x604, &0x3400u16.to_le_bytes()).unwrap(),
+            bus.write(0x606, &0x3400u16.to_le_bytes()).unwrap(),
+            Some(MachineRequest::PowerOff)
+        );
+        assert_eq!(
+            bus.write(0x600, &[0x34]).unwrap(),
             Some(MachineRequest::PowerOff)
         );
         bus.write(0x70, &[0x8d]).unwrap();

@@ -3,8 +3,9 @@
 //! Offset 0 (0xCF8) is the 32-bit CONFIG_ADDRESS register: bit 31 enable, bits 23:16 bus,
 //! 15:11 device, 10:8 function, 7:2 dword register; the reserved bits 30:24 and 1:0 read as
 //! zero. It is only reached by dword accesses; narrower accesses to 0xCF8..=0xCFB read zero
-//! and are otherwise ignored (a byte write to 0xCF9 is the chipset reset control register,
-//! deliberately a no-op here). Offsets 4..=7 (0xCFC..=0xCFF) are CONFIG_DATA: a 1-, 2- or
+//! and are otherwise ignored, except a byte at 0xCF9: the chipset's reset control register
+//! (PIIX3/ICH "RCR"), where setting RST_CPU (bit 2) resets the machine and SYS_RST (bit 1)
+//! is kept and read back. edk2's firmware resets through it. Offsets 4..=7 (0xCFC..=0xCFF) are CONFIG_DATA: a 1-, 2- or
 //! 4-byte access at 0xCFC + n reaches register byte `(address & 0xfc) + n`. With the enable
 //! bit clear, or for an absent function, data reads are all-ones and writes are dropped.
 
@@ -26,6 +27,12 @@ pub const CONFIG_DATA_OFFSET: u64 = 4;
 const ADDRESS_ENABLE: u32 = 1 << 31;
 /// CONFIG_ADDRESS: the implemented bits.
 const ADDRESS_MASK: u32 = ADDRESS_ENABLE | 0x00ff_fffc;
+/// Offset of the reset control register (0xCF9) in the range.
+pub const RESET_CONTROL_OFFSET: u64 = 1;
+/// Reset control: SYS_RST, the kind of reset (kept, read back).
+const RESET_CONTROL_SYS_RST: u8 = 1 << 1;
+/// Reset control: RST_CPU, setting it resets.
+const RESET_CONTROL_RST_CPU: u8 = 1 << 2;
 
 /// Locks the segment, recovering the guard if a previous holder panicked.
 pub(crate) fn lock_segment(segment: &Mutex<PciSegment>) -> MutexGuard<'_, PciSegment> {
@@ -37,6 +44,7 @@ pub(crate) fn lock_segment(segment: &Mutex<PciSegment>) -> MutexGuard<'_, PciSeg
 pub struct PciConfigIo {
     segment: Arc<Mutex<PciSegment>>,
     address: u32,
+    reset_control: u8,
 }
 
 impl PciConfigIo {
@@ -45,6 +53,7 @@ impl PciConfigIo {
         Self {
             segment,
             address: 0,
+            reset_control: 0,
         }
     }
 
@@ -81,6 +90,9 @@ impl BusDevice for PciConfigIo {
         }
         if offset < CONFIG_DATA_OFFSET {
             data.fill(0);
+            if offset == RESET_CONTROL_OFFSET && data.len() == 1 {
+                data[0] = self.reset_control;
+            }
             return;
         }
         match self.target(offset, data.len()) {
@@ -96,6 +108,14 @@ impl BusDevice for PciConfigIo {
             let mut b = [0u8; 4];
             b.copy_from_slice(data);
             self.address = u32::from_le_bytes(b) & ADDRESS_MASK;
+            return None;
+        }
+        if let (RESET_CONTROL_OFFSET, &[value]) = (offset, data) {
+            self.reset_control = value & RESET_CONTROL_SYS_RST;
+            if value & RESET_CONTROL_RST_CPU != 0 {
+                log::info!("guest wrote RST_CPU to the reset control register (0xcf9)");
+                return Some(MachineRequest::Reset);
+            }
             return None;
         }
         match self.target(offset, data.len()) {

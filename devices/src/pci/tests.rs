@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::config_io::{CONFIG_ADDRESS_OFFSET, CONFIG_DATA_OFFSET};
 use super::*;
-use crate::bus::{Bus, BusDevice};
+use crate::bus::{Bus, BusDevice, MachineRequest};
 
 /// A device with a 32-bit memory BAR 0 (4 KiB) and a 64-bit BAR 2; BAR accesses echo the
 /// offset's low byte and remember the last write.
@@ -157,12 +157,17 @@ fn config_io_disabled_and_absent_read_all_ones() {
     );
     io.write(CONFIG_DATA_OFFSET, &[0x0b]);
     assert_eq!(io_read(&mut io, cf8(0, 1, 0, 0x3c), 0, 1), 0);
-    // 0xCF9 byte writes are a no-op and do not disturb CONFIG_ADDRESS.
+    // 0xCF9 is the reset control register and leaves CONFIG_ADDRESS alone: SYS_RST is kept,
+    // RST_CPU resets (edk2 writes 0x06).
     io.write(CONFIG_ADDRESS_OFFSET, &cf8(0, 1, 0, 0).to_le_bytes());
-    assert_eq!(io.write(1, &[0x06]), None);
+    assert_eq!(io.write(1, &[0x02]), None);
     let mut b = [0xaau8; 1];
     io.read(1, &mut b);
-    assert_eq!(b, [0]);
+    assert_eq!(b, [0x02]);
+    assert_eq!(io.write(1, &[0x06]), Some(MachineRequest::Reset));
+    assert_eq!(io.write(1, &[0x04]), Some(MachineRequest::Reset));
+    // Wider accesses are not the register.
+    assert_eq!(io.write(1, &[0x06, 0x06]), None);
     assert_eq!(io.config_address(), cf8(0, 1, 0, 0));
 }
 

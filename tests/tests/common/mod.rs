@@ -544,10 +544,10 @@ pub fn print_and_halt(text: &[u8]) -> Vec<u8> {
 }
 
 /// x86-64 code: print `text` on COM1 (port 0x3f8) with `out`, then power off through
-/// Keel's ACPI PM1a_CNT (0x604, SLP_TYP 5 | SLP_EN), then `hlt` forever.
+/// Keel's ACPI PM1a_CNT (0x606, SLP_TYP 5 | SLP_EN), then `hlt` forever.
 pub fn print_and_poweroff(text: &[u8]) -> Vec<u8> {
     let mut code = print_on_com1(text);
-    code.extend_from_slice(&[0x66, 0xba, 0x04, 0x06]); // mov dx, 0x604
+    code.extend_from_slice(&[0x66, 0xba, 0x06, 0x06]); // mov dx, 0x606
     code.extend_from_slice(&[0x66, 0xb8, 0x00, 0x34]); // mov ax, 0x3400
     code.extend_from_slice(&[0x66, 0xef]); // out dx, ax
     code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt

@@ -325,6 +325,9 @@ fn memory_from(wire: MemoryWire) -> Result<MemoryConfig, JsonConfigError> {
 
 fn payload_from(wire: PayloadWire) -> Result<PayloadConfig, JsonConfigError> {
     cloud_hypervisor::check_payload(&wire)?;
+    if let Some(firmware) = wire.firmware.filter(|f| !f.is_empty()) {
+        return firmware_payload(firmware, wire.kernel, wire.initramfs, wire.cmdline);
+    }
     let kernel = wire
         .kernel
         .filter(|k| !k.is_empty())
@@ -333,6 +336,30 @@ fn payload_from(wire: PayloadWire) -> Result<PayloadConfig, JsonConfigError> {
         kernel: PathBuf::from(kernel),
         initramfs: wire.initramfs.map(PathBuf::from),
         cmdline: wire.cmdline.unwrap_or_default(),
+        firmware: None,
+    })
+}
+
+/// `payload.firmware`: the firmware finds the OS on a disk, so the kernel's fields stay empty.
+fn firmware_payload(
+    firmware: String,
+    kernel: Option<String>,
+    initramfs: Option<String>,
+    cmdline: Option<String>,
+) -> Result<PayloadConfig, JsonConfigError> {
+    let alone = "keel boots either payload.firmware or payload.kernel, not both";
+    for (field, value) in [
+        ("payload.kernel", kernel),
+        ("payload.initramfs", initramfs),
+        ("payload.cmdline", cmdline),
+    ] {
+        if value.is_some_and(|v| !v.is_empty()) {
+            return Err(unsupported(field, alone.to_string()));
+        }
+    }
+    Ok(PayloadConfig {
+        firmware: Some(PathBuf::from(firmware)),
+        ..PayloadConfig::default()
     })
 }
 

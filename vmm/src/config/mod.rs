@@ -100,6 +100,9 @@ pub enum ConfigError {
     /// A problem with the set of disks as a whole.
     #[error("--disk: {0}")]
     Disks(String),
+    /// `--firmware` given together with a kernel's options.
+    #[error("--firmware: the firmware boots the OS from a disk; it takes no {0}")]
+    FirmwareWithKernel(&'static str),
     /// vCPU options that do not go together.
     #[error("--cpus: {0}")]
     Cpus(String),
@@ -291,20 +294,34 @@ impl SerialConfig {
     }
 }
 
-/// What to boot.
+/// What to boot: a kernel (with its initramfs and command line) or a firmware.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PayloadConfig {
-    /// Kernel image: ELF vmlinux (64-bit entry or PVH note) or bzImage; detected.
+    /// Kernel image: ELF vmlinux (64-bit entry or PVH note) or bzImage; detected. Empty when
+    /// `firmware` boots the guest.
     pub kernel: PathBuf,
     /// Optional initramfs.
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
+    /// A PVH firmware (edk2's CLOUDHV.fd) booted instead of a kernel: it finds its OS on the
+    /// disks itself, so `kernel`, `initramfs` and `cmdline` stay empty.
+    pub firmware: Option<PathBuf>,
 }
 
 impl PayloadConfig {
-    /// Checks that the files exist and are regular files and the command line fits.
+    /// Checks that the files exist and are regular files, that a firmware comes alone and the
+    /// command line fits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(firmware) = &self.firmware {
+            if !self.kernel.as_os_str().is_empty() || self.initramfs.is_some() {
+                return Err(ConfigError::FirmwareWithKernel("a kernel or an initramfs"));
+            }
+            if !self.cmdline.is_empty() {
+                return Err(ConfigError::FirmwareWithKernel("a kernel command line"));
+            }
+            return check_file("firmware", firmware);
+        }
         check_file("kernel", &self.kernel)?;
         if let Some(initramfs) = &self.initramfs {
             check_file("initramfs", initramfs)?;
@@ -430,11 +447,52 @@ mod tests {
             kernel: std::env::current_exe().unwrap(),
             cmdline: "x".repeat(arch::layout::CMDLINE_MAX_SIZE),
             initramfs: None,
+            firmware: None,
         };
         assert!(matches!(
             long.validate(),
             Err(ConfigError::CmdlineTooLong { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn firmware_comes_without_kernel_options() {
+        let exe = std::env::current_exe().unwrap();
+        let fw = PayloadConfig {
+            firmware: Some(exe.clone()),
+            ..Default::default()
+        };
+        assert!(fw.validate().is_ok());
+        let missing = PayloadConfig {
+            firmware: Some("/nonexistent/CLOUDHV.fd".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            missing.validate(),
+            Err(ConfigError::BadFile {
+                option: "firmware",
+                ..
+            })
+        ));
+        for with in [
+            PayloadConfig {
+                kernel: exe.clone(),
+                ..fw.clone()
+            },
+            PayloadConfig {
+                initramfs: Some(exe.clone()),
+                ..fw.clone()
+            },
+            PayloadConfig {
+                cmdline: "console=ttyS0".into(),
+                ..fw.clone()
+            },
+        ] {
+            assert!(matches!(
+                with.validate(),
+                Err(ConfigError::FirmwareWithKernel(_))
+            ));
+        }
     }
 }

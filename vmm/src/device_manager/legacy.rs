@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arch::layout::ports;
 use devices::bus::BusDevice;
-use devices::legacy::{AcpiPm, Cmos, PostCode, Serial, I8042};
+use devices::legacy::{AcpiPm, Cmos, DebugCon, PostCode, Serial, I8042};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -187,6 +187,13 @@ pub fn attach(
         ports::POST,
         1,
     )?;
+    insert(
+        buses,
+        "debugcon",
+        Arc::new(Mutex::new(DebugCon::new())),
+        ports::DEBUGCON,
+        1,
+    )?;
     let pm = Arc::new(Mutex::new(AcpiPm::new(
         ports::ACPI_S5_SLP_TYP,
         ports::ACPI_RESET_VALUE,
@@ -284,9 +291,18 @@ mod tests {
     #[test]
     fn acpi_pm_register_offsets_match_the_layout() {
         use devices::legacy::acpi_pm::{
-            PM1A_CNT_OFFSET, PM1A_EVT_OFFSET, PM_TMR_OFFSET, RESET_OFFSET,
+            PM1A_CNT_OFFSET, PM1A_EVT_OFFSET, PM_TMR_OFFSET, RESET_OFFSET, SLEEP_CONTROL_OFFSET,
+            SLEEP_STATUS_OFFSET,
         };
         let base = u64::from(ports::ACPI_PM_BASE);
+        assert_eq!(
+            u64::from(ports::ACPI_SLEEP_CONTROL) - base,
+            SLEEP_CONTROL_OFFSET
+        );
+        assert_eq!(
+            u64::from(ports::ACPI_SLEEP_STATUS) - base,
+            SLEEP_STATUS_OFFSET
+        );
         assert_eq!(u64::from(ports::ACPI_PM1A_EVT) - base, PM1A_EVT_OFFSET);
         assert_eq!(u64::from(ports::ACPI_PM1A_CNT) - base, PM1A_CNT_OFFSET);
         assert_eq!(u64::from(ports::ACPI_PM_TMR) - base, PM_TMR_OFFSET);

@@ -1,5 +1,5 @@
-//! The payload step: the kernel, its command line and initramfs loaded into guest RAM, the
-//! boot tables (MP table, ACPI) and the boot information the kernel's entry mode expects
+//! The payload step: the kernel, its command line and initramfs (or a PVH firmware) loaded into
+//! guest RAM, the boot tables (MP table, ACPI) and the boot information the entry mode expects
 //! (Linux zero page or PVH start info). Yields where the boot vCPU starts.
 
 use arch::layout::{self, PciWindows};
@@ -22,9 +22,14 @@ pub(super) fn load(
     windows: &PciWindows,
 ) -> Result<BootEntry, VmError> {
     let mem = &ram.mem;
-    let kernel = loader::load_kernel(mem, &config.payload.kernel)?;
-    let cmdline_size = loader::load_cmdline(mem, &config.payload.cmdline)?;
-    let initramfs = match &config.payload.initramfs {
+    let payload = &config.payload;
+    let (image, kernel) = match &payload.firmware {
+        Some(firmware) => (firmware, loader::load_firmware(mem, firmware)?),
+        None => (&payload.kernel, loader::load_kernel(mem, &payload.kernel)?),
+    };
+    // A firmware's payload has an empty command line and no initramfs.
+    let cmdline_size = loader::load_cmdline(mem, &payload.cmdline)?;
+    let initramfs = match &payload.initramfs {
         Some(path) => Some(loader::load_initramfs(
             mem,
             path,
@@ -51,8 +56,13 @@ pub(super) fn load(
     }
     .map_err(VmError::BootInfo)?;
     log::info!(
-        "kernel {}: {:?} image, {:?} entry at {:#x}",
-        config.payload.kernel.display(),
+        "{} {}: {:?} image, {:?} entry at {:#x}",
+        if payload.firmware.is_some() {
+            "firmware"
+        } else {
+            "kernel"
+        },
+        image.display(),
         kernel.format,
         kernel.mode,
         kernel.entry.0

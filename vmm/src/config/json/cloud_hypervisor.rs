@@ -349,10 +349,8 @@ pub(super) fn check_memory(wire: &MemoryWire) -> Result<(), JsonConfigError> {
     )
 }
 
-/// Firmware and confidential-guest payloads: none (Keel boots a kernel directly).
+/// Confidential-guest payloads and fw_cfg: none (a kernel or a PVH firmware boots directly).
 pub(super) fn check_payload(wire: &PayloadWire) -> Result<(), JsonConfigError> {
-    let direct = "keel boots a kernel directly (payload.kernel), without firmware";
-    unset("payload.firmware", &wire.firmware, direct)?;
     unset(
         "payload.igvm",
         &wire.igvm,

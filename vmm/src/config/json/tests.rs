@@ -358,6 +358,7 @@ fn cli_configs() -> Vec<VmConfig> {
             kernel: "/boot/vmlinux".into(),
             initramfs: None,
             cmdline: String::new(),
+            firmware: None,
         },
         serial: SerialConfig::parse(serial).unwrap(),
         disks: disks

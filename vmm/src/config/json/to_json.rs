@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::super::paravirt::{hyperv_text, kvm_pv_text};
 use super::super::{
-    CacheMode, CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, SerialConfig, Toggle, VmConfig,
+    CacheMode, CpusConfig, DiskConfig, MemoryConfig, NumaNodeConfig, PayloadConfig, SerialConfig,
+    Toggle, VmConfig,
 };
 #[cfg(doc)]
 use super::vm_config_from_json;
@@ -20,12 +21,7 @@ pub fn vm_config_to_json(config: &VmConfig) -> String {
     let wire = VmWire {
         cpus: Some(cpus_to(&config.cpus)),
         memory: Some(memory_to(&config.memory)),
-        payload: Some(PayloadWire {
-            kernel: Some(path_text(&config.payload.kernel)),
-            initramfs: config.payload.initramfs.as_deref().map(path_text),
-            cmdline: Some(config.payload.cmdline.clone()),
-            ..PayloadWire::default()
-        }),
+        payload: Some(payload_to(&config.payload)),
         disks: (!config.disks.is_empty()).then(|| config.disks.iter().map(disk_to).collect()),
         serial: Some(serial_to(&config.serial)),
         numa: (!config.numa.is_empty()).then(|| config.numa.iter().map(numa_to).collect()),
@@ -38,6 +34,23 @@ pub fn vm_config_to_json(config: &VmConfig) -> String {
             log::error!("cannot write the VM config as JSON: {e}");
             String::from("{}")
         }
+    }
+}
+
+/// A firmware payload is the firmware alone; a kernel payload is the kernel, its initramfs and
+/// command line.
+fn payload_to(payload: &PayloadConfig) -> PayloadWire {
+    match &payload.firmware {
+        Some(firmware) => PayloadWire {
+            firmware: Some(path_text(firmware)),
+            ..PayloadWire::default()
+        },
+        None => PayloadWire {
+            kernel: Some(path_text(&payload.kernel)),
+            initramfs: payload.initramfs.as_deref().map(path_text),
+            cmdline: Some(payload.cmdline.clone()),
+            ..PayloadWire::default()
+        },
     }
 }
 

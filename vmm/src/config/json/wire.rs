@@ -163,7 +163,7 @@ pub(super) struct PayloadWire {
     pub initramfs: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
     #[serde(skip_serializing)]
     pub igvm: Option<String>,

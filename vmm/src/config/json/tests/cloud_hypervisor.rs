@@ -257,12 +257,33 @@ fn what_keel_lacks_is_refused_naming_the_field() {
 }
 
 #[test]
-fn firmware_and_confidential_payloads_are_refused() {
-    for (payload, message) in [
+fn a_firmware_payload_comes_alone_and_round_trips() {
+    let c = parse(r#"{"payload": {"firmware": "/fw/CLOUDHV.fd", "cmdline": ""}}"#);
+    assert_eq!(c.payload.firmware, Some("/fw/CLOUDHV.fd".into()));
+    assert!(c.payload.kernel.as_os_str().is_empty());
+    assert_eq!(parse(&vm_config_to_json(&c)), c);
+    for (payload, field) in [
+        (r#"{"firmware": "/fw", "kernel": "/k"}"#, "payload.kernel"),
         (
-            r#"{"firmware": "/fw"}"#,
-            "payload.firmware: keel boots a kernel directly",
+            r#"{"firmware": "/fw", "initramfs": "/i"}"#,
+            "payload.initramfs",
         ),
+        (
+            r#"{"firmware": "/fw", "cmdline": "quiet"}"#,
+            "payload.cmdline",
+        ),
+    ] {
+        let err = error(&format!(r#"{{"payload": {payload}}}"#)).to_string();
+        assert!(
+            err.starts_with(&format!("{field}: keel boots either")),
+            "{payload}: {err}"
+        );
+    }
+}
+
+#[test]
+fn confidential_payloads_are_refused() {
+    for (payload, message) in [
         (r#"{"kernel": "/k", "igvm": "/i"}"#, "payload.igvm: IGVM"),
         (
             r#"{"kernel": "/k", "host_data": "00"}"#,
