@@ -3,11 +3,12 @@ CARGO ?= cargo
 BUILD_DIR ?= build
 PROBE_DIR := $(BUILD_DIR)/probe
 GUEST_LINUX_DIR := $(BUILD_DIR)/guest-linux
+FIRMWARE_DIR := $(BUILD_DIR)/firmware
 KEEL := target/release/keel
 DEMO_CPUS ?= 2
 DEMO_MEMORY ?= 512M
 
-.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio bench-peers bench-snapshot clean fuzz fuzz-replay
+.PHONY: all keel probe guest-linux rig-bin rig-probe-tests rig-image rig demo test unit-test guest-test lint fmt bench bench-fio bench-peers bench-snapshot clean fuzz fuzz-replay firmware
 
 all: keel probe
 
@@ -19,6 +20,12 @@ probe:
 
 guest-linux:
 	resources/guest-linux/build.sh $(GUEST_LINUX_DIR)
+
+# edk2's Cloud Hypervisor firmware (PVH ELF with the UEFI Shell) from Debian's edk2 source
+# package: $(FIRMWARE_DIR)/CLOUDHV.fd, cached (about 3 minutes the first time; needs root
+# to add a deb-src entry and the build dependencies when they are missing).
+firmware:
+	resources/firmware/build.sh $(FIRMWARE_DIR)
 
 # The Linux guest suite (rig/): keel-rig runs the named scenarios (all by default; `make rig
 # RIG_SCENARIOS="boot-pvh-1cpu console-echo"`) directly on a host whose KVM has VT-x/AMD-V, or
@@ -40,14 +47,30 @@ rig-probe-tests:
 		while read -r name bin; do cp "$$bin" $(RIG_PROBE_TEST_DIR)/$$name; done
 	test "$$(ls $(RIG_PROBE_TEST_DIR) | wc -l)" -eq $(words $(RIG_PROBE_TESTS))
 
-rig-image: keel rig-bin guest-linux probe rig-probe-tests
-	PROBE_DIR=$(PROBE_DIR) PROBE_TESTS=$(RIG_PROBE_TEST_DIR) \
+# The firmware scenarios' files (rig/src/scenarios/firmware.rs): CLOUDHV.fd and GPT disk
+# images with an EFI system partition (the Linux guest's EFI-stub kernel, Shell scripts).
+RIG_FIRMWARE_DIR := $(RIG_DIR)/firmware
+.PHONY: rig-firmware
+rig-firmware: firmware guest-linux
+	resources/firmware/rig-disks.sh $(RIG_FIRMWARE_DIR) $(FIRMWARE_DIR)/CLOUDHV.fd $(GUEST_LINUX_DIR)
+
+rig-image: keel rig-bin guest-linux probe rig-probe-tests rig-firmware
+	PROBE_DIR=$(PROBE_DIR) PROBE_TESTS=$(RIG_PROBE_TEST_DIR) FIRMWARE_DIR=$(RIG_FIRMWARE_DIR) \
 		resources/rig/build.sh $(RIG_DIR) $(KEEL) $(RIG) $(GUEST_LINUX_DIR)
 
-rig: rig-image
+# The rig's host QEMU (L0, runs L1 on TCG): Debian's qemu-system-x86_64 of the installed
+# version with resources/rig/qemu/cr8-bql.patch (without it QEMU aborts once a guest of L1 runs
+# UEFI firmware); built once (2 to 5 minutes; needs root for apt), then cached.
+RIG_QEMU_DIR := $(BUILD_DIR)/rig-qemu
+.PHONY: rig-qemu
+rig-qemu:
+	resources/rig/qemu/build.sh $(RIG_QEMU_DIR)
+
+rig: rig-image rig-qemu
 	$(RIG) test --keel $(KEEL) --guest $(GUEST_LINUX_DIR) --work $(RIG_DIR)/work \
 		--qemu "$$(command -v qemu-system-x86_64)" --fio-jobs resources/fio \
-		--probe $(PROBE_DIR) --probe-tests $(RIG_PROBE_TEST_DIR) \
+		--host-qemu $(RIG_QEMU_DIR)/bin/qemu-system-x86_64 \
+		--probe $(PROBE_DIR) --probe-tests $(RIG_PROBE_TEST_DIR) --firmware $(RIG_FIRMWARE_DIR) \
 		--rig-dir $(RIG_DIR) $(RIG_ARGS) $(RIG_SCENARIOS)
 
 DEMO_DISK := $(BUILD_DIR)/demo-disk.img

@@ -10,6 +10,7 @@
 #                             the Linux guest (GUEST_DIR), the fio jobs; its free space holds
 #                             the scenarios' disk images (O_DIRECT works on ext4)
 #   OUTDIR/manifest.txt       what went in
+# With FIRMWARE_DIR set (resources/firmware/rig-disks.sh's output), its files go in /firmware.
 # With PROBE_DIR set, the probe guest's images go in /probe; with PROBE_TESTS set (a directory
 # of compiled test binaries from tests/), each goes in /usr/libexec/keel-tests with its
 # libraries.
@@ -86,6 +87,10 @@ cp "$HERE"/../fio/*.fio "$ROOT/fio/"
 if [[ -n ${PROBE_DIR:-} ]]; then
     mkdir -p "$ROOT/probe"
     cp "$PROBE_DIR"/{probe.elf,probe-pvh.elf,probe.bzimage} "$ROOT/probe/"
+fi
+if [[ -n ${FIRMWARE_DIR:-} ]]; then
+    mkdir -p "$ROOT/firmware"
+    cp "$FIRMWARE_DIR"/{CLOUDHV.fd,linux.img,linux.cmdline,poweroff.img,reset.img} "$ROOT/firmware/"
 fi
 if [[ -n ${PROBE_TESTS:-} ]]; then
     for t in "$PROBE_TESTS"/*; do

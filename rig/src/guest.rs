@@ -181,6 +181,17 @@ impl Guest {
         Self::spawn(ctx, dir, label, launch.args(&ctx.guest))
     }
 
+    /// Starts keel with `args` as they are (a firmware boot, say), with the console and stderr
+    /// logged as [`Guest::start`] does.
+    pub fn start_with_args(
+        ctx: &Ctx,
+        dir: &Path,
+        label: &str,
+        args: Vec<String>,
+    ) -> Result<Guest, RigError> {
+        Self::spawn(ctx, dir, label, args)
+    }
+
     /// Starts keel restoring the snapshot at `snapshot` (its configuration, console included,
     /// comes from the file), with `--stats` and debug logs as [`Guest::start`] has.
     pub fn restore(ctx: &Ctx, dir: &Path, label: &str, snapshot: &Path) -> Result<Guest, RigError> {

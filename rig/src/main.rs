@@ -39,6 +39,9 @@ pub struct Ctx {
     pub probe: Option<PathBuf>,
     /// Compiled probe test binaries (from `tests/`) to run here.
     pub probe_tests: Option<PathBuf>,
+    /// The firmware scenarios' files (resources/firmware/rig-disks.sh): CLOUDHV.fd and the
+    /// EFI system partition images.
+    pub firmware: Option<PathBuf>,
     /// Longest one keel run may take before it is killed (a hang guard, not a measurement).
     pub guest_timeout: Duration,
 }
@@ -100,6 +103,9 @@ struct RunArgs {
     /// Directory of compiled probe test binaries (tests/) to run.
     #[arg(long)]
     probe_tests: Option<PathBuf>,
+    /// Directory of the firmware and its disk images (resources/firmware/rig-disks.sh).
+    #[arg(long)]
+    firmware: Option<PathBuf>,
     /// Longest one keel run may take, in seconds.
     #[arg(long, default_value_t = 900)]
     guest_timeout: u64,
@@ -117,6 +123,7 @@ impl RunArgs {
             fio_jobs: self.fio_jobs.clone(),
             probe: self.probe.clone(),
             probe_tests: self.probe_tests.clone(),
+            firmware: self.firmware.clone(),
             guest_timeout: Duration::from_secs(self.guest_timeout),
         }
     }

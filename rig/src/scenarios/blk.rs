@@ -46,7 +46,7 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 /// The `fio` result of `job` ran without errors.
-fn expect_fio_ok(out: &Outcome, job: &str) -> Result<u64, RigError> {
+pub(super) fn expect_fio_ok(out: &Outcome, job: &str) -> Result<u64, RigError> {
     let r = out
         .report
         .all("fio")

@@ -7,6 +7,7 @@ mod blk;
 mod boot;
 mod clocks;
 mod console;
+mod firmware;
 mod lifecycle;
 mod placement;
 mod probe;
@@ -42,6 +43,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(console::scenarios());
     v.extend(probe::scenarios());
     v.extend(snapshot::scenarios());
+    v.extend(firmware::scenarios());
     v.extend(bench::scenarios());
     v
 }
