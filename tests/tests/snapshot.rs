@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use common::api::request;
 use common::{probe_image, run_keel, wait_until, Watched, HANG_GUARD};
 use serde_json::Value;
 use vmm::snapshot::SnapshotFile;
@@ -30,27 +29,10 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// `PUT path` with a JSON body on the API socket: (status, body).
 fn put(socket: &Path, path: &str, body: &Value) -> (u16, String) {
-    let body = body.to_string();
-    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
-    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
-    write!(
-        stream,
-        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send the request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the answer");
-    let status = answer
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
+    let answer = request(socket, "PUT", path, Some(&body.to_string()));
+    (answer.status, answer.body)
 }
 
-/// The counter lines in `text` that are complete: (value, guest TSC).
 fn counter_values(text: &str) -> Vec<(u64, u64)> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -307,13 +289,7 @@ fn truncated_corrupted_and_foreign_files_are_refused() {
 
 /// `GET path` on the API socket: the JSON body.
 fn get(socket: &Path, path: &str) -> Value {
-    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
-    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the answer");
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+    request(socket, "GET", path, None).json()
 }
 
 /// Requests the disk completed so far, from `vm.counters`.

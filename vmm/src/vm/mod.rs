@@ -103,10 +103,18 @@ pub enum VmError {
     /// A snapshot's vCPUs do not match its configuration.
     #[error("the snapshot holds {saved} vCPU states for {built} vCPUs")]
     SnapshotVcpus {
-        /// States (or the saved index) found.
+        /// States found.
         saved: usize,
-        /// vCPUs built (or the vCPU's index).
+        /// vCPUs built.
         built: usize,
+    },
+    /// A snapshot's vCPU states are not in vCPU order.
+    #[error("the snapshot's vCPU state #{position} is saved for vCPU {saved}")]
+    SnapshotVcpuOrder {
+        /// Where the state sits in the snapshot (the vCPU it is restored to).
+        position: u32,
+        /// The vCPU index saved with it.
+        saved: u32,
     },
     /// A snapshot's device state could not be restored.
     #[error(transparent)]

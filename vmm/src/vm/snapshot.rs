@@ -236,9 +236,9 @@ impl Vm {
 
 fn restore_vcpu(vcpu: &Vcpu, state: &VcpuState) -> Result<(), VmError> {
     if state.index != vcpu.index {
-        return Err(VmError::SnapshotVcpus {
-            saved: state.index as usize,
-            built: vcpu.index as usize,
+        return Err(VmError::SnapshotVcpuOrder {
+            position: vcpu.index,
+            saved: state.index,
         });
     }
     Ok(vcpu.restore_state(state)?)
