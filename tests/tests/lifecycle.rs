@@ -1,5 +1,6 @@
-//! How a VM ends: guest poweroff exits 0, a triple fault and a guest reset end the VM with a
-//! message and exit 3, an instruction KVM cannot emulate is reported with RIP and bytes, and
+//! How a VM ends: guest poweroff exits 0 (PM1a_CNT or the firmware's sleep control register),
+//! a triple fault and a guest reset (i8042, the FADT reset register, the chipset's 0xCF9) end
+//! the VM with a message and exit 3, an instruction KVM cannot emulate is reported with RIP and bytes, and
 //! SIGTERM/SIGINT stop the VM cleanly. Tiny hand-assembled kernels keep these independent of
 //! the probe guest.
 
@@ -64,6 +65,31 @@ fn acpi_reset_register_ends_the_vm_as_a_reset() {
     let kernel = tiny_kernel("acpi-reset.elf", &code);
     let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
     assert_eq!(run.code(), Some(3), "{}", run.describe());
+}
+
+#[test]
+fn chipset_reset_control_ends_the_vm_as_a_reset() {
+    // What edk2's firmware writes to reset: RST_CPU | SYS_RST to 0xCF9.
+    // mov dx, 0xcf9; mov al, 6; out dx, al; hlt
+    let code = [0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xf4, 0xeb, 0xfd];
+    let kernel = tiny_kernel("cf9-reset.elf", &code);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(3), "{}", run.describe());
+    assert!(
+        run.stderr.contains("guest reset (Device)"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn the_firmware_sleep_control_register_powers_off() {
+    // What edk2's CloudHv firmware writes to power off: SLP_TYP 5 | SLP_EN to 0x600.
+    // mov dx, 0x600; mov al, 0x34; out dx, al; hlt
+    let code = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd];
+    let kernel = tiny_kernel("sleep-control.elf", &code);
+    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
 }
 
 #[test]
