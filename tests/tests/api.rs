@@ -248,6 +248,47 @@ fn a_cloud_hypervisor_vm_config_is_accepted_and_boots() {
     assert!(run.stdout.contains(BOOT_LINE), "{}", run.describe());
 }
 
+/// `payload.firmware`, as Cloud Hypervisor's clients send it: the probe's PVH image booted as
+/// a firmware runs with an empty command line and powers off; `vm.info` gives the firmware
+/// back.
+#[test]
+fn a_firmware_payload_boots_through_the_api() {
+    let keel = Keel::start("firmware", &[]);
+    let serial = temp_path("firmware.com1");
+    let mut body: Value = serde_json::from_str(CLOUD_HYPERVISOR_CONFIG).unwrap();
+    let firmware = common::probe_image("probe-pvh.elf");
+    body["payload"]["firmware"] = firmware.to_str().unwrap().into();
+    body["serial"] = serde_json::json!({"mode": "File", "file": serial});
+    let mut with_kernel = body.clone();
+    with_kernel["payload"]["kernel"] = firmware.to_str().unwrap().into();
+    let message = keel
+        .call("PUT", "vm.create", Some(&with_kernel.to_string()))
+        .error(400);
+    assert!(message.contains("payload.kernel"), "{message}");
+
+    assert_eq!(
+        keel.call("PUT", "vm.create", Some(&body.to_string()))
+            .status,
+        204
+    );
+    let info = keel.call("GET", "vm.info", None).json();
+    assert_eq!(
+        info["config"]["payload"]["firmware"],
+        firmware.to_str().unwrap()
+    );
+    assert!(info["config"]["payload"]["kernel"].is_null(), "{info}");
+    assert_eq!(keel.put("vm.boot").status, 204);
+    wait_until("the guest powers off", HANG_GUARD, || {
+        (keel.state() == "Shutdown").then_some(())
+    });
+    let text = std::fs::read_to_string(&serial).unwrap();
+    assert!(text.contains(r#""source":"pvh""#), "{text}");
+    assert!(text.contains(r#"{"cmd":"cmdline","cmdline":""}"#), "{text}");
+    assert!(text.contains(r#"{"done":true}"#), "{text}");
+    assert_exits_cleanly(keel);
+    let _ = std::fs::remove_file(serial);
+}
+
 #[test]
 fn the_command_line_vm_is_served_and_keel_outlives_its_poweroff() {
     let serial = temp_path("cli.com1");
