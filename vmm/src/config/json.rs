@@ -35,7 +35,8 @@
 //!   nothing Keel lacks, mapped where Keel has the same thing in another form (`direct`,
 //!   `kvm_hyperv`), and refused with the field's path otherwise: see [`cloud_hypervisor`].
 //!
-//! Every field may be left out except `payload.kernel` and `disks[].path` (and a NUMA node's
+//! Every field may be left out except `payload.kernel` (or instead `payload.firmware`, a PVH
+//! firmware, which then comes alone) and `disks[].path` (and a NUMA node's
 //! `guest_numa_id` and `memory`, which `--numa` requires too); what is left out takes the CLI's
 //! default. Unknown fields are refused with their name, so a typo is an error rather than a
 //! setting silently dropped.
