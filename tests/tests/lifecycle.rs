@@ -45,10 +45,15 @@ fn triple_fault_ends_the_vm_as_a_reset() {
     );
 }
 
-#[test]
-fn i8042_reset_ends_the_vm_as_a_reset() {
-    // mov al, 0xfe; out 0x64, al; hlt
-    let kernel = tiny_kernel("reset.elf", &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
+/// x86 code: `mov dx, PORT; mov al, VALUE; out dx, al`, then `hlt` forever.
+fn out_byte_then_halt(port: u16, value: u8) -> Vec<u8> {
+    let [lo, hi] = port.to_le_bytes();
+    vec![0x66, 0xba, lo, hi, 0xb0, value, 0xee, 0xf4, 0xeb, 0xfd]
+}
+
+/// Boots `code` as a tiny kernel: the VM must end as a reset a device asked for (exit 3).
+fn assert_device_reset(name: &str, code: &[u8]) {
+    let kernel = tiny_kernel(name, code);
     let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
     assert_eq!(run.code(), Some(3), "{}", run.describe());
     assert!(
@@ -59,35 +64,26 @@ fn i8042_reset_ends_the_vm_as_a_reset() {
 }
 
 #[test]
+fn i8042_reset_ends_the_vm_as_a_reset() {
+    // mov al, 0xfe; out 0x64, al; hlt
+    assert_device_reset("reset.elf", &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
+}
+
+#[test]
 fn acpi_reset_register_ends_the_vm_as_a_reset() {
-    // mov dx, 0x60c; mov al, 1; out dx, al; hlt
-    let code = [0x66, 0xba, 0x0c, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd];
-    let kernel = tiny_kernel("acpi-reset.elf", &code);
-    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
-    assert_eq!(run.code(), Some(3), "{}", run.describe());
+    assert_device_reset("acpi-reset.elf", &out_byte_then_halt(0x60c, 0x01));
 }
 
 #[test]
 fn chipset_reset_control_ends_the_vm_as_a_reset() {
     // What edk2's firmware writes to reset: RST_CPU | SYS_RST to 0xCF9.
-    // mov dx, 0xcf9; mov al, 6; out dx, al; hlt
-    let code = [0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee, 0xf4, 0xeb, 0xfd];
-    let kernel = tiny_kernel("cf9-reset.elf", &code);
-    let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
-    assert_eq!(run.code(), Some(3), "{}", run.describe());
-    assert!(
-        run.stderr.contains("guest reset (Device)"),
-        "{}",
-        run.describe()
-    );
+    assert_device_reset("cf9-reset.elf", &out_byte_then_halt(0xcf9, 0x06));
 }
 
 #[test]
 fn the_firmware_sleep_control_register_powers_off() {
     // What edk2's CloudHv firmware writes to power off: SLP_TYP 5 | SLP_EN to 0x600.
-    // mov dx, 0x600; mov al, 0x34; out dx, al; hlt
-    let code = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4, 0xeb, 0xfd];
-    let kernel = tiny_kernel("sleep-control.elf", &code);
+    let kernel = tiny_kernel("sleep-control.elf", &out_byte_then_halt(0x600, 0x34));
     let run = run_keel(&["--kernel", kernel.to_str().unwrap()]);
     assert_eq!(run.code(), Some(0), "{}", run.describe());
 }
