@@ -60,6 +60,9 @@ def parse_args():
     p.add_argument("--keel-poll-us", type=int, default=32,
                    help="Keel's disk poll_us (32, as QEMU's iothreads poll up to 32 us by default; "
                    "0: no polling)")
+    p.add_argument("--keel-disk-options", default="",
+                   help="more of Keel's --disk options, e.g. iothread=shared (every queue on "
+                   "one I/O thread)")
     p.add_argument("--interrupts", action="store_true",
                    help="the guest takes completion interrupts (default: it polls the used "
                    "ring, fio's hipri, as the figures of resources/bench/blk.py)")
@@ -106,7 +109,8 @@ def run_vmms(a, backend_path, job, queues):
     cmd = [a.keel, "bench", "fio", "--guest", "probe", "--job", job, "--compare", "qemu",
            "--qemu", a.qemu, "--dir", backend_path, "--keep-disks", "--fill", "reuse",
            "--disk-size", a.size, "--cpus", "boot=1", "--memory", "size=512M",
-           "--disk-options", f"queues={queues},poll_us={a.keel_poll_us}",
+           "--disk-options", ",".join(o for o in [f"queues={queues}", f"poll_us={a.keel_poll_us}",
+                                                  a.keel_disk_options] if o),
            "--timeout", str(a.seconds + 300)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds * 2 + 900)
     line = next((l for l in p.stdout.splitlines() if l.startswith("keel-bench-fio: ")), None)

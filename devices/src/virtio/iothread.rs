@@ -6,14 +6,17 @@
 //! then serves those events without ever taking a lock a vCPU thread takes on the I/O path:
 //! kicks arrive through KVM ioeventfds and interrupts leave through irqfds.
 //!
-//! Several devices may share one thread (each adds its own subscriber). Dropping the
-//! [`IoThread`] stops the loop and joins the thread.
+//! Several devices may share one thread (each adds its own subscriber); the queues that poll
+//! are polled together, through the thread's [`PollGroup`]. Dropping the [`IoThread`] stops
+//! the loop and joins the thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
+
+use super::poll_group::PollGroup;
 
 /// What an I/O thread runs: any event subscriber that can move to that thread.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
@@ -72,6 +75,7 @@ pub struct IoThread {
 pub struct IoThreadHandle {
     name: Arc<str>,
     endpoint: RemoteEndpoint<Subscriber>,
+    poll_group: Arc<PollGroup>,
 }
 
 impl std::fmt::Debug for IoThreadHandle {
@@ -139,6 +143,7 @@ impl IoThread {
             handle: IoThreadHandle {
                 name: name.into(),
                 endpoint,
+                poll_group: Arc::new(PollGroup::default()),
             },
             stop,
             join: Some(join),
@@ -196,6 +201,11 @@ impl IoThreadHandle {
     /// The thread's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The queues this thread polls together (see [`super::poll_group`]).
+    pub fn poll_group(&self) -> &Arc<PollGroup> {
+        &self.poll_group
     }
 
     fn request_error(&self, source: event_manager::Error) -> IoThreadError {

@@ -5,65 +5,66 @@
 //! the engine's completion eventfd, and runs the handler on either. The handler's mutex is
 //! taken by the I/O thread on every event and by a vCPU thread only to reset the device.
 //!
-//! With a poll window (`poll_us=` of the disk), after each event the subscriber keeps looking
-//! at the rings until the window passes with nothing found, as QEMU's iothreads do: a request
-//! the driver publishes meanwhile is picked up without a kick (no VM exit, no wake-up of the
-//! thread), a completion without the completion eventfd. One event's polling ends after
-//! [`MAX_POLL`] however busy the queue, so the thread always gets back to its loop (other
-//! devices, a stop request), and the handler's mutex is never held longer than that.
+//! With a poll window (`poll_us=` of the disk), the queue joins its I/O thread's
+//! [`PollGroup`]: after each event the thread keeps looking at the rings of every polling
+//! queue it serves, for a window that adapts to how the events come (see
+//! [`crate::virtio::poll_group`]).
 
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::handler::{BlockQueueHandler, HandlerError};
 use super::lock;
+use crate::virtio::poll_group::{Membership, PollGroup, Pollable, SharedPollable};
 
 const KICK: u32 = 0;
 const COMPLETION: u32 = 1;
-
-/// Longest one event's polling lasts, however much work keeps arriving.
-pub const MAX_POLL: Duration = Duration::from_millis(1);
 
 /// Event-loop glue for one queue handler.
 pub struct QueueSubscriber {
     name: String,
     handler: Arc<Mutex<BlockQueueHandler>>,
-    poll: Duration,
+    /// The thread's poll group and the queue's place in it, when the queue polls.
+    polling: Option<(Arc<PollGroup>, Membership)>,
 }
 
 impl QueueSubscriber {
-    /// Serves `handler`, polling for `poll` after each event (zero: never); `name` (e.g. the
-    /// disk and queue) prefixes log lines.
-    pub fn new(name: String, handler: Arc<Mutex<BlockQueueHandler>>, poll: Duration) -> Self {
+    /// Serves `handler`; with a non-zero `poll` (the disk's `poll_us`) it joins `group`, the
+    /// poll group of the I/O thread it is added to. `name` (e.g. the disk and queue) prefixes
+    /// log lines.
+    pub fn new(
+        name: String,
+        handler: Arc<Mutex<BlockQueueHandler>>,
+        group: &Arc<PollGroup>,
+        poll: Duration,
+    ) -> Self {
+        let polling = (!poll.is_zero()).then(|| {
+            let shared: SharedPollable = handler.clone();
+            (group.clone(), group.join(&shared, poll, name.clone()))
+        });
         Self {
             name,
             handler,
-            poll,
+            polling,
         }
     }
 }
 
-/// Polls `h` until `window` passes without work or [`MAX_POLL`] in all.
-fn poll(h: &mut BlockQueueHandler, window: Duration) -> Result<(), HandlerError> {
-    h.begin_polling();
-    let start = Instant::now();
-    let mut last_work = start;
-    let polled = loop {
-        match h.poll_once() {
-            Err(e) => break Err(e),
-            Ok(true) => last_work = Instant::now(),
-            Ok(false) => std::hint::spin_loop(),
-        }
-        let now = Instant::now();
-        if now.duration_since(last_work) >= window || now.duration_since(start) >= MAX_POLL {
-            break Ok(());
-        }
-    };
-    let ended = h.end_polling();
-    polled.and(ended)
+impl Pollable for BlockQueueHandler {
+    fn begin_polling(&mut self) {
+        BlockQueueHandler::begin_polling(self);
+    }
+
+    fn poll_once(&mut self) -> Result<bool, String> {
+        BlockQueueHandler::poll_once(self).map_err(|e: HandlerError| e.to_string())
+    }
+
+    fn end_polling(&mut self) -> Result<(), String> {
+        BlockQueueHandler::end_polling(self).map_err(|e| e.to_string())
+    }
 }
 
 impl MutEventSubscriber for QueueSubscriber {
@@ -92,16 +93,19 @@ impl MutEventSubscriber for QueueSubscriber {
             let _ = ops.remove(events);
             return;
         }
-        let mut h = lock(&self.handler);
-        let mut result = match events.data() {
-            KICK => h.handle_kick(),
-            _ => h.handle_completion(),
+        let result = {
+            let mut h = lock(&self.handler);
+            match events.data() {
+                KICK => h.handle_kick(),
+                _ => h.handle_completion(),
+            }
         };
-        if result.is_ok() && !self.poll.is_zero() {
-            result = poll(&mut h, self.poll);
-        }
         if let Err(e) = result {
             log::error!("{}: {e}", self.name);
+            return;
+        }
+        if let Some((group, _)) = &self.polling {
+            group.poll_after_event();
         }
     }
 }

@@ -213,8 +213,12 @@ impl Block {
         }
         for (i, h) in handlers.iter().enumerate() {
             let thread = &self.iothreads[i % self.iothreads.len()];
-            let subscriber =
-                QueueSubscriber::new(format!("{} queue {i}", self.name), h.clone(), self.poll);
+            let subscriber = QueueSubscriber::new(
+                format!("{} queue {i}", self.name),
+                h.clone(),
+                thread.poll_group(),
+                self.poll,
+            );
             match thread.add(Box::new(subscriber)) {
                 Ok(id) => self.subscriptions.push((thread.clone(), id)),
                 Err(e) => {

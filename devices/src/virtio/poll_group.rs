@@ -1,0 +1,320 @@
+//! Polling every queue of one I/O thread together, with a window that adapts.
+//!
+//! Each I/O thread has a [`PollGroup`]; a queue whose device asks for polling (`poll_us=` of a
+//! disk) joins its thread's group. After any event the thread serves, it looks at the rings of
+//! *every* member, not only the one whose event woke it, until the window passes with nothing
+//! found on any of them (and at most [`MAX_POLL`] in all, so the thread always gets back to its
+//! loop, and a handler's mutex is never held longer than one look). Queues sharing a thread
+//! are then served as one: a request on the second queue is taken while the thread polls after
+//! the first's completion, without a kick or a wake-up.
+//!
+//! The window adapts as QEMU's event loop does. It starts at zero (no polling); after each
+//! sleep the thread looks at how long it slept: an event that came within the group's largest
+//! `poll_us` (the limit) but after the window would have been caught by a longer window, so
+//! the window grows (from [`INITIAL_WINDOW`], doubling, up to the limit); a sleep longer than
+//! the limit means polling would have been wasted, so the window halves (to zero below the
+//! initial step). A busy queue keeps the thread polling; an idle one costs it nothing.
+//!
+//! Only the I/O thread polls. Members join and leave from any thread (a device's activation
+//! and reset), under the group's mutex, which the I/O thread takes once per event.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+/// Longest one event's polling lasts, however much work keeps arriving.
+pub const MAX_POLL: Duration = Duration::from_millis(1);
+/// The first window a group polls with once polling pays.
+pub const INITIAL_WINDOW: Duration = Duration::from_micros(4);
+
+/// A queue an I/O thread can look at without an event.
+pub trait Pollable: Send {
+    /// Polling starts: the queue may keep guest notifications off meanwhile.
+    fn begin_polling(&mut self);
+    /// One look at the rings: whether it found work.
+    fn poll_once(&mut self) -> Result<bool, String>;
+    /// Polling ends: notifications go back on and the rings are looked at once more.
+    fn end_polling(&mut self) -> Result<(), String>;
+}
+
+/// A shared pollable queue.
+pub type SharedPollable = Arc<Mutex<dyn Pollable>>;
+
+struct Member {
+    id: u64,
+    queue: Weak<Mutex<dyn Pollable>>,
+    limit: Duration,
+    name: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    members: Vec<Member>,
+    next_id: u64,
+    window: Duration,
+    /// When the thread last went back to sleep after polling.
+    idle_since: Option<Instant>,
+}
+
+/// The queues one I/O thread polls together, and the thread's current window.
+#[derive(Default)]
+pub struct PollGroup(Mutex<Inner>);
+
+impl std::fmt::Debug for PollGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("PollGroup")
+            .field("members", &inner.members.len())
+            .field("window", &inner.window)
+            .finish()
+    }
+}
+
+/// A member's place in its group; dropping it takes the queue out.
+pub struct Membership {
+    group: Arc<PollGroup>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.group.lock().members.retain(|m| m.id != self.id);
+    }
+}
+
+/// The window after a sleep of `slept`, for the current `window` and the group's `limit`.
+pub fn next_window(window: Duration, slept: Duration, limit: Duration) -> Duration {
+    if limit.is_zero() {
+        return Duration::ZERO;
+    }
+    if slept > limit {
+        let half = window / 2;
+        return if half < INITIAL_WINDOW {
+            Duration::ZERO
+        } else {
+            half
+        };
+    }
+    if slept > window {
+        let grown = if window.is_zero() {
+            INITIAL_WINDOW
+        } else {
+            window.saturating_mul(2)
+        };
+        return grown.min(limit);
+    }
+    window
+}
+
+impl PollGroup {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds `queue`, polled for at most `limit` after each event (its `poll_us`); `name`
+    /// labels log lines. The queue leaves the group when the membership is dropped.
+    pub fn join(
+        self: &Arc<Self>,
+        queue: &SharedPollable,
+        limit: Duration,
+        name: String,
+    ) -> Membership {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.members.push(Member {
+            id,
+            queue: Arc::downgrade(queue),
+            limit,
+            name,
+        });
+        Membership {
+            group: self.clone(),
+            id,
+        }
+    }
+
+    /// The current window (zero: the thread does not poll).
+    pub fn window(&self) -> Duration {
+        self.lock().window
+    }
+
+    /// Called by the I/O thread after it served an event: adapts the window to how long the
+    /// thread slept before it (nothing, the first time), then polls every member.
+    pub fn poll_after_event(&self) {
+        let slept = self
+            .lock()
+            .idle_since
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        self.poll_after_sleep(slept);
+    }
+
+    /// [`poll_after_event`](Self::poll_after_event) after a sleep of `slept`.
+    fn poll_after_sleep(&self, slept: Duration) {
+        let mut inner = self.lock();
+        let limit = inner
+            .members
+            .iter()
+            .map(|m| m.limit)
+            .max()
+            .unwrap_or_default();
+        inner.window = next_window(inner.window, slept, limit);
+        let window = inner.window;
+        if !window.is_zero() {
+            poll_members(&inner.members, window);
+        }
+        inner.idle_since = Some(Instant::now());
+    }
+}
+
+/// Polls `members` until `window` passes without work on any of them, or [`MAX_POLL`].
+fn poll_members(members: &[Member], window: Duration) {
+    let queues: Vec<(SharedPollable, &str)> = members
+        .iter()
+        .filter_map(|m| Some((m.queue.upgrade()?, m.name.as_str())))
+        .collect();
+    let each = |f: &mut dyn FnMut(&mut dyn Pollable, &str)| {
+        for (q, name) in &queues {
+            f(&mut *q.lock().unwrap_or_else(PoisonError::into_inner), name);
+        }
+    };
+    each(&mut |q, _| q.begin_polling());
+    let start = Instant::now();
+    let mut last_work = start;
+    loop {
+        let mut found = false;
+        each(&mut |q, name| match q.poll_once() {
+            Ok(work) => found |= work,
+            Err(e) => log::error!("{name}: {e}"),
+        });
+        let now = Instant::now();
+        if found {
+            last_work = now;
+        } else {
+            std::hint::spin_loop();
+        }
+        if now.duration_since(last_work) >= window || now.duration_since(start) >= MAX_POLL {
+            break;
+        }
+    }
+    each(&mut |q, name| {
+        if let Err(e) = q.end_polling() {
+            log::error!("{name}: {e}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_micros(32);
+
+    #[test]
+    fn the_window_grows_while_polling_would_have_caught_the_event() {
+        let mut w = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            w = next_window(w, Duration::from_micros(20), LIMIT);
+            seen.push(w.as_micros());
+        }
+        assert_eq!(seen, [4, 8, 16, 32, 32]);
+        // An event within the window keeps it.
+        assert_eq!(next_window(w, Duration::from_micros(1), LIMIT), w);
+    }
+
+    #[test]
+    fn the_window_shrinks_when_the_thread_slept_past_the_limit() {
+        let slept = Duration::from_millis(5);
+        let mut w = LIMIT;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            w = next_window(w, slept, LIMIT);
+            seen.push(w.as_micros());
+        }
+        assert_eq!(seen, [16, 8, 4, 0, 0]);
+        assert_eq!(
+            next_window(LIMIT, Duration::ZERO, Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+
+    /// A queue that has `work` looks' worth of work left and records the calls.
+    #[derive(Default)]
+    struct Fake {
+        work: u32,
+        polls: u32,
+        begun: u32,
+        ended: u32,
+    }
+
+    impl Pollable for Fake {
+        fn begin_polling(&mut self) {
+            self.begun += 1;
+        }
+        fn poll_once(&mut self) -> Result<bool, String> {
+            self.polls += 1;
+            if self.work == 0 {
+                return Ok(false);
+            }
+            self.work -= 1;
+            Ok(true)
+        }
+        fn end_polling(&mut self) -> Result<(), String> {
+            self.ended += 1;
+            Ok(())
+        }
+    }
+
+    fn fake(work: u32) -> (Arc<Mutex<Fake>>, SharedPollable) {
+        let f = Arc::new(Mutex::new(Fake {
+            work,
+            ..Fake::default()
+        }));
+        let shared: SharedPollable = f.clone();
+        (f, shared)
+    }
+
+    #[test]
+    fn every_member_is_polled_until_all_are_quiet() {
+        let group = Arc::new(PollGroup::default());
+        let (a, qa) = fake(0);
+        let (b, qb) = fake(50);
+        let _ma = group.join(&qa, LIMIT, "a".into());
+        let _mb = group.join(&qb, LIMIT, "b".into());
+        // The first event finds the window shut and nothing slept: no polling yet.
+        group.poll_after_event();
+        assert_eq!(group.window(), Duration::ZERO);
+        assert_eq!(a.lock().unwrap().polls, 0);
+        // The next came 20 us after the thread went to sleep: within the limit, the window
+        // opens (4 us).
+        group.poll_after_sleep(Duration::from_micros(20));
+        assert_eq!(group.window(), INITIAL_WINDOW);
+        let (a, b) = (a.lock().unwrap(), b.lock().unwrap());
+        // Queue a had nothing, yet was looked at as long as b had work, and then some.
+        assert_eq!((a.begun, a.ended, b.begun, b.ended), (1, 1, 1, 1));
+        assert_eq!(b.work, 0);
+        assert!(a.polls > 50 && b.polls > 50, "{} {}", a.polls, b.polls);
+    }
+
+    #[test]
+    fn a_member_leaves_with_its_membership_and_a_dropped_queue_is_skipped() {
+        let group = Arc::new(PollGroup::default());
+        let (a, qa) = fake(3);
+        let membership = group.join(&qa, LIMIT, "a".into());
+        drop(membership);
+        group.poll_after_sleep(Duration::from_micros(20));
+        assert_eq!(group.window(), Duration::ZERO, "no member: no limit");
+        assert_eq!(a.lock().unwrap().polls, 0);
+        let (_, qb) = fake(3);
+        let _mb = group.join(&qb, LIMIT, "b".into());
+        drop(qb);
+        group.poll_after_sleep(Duration::from_micros(20));
+        assert_eq!(group.window(), INITIAL_WINDOW);
+    }
+}
