@@ -57,8 +57,9 @@ pub struct DiskConfig {
     /// Lock the image against other users (shared if read-only, exclusive if writable), as
     /// QEMU does; `lock=off` opts out.
     pub lock: bool,
-    /// How long (microseconds) the I/O thread keeps looking at a queue after each event
-    /// before it sleeps: requests published meanwhile need no kick. 0: no polling.
+    /// The longest (microseconds) the I/O thread keeps looking at its queues after each event
+    /// before it sleeps (the window adapts up to this): requests published meanwhile need no
+    /// kick. 0: no polling. Default [`DEFAULT_POLL_US`], as QEMU's iothreads.
     pub poll_us: u16,
 }
 
@@ -76,10 +77,13 @@ impl Default for DiskConfig {
             serial: None,
             id: None,
             lock: true,
-            poll_us: 0,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 }
+
+/// The default `poll_us`: QEMU's iothreads poll up to 32 us by default too.
+pub const DEFAULT_POLL_US: u16 = 32;
 
 /// Why a value is refused; the same words for `--disk` and for a JSON `disks[]` entry.
 pub(super) const QUEUES: &str = "expected 1 to 16";
@@ -391,7 +395,8 @@ mod tests {
 
     #[test]
     fn polling_is_off_unless_asked_for() {
-        assert_eq!(DiskConfig::parse("path=/a").unwrap().poll_us, 0);
+        assert_eq!(DiskConfig::parse("path=/a").unwrap().poll_us, 32);
+        assert_eq!(DiskConfig::parse("path=/a,poll_us=0").unwrap().poll_us, 0);
         assert_eq!(DiskConfig::parse("path=/a,poll_us=50").unwrap().poll_us, 50);
     }
 

@@ -454,13 +454,13 @@ fn json_output_has_the_documented_shape() {
         "disks": [
             {"path": "/a.img", "readonly": true, "num_queues": 4, "queue_size": 128,
              "id": "root", "serial": "SN-1", "cache": "writeback",
-             "iothread": "io0:cpus:[2,4]", "numa_node": 1, "lock": true, "poll_us": 0},
+             "iothread": "io0:cpus:[2,4]", "numa_node": 1, "lock": true, "poll_us": 32},
             {"path": "/b.img", "readonly": false, "num_queues": 1, "queue_size": 256,
-             "cache": "none", "iothread": "cpus:[1-3]", "lock": true, "poll_us": 0},
+             "cache": "none", "iothread": "cpus:[1-3]", "lock": true, "poll_us": 32},
             {"path": "/c.img", "readonly": false, "num_queues": 1, "queue_size": 256,
-             "cache": "none", "iothread": "shared", "lock": true, "poll_us": 0},
+             "cache": "none", "iothread": "shared", "lock": true, "poll_us": 32},
             {"path": "/d.img", "readonly": false, "num_queues": 2, "queue_size": 256,
-             "cache": "none", "lock": true, "poll_us": 0}
+             "cache": "none", "lock": true, "poll_us": 32}
         ],
         "serial": {"mode": "Tty"},
         "numa": [
