@@ -31,7 +31,8 @@ impl DebugCon {
     }
 
     /// Bytes not logged because [`MAX_LINES`] was reached.
-    pub fn dropped(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
 

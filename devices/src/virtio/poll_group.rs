@@ -81,6 +81,13 @@ impl std::fmt::Debug for Membership {
     }
 }
 
+impl Membership {
+    /// The group the queue is in.
+    pub fn group(&self) -> &PollGroup {
+        &self.group
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.group.lock().members.retain(|m| m.id != self.id);
@@ -172,26 +179,34 @@ impl PollGroup {
     }
 }
 
-/// Polls `members` until `window` passes without work on any of them, or [`MAX_POLL`].
+fn lock(q: &SharedPollable) -> MutexGuard<'_, dyn Pollable + 'static> {
+    q.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Polls `members` until `window` passes without work on any of them, or [`MAX_POLL`]. A
+/// queue whose look fails is logged once and left out of the rest of this round.
 fn poll_members(members: &[Member], window: Duration) {
-    let queues: Vec<(SharedPollable, &str)> = members
+    // (queue, name, still polled this round)
+    let mut queues: Vec<(SharedPollable, &str, bool)> = members
         .iter()
-        .filter_map(|m| Some((m.queue.upgrade()?, m.name.as_str())))
+        .filter_map(|m| Some((m.queue.upgrade()?, m.name.as_str(), true)))
         .collect();
-    let each = |f: &mut dyn FnMut(&mut dyn Pollable, &str)| {
-        for (q, name) in &queues {
-            f(&mut *q.lock().unwrap_or_else(PoisonError::into_inner), name);
-        }
-    };
-    each(&mut |q, _| q.begin_polling());
+    for (q, _, _) in &queues {
+        lock(q).begin_polling();
+    }
     let start = Instant::now();
     let mut last_work = start;
     loop {
         let mut found = false;
-        each(&mut |q, name| match q.poll_once() {
-            Ok(work) => found |= work,
-            Err(e) => log::error!("{name}: {e}"),
-        });
+        for (q, name, polled) in queues.iter_mut().filter(|(_, _, polled)| *polled) {
+            match lock(q).poll_once() {
+                Ok(work) => found |= work,
+                Err(e) => {
+                    log::error!("{name}: {e}");
+                    *polled = false;
+                }
+            }
+        }
         let now = Instant::now();
         if found {
             last_work = now;
@@ -202,11 +217,11 @@ fn poll_members(members: &[Member], window: Duration) {
             break;
         }
     }
-    each(&mut |q, name| {
-        if let Err(e) = q.end_polling() {
+    for (q, name, _) in &queues {
+        if let Err(e) = lock(q).end_polling() {
             log::error!("{name}: {e}");
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +315,39 @@ mod tests {
         assert_eq!((a.begun, a.ended, b.begun, b.ended), (1, 1, 1, 1));
         assert_eq!(b.work, 0);
         assert!(a.polls > 50 && b.polls > 50, "{} {}", a.polls, b.polls);
+    }
+
+    /// A queue whose every look fails.
+    #[derive(Default)]
+    struct Failing {
+        polls: u32,
+        ended: u32,
+    }
+
+    impl Pollable for Failing {
+        fn begin_polling(&mut self) {}
+        fn poll_once(&mut self) -> Result<bool, String> {
+            self.polls += 1;
+            Err("broken".into())
+        }
+        fn end_polling(&mut self) -> Result<(), String> {
+            self.ended += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_queue_is_looked_at_once_a_round_and_the_others_go_on() {
+        let group = Arc::new(PollGroup::default());
+        let failing = Arc::new(Mutex::new(Failing::default()));
+        let qf: SharedPollable = failing.clone();
+        let (b, qb) = fake(20);
+        let _mf = group.join(&qf, LIMIT, "f".into());
+        let _mb = group.join(&qb, LIMIT, "b".into());
+        group.poll_after_sleep(Duration::from_micros(20));
+        let f = failing.lock().unwrap();
+        assert_eq!((f.polls, f.ended), (1, 1));
+        assert_eq!(b.lock().unwrap().work, 0);
     }
 
     #[test]

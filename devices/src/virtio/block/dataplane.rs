@@ -27,8 +27,8 @@ const COMPLETION: u32 = 1;
 pub struct QueueSubscriber {
     name: String,
     handler: Arc<Mutex<BlockQueueHandler>>,
-    /// The thread's poll group and the queue's place in it, when the queue polls.
-    polling: Option<(Arc<PollGroup>, Membership)>,
+    /// The queue's place in its thread's poll group, when it polls.
+    polling: Option<Membership>,
 }
 
 impl QueueSubscriber {
@@ -43,7 +43,7 @@ impl QueueSubscriber {
     ) -> Self {
         let polling = (!poll.is_zero()).then(|| {
             let shared: SharedPollable = handler.clone();
-            (group.clone(), group.join(&shared, poll, name.clone()))
+            group.join(&shared, poll, name.clone())
         });
         Self {
             name,
@@ -104,8 +104,8 @@ impl MutEventSubscriber for QueueSubscriber {
             log::error!("{}: {e}", self.name);
             return;
         }
-        if let Some((group, _)) = &self.polling {
-            group.poll_after_event();
+        if let Some(membership) = &self.polling {
+            membership.group().poll_after_event();
         }
     }
 }
