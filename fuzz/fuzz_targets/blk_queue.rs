@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use devices::virtio::block::{
-    open_engine, BlockConfig, BlockQueueHandler, DiskImage, HandlerParams, QueueCounters,
+    open_engine, BlockConfig, BlockQueueHandler, DiskImage, EngineChoice, HandlerParams,
+    QueueCounters,
 };
 use devices::virtio::{DeviceError, VirtioInterrupt};
 use libfuzzer_sys::fuzz_target;
@@ -106,10 +107,12 @@ fuzz_target!(|data: &[u8]| {
         queue_size: QUEUE_SIZE,
         serial: None,
         lock: false,
+        engine: Default::default(),
     };
     let (rw, ro) = images();
     let disk = if readonly { ro.clone() } else { rw.clone() };
-    let engine = open_engine(disk, u32::from(QUEUE_SIZE)).expect("an I/O engine");
+    let engine =
+        open_engine(disk, u32::from(QUEUE_SIZE), EngineChoice::IoUring).expect("an I/O engine");
     let irq = Arc::new(Counting::default());
     let params = HandlerParams {
         queue_index: 0,

@@ -18,7 +18,12 @@ struct Image(PathBuf);
 impl Image {
     /// A zero-filled image of `size` bytes.
     fn zeroed(tag: &str, size: u64) -> Image {
-        let path = std::env::temp_dir().join(format!("keel-blk-{tag}-{}.img", std::process::id()));
+        Image::zeroed_in(&std::env::temp_dir(), tag, size)
+    }
+
+    /// A zero-filled image of `size` bytes in `dir`.
+    fn zeroed_in(dir: &std::path::Path, tag: &str, size: u64) -> Image {
+        let path = dir.join(format!("keel-blk-{tag}-{}.img", std::process::id()));
         let f = std::fs::File::create(&path).expect("create image");
         f.set_len(size).expect("size image");
         Image(path)
@@ -315,6 +320,7 @@ fn bad_disk_options_fail_before_boot() {
         (format!("path={},queues=0", small.path()), "queues"),
         (format!("path={}", small.path()), "smaller than one"),
         (format!("path={},cache=unsafe", small.path()), "cache"),
+        (format!("path={},engine=aio", small.path()), "engine"),
     ];
     for (disk, needle) in cases {
         let run = run_keel(&["--kernel", kernel, "--disk", &disk]);
@@ -537,6 +543,54 @@ fn two_disks_polled_together_on_one_io_thread_serve_every_request_once() {
     }
     assert!(a.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
     assert!(b.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
+}
+
+/// Whether `dir` is on tmpfs.
+fn on_tmpfs(dir: &str) -> bool {
+    let path = std::ffi::CString::new(dir).unwrap();
+    // SAFETY: an all-zero statfs is a valid out-parameter; `path` is NUL-terminated.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs writes only into `fs`.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
+    rc == 0 && fs.f_type == 0x0102_1994
+}
+
+#[test]
+fn a_disk_in_memory_is_served_by_the_sync_engine_unless_io_uring_is_named() {
+    // On tmpfs io_uring would hand every request to a worker thread, so by default the I/O
+    // thread runs them itself. Both engines, one after the other on the same file: verified
+    // writes and reads at depth 1 (polled) and 16 (interrupts), each request exactly once.
+    assert!(on_tmpfs("/dev/shm"), "this test needs /dev/shm on tmpfs");
+    let img = Image::zeroed_in(std::path::Path::new("/dev/shm"), "in-memory", 8 << 20);
+    let kernel = probe_image("probe.elf");
+    let jobs = "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=1,ios=512,size=2M,verify=1,poll=1 \
+                probe.cmd=blk:disk=0,rw=randrw,bs=4k,iodepth=16,ios=2048,size=2M,verify=1";
+    for (option, engine) in [("", "sync"), (",engine=io_uring", "io_uring")] {
+        let disk = format!("path={}{option}", img.path());
+        let run = run_keel(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--log-level",
+            "info",
+            "--disk",
+            &disk,
+            "--cmdline",
+            jobs,
+        ]);
+        run.assert_probe_done();
+        assert!(
+            run.stderr
+                .contains(&format!("1 queue(s), {engine} I/O engine")),
+            "{option}: {}",
+            run.describe()
+        );
+        let reports = blk_reports(&run);
+        assert_eq!(reports.len(), 2, "{}", run.describe());
+        for (r, ios) in reports.iter().zip([512, 2048]) {
+            assert_eq!(outcome(r), (ios, 0, 0), "{option}: {r}");
+        }
+        assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
+    }
 }
 
 #[test]

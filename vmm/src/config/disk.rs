@@ -1,9 +1,11 @@
 //! `--disk path=FILE[,readonly=on][,cache=none|writeback][,queues=N][,queue_size=N]
-//! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME][,poll_us=N]`:
-//! one virtio-blk disk per option, repeatable.
+//! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME][,poll_us=N]
+//! [,engine=auto|io_uring|sync]`: one virtio-blk disk per option, repeatable.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
+
+use devices::virtio::block::EngineChoice;
 
 use super::{get, parse_group, strip_brackets, ConfigError, Toggle};
 use crate::placement::CpuSet;
@@ -61,6 +63,10 @@ pub struct DiskConfig {
     /// before it sleeps (the window adapts up to this): requests published meanwhile need no
     /// kick. 0: no polling. Default [`DEFAULT_POLL_US`], as QEMU's iothreads.
     pub poll_us: u16,
+    /// Which I/O engine serves the disk: by default the synchronous one for a file in memory
+    /// (tmpfs, ramfs), where io_uring would hand every request to a worker thread, io_uring
+    /// otherwise.
+    pub engine: EngineChoice,
 }
 
 impl Default for DiskConfig {
@@ -78,6 +84,7 @@ impl Default for DiskConfig {
             id: None,
             lock: true,
             poll_us: DEFAULT_POLL_US,
+            engine: EngineChoice::Auto,
         }
     }
 }
@@ -91,6 +98,7 @@ pub(super) const QUEUE_SIZE: &str = "expected a power of two from 4 to 1024";
 pub(super) const POLL_US: &str = "expected 0 to 1000 (microseconds)";
 const SERIAL: &str = "expected at most 20 printable ASCII characters";
 const NAME: &str = "expected 1-15 characters from A-Z a-z 0-9 - _ .";
+const ENGINE: &str = "expected auto, io_uring or sync";
 const IOTHREAD_CPUS: &str = "expected cpus:LIST such as cpus:2-3 or cpus:[2,4]";
 
 fn invalid(key: &'static str, value: &str, reason: &'static str) -> ConfigError {
@@ -155,6 +163,25 @@ impl CacheMode {
     }
 }
 
+/// An `engine` value: `auto`, `io_uring` or `sync`.
+pub(crate) fn parse_engine(value: &str) -> Result<EngineChoice, ConfigError> {
+    match value {
+        "auto" => Ok(EngineChoice::Auto),
+        "io_uring" => Ok(EngineChoice::IoUring),
+        "sync" => Ok(EngineChoice::Sync),
+        _ => Err(invalid("engine", value, ENGINE)),
+    }
+}
+
+/// The `engine` value that [`parse_engine`] reads back as `engine`.
+pub(crate) fn engine_text(engine: EngineChoice) -> &'static str {
+    match engine {
+        EngineChoice::Auto => "auto",
+        EngineChoice::IoUring => "io_uring",
+        EngineChoice::Sync => "sync",
+    }
+}
+
 /// An `iothread` value: `NAME`, `cpus:LIST` or `NAME:cpus:LIST`, the list with or without
 /// brackets (the command line needs them around a list with commas, JSON does not).
 pub(crate) fn parse_iothread(value: &str) -> Result<(Option<String>, Option<CpuSet>), ConfigError> {
@@ -194,6 +221,7 @@ impl DiskConfig {
         "id",
         "lock",
         "poll_us",
+        "engine",
     ];
 
     /// Parses one `--disk` group, then checks its values ([`DiskConfig::check_values`]).
@@ -228,6 +256,9 @@ impl DiskConfig {
         }
         if let Some(v) = get(&pairs, "poll_us") {
             cfg.poll_us = count("poll_us", v, POLL_US)?;
+        }
+        if let Some(v) = get(&pairs, "engine") {
+            cfg.engine = parse_engine(v)?;
         }
         if let Some(v) = get(&pairs, "iothread") {
             (cfg.iothread, cfg.iothread_cpus) = parse_iothread(v)?;
@@ -394,10 +425,19 @@ mod tests {
     }
 
     #[test]
-    fn polling_is_off_unless_asked_for() {
+    fn polling_is_on_unless_turned_off() {
         assert_eq!(DiskConfig::parse("path=/a").unwrap().poll_us, 32);
         assert_eq!(DiskConfig::parse("path=/a,poll_us=0").unwrap().poll_us, 0);
         assert_eq!(DiskConfig::parse("path=/a,poll_us=50").unwrap().poll_us, 50);
+    }
+
+    #[test]
+    fn the_engine_is_chosen_automatically_unless_named() {
+        let engine = |text: &str| DiskConfig::parse(text).unwrap().engine;
+        assert_eq!(engine("path=/a"), EngineChoice::Auto);
+        assert_eq!(engine("path=/a,engine=auto"), EngineChoice::Auto);
+        assert_eq!(engine("path=/a,engine=io_uring"), EngineChoice::IoUring);
+        assert_eq!(engine("path=/a,engine=sync"), EngineChoice::Sync);
     }
 
     #[test]
@@ -421,6 +461,8 @@ mod tests {
             ("path=/a,queue_size=2048", "queue_size"),
             ("path=/a,poll_us=1001", "poll_us"),
             ("path=/a,poll_us=-1", "poll_us"),
+            ("path=/a,engine=aio", "engine"),
+            ("path=/a,engine=", "engine"),
             ("path=/a,serial=this-serial-is-too-long", "serial"),
             ("path=/a,serial=has space", "serial"),
             ("path=/a,iothread=a/b", "iothread"),

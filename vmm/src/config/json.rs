@@ -409,6 +409,10 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
         Some(v) => parse_iothread(v).map_err(cli)?,
         None => (None, None),
     };
+    let engine = match &wire.engine {
+        Some(v) => Some(disk::parse_engine(v).map_err(cli)?),
+        None => None,
+    };
     let cfg = DiskConfig {
         path: PathBuf::from(path),
         readonly: wire.readonly.unwrap_or(defaults.readonly),
@@ -432,6 +436,8 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
             Some(n) => narrow("poll_us", n, disk::POLL_US).map_err(cli)?,
             None => defaults.poll_us,
         },
+        engine: cloud_hypervisor::io_engine(&field, wire.disable_io_uring, engine)?
+            .unwrap_or(defaults.engine),
     };
     cfg.check_values().map_err(cli)?;
     Ok(cfg)

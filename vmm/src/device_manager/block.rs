@@ -228,6 +228,7 @@ fn open_block(cfg: &DiskConfig, name: &str) -> Result<Block, BlockDeviceError> {
         queue_size: cfg.queue_size,
         serial: cfg.serial.clone(),
         lock: cfg.lock,
+        engine: cfg.engine,
     })
     .map_err(|source| BlockDeviceError::Block {
         disk: name.to_string(),

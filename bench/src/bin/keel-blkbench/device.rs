@@ -21,7 +21,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::block::{Block, BlockConfig, EngineChoice};
 use devices::virtio::iothread::IoThread;
 use devices::virtio::{DeviceError, VirtioDevice, VirtioInterrupt};
 use virtio_bindings::virtio_blk::{
@@ -52,6 +52,28 @@ pub enum KickMode {
     /// After every batch of new requests, whatever `avail_event` says (a diagnostic: shows
     /// what the device's notification suppression costs or saves).
     Always,
+}
+
+/// Which I/O engine the device uses (`engine=` of `--disk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// As keel's default: synchronous for a file in memory (tmpfs), io_uring otherwise.
+    Auto,
+    /// io_uring.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// The I/O thread runs each operation itself.
+    Sync,
+}
+
+impl From<EngineArg> for EngineChoice {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::IoUring => EngineChoice::IoUring,
+            EngineArg::Sync => EngineChoice::Sync,
+        }
+    }
 }
 
 /// What a device run measured.
@@ -376,9 +398,10 @@ pub fn run(
     direct: bool,
     queue_size: Option<u16>,
     kick_mode: KickMode,
+    engine: EngineArg,
 ) -> Result<DeviceReport, BenchError> {
     let qsize = queue_size_for(w, queue_size)?;
-    let mut block = open_block(path, w, direct, qsize)?;
+    let mut block = open_block(path, w, direct, qsize, engine.into())?;
     let mut offsets = Offsets::new(block.capacity() * 512, w)?;
     let l = Layout::new(qsize, w);
     let mem_size = usize::try_from(align_up(l.total)).unwrap_or(usize::MAX);
@@ -462,7 +485,13 @@ fn queue_size_for(w: &Workload, asked: Option<u16>) -> Result<u16, BenchError> {
 
 /// Keel's virtio-blk device over `path`, with the features a polling Linux driver takes
 /// (EVENT_IDX required).
-fn open_block(path: &Path, w: &Workload, direct: bool, qsize: u16) -> Result<Block, BenchError> {
+fn open_block(
+    path: &Path,
+    w: &Workload,
+    direct: bool,
+    qsize: u16,
+    engine: EngineChoice,
+) -> Result<Block, BenchError> {
     let mut block = Block::new(BlockConfig {
         path: path.to_path_buf(),
         readonly: !w.rw.is_write(),
@@ -471,6 +500,7 @@ fn open_block(path: &Path, w: &Workload, direct: bool, qsize: u16) -> Result<Blo
         queue_size: qsize,
         serial: None,
         lock: false,
+        engine,
     })
     .map_err(setup_err("open the virtio-blk device"))?;
     let want = [

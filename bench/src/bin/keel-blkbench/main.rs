@@ -91,6 +91,9 @@ enum Mode {
         /// When to write the kick eventfd.
         #[arg(long, value_enum, default_value = "event")]
         kick: device::KickMode,
+        /// Which I/O engine the device uses.
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: device::EngineArg,
     },
 }
 
@@ -211,9 +214,10 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             common: c,
             queue_size,
             kick,
+            engine,
         } => {
             let w = c.workload()?;
-            let r = device::run(&c.file, &w, !c.buffered, queue_size, kick)?;
+            let r = device::run(&c.file, &w, !c.buffered, queue_size, kick, engine)?;
             if c.json {
                 println!("{}", r.json(&w, !c.buffered));
             } else {

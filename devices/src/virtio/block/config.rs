@@ -21,6 +21,7 @@
 
 use std::path::PathBuf;
 
+use super::engine::EngineChoice;
 use super::request::RequestLimits;
 
 /// Offset of the `writeback` byte, the only field the driver may write.
@@ -75,6 +76,8 @@ pub struct BlockConfig {
     pub serial: Option<String>,
     /// Lock the image (shared if read-only, exclusive if writable) against other users.
     pub lock: bool,
+    /// Which I/O engine serves the queues.
+    pub engine: EngineChoice,
 }
 
 impl BlockConfig {
@@ -197,6 +200,7 @@ mod tests {
             queue_size: 256,
             serial: Some("keel-disk".into()),
             lock: false,
+            engine: Default::default(),
         }
     }
 

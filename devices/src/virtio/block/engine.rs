@@ -5,8 +5,20 @@
 //! [`Completion`]s. Two engines exist: [`UringEngine`](super::uring_engine::UringEngine), which
 //! submits a whole batch with a single `io_uring_enter` and signals completions through an
 //! eventfd, and [`SyncEngine`](super::sync_engine::SyncEngine), which executes every operation
-//! at submission time. [`open_engine`] prefers io_uring and falls back to the synchronous
-//! engine when the kernel refuses to create a ring.
+//! at submission time. [`open_engine`] follows the disk's [`EngineChoice`]: by default
+//! io_uring (falling back to the synchronous engine when the kernel refuses a ring), except for
+//! a regular file held in memory (tmpfs, ramfs).
+//!
+//! # Files in memory
+//!
+//! tmpfs offers io_uring no non-blocking read or write, so io_uring hands every operation on
+//! such a file to one of its worker threads and the completion comes back through task work:
+//! two thread switches per 4 KiB copy. Measured on Linux 6.18 (keel-blkbench device, 4K random
+//! reads at depth 32 on /dev/shm): 430K IOPS through io_uring with the I/O thread half idle,
+//! 970K with the I/O thread doing each `preadv2` itself. Such a copy cannot wait on a device,
+//! so the synchronous engine never stalls the I/O thread for longer than the copy (memory
+//! pressure and swap aside). A block device is never taken for a file in memory, even though
+//! its node sits on devtmpfs.
 //!
 //! # Direct I/O (cache=none)
 //!
@@ -106,6 +118,43 @@ pub enum EngineError {
     UringSubmit(#[source] std::io::Error),
 }
 
+/// Which engine serves a disk (`engine=` of `--disk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// The synchronous engine for a regular file in memory (see the module doc), io_uring
+    /// otherwise.
+    #[default]
+    Auto,
+    /// io_uring (the synchronous engine when the kernel refuses a ring).
+    IoUring,
+    /// The synchronous engine: the I/O thread runs each operation itself.
+    Sync,
+}
+
+/// `statfs` magic numbers of the filesystems whose files live in memory (linux/magic.h).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Whether a filesystem of `statfs` type `fs_type` keeps its files in memory.
+pub(crate) fn is_memory_filesystem(fs_type: i64) -> bool {
+    matches!(fs_type, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+/// Whether `file` is a regular file on a filesystem that keeps it in memory. False when the
+/// kernel will not say.
+pub(crate) fn is_file_in_memory(file: &File) -> bool {
+    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        return false;
+    }
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a descriptor `file` owns, writing only into `fs`.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) };
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, narrower elsewhere
+    let fs_type = fs.f_type as i64;
+    rc == 0 && is_memory_filesystem(fs_type)
+}
+
 /// An opened backing file.
 #[derive(Debug)]
 pub struct DiskImage {
@@ -113,6 +162,7 @@ pub struct DiskImage {
     direct: Option<File>,
     size: u64,
     readonly: bool,
+    in_memory: bool,
 }
 
 impl DiskImage {
@@ -147,11 +197,13 @@ impl DiskImage {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let in_memory = is_file_in_memory(&buffered);
         Ok(DiskImage {
             buffered,
             direct,
             size,
             readonly,
+            in_memory,
         })
     }
 
@@ -195,6 +247,11 @@ impl DiskImage {
     /// Whether the image was opened read-only.
     pub fn readonly(&self) -> bool {
         self.readonly
+    }
+
+    /// Whether the image is a regular file held in memory (tmpfs, ramfs).
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// Whether `O_DIRECT` is used for aligned requests.
@@ -369,9 +426,22 @@ pub trait IoEngine: Send {
     fn drain(&mut self);
 }
 
-/// Creates the I/O engine for `disk`: io_uring with `depth` entries if the kernel allows it,
-/// otherwise the synchronous engine. Use [`IoEngine::name`] to report the choice.
-pub fn open_engine(disk: Arc<DiskImage>, depth: u32) -> Result<Box<dyn IoEngine>, EngineError> {
+/// Creates the I/O engine `choice` asks for `disk` (see [`EngineChoice`]); io_uring gets
+/// `depth` entries, and when the kernel refuses a ring the synchronous engine serves instead.
+/// Use [`IoEngine::name`] to report the choice.
+pub fn open_engine(
+    disk: Arc<DiskImage>,
+    depth: u32,
+    choice: EngineChoice,
+) -> Result<Box<dyn IoEngine>, EngineError> {
+    let sync = match choice {
+        EngineChoice::Auto => disk.in_memory(),
+        EngineChoice::IoUring => false,
+        EngineChoice::Sync => true,
+    };
+    if sync {
+        return Ok(Box::new(SyncEngine::new(disk)?));
+    }
     match UringEngine::new(disk.clone(), depth) {
         Ok(engine) => Ok(Box::new(engine)),
         Err(e) => {

@@ -40,7 +40,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use config::{BlockConfig, ConfigError, ConfigSpace};
 pub use counters::{IoStats, QueueCounters};
-pub use engine::{open_engine, DiskImage, EngineError, IoEngine};
+pub use engine::{open_engine, DiskImage, EngineChoice, EngineError, IoEngine};
 pub use handler::{BlockQueueHandler, HandlerError, HandlerParams};
 pub use request::{Request, RequestError, RequestLimits, SECTOR_SIZE};
 
@@ -250,7 +250,8 @@ impl Block {
         for (i, (mut queue, kick)) in queues.into_iter().enumerate() {
             queue.set_event_idx(event_idx);
             let depth = u32::from(queue.size());
-            let engine = open_engine(self.disk.clone(), depth).map_err(BlockError::Engine)?;
+            let engine = open_engine(self.disk.clone(), depth, self.config.engine)
+                .map_err(BlockError::Engine)?;
             let params = HandlerParams {
                 queue_index: u16::try_from(i).unwrap_or(u16::MAX),
                 mem: mem.clone(),

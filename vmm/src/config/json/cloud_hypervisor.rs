@@ -17,6 +17,7 @@
 //! `memory.hotplug_method` without a hotplug size.
 
 use arch::hyperv::HypervConfig;
+use devices::virtio::block::EngineChoice;
 use serde_json::Value;
 
 use super::wire::{
@@ -389,13 +390,8 @@ pub(super) fn check_disk(field: &str, wire: &DiskWire) -> Result<(), JsonConfigE
         &wire.rate_limiter_config,
         limits,
     )?;
-    let engine = "keel chooses its I/O engine itself (io_uring, else synchronous)";
-    off(
-        format!("{field}.disable_io_uring"),
-        wire.disable_io_uring,
-        engine,
-    )?;
-    off(format!("{field}.disable_aio"), wire.disable_aio, engine)?;
+    // disable_io_uring is read by `io_engine`; disable_aio holds whatever it says, as keel
+    // has no Linux AIO engine.
     if wire.pci_segment.is_some_and(|s| s != 0) {
         return Err(lacks(
             format!("{field}.pci_segment"),
@@ -437,6 +433,23 @@ pub(super) fn direct_cache(
             ),
         )),
         (a, b) => Ok(b.or(a)),
+    }
+}
+
+/// Keel's engine given Cloud Hypervisor's `disable_io_uring` (true: the synchronous engine)
+/// and Keel's `engine`; both given must agree.
+pub(super) fn io_engine(
+    field: &str,
+    disable_io_uring: Option<bool>,
+    engine: Option<EngineChoice>,
+) -> Result<Option<EngineChoice>, JsonConfigError> {
+    match (disable_io_uring, engine) {
+        (Some(true), Some(e)) if e != EngineChoice::Sync => Err(unsupported(
+            format!("{field}.disable_io_uring"),
+            "true contradicts an engine other than sync".to_string(),
+        )),
+        (Some(true), _) => Ok(Some(EngineChoice::Sync)),
+        (_, e) => Ok(e),
     }
 }
 

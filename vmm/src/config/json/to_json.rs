@@ -127,6 +127,7 @@ fn disk_to(disk: &DiskConfig) -> DiskWire {
         numa_node: disk.numa_node,
         lock: Some(disk.lock),
         poll_us: Some(u64::from(disk.poll_us)),
+        engine: Some(super::super::disk::engine_text(disk.engine).to_string()),
         ..DiskWire::default()
     }
 }

@@ -200,6 +200,8 @@ pub(super) struct DiskWire {
     pub lock: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     #[serde(skip_serializing)]
     pub direct: Option<bool>,
     #[serde(skip_serializing)]
@@ -214,7 +216,9 @@ pub(super) struct DiskWire {
     pub rate_limiter_config: Option<Value>,
     #[serde(skip_serializing)]
     pub disable_io_uring: Option<bool>,
+    /// Accepted and never read: keel has no Linux AIO engine, so any value holds.
     #[serde(skip_serializing)]
+    #[allow(dead_code)]
     pub disable_aio: Option<bool>,
     #[serde(skip_serializing)]
     pub pci_segment: Option<u32>,

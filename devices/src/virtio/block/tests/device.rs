@@ -23,6 +23,7 @@ fn config(image: &TempImage, readonly: bool, num_queues: u16) -> BlockConfig {
         queue_size: QUEUE_SIZE,
         serial: Some("s".into()),
         lock: false,
+        engine: Default::default(),
     }
 }
 

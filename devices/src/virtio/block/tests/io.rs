@@ -11,7 +11,10 @@ use virtio_bindings::virtio_blk::{
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
-use crate::virtio::block::engine::DiskImage;
+use crate::virtio::block::engine::{
+    is_file_in_memory, is_memory_filesystem, open_engine, DiskImage, EngineChoice,
+};
+use crate::virtio::block::uring_engine::UringEngine;
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
 
@@ -89,8 +92,55 @@ fn in_out_round_trip_direct_aligned_and_unaligned() {
 #[test]
 fn engine_choice_is_reported() {
     let image = TempImage::new("name");
-    let e = crate::virtio::block::engine::open_engine(disk(&image, false, false), 64).unwrap();
+    let e = open_engine(disk(&image, false, false), 64, EngineChoice::IoUring).unwrap();
     assert!(["io_uring", "sync"].contains(&e.name()));
+}
+
+/// A memfd: a tmpfs file whatever the host mounts where. Its path is `/proc/self/fd/N`.
+struct MemFile(std::fs::File);
+
+impl MemFile {
+    fn new(len: u64) -> MemFile {
+        // SAFETY: memfd_create with a NUL-terminated name; the returned descriptor is owned
+        // by the File at once.
+        let fd = unsafe { libc::memfd_create(c"keel-blk-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(len).unwrap();
+        MemFile(f)
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.0.as_raw_fd()).into()
+    }
+}
+
+#[test]
+fn a_file_in_memory_gets_the_sync_engine_unless_io_uring_is_asked_for() {
+    let file = MemFile::new(1 << 20);
+    let d = Arc::new(DiskImage::open(&file.path(), false, false).unwrap());
+    assert!(d.in_memory());
+    let name = |choice| open_engine(d.clone(), 64, choice).unwrap().name();
+    assert_eq!(name(EngineChoice::Auto), "sync");
+    assert_eq!(name(EngineChoice::Sync), "sync");
+    let uring = UringEngine::new(d.clone(), 64).is_ok();
+    let expected = if uring { "io_uring" } else { "sync" };
+    assert_eq!(name(EngineChoice::IoUring), expected);
+}
+
+#[test]
+fn only_regular_files_on_tmpfs_or_ramfs_are_in_memory() {
+    assert!(is_memory_filesystem(0x0102_1994), "tmpfs");
+    assert!(is_memory_filesystem(0x8584_58f6), "ramfs");
+    assert!(!is_memory_filesystem(0xef53), "ext4");
+    assert!(!is_memory_filesystem(0x5846_5342), "xfs");
+    // A device node sits on devtmpfs (tmpfs's magic) but is no file in memory.
+    assert!(!is_file_in_memory(
+        &std::fs::File::open("/dev/null").unwrap()
+    ));
+    assert!(is_file_in_memory(&MemFile::new(4096).0));
 }
 
 #[test]

@@ -107,6 +107,7 @@ pub fn limits(readonly: bool) -> RequestLimits {
         queue_size: QUEUE_SIZE,
         serial: None,
         lock: false,
+        engine: Default::default(),
     };
     cfg.limits(DISK_SECTORS)
 }

@@ -132,6 +132,7 @@ fn block_device_through_the_transport() {
         queue_size: QUEUE,
         serial: Some("pci".into()),
         lock: false,
+        engine: Default::default(),
     })
     .unwrap();
     let sizes = block.queue_max_sizes().to_vec();

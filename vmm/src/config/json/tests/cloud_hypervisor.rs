@@ -77,13 +77,15 @@ fn empty_lists_nulls_and_off_switches_ask_for_nothing() {
     }
 }
 
+/// The one disk of a config whose disk entry is `"path": "/a"` followed by `fields`.
+fn one_disk(fields: &str) -> DiskConfig {
+    let body = format!(r#"{{"payload": {{"kernel": "/k"}}, "disks": [{{"path": "/a"{fields}}}]}}"#);
+    parse(&body).disks.remove(0)
+}
+
 #[test]
 fn direct_and_kvm_hyperv_map_onto_keels_settings() {
-    let disk = |fields: &str| {
-        let body =
-            format!(r#"{{"payload": {{"kernel": "/k"}}, "disks": [{{"path": "/a"{fields}}}]}}"#);
-        parse(&body).disks[0].cache
-    };
+    let disk = |fields: &str| one_disk(fields).cache;
     assert_eq!(disk(r#", "direct": true"#), CacheMode::None);
     assert_eq!(disk(r#", "direct": false"#), CacheMode::Writeback);
     assert_eq!(
@@ -114,6 +116,21 @@ fn direct_and_kvm_hyperv_map_onto_keels_settings() {
             {"threads_per_core": 1, "cores_per_die": 3, "dies_per_package": 1, "packages": 1}}}"#,
     );
     assert_eq!(c.cpus.boot_vcpus, 3);
+}
+
+#[test]
+fn disable_io_uring_asks_for_the_synchronous_engine() {
+    use devices::virtio::block::EngineChoice;
+    let engine = |fields: &str| one_disk(fields).engine;
+    assert_eq!(engine(""), EngineChoice::Auto);
+    assert_eq!(engine(r#", "disable_io_uring": true"#), EngineChoice::Sync);
+    assert_eq!(
+        engine(r#", "disable_io_uring": true, "disable_aio": true, "engine": "sync""#),
+        EngineChoice::Sync
+    );
+    assert_eq!(engine(r#", "disable_io_uring": false"#), EngineChoice::Auto);
+    assert_eq!(engine(r#", "disable_aio": true"#), EngineChoice::Auto);
+    assert_eq!(engine(r#", "engine": "io_uring""#), EngineChoice::IoUring);
 }
 
 #[test]
@@ -320,12 +337,8 @@ fn cloud_hypervisor_disk_fields_keel_lacks_are_refused() {
             "disks[0].rate_limiter_config: rate limiting",
         ),
         (
-            r#""disable_io_uring": true"#,
-            "disks[0].disable_io_uring: keel chooses",
-        ),
-        (
-            r#""disable_aio": true"#,
-            "disks[0].disable_aio: keel chooses",
+            r#""disable_io_uring": true, "engine": "io_uring""#,
+            "disks[0].disable_io_uring: true contradicts",
         ),
         (
             r#""pci_segment": 1"#,
