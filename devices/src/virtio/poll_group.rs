@@ -15,6 +15,14 @@
 //! the limit means polling would have been wasted, so the window halves (to zero below the
 //! initial step). A busy queue keeps the thread polling; an idle one costs it nothing.
 //!
+//! A thread waits for two different things, each with its own window: the guest's next request
+//! (nothing in flight) and the backend's completions (requests in flight). They come at very
+//! different paces: at queue depth 1 on a disk, a completion takes ~40 us, longer than the
+//! limit, while the guest's next request follows its completion within a few microseconds.
+//! One window for both halved on every completion and doubled on every request, so it stayed
+//! near zero and every request cost a kick (a VM exit); with two, the thread stops polling
+//! for the disk and still polls for the guest.
+//!
 //! Only the I/O thread polls. Members join and leave from any thread (a device's activation
 //! and reset), under the group's mutex, which the I/O thread takes once per event.
 
@@ -34,6 +42,18 @@ pub trait Pollable: Send {
     fn poll_once(&mut self) -> Result<bool, String>;
     /// Polling ends: notifications go back on and the rings are looked at once more.
     fn end_polling(&mut self) -> Result<(), String>;
+    /// Whether requests are in flight, so that the queue's next event is more likely a
+    /// completion than a new request.
+    fn awaits_completions(&self) -> bool;
+}
+
+/// What an I/O thread waits for when it sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The guest's next request: nothing is in flight.
+    Request = 0,
+    /// Completions of requests in flight.
+    Completion = 1,
 }
 
 /// A shared pollable queue.
@@ -46,13 +66,27 @@ struct Member {
     name: String,
 }
 
-#[derive(Default)]
 struct Inner {
     members: Vec<Member>,
     next_id: u64,
-    window: Duration,
+    /// The window for each [`Wait`].
+    windows: [Duration; 2],
+    /// What the thread waited for when it last went to sleep.
+    waiting: Wait,
     /// When the thread last went back to sleep after polling.
     idle_since: Option<Instant>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            members: Vec::new(),
+            next_id: 0,
+            windows: [Duration::ZERO; 2],
+            waiting: Wait::Request,
+            idle_since: None,
+        }
+    }
 }
 
 /// The queues one I/O thread polls together, and the thread's current window.
@@ -64,7 +98,7 @@ impl std::fmt::Debug for PollGroup {
         let inner = self.lock();
         f.debug_struct("PollGroup")
             .field("members", &inner.members.len())
-            .field("window", &inner.window)
+            .field("windows", &inner.windows)
             .finish()
     }
 }
@@ -146,9 +180,9 @@ impl PollGroup {
         }
     }
 
-    /// The current window (zero: the thread does not poll).
-    pub fn window(&self) -> Duration {
-        self.lock().window
+    /// The current window for `wait` (zero: the thread does not poll for it).
+    pub fn window(&self, wait: Wait) -> Duration {
+        self.lock().windows[wait as usize]
     }
 
     /// Called by the I/O thread after it served an event: adapts the window to how long the
@@ -170,17 +204,32 @@ impl PollGroup {
             .map(|m| m.limit)
             .max()
             .unwrap_or_default();
-        inner.window = next_window(inner.window, slept, limit);
-        let window = inner.window;
+        let waited = inner.waiting as usize;
+        inner.windows[waited] = next_window(inner.windows[waited], slept, limit);
+        let window = inner.windows[awaited(&inner.members) as usize];
         if !window.is_zero() {
             poll_members(&inner.members, window);
         }
+        inner.waiting = awaited(&inner.members);
         inner.idle_since = Some(Instant::now());
     }
 }
 
 fn lock(q: &SharedPollable) -> MutexGuard<'_, dyn Pollable + 'static> {
     q.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the thread waits for next: completions when any member has requests in flight.
+fn awaited(members: &[Member]) -> Wait {
+    let busy = members
+        .iter()
+        .filter_map(|m| m.queue.upgrade())
+        .any(|q| lock(&q).awaits_completions());
+    if busy {
+        Wait::Completion
+    } else {
+        Wait::Request
+    }
 }
 
 /// Polls `members` until `window` passes without work on any of them, or [`MAX_POLL`]. A
@@ -266,6 +315,7 @@ mod tests {
         polls: u32,
         begun: u32,
         ended: u32,
+        in_flight: bool,
     }
 
     impl Pollable for Fake {
@@ -283,6 +333,9 @@ mod tests {
         fn end_polling(&mut self) -> Result<(), String> {
             self.ended += 1;
             Ok(())
+        }
+        fn awaits_completions(&self) -> bool {
+            self.in_flight
         }
     }
 
@@ -304,17 +357,37 @@ mod tests {
         let _mb = group.join(&qb, LIMIT, "b".into());
         // The first event finds the window shut and nothing slept: no polling yet.
         group.poll_after_event();
-        assert_eq!(group.window(), Duration::ZERO);
+        assert_eq!(group.window(Wait::Request), Duration::ZERO);
         assert_eq!(a.lock().unwrap().polls, 0);
         // The next came 20 us after the thread went to sleep: within the limit, the window
         // opens (4 us).
         group.poll_after_sleep(Duration::from_micros(20));
-        assert_eq!(group.window(), INITIAL_WINDOW);
+        assert_eq!(group.window(Wait::Request), INITIAL_WINDOW);
         let (a, b) = (a.lock().unwrap(), b.lock().unwrap());
         // Queue a had nothing, yet was looked at as long as b had work, and then some.
         assert_eq!((a.begun, a.ended, b.begun, b.ended), (1, 1, 1, 1));
         assert_eq!(b.work, 0);
         assert!(a.polls > 50 && b.polls > 50, "{} {}", a.polls, b.polls);
+    }
+
+    #[test]
+    fn requests_and_completions_keep_windows_of_their_own() {
+        // Queue depth 1 on a slow backend: a completion comes 40 us after the thread sleeps
+        // (past the limit), the guest's next request 6 us after.
+        let group = Arc::new(PollGroup::default());
+        let (q, shared) = fake(0);
+        let _m = group.join(&shared, LIMIT, "q".into());
+        group.poll_after_event();
+        for _ in 0..4 {
+            // The request's event: it is submitted, so the thread sleeps awaiting completion.
+            q.lock().unwrap().in_flight = true;
+            group.poll_after_sleep(Duration::from_micros(6));
+            // The completion's event: nothing in flight, the thread awaits the guest.
+            q.lock().unwrap().in_flight = false;
+            group.poll_after_sleep(Duration::from_micros(40));
+        }
+        assert_eq!(group.window(Wait::Completion), Duration::ZERO);
+        assert_eq!(group.window(Wait::Request), Duration::from_micros(8));
     }
 
     /// A queue whose every look fails.
@@ -333,6 +406,9 @@ mod tests {
         fn end_polling(&mut self) -> Result<(), String> {
             self.ended += 1;
             Ok(())
+        }
+        fn awaits_completions(&self) -> bool {
+            false
         }
     }
 
@@ -357,12 +433,16 @@ mod tests {
         let membership = group.join(&qa, LIMIT, "a".into());
         drop(membership);
         group.poll_after_sleep(Duration::from_micros(20));
-        assert_eq!(group.window(), Duration::ZERO, "no member: no limit");
+        assert_eq!(
+            group.window(Wait::Request),
+            Duration::ZERO,
+            "no member: no limit"
+        );
         assert_eq!(a.lock().unwrap().polls, 0);
         let (_, qb) = fake(3);
         let _mb = group.join(&qb, LIMIT, "b".into());
         drop(qb);
         group.poll_after_sleep(Duration::from_micros(20));
-        assert_eq!(group.window(), INITIAL_WINDOW);
+        assert_eq!(group.window(Wait::Request), INITIAL_WINDOW);
     }
 }

@@ -65,6 +65,10 @@ impl Pollable for BlockQueueHandler {
     fn end_polling(&mut self) -> Result<(), String> {
         BlockQueueHandler::end_polling(self).map_err(|e| e.to_string())
     }
+
+    fn awaits_completions(&self) -> bool {
+        self.in_flight() > 0
+    }
 }
 
 impl MutEventSubscriber for QueueSubscriber {
