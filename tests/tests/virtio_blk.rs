@@ -399,14 +399,18 @@ fn stats_line_reports_exits() {
 
 #[test]
 fn each_queue_gets_a_named_iothread_unless_shared() {
+    // disk0's queues do not poll, so each gets its thread whatever the host's CPUs; disk3's
+    // two polling queues may run on one host CPU, which the vCPU needs too, so they share one.
     let a = Image::zeroed("thr-a", 1 << 20);
     let b = Image::zeroed("thr-b", 1 << 20);
     let c = Image::zeroed("thr-c", 1 << 20);
+    let d = Image::zeroed("thr-d", 1 << 20);
     let kernel = probe_image("probe.elf");
     let disks = [
-        format!("path={},queues=2", a.path()),
+        format!("path={},queues=2,poll_us=0", a.path()),
         format!("path={},iothread=shared-io", b.path()),
         format!("path={},iothread=shared-io,id=data", c.path()),
+        format!("path={},queues=2,iothread=cpus:0", d.path()),
     ];
     let mut args = vec![
         "--kernel",
@@ -423,7 +427,7 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
     // tid), so it has started and is named; the vCPU thread runs the guest once the boot line
     // is out. The guest spins for an hour and is stopped with SIGTERM once the names are read.
     let mut keel = Watched::spawn(&args);
-    keel.wait_stderr("keel: info: iothread ", 3, HANG_GUARD);
+    keel.wait_stderr("keel: info: iothread ", 4, HANG_GUARD);
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
     let tasks = format!("/proc/{}/task", keel.pid());
     let mut names: Vec<String> = std::fs::read_dir(&tasks)
@@ -449,7 +453,7 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
         .collect();
     assert_eq!(
         io,
-        ["disk0-q0", "disk0-q1", "shared-io"],
+        ["disk0-q0", "disk0-q1", "disk3-io", "shared-io"],
         "threads: {names:?}"
     );
 }

@@ -138,6 +138,7 @@ fn attach_disks(
             pci_bars,
             ids,
             bars: &mut bars,
+            vcpus: usize::try_from(config.cpus.boot_vcpus).unwrap_or(usize::MAX),
         },
         &config.disks,
         iothread_cpus,
