@@ -48,9 +48,10 @@ pub trait Pollable: Send {
 }
 
 /// What an I/O thread waits for when it sleeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Wait {
     /// The guest's next request: nothing is in flight.
+    #[default]
     Request = 0,
     /// Completions of requests in flight.
     Completion = 1,
@@ -66,6 +67,7 @@ struct Member {
     name: String,
 }
 
+#[derive(Default)]
 struct Inner {
     members: Vec<Member>,
     next_id: u64,
@@ -75,18 +77,6 @@ struct Inner {
     waiting: Wait,
     /// When the thread last went back to sleep after polling.
     idle_since: Option<Instant>,
-}
-
-impl Default for Inner {
-    fn default() -> Self {
-        Inner {
-            members: Vec::new(),
-            next_id: 0,
-            windows: [Duration::ZERO; 2],
-            waiting: Wait::Request,
-            idle_since: None,
-        }
-    }
 }
 
 /// The queues one I/O thread polls together, and the thread's current window.
@@ -206,11 +196,13 @@ impl PollGroup {
             .unwrap_or_default();
         let waited = inner.waiting as usize;
         inner.windows[waited] = next_window(inner.windows[waited], slept, limit);
-        let window = inner.windows[awaited(&inner.members) as usize];
+        let mut next = awaited(&inner.members);
+        let window = inner.windows[next as usize];
         if !window.is_zero() {
             poll_members(&inner.members, window);
+            next = awaited(&inner.members);
         }
-        inner.waiting = awaited(&inner.members);
+        inner.waiting = next;
         inner.idle_since = Some(Instant::now());
     }
 }

@@ -326,8 +326,9 @@ fn plug(
     Ok((dev, bar))
 }
 
-/// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread, or one new
-/// thread per queue.
+/// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread; one new thread
+/// for all its queues when a thread each would not get a host CPU ([`thread_per_queue`]); or
+/// one new thread per queue.
 fn iothreads_for(
     threads: &mut Vec<IoThread>,
     cfg: &DiskConfig,
@@ -335,7 +336,8 @@ fn iothreads_for(
     cpus: Option<&CpuSet>,
     vcpus: usize,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
-    let spawn = |name: String| {
+    // Starts (and pins) a thread, keeps it in `threads` and hands back its handle.
+    let spawn = |threads: &mut Vec<IoThread>, name: String| {
         let filter = || {
             crate::seccomp::apply(crate::seccomp::ThreadKind::Io)
                 .map_err(|e| crate::api::routes::error_chain(&e))
@@ -353,7 +355,9 @@ fn iothreads_for(
                 }
             })?;
         }
-        Ok(thread)
+        let handle = thread.handle();
+        threads.push(thread);
+        Ok(handle)
     };
     if let Some(shared) = &cfg.iothread {
         if let Some(t) = threads.iter().find(|t| t.name() == shared) {
@@ -362,10 +366,7 @@ fn iothreads_for(
             }
             return Ok(vec![t.handle()]);
         }
-        let t = spawn(shared.clone())?;
-        let handle = t.handle();
-        threads.push(t);
-        return Ok(vec![handle]);
+        return Ok(vec![spawn(threads, shared.clone())?]);
     }
     let host_cpus = cpus.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -378,18 +379,11 @@ fn iothreads_for(
              would not each get one of {host_cpus} host CPU(s) (iothread= sets the layout)",
             cfg.queues
         );
-        let t = spawn(name)?;
-        let handle = t.handle();
-        threads.push(t);
-        return Ok(vec![handle]);
+        return Ok(vec![spawn(threads, name)?]);
     }
-    let mut handles = Vec::with_capacity(usize::from(cfg.queues));
-    for q in 0..cfg.queues {
-        let t = spawn(thread_name(format!("{disk}-q{q}")))?;
-        handles.push(t.handle());
-        threads.push(t);
-    }
-    Ok(handles)
+    (0..cfg.queues)
+        .map(|q| spawn(threads, thread_name(format!("{disk}-q{q}"))))
+        .collect()
 }
 
 #[cfg(test)]
