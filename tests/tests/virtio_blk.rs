@@ -505,11 +505,21 @@ fn a_polling_io_thread_serves_every_request_exactly_once() {
     // every read checks out.
     let img = Image::zeroed("poll", 8 << 20);
     let disk = format!("path={},poll_us=1000", img.path());
-    let jobs = "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=1,ios=512,size=2M,verify=1,poll=1 \
-                probe.cmd=blk:disk=0,rw=randrw,bs=4k,iodepth=16,ios=2048,size=2M,verify=1";
-    let run = run_with_stats(&disk, jobs);
+    let run = run_with_stats(&disk, POLLED_AND_INTERRUPTED_JOBS);
+    assert_polled_and_interrupted_jobs_verified(&run, &img);
+}
+
+/// Two verified jobs on disk 0: writes at depth 1 (the guest polls the used ring), then mixed
+/// reads and writes at depth 16 (it takes interrupts), over its first 2 MiB.
+const POLLED_AND_INTERRUPTED_JOBS: &str =
+    "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=1,ios=512,size=2M,verify=1,poll=1 \
+     probe.cmd=blk:disk=0,rw=randrw,bs=4k,iodepth=16,ios=2048,size=2M,verify=1";
+
+/// [`POLLED_AND_INTERRUPTED_JOBS`] ran: every request completed once without an error, every
+/// read checked out, and every write landed in `img`.
+fn assert_polled_and_interrupted_jobs_verified(run: &Run, img: &Image) {
     run.assert_probe_done();
-    let reports = blk_reports(&run);
+    let reports = blk_reports(run);
     assert_eq!(reports.len(), 2, "{}", run.describe());
     for (r, ios) in reports.iter().zip([512, 2048]) {
         assert_eq!(outcome(r), (ios, 0, 0), "{r}");
@@ -567,8 +577,6 @@ fn a_disk_in_memory_is_served_by_the_sync_engine_unless_io_uring_is_named() {
     assert!(on_tmpfs("/dev/shm"), "this test needs /dev/shm on tmpfs");
     let img = Image::zeroed_in(std::path::Path::new("/dev/shm"), "in-memory", 8 << 20);
     let kernel = probe_image("probe.elf");
-    let jobs = "probe.cmd=blk:disk=0,rw=write,bs=4k,iodepth=1,ios=512,size=2M,verify=1,poll=1 \
-                probe.cmd=blk:disk=0,rw=randrw,bs=4k,iodepth=16,ios=2048,size=2M,verify=1";
     for (option, engine) in [("", "sync"), (",engine=io_uring", "io_uring")] {
         let disk = format!("path={}{option}", img.path());
         let run = run_keel(&[
@@ -579,21 +587,15 @@ fn a_disk_in_memory_is_served_by_the_sync_engine_unless_io_uring_is_named() {
             "--disk",
             &disk,
             "--cmdline",
-            jobs,
+            POLLED_AND_INTERRUPTED_JOBS,
         ]);
-        run.assert_probe_done();
         assert!(
             run.stderr
                 .contains(&format!("1 queue(s), {engine} I/O engine")),
             "{option}: {}",
             run.describe()
         );
-        let reports = blk_reports(&run);
-        assert_eq!(reports.len(), 2, "{}", run.describe());
-        for (r, ios) in reports.iter().zip([512, 2048]) {
-            assert_eq!(outcome(r), (ios, 0, 0), "{option}: {r}");
-        }
-        assert!(img.bad_pattern_sectors(0, (2 << 20) / SECTOR).is_empty());
+        assert_polled_and_interrupted_jobs_verified(&run, &img);
     }
 }
 
