@@ -12,6 +12,7 @@
 pub mod console_tail;
 pub mod counter_window;
 pub mod disks;
+pub mod guest_irqs;
 pub mod job;
 pub mod keel_run;
 pub mod output;
@@ -166,6 +167,8 @@ pub struct SideResult {
     pub summary: Option<Summary>,
     /// fio's exit statuses.
     pub exit_codes: Vec<i64>,
+    /// The guest's interrupts over fio's run, by source (empty if it printed none).
+    pub guest_irqs: Vec<guest_irqs::IrqCount>,
     /// Why the run does not count (None when it does).
     pub problem: Option<String>,
 }
@@ -175,10 +178,12 @@ impl SideResult {
         let mut problem = None;
         let mut summary = None;
         let mut exit_codes = Vec::new();
+        let mut guest_irqs = Vec::new();
         match report::scan(&run.console) {
             Err(e) => problem = Some(e.to_string()),
             Ok(console) => {
                 exit_codes = console.exit_codes.clone();
+                guest_irqs = console.guest_irqs.clone();
                 if let Some(e) = console.errors.first() {
                     problem = Some(format!("the guest says: {e}"));
                 }
@@ -223,6 +228,7 @@ impl SideResult {
             run,
             summary,
             exit_codes,
+            guest_irqs,
             problem,
         }
     }

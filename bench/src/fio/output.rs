@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
+use super::guest_irqs;
 use super::report::{DirectionTotal, Summary};
 use super::{BenchReport, GuestKind, SideResult, CONFIG_DISK_ID};
 
@@ -63,6 +64,13 @@ pub fn exits_by_reason(side: &SideResult) -> Vec<(&'static str, f64)> {
             Some((r, *n as f64 / ios as f64))
         })
         .collect()
+}
+
+/// The guest's interrupts per I/O by source family (`guest_irqs::family`), when it printed
+/// them and fio did I/O.
+pub fn guest_irqs_per_io(side: &SideResult) -> Vec<(String, f64)> {
+    let ios = side.summary.as_ref().map_or(0, Summary::total_ios);
+    guest_irqs::per_io_by_family(&side.guest_irqs, ios)
 }
 
 /// The exit rates over fio's run, when the side has a counter window and fio did I/O.
@@ -125,6 +133,13 @@ fn side_json(side: &SideResult) -> Value {
             .map(|(r, x)| (r.to_string(), json!(x)))
             .collect();
         v["kvm_per_io"] = Value::Object(by_reason);
+    }
+    let irqs: serde_json::Map<String, Value> = guest_irqs_per_io(side)
+        .into_iter()
+        .map(|(f, x)| (f, json!(x)))
+        .collect();
+    if !irqs.is_empty() {
+        v["guest_irqs_per_io"] = Value::Object(irqs);
     }
     v
 }
@@ -285,6 +300,7 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
         ),
     ];
     rows.extend(reason_rows(sides));
+    rows.extend(guest_irq_rows(sides));
     rows.extend([
         (
             "keel userspace exits per I/O".into(),
@@ -320,19 +336,42 @@ fn count_rows(sides: &[&SideResult]) -> Vec<Row> {
 /// `  REASON per I/O` rows, for each reason some side counted.
 fn reason_rows(sides: &[&SideResult]) -> Vec<Row> {
     let per_side: Vec<Vec<(&str, f64)>> = sides.iter().map(|s| exits_by_reason(s)).collect();
-    EXIT_REASONS
-        .iter()
-        .filter(|r| per_side.iter().flatten().any(|(n, x)| n == *r && *x > 0.0))
-        .map(|r| {
+    let counted = EXIT_REASONS
+        .into_iter()
+        .filter(|r| per_side.iter().flatten().any(|(n, x)| n == r && *x > 0.0));
+    per_io_rows(&per_side, counted, "n/a", |r| format!("  {r} per I/O"))
+}
+
+/// `  guest FAMILY interrupts per I/O` rows, for each family some side's guest counted.
+fn guest_irq_rows(sides: &[&SideResult]) -> Vec<Row> {
+    let per_side: Vec<Vec<(String, f64)>> = sides.iter().map(|s| guest_irqs_per_io(s)).collect();
+    let mut families: Vec<&str> = per_side.iter().flatten().map(|(f, _)| f.as_str()).collect();
+    families.sort_unstable();
+    families.dedup();
+    per_io_rows(&per_side, families, "0", |f| {
+        format!("  guest {f} interrupts per I/O")
+    })
+}
+
+/// One row per name, a cell per side: its per-I/O figure, or `missing` where it has none.
+fn per_io_rows<'a, N: AsRef<str>>(
+    per_side: &[Vec<(N, f64)>],
+    names: impl IntoIterator<Item = &'a str>,
+    missing: &str,
+    label: impl Fn(&str) -> String,
+) -> Vec<Row> {
+    names
+        .into_iter()
+        .map(|name| {
             let cells = per_side
                 .iter()
                 .map(|side| {
                     side.iter()
-                        .find(|(n, _)| n == r)
-                        .map_or_else(|| "n/a".into(), |(_, x)| format!("{x:.4}"))
+                        .find(|(n, _)| n.as_ref() == name)
+                        .map_or_else(|| missing.into(), |(_, x)| format!("{x:.4}"))
                 })
                 .collect();
-            (format!("  {r} per I/O"), cells)
+            (label(name), cells)
         })
         .collect()
 }

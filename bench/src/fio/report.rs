@@ -7,12 +7,15 @@
 //! - `KEEL-FIO-JSON-BEGIN`, fio's `--output-format=json` document, `KEEL-FIO-JSON-END`;
 //! - `KEEL-FIO-EXIT rc=N`: fio's exit status;
 //! - `KEEL-FIO-ERROR: TEXT`: the guest could not run the job;
-//! - `KEEL-FIO-STDERR: TEXT`: a line fio wrote on stderr.
+//! - `KEEL-FIO-STDERR: TEXT`: a line fio wrote on stderr;
+//! - `KEEL-FIO-IRQS NAME=COUNT ...`: the guest's interrupts over fio's run ([`super::guest_irqs`]).
 //!
 //! Jobs inside one document ran at the same time; documents ran one after another (the probe
 //! prints one per disk and job).
 
 use serde_json::Value;
+
+use super::guest_irqs::{self, IrqCount, IRQS};
 
 /// Marker before fio starts.
 pub const START: &str = "KEEL-FIO-START";
@@ -69,6 +72,8 @@ pub struct Console {
     pub errors: Vec<String>,
     /// fio's stderr lines.
     pub stderr: Vec<String>,
+    /// The guest's interrupts over fio's run, by source (the last `KEEL-FIO-IRQS` line).
+    pub guest_irqs: Vec<IrqCount>,
 }
 
 /// Scans console text (CR/LF line ends, other output around the markers).
@@ -107,6 +112,10 @@ pub fn scan(text: &str) -> Result<Console, ReportError> {
             out.errors.push(e.trim().to_string());
         } else if let Some(e) = trimmed.strip_prefix(STDERR) {
             out.stderr.push(e.trim().to_string());
+        } else if let Some(counts) = trimmed.strip_prefix(IRQS) {
+            if counts.is_empty() || counts.starts_with(' ') {
+                out.guest_irqs = guest_irqs::parse(counts);
+            }
         }
     }
     if doc.is_some() {

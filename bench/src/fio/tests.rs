@@ -113,3 +113,39 @@ fn exits_are_broken_down_by_reason_per_io() {
         "a reason nobody counted: {text}"
     );
 }
+
+#[test]
+fn the_guests_interrupts_are_reported_per_io_by_family() {
+    use super::output::{json, table};
+    // Two documents of DOC: two fio I/Os. The IRQ line follows fio's exit status.
+    let text = format!(
+        "{}{}KEEL-FIO-IRQS LOC=7 virtio2-req.0=3 virtio3-req.1=1 CAL=2\r\n",
+        with_doc(DOC, 0),
+        with_doc(DOC, 0)
+    );
+    let s = side(&text, GuestEnd::PowerOff);
+    assert!(s.ok(), "{:?}", s.problem);
+    let report = super::BenchReport {
+        job: "j".into(),
+        guest: super::GuestKind::Linux,
+        disks: 2,
+        disk_size: 1 << 20,
+        vcpus: 2,
+        memory: 1 << 30,
+        keel: Some(s),
+        qemu: None,
+    };
+    let v = json(&report);
+    let irqs = &v["keel"]["guest_irqs_per_io"];
+    assert_eq!(irqs["virtio_req"], 2.0, "{v}");
+    assert_eq!(irqs["LOC"], 3.5);
+    assert_eq!(irqs["CAL"], 1.0);
+    let text = table(&report);
+    assert!(
+        text.contains("  guest virtio_req interrupts per I/O"),
+        "{text}"
+    );
+    // A guest that printed no line has no figures, rather than zeros.
+    let quiet = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
+    assert!(quiet.guest_irqs.is_empty());
+}

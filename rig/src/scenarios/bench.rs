@@ -1,9 +1,10 @@
 //! Exits per I/O with a real driver: `keel bench fio --guest linux --compare qemu` for each fio
 //! job of the benchmark set, Keel beside QEMU with KVM on the same guest, disks and job, at a
 //! short runtime. Figures, not pass/fail thresholds: the scenario fails only when Keel's side
-//! produced none. QEMU's side is reported, figures or failure, but never fails the scenario:
-//! no test depends on a peer VMM's quirks. (IOPS in a nested rig mean nothing; exits per I/O
-//! do.)
+//! produced none, or lacks the guest's own count of its disks' interrupts (`KEEL-FIO-IRQS`,
+//! printed beside QEMU's). QEMU's side is reported, figures or failure, but never fails the
+//! scenario: no test depends on a peer VMM's quirks. (IOPS in a nested rig mean nothing;
+//! exits per I/O do.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -58,6 +59,14 @@ fn bench(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
         check(keel["ok"] == true && k.is_some(), || {
             format!("{name}: Keel's side produced no exits per I/O: {keel}")
         })?;
+        let guest_virtio = keel["guest_irqs_per_io"]["virtio_req"].as_f64();
+        check(guest_virtio.is_some_and(|x| x > 0.0), || {
+            format!(
+                "{name}: the guest under Keel reported no virtio request interrupts \
+                 (KEEL-FIO-IRQS): {}",
+                keel["guest_irqs_per_io"]
+            )
+        })?;
         let k = format!("{:.3}", k.unwrap_or(0.0));
         let q = match v["qemu"]["exits_per_io_kvm"].as_f64() {
             Some(q) => format!("{q:.3}"),
@@ -71,8 +80,13 @@ fn bench(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
         ));
         crate::say(format!(
             "RIG-FIGURE bench {name} kvm_per_io_by_reason keel[{}] qemu[{}]",
-            by_reason(keel),
-            by_reason(&v["qemu"])
+            per_io_list(&keel["kvm_per_io"]),
+            per_io_list(&v["qemu"]["kvm_per_io"])
+        ));
+        crate::say(format!(
+            "RIG-FIGURE bench {name} guest_irqs_per_io keel[{}] qemu[{}]",
+            per_io_list(&keel["guest_irqs_per_io"]),
+            per_io_list(&v["qemu"]["guest_irqs_per_io"])
         ));
         crate::say(format!(
             "RIG-FIGURE bench {name} rates keel[{}] qemu[{}]",
@@ -107,10 +121,10 @@ fn rates(side: &serde_json::Value) -> String {
     out.join(",")
 }
 
-/// `reason=x.xxx,...` for each exit reason a side counted at least once per thousand I/Os.
-fn by_reason(side: &serde_json::Value) -> String {
-    side["kvm_per_io"]
-        .as_object()
+/// `name=x.xxx,...` for each entry of a per-I/O map (exit reasons, the guest's interrupt
+/// sources) counted at least once per thousand I/Os.
+fn per_io_list(map: &serde_json::Value) -> String {
+    map.as_object()
         .map(|m| {
             m.iter()
                 .filter_map(|(k, v)| Some((k, v.as_f64()?)))
