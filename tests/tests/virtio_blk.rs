@@ -401,14 +401,16 @@ fn stats_line_reports_exits() {
 fn each_queue_gets_a_named_iothread_unless_shared() {
     // disk0's queues do not poll, so each gets its thread whatever the host's CPUs; disk3's
     // two polling queues may run on one host CPU, which the vCPU needs too, so they share one.
+    // Scheduling: disk0 names normal; shared-io's first disk names batch (the second disk
+    // shares it as it is); disk3's auto is batch, its vCPU and thread having one host CPU.
     let a = Image::zeroed("thr-a", 1 << 20);
     let b = Image::zeroed("thr-b", 1 << 20);
     let c = Image::zeroed("thr-c", 1 << 20);
     let d = Image::zeroed("thr-d", 1 << 20);
     let kernel = probe_image("probe.elf");
     let disks = [
-        format!("path={},queues=2,poll_us=0", a.path()),
-        format!("path={},iothread=shared-io", b.path()),
+        format!("path={},queues=2,poll_us=0,iothread_sched=normal", a.path()),
+        format!("path={},iothread=shared-io,iothread_sched=batch", b.path()),
         format!("path={},iothread=shared-io,id=data", c.path()),
         format!("path={},queues=2,iothread=cpus:0", d.path()),
     ];
@@ -424,38 +426,56 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
         args.extend(["--disk", d.as_str()]);
     }
     // Each I/O thread's placement line is logged from an answer the thread itself gave (its
-    // tid), so it has started and is named; the vCPU thread runs the guest once the boot line
-    // is out. The guest spins for an hour and is stopped with SIGTERM once the names are read.
+    // tid), after its policy was set, so it has started, is named and scheduled; the vCPU
+    // thread runs the guest once the boot line is out. The guest spins for an hour and is
+    // stopped with SIGTERM once the threads are read.
     let mut keel = Watched::spawn(&args);
     keel.wait_stderr("keel: info: iothread ", 4, HANG_GUARD);
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
-    let tasks = format!("/proc/{}/task", keel.pid());
-    let mut names: Vec<String> = std::fs::read_dir(&tasks)
-        .expect("keel's /proc task directory")
-        .filter_map(|t| {
-            let comm = t.ok()?.path().join("comm");
-            Some(std::fs::read_to_string(comm).ok()?.trim().to_string())
-        })
-        .collect();
+    let mut threads = threads_with_policy(keel.pid());
     keel.signal(libc::SIGTERM);
     let run = keel.finish(HANG_GUARD);
     run.assert_probe_stopped_by("SIGTERM");
-    names.sort();
+    threads.sort();
     assert!(
-        names.iter().any(|n| n == "keel-vcpu0"),
-        "threads: {names:?}"
+        threads.contains(&("keel-vcpu0".into(), libc::SCHED_OTHER)),
+        "threads: {threads:?}"
     );
-    let io: Vec<&str> = names
+    let io: Vec<(&str, i32)> = threads
         .iter()
-        .map(String::as_str)
+        .map(|(n, p)| (n.as_str(), *p))
         // keel's own threads and KVM's kernel workers aside.
-        .filter(|n| !n.starts_with("keel") && !n.starts_with("kvm"))
+        .filter(|(n, _)| !n.starts_with("keel") && !n.starts_with("kvm"))
         .collect();
+    let (normal, batch) = (libc::SCHED_OTHER, libc::SCHED_BATCH);
     assert_eq!(
         io,
-        ["disk0-q0", "disk0-q1", "disk3-io", "shared-io"],
-        "threads: {names:?}"
+        [
+            ("disk0-q0", normal),
+            ("disk0-q1", normal),
+            ("disk3-io", batch),
+            ("shared-io", batch)
+        ],
+        "threads: {threads:?}"
     );
+}
+
+/// Each thread of process `pid`: its name and scheduling policy (`SCHED_*`, field 41 of
+/// `/proc/PID/task/TID/stat`).
+fn threads_with_policy(pid: u32) -> Vec<(String, i32)> {
+    let tasks = format!("/proc/{pid}/task");
+    std::fs::read_dir(&tasks)
+        .expect("keel's /proc task directory")
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the command's closing parenthesis start at field 3 (state).
+            let after = &stat[stat.rfind(')')? + 1..];
+            let policy = after.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((comm.trim().to_string(), policy))
+        })
+        .collect()
 }
 
 /// Userspace MMIO exits to disk0 in a run's stats.

@@ -295,6 +295,7 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_prctl,
     libc::SYS_seccomp,
     libc::SYS_sched_setaffinity,
+    libc::SYS_sched_setscheduler,
     libc::SYS_tgkill,
     libc::SYS_rt_sigaction,
     libc::SYS_epoll_create1,

@@ -1,6 +1,7 @@
 //! `--disk path=FILE[,readonly=on][,cache=none|writeback][,queues=N][,queue_size=N]
 //! [,iothread=NAME|cpus:LIST|NAME:cpus:LIST][,numa_node=N][,serial=ID][,id=NAME][,poll_us=N]
-//! [,engine=auto|io_uring|sync]`: one virtio-blk disk per option, repeatable.
+//! [,engine=auto|io_uring|sync][,iothread_sched=auto|normal|batch]`: one virtio-blk disk per
+//! option, repeatable.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use devices::virtio::block::EngineChoice;
 
 use super::{get, parse_group, strip_brackets, ConfigError, Toggle};
-use crate::placement::CpuSet;
+use crate::placement::{CpuSet, IoThreadSched};
 
 /// Most disks one VM can have (PCI bus 0 slots left after the host bridge).
 pub const MAX_DISKS: usize = 31;
@@ -67,6 +68,10 @@ pub struct DiskConfig {
     /// (tmpfs, ramfs), where io_uring would hand every request to a worker thread, io_uring
     /// otherwise.
     pub engine: EngineChoice,
+    /// Whether the disk's new I/O threads may preempt a running vCPU when they wake (`normal`)
+    /// or wait for a free CPU (`batch`, `SCHED_BATCH`); by default `batch` when the vCPUs and
+    /// the disk's threads outnumber the host CPUs the threads may use.
+    pub iothread_sched: IoThreadSched,
 }
 
 impl Default for DiskConfig {
@@ -85,6 +90,7 @@ impl Default for DiskConfig {
             lock: true,
             poll_us: DEFAULT_POLL_US,
             engine: EngineChoice::Auto,
+            iothread_sched: IoThreadSched::Auto,
         }
     }
 }
@@ -99,6 +105,7 @@ pub(super) const POLL_US: &str = "expected 0 to 1000 (microseconds)";
 const SERIAL: &str = "expected at most 20 printable ASCII characters";
 const NAME: &str = "expected 1-15 characters from A-Z a-z 0-9 - _ .";
 const ENGINE: &str = "expected auto, io_uring or sync";
+const IOTHREAD_SCHED: &str = "expected auto, normal or batch";
 const IOTHREAD_CPUS: &str = "expected cpus:LIST such as cpus:2-3 or cpus:[2,4]";
 
 fn invalid(key: &'static str, value: &str, reason: &'static str) -> ConfigError {
@@ -182,6 +189,25 @@ pub(crate) fn engine_text(engine: EngineChoice) -> &'static str {
     }
 }
 
+/// An `iothread_sched` value: `auto`, `normal` or `batch`.
+pub(crate) fn parse_iothread_sched(value: &str) -> Result<IoThreadSched, ConfigError> {
+    match value {
+        "auto" => Ok(IoThreadSched::Auto),
+        "normal" => Ok(IoThreadSched::Normal),
+        "batch" => Ok(IoThreadSched::Batch),
+        _ => Err(invalid("iothread_sched", value, IOTHREAD_SCHED)),
+    }
+}
+
+/// The `iothread_sched` value that [`parse_iothread_sched`] reads back.
+pub(crate) fn iothread_sched_text(sched: IoThreadSched) -> &'static str {
+    match sched {
+        IoThreadSched::Auto => "auto",
+        IoThreadSched::Normal => "normal",
+        IoThreadSched::Batch => "batch",
+    }
+}
+
 /// An `iothread` value: `NAME`, `cpus:LIST` or `NAME:cpus:LIST`, the list with or without
 /// brackets (the command line needs them around a list with commas, JSON does not).
 pub(crate) fn parse_iothread(value: &str) -> Result<(Option<String>, Option<CpuSet>), ConfigError> {
@@ -222,6 +248,7 @@ impl DiskConfig {
         "lock",
         "poll_us",
         "engine",
+        "iothread_sched",
     ];
 
     /// Parses one `--disk` group, then checks its values ([`DiskConfig::check_values`]).
@@ -259,6 +286,9 @@ impl DiskConfig {
         }
         if let Some(v) = get(&pairs, "engine") {
             cfg.engine = parse_engine(v)?;
+        }
+        if let Some(v) = get(&pairs, "iothread_sched") {
+            cfg.iothread_sched = parse_iothread_sched(v)?;
         }
         if let Some(v) = get(&pairs, "iothread") {
             (cfg.iothread, cfg.iothread_cpus) = parse_iothread(v)?;
@@ -441,6 +471,20 @@ mod tests {
     }
 
     #[test]
+    fn the_iothread_policy_is_chosen_automatically_unless_named() {
+        let sched = |text: &str| DiskConfig::parse(text).unwrap().iothread_sched;
+        assert_eq!(sched("path=/a"), IoThreadSched::Auto);
+        for (text, want) in [
+            ("auto", IoThreadSched::Auto),
+            ("normal", IoThreadSched::Normal),
+            ("batch", IoThreadSched::Batch),
+        ] {
+            assert_eq!(sched(&format!("path=/a,iothread_sched={text}")), want);
+            assert_eq!(iothread_sched_text(want), text);
+        }
+    }
+
+    #[test]
     fn images_are_locked_unless_lock_off() {
         assert!(DiskConfig::parse("path=/a").unwrap().lock);
         assert!(!DiskConfig::parse("path=/a,lock=off").unwrap().lock);
@@ -463,6 +507,8 @@ mod tests {
             ("path=/a,poll_us=-1", "poll_us"),
             ("path=/a,engine=aio", "engine"),
             ("path=/a,engine=", "engine"),
+            ("path=/a,iothread_sched=fifo", "iothread_sched"),
+            ("path=/a,iothread_sched=", "iothread_sched"),
             ("path=/a,serial=this-serial-is-too-long", "serial"),
             ("path=/a,serial=has space", "serial"),
             ("path=/a,iothread=a/b", "iothread"),

@@ -438,6 +438,10 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
         },
         engine: cloud_hypervisor::io_engine(&field, wire.disable_io_uring, engine)?
             .unwrap_or(defaults.engine),
+        iothread_sched: match &wire.iothread_sched {
+            Some(v) => disk::parse_iothread_sched(v).map_err(cli)?,
+            None => defaults.iothread_sched,
+        },
     };
     cfg.check_values().map_err(cli)?;
     Ok(cfg)

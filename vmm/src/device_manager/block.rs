@@ -38,9 +38,9 @@ pub enum BlockDeviceError {
         #[source]
         source: BlockError,
     },
-    /// An I/O thread could not be pinned to its CPUs.
-    #[error("cannot pin I/O thread {thread}")]
-    Pin {
+    /// An I/O thread could not be pinned to its CPUs or given its scheduling policy.
+    #[error("cannot place I/O thread {thread}")]
+    Placement {
         /// Thread name.
         thread: String,
         /// Cause.
@@ -328,7 +328,8 @@ fn plug(
 
 /// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread; one new thread
 /// for all its queues when a thread each would not get a host CPU ([`thread_per_queue`]); or
-/// one new thread per queue.
+/// one new thread per queue. New threads are pinned to `cpus` and, when
+/// [`placement::batch_wakeups`] says so, put under `SCHED_BATCH`.
 fn iothreads_for(
     threads: &mut Vec<IoThread>,
     cfg: &DiskConfig,
@@ -336,54 +337,85 @@ fn iothreads_for(
     cpus: Option<&CpuSet>,
     vcpus: usize,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
-    // Starts (and pins) a thread, keeps it in `threads` and hands back its handle.
-    let spawn = |threads: &mut Vec<IoThread>, name: String| {
-        let filter = || {
-            crate::seccomp::apply(crate::seccomp::ThreadKind::Io)
-                .map_err(|e| crate::api::routes::error_chain(&e))
-        };
-        let thread =
-            IoThread::spawn_with(&name, filter).map_err(|source| BlockDeviceError::IoThread {
-                disk: disk.to_string(),
-                source,
-            })?;
-        if let Some(cpus) = cpus {
-            placement::set_thread_affinity(Some(thread.tid()), cpus).map_err(|source| {
-                BlockDeviceError::Pin {
-                    thread: name.clone(),
-                    source,
-                }
-            })?;
-        }
-        let handle = thread.handle();
-        threads.push(thread);
-        Ok(handle)
-    };
-    if let Some(shared) = &cfg.iothread {
-        if let Some(t) = threads.iter().find(|t| t.name() == shared) {
-            if cpus.is_some() {
-                log::info!("{disk}: shares I/O thread {shared}, which keeps its first disk's CPUs");
-            }
-            return Ok(vec![t.handle()]);
-        }
-        return Ok(vec![spawn(threads, shared.clone())?]);
-    }
     let host_cpus = cpus.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         CpuSet::len,
     );
-    if !thread_per_queue(cfg.queues, cfg.poll_us > 0, host_cpus, vcpus) {
+    let names: Vec<String> = if let Some(shared) = &cfg.iothread {
+        if let Some(t) = threads.iter().find(|t| t.name() == shared) {
+            log::info!(
+                "{disk}: shares I/O thread {shared}, which keeps its first disk's CPUs and \
+                 scheduling policy"
+            );
+            return Ok(vec![t.handle()]);
+        }
+        vec![shared.clone()]
+    } else if !thread_per_queue(cfg.queues, cfg.poll_us > 0, host_cpus, vcpus) {
         let name = thread_name(format!("{disk}-io"));
         log::info!(
             "{disk}: its {} polling queues share I/O thread {name}: with {vcpus} vCPU(s) they \
              would not each get one of {host_cpus} host CPU(s) (iothread= sets the layout)",
             cfg.queues
         );
-        return Ok(vec![spawn(threads, name)?]);
+        vec![name]
+    } else {
+        (0..cfg.queues)
+            .map(|q| thread_name(format!("{disk}-q{q}")))
+            .collect()
+    };
+    let batch = placement::batch_wakeups(cfg.iothread_sched, vcpus, names.len(), host_cpus);
+    if batch {
+        log::info!(
+            "{disk}: its I/O thread(s) run under SCHED_BATCH: woken, they wait for a free CPU \
+             instead of preempting a vCPU ({vcpus} vCPU(s) and {} thread(s) on {host_cpus} host \
+             CPU(s); iothread_sched= sets it)",
+            names.len()
+        );
     }
-    (0..cfg.queues)
-        .map(|q| spawn(threads, thread_name(format!("{disk}-q{q}"))))
+    names
+        .into_iter()
+        .map(|name| {
+            let thread = spawn_iothread(&name, disk, cpus, batch)?;
+            let handle = thread.handle();
+            threads.push(thread);
+            Ok(handle)
+        })
         .collect()
+}
+
+/// Starts I/O thread `name` for `disk` under its seccomp filter, pinned to `cpus` and, with
+/// `batch`, under `SCHED_BATCH`.
+fn spawn_iothread(
+    name: &str,
+    disk: &str,
+    cpus: Option<&CpuSet>,
+    batch: bool,
+) -> Result<IoThread, BlockDeviceError> {
+    let filter = || {
+        crate::seccomp::apply(crate::seccomp::ThreadKind::Io)
+            .map_err(|e| crate::api::routes::error_chain(&e))
+    };
+    let thread =
+        IoThread::spawn_with(name, filter).map_err(|source| BlockDeviceError::IoThread {
+            disk: disk.to_string(),
+            source,
+        })?;
+    let placed = cpus
+        .map_or(Ok(()), |cpus| {
+            placement::set_thread_affinity(Some(thread.tid()), cpus)
+        })
+        .and_then(|()| {
+            if batch {
+                placement::set_thread_batch(Some(thread.tid()))
+            } else {
+                Ok(())
+            }
+        });
+    placed.map_err(|source| BlockDeviceError::Placement {
+        thread: name.to_string(),
+        source,
+    })?;
+    Ok(thread)
 }
 
 #[cfg(test)]

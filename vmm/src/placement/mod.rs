@@ -7,6 +7,8 @@
 //! - [`mempolicy`]: [`bind_to_node`] binds a mapped range to one NUMA node (`mbind(2)`), and
 //!   [`range_policy`] reads a range's policy back (`get_mempolicy(2)`).
 //!
+//! - [`wakeup`]: [`IoThreadSched`], whether a woken I/O thread may preempt a running vCPU
+//!   (`SCHED_BATCH` when it may not: [`set_thread_batch`]).
 //! - [`mod@plan`]: [`Plan`], where one VM's RAM pieces, vCPUs and I/O threads go, checked
 //!   against the host before the VM exists.
 //!
@@ -20,6 +22,7 @@ pub mod cpuset;
 pub mod mempolicy;
 pub mod plan;
 pub mod topology;
+pub mod wakeup;
 
 pub use cpuset::{current_tid, set_thread_affinity, thread_affinity, CpuSet, MAX_CPUS};
 pub use mempolicy::{
@@ -28,6 +31,7 @@ pub use mempolicy::{
 };
 pub use plan::{plan, Plan};
 pub use topology::{HostNode, HostTopology, HugePagePool};
+pub use wakeup::{batch_wakeups, set_thread_batch, thread_policy, IoThreadSched};
 
 /// Errors parsing CPU lists, reading the host topology, and setting affinity or memory policy.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,24 @@ pub enum PlacementError {
     /// `sched_getaffinity(2)` failed.
     #[error("sched_getaffinity of {} failed", describe_tid(*tid))]
     GetAffinity {
+        /// The thread (`None`: the calling thread).
+        tid: Option<i32>,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// `sched_setscheduler(2)` failed.
+    #[error("sched_setscheduler of {} to SCHED_BATCH failed", describe_tid(*tid))]
+    SetScheduler {
+        /// The thread (`None`: the calling thread).
+        tid: Option<i32>,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// `sched_getscheduler(2)` failed.
+    #[error("sched_getscheduler of {} failed", describe_tid(*tid))]
+    GetScheduler {
         /// The thread (`None`: the calling thread).
         tid: Option<i32>,
         /// The errno.

@@ -393,7 +393,7 @@ fn cli_configs() -> Vec<VmConfig> {
                  iothread=io0:cpus:[2,4],numa_node=1,serial=SN-1,id=root",
                 "path=/b.img,iothread=cpus:1-3",
                 "path=/c.img,iothread=shared",
-                "path=/d.img,num_queues=2,engine=sync",
+                "path=/d.img,num_queues=2,engine=sync,iothread_sched=batch",
             ],
             &[
                 "guest_node=0,cpus=0-1,memory=1G,host_node=0",
@@ -455,15 +455,16 @@ fn json_output_has_the_documented_shape() {
             {"path": "/a.img", "readonly": true, "num_queues": 4, "queue_size": 128,
              "id": "root", "serial": "SN-1", "cache": "writeback",
              "iothread": "io0:cpus:[2,4]", "numa_node": 1, "lock": true, "poll_us": 32,
-             "engine": "auto"},
+             "engine": "auto", "iothread_sched": "auto"},
             {"path": "/b.img", "readonly": false, "num_queues": 1, "queue_size": 256,
              "cache": "none", "iothread": "cpus:[1-3]", "lock": true, "poll_us": 32,
-             "engine": "auto"},
+             "engine": "auto", "iothread_sched": "auto"},
             {"path": "/c.img", "readonly": false, "num_queues": 1, "queue_size": 256,
              "cache": "none", "iothread": "shared", "lock": true, "poll_us": 32,
-             "engine": "auto"},
+             "engine": "auto", "iothread_sched": "auto"},
             {"path": "/d.img", "readonly": false, "num_queues": 2, "queue_size": 256,
-             "cache": "none", "lock": true, "poll_us": 32, "engine": "sync"}
+             "cache": "none", "lock": true, "poll_us": 32, "engine": "sync",
+             "iothread_sched": "batch"}
         ],
         "serial": {"mode": "Tty"},
         "numa": [

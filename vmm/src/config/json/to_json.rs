@@ -128,6 +128,9 @@ fn disk_to(disk: &DiskConfig) -> DiskWire {
         lock: Some(disk.lock),
         poll_us: Some(u64::from(disk.poll_us)),
         engine: Some(super::super::disk::engine_text(disk.engine).to_string()),
+        iothread_sched: Some(
+            super::super::disk::iothread_sched_text(disk.iothread_sched).to_string(),
+        ),
         ..DiskWire::default()
     }
 }

@@ -202,6 +202,8 @@ pub(super) struct DiskWire {
     pub poll_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iothread_sched: Option<String>,
     #[serde(skip_serializing)]
     pub direct: Option<bool>,
     #[serde(skip_serializing)]

@@ -1,0 +1,118 @@
+//! Whether an I/O thread preempts a running vCPU when it wakes.
+//!
+//! A guest notification (an ioeventfd) and an I/O completion wake the disk's I/O thread. When
+//! the vCPUs already fill the host CPUs that thread may run on, Linux's fair scheduler lets the
+//! woken thread preempt the vCPU that sent the notification: the thread takes the one request
+//! published so far, completes it (a read of a file's hole or of the page cache finishes inside
+//! the submit) and interrupts the guest, once per request or two. Measured in the rig (one L1
+//! CPU, a Linux guest with 2 vCPUs, fio 4K randread QD64), the guest then notified for 0.19 and
+//! was interrupted for 0.18 of its requests.
+//!
+//! Under `SCHED_BATCH` (`sched(7)`) a woken thread does not preempt: it runs when a CPU frees up
+//! (the vCPU halts because the guest waits for its I/O, or its time slice ends) and otherwise
+//! gets its fair share as before. By then the guest has published a batch, which the thread
+//! serves with one notification and one interrupt: in the same rig 0.02 of each per request,
+//! KVM exits per I/O 0.18 against QEMU's 0.57, and 2.4x the IOPS. A thread with a CPU of its
+//! own wakes on that idle CPU either way: the policy changes nothing there.
+//!
+//! [`IoThreadSched`] is the disk's choice (`iothread_sched=` of `--disk`); [`batch_wakeups`]
+//! decides `auto`; [`set_thread_batch`] applies it.
+
+use std::io;
+
+use super::{describe_tid, PlacementError};
+
+/// How a disk's I/O threads are scheduled (`iothread_sched=` of `--disk`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoThreadSched {
+    /// `batch` when the VM's vCPUs and the disk's I/O threads outnumber the host CPUs those
+    /// threads may run on, `normal` otherwise.
+    #[default]
+    Auto,
+    /// `SCHED_OTHER`: a woken I/O thread may preempt a running vCPU.
+    Normal,
+    /// `SCHED_BATCH`: a woken I/O thread waits for a free CPU or the next tick.
+    Batch,
+}
+
+/// Whether a disk's `threads` new I/O threads get `SCHED_BATCH` under `choice`, beside `vcpus`
+/// vCPUs on `host_cpus` CPUs.
+pub fn batch_wakeups(
+    choice: IoThreadSched,
+    vcpus: usize,
+    threads: usize,
+    host_cpus: usize,
+) -> bool {
+    match choice {
+        IoThreadSched::Normal => false,
+        IoThreadSched::Batch => true,
+        IoThreadSched::Auto => vcpus.saturating_add(threads) > host_cpus,
+    }
+}
+
+/// Puts thread `tid` (`None`: the calling thread) under `SCHED_BATCH`, at its current nice
+/// value, with `sched_setscheduler(2)`. No privilege is needed: it is not a real-time policy.
+pub fn set_thread_batch(tid: Option<i32>) -> Result<(), PlacementError> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: param is a live sched_param the kernel only reads; tid names a thread of this
+    // process or 0 (the caller).
+    let ret = unsafe { libc::sched_setscheduler(tid.unwrap_or(0), libc::SCHED_BATCH, &param) };
+    if ret != 0 {
+        return Err(PlacementError::SetScheduler {
+            tid,
+            source: io::Error::last_os_error(),
+        });
+    }
+    log::debug!("{} runs under SCHED_BATCH", describe_tid(tid));
+    Ok(())
+}
+
+/// The scheduling policy of thread `tid` (`None`: the calling thread): `libc::SCHED_*`.
+pub fn thread_policy(tid: Option<i32>) -> Result<i32, PlacementError> {
+    // SAFETY: sched_getscheduler only reads the thread's policy.
+    let ret = unsafe { libc::sched_getscheduler(tid.unwrap_or(0)) };
+    if ret < 0 {
+        return Err(PlacementError::GetScheduler {
+            tid,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(ret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_batches_only_when_the_threads_outnumber_the_cpus() {
+        use IoThreadSched::*;
+        // The rig's L1: one CPU, two vCPUs, one I/O thread.
+        assert!(batch_wakeups(Auto, 2, 1, 1));
+        // One vCPU and one I/O thread on two CPUs: each has a CPU.
+        assert!(!batch_wakeups(Auto, 1, 1, 2));
+        assert!(batch_wakeups(Auto, 2, 1, 2));
+        assert!(!batch_wakeups(Auto, 4, 2, 8));
+        // Named policies hold whatever the counts.
+        assert!(batch_wakeups(Batch, 1, 1, 64));
+        assert!(!batch_wakeups(Normal, 8, 8, 1));
+        assert!(batch_wakeups(Auto, usize::MAX, 1, 4));
+    }
+
+    #[test]
+    fn a_thread_put_under_sched_batch_reports_it() {
+        // A thread of its own: the test harness's threads keep their policy.
+        let policies = std::thread::spawn(|| {
+            let before = thread_policy(None).unwrap();
+            set_thread_batch(None).unwrap();
+            (before, thread_policy(None).unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policies, (libc::SCHED_OTHER, libc::SCHED_BATCH));
+        assert!(matches!(
+            thread_policy(Some(i32::MAX)),
+            Err(PlacementError::GetScheduler { .. })
+        ));
+    }
+}
