@@ -3,17 +3,18 @@
 //! A guest notification (an ioeventfd) and an I/O completion wake the disk's I/O thread. When
 //! the vCPUs already fill the host CPUs that thread may run on, Linux's fair scheduler lets the
 //! woken thread preempt the vCPU that sent the notification: the thread takes the one request
-//! published so far, completes it (a read of a file's hole or of the page cache finishes inside
-//! the submit) and interrupts the guest, once per request or two. Measured in the rig (one L1
-//! CPU, a Linux guest with 2 vCPUs, fio 4K randread QD64), the guest then notified for 0.19 and
-//! was interrupted for 0.18 of its requests.
+//! or two published so far, completes them (a read of a file's hole or of the page cache
+//! finishes inside the submit) and interrupts the guest. In the rig (one L1 CPU, a Linux guest
+//! with 2 vCPUs, fio 4K randread QD64) the guest then notified for about one request in five
+//! and was interrupted as often.
 //!
 //! Under `SCHED_BATCH` (`sched(7)`) a woken thread does not preempt: it runs when a CPU frees up
 //! (the vCPU halts because the guest waits for its I/O, or its time slice ends) and otherwise
 //! gets its fair share as before. By then the guest has published a batch, which the thread
-//! serves with one notification and one interrupt: in the same rig 0.02 of each per request,
-//! KVM exits per I/O 0.18 against QEMU's 0.57, and 2.4x the IOPS. A thread with a CPU of its
-//! own wakes on that idle CPU either way: the policy changes nothing there.
+//! serves with one notification and one interrupt: about one of each per 50 requests in the
+//! same rig, and a fraction of QEMU's exits per I/O (README, "Exits per I/O with Linux's own
+//! driver"). A thread with a CPU of its own wakes on that idle CPU either way: the policy
+//! changes nothing there.
 //!
 //! [`IoThreadSched`] is the disk's choice (`iothread_sched=` of `--disk`); [`batch_wakeups`]
 //! decides `auto`; [`set_thread_batch`] applies it.
