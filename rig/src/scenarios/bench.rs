@@ -99,9 +99,9 @@ fn bench(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
 }
 
 /// `iops=N,kvm_exits_per_s=N` over fio's window, and for Keel the notifications and interrupts
-/// of its data disks per I/O: under TCG, exits per second hardly move with the I/O rate (the
-/// guest's and L1's timer ticks), so exits per I/O fall as IOPS rise; these say which part
-/// belongs to the disks.
+/// of its data disks per I/O and the CPU time (us) of its vCPU threads and of its I/O path per
+/// I/O: under TCG, exits per second hardly move with the I/O rate (the guest's and L1's timer
+/// ticks), so exits per I/O fall as IOPS rise; these say which part belongs to the disks.
 fn rates(side: &serde_json::Value) -> String {
     let ios = ["read", "write"]
         .iter()
@@ -113,7 +113,12 @@ fn rates(side: &serde_json::Value) -> String {
         out.push(format!("iops={:.0}", ios / secs));
         out.push(format!("kvm_exits_per_s={:.0}", exits / secs));
     }
-    for key in ["kicks_per_io", "interrupts_per_io"] {
+    for key in [
+        "kicks_per_io",
+        "interrupts_per_io",
+        "vcpu_cpu_us_per_io",
+        "io_cpu_us_per_io",
+    ] {
         if let Some(x) = side[key].as_f64() {
             out.push(format!("{key}={x:.3}"));
         }
@@ -216,10 +221,12 @@ mod tests {
         let keel = serde_json::json!({
             "read": {"ios": 300}, "write": {"ios": 100}, "window_secs": 4.0,
             "kvm_exits": 1000, "kicks_per_io": 0.25, "interrupts_per_io": 0.5,
+            "io_cpu_us_per_io": 1.5,
         });
         assert_eq!(
             rates(&keel),
-            "iops=100,kvm_exits_per_s=250,kicks_per_io=0.250,interrupts_per_io=0.500"
+            "iops=100,kvm_exits_per_s=250,kicks_per_io=0.250,interrupts_per_io=0.500,\
+             io_cpu_us_per_io=1.500"
         );
         let qemu = serde_json::json!({"read": {"ios": 10}, "window_secs": 2.0, "kvm_exits": 30});
         assert_eq!(rates(&qemu), "iops=5,kvm_exits_per_s=15");
