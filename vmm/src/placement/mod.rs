@@ -31,7 +31,7 @@ pub use mempolicy::{
 };
 pub use plan::{plan, Plan};
 pub use topology::{HostNode, HostTopology, HugePagePool};
-pub use wakeup::{batch_wakeups, set_thread_batch, thread_policy, IoThreadSched};
+pub use wakeup::{batch_wakeups, set_thread_batch, IoThreadSched};
 
 /// Errors parsing CPU lists, reading the host topology, and setting affinity or memory policy.
 #[derive(Debug, thiserror::Error)]
@@ -117,15 +117,6 @@ pub enum PlacementError {
     /// `sched_setscheduler(2)` failed.
     #[error("sched_setscheduler of {} to SCHED_BATCH failed", describe_tid(*tid))]
     SetScheduler {
-        /// The thread (`None`: the calling thread).
-        tid: Option<i32>,
-        /// The errno.
-        #[source]
-        source: io::Error,
-    },
-    /// `sched_getscheduler(2)` failed.
-    #[error("sched_getscheduler of {} failed", describe_tid(*tid))]
-    GetScheduler {
         /// The thread (`None`: the calling thread).
         tid: Option<i32>,
         /// The errno.

@@ -68,19 +68,6 @@ pub fn set_thread_batch(tid: Option<i32>) -> Result<(), PlacementError> {
     Ok(())
 }
 
-/// The scheduling policy of thread `tid` (`None`: the calling thread): `libc::SCHED_*`.
-pub fn thread_policy(tid: Option<i32>) -> Result<i32, PlacementError> {
-    // SAFETY: sched_getscheduler only reads the thread's policy.
-    let ret = unsafe { libc::sched_getscheduler(tid.unwrap_or(0)) };
-    if ret < 0 {
-        return Err(PlacementError::GetScheduler {
-            tid,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(ret)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,18 +89,23 @@ mod tests {
 
     #[test]
     fn a_thread_put_under_sched_batch_reports_it() {
+        // The calling thread's policy, as sched_getscheduler(2) reports it.
+        fn policy() -> i32 {
+            // SAFETY: sched_getscheduler only reads the calling thread's policy.
+            unsafe { libc::sched_getscheduler(0) }
+        }
         // A thread of its own: the test harness's threads keep their policy.
         let policies = std::thread::spawn(|| {
-            let before = thread_policy(None).unwrap();
+            let before = policy();
             set_thread_batch(None).unwrap();
-            (before, thread_policy(None).unwrap())
+            (before, policy())
         })
         .join()
         .unwrap();
         assert_eq!(policies, (libc::SCHED_OTHER, libc::SCHED_BATCH));
         assert!(matches!(
-            thread_policy(Some(i32::MAX)),
-            Err(PlacementError::GetScheduler { .. })
+            set_thread_batch(Some(i32::MAX)),
+            Err(PlacementError::SetScheduler { .. })
         ));
     }
 }
