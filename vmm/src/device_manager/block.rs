@@ -184,7 +184,9 @@ pub struct AttachContext<'a> {
 /// the guest kicked for 0.96-0.99 of its requests, and QD1 ran at a third of QEMU's rate (QEMU
 /// serves a disk on one thread); one thread for the disk polls both queues together.
 fn thread_per_queue(queues: u16, polls: bool, host_cpus: usize, vcpus: usize) -> bool {
-    queues <= 1 || !polls || vcpus + usize::from(queues) <= host_cpus
+    queues <= 1
+        || !polls
+        || !placement::threads_outnumber_cpus(vcpus, usize::from(queues), host_cpus)
 }
 
 /// Thread names are limited to 15 bytes by Linux.

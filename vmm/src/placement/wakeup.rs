@@ -47,8 +47,15 @@ pub fn batch_wakeups(
     match choice {
         IoThreadSched::Normal => false,
         IoThreadSched::Batch => true,
-        IoThreadSched::Auto => vcpus.saturating_add(threads) > host_cpus,
+        IoThreadSched::Auto => threads_outnumber_cpus(vcpus, threads, host_cpus),
     }
+}
+
+/// Whether `vcpus` vCPUs and `threads` I/O threads outnumber the `host_cpus` CPUs those threads
+/// may run on, so that a busy thread can only run by taking turns with a vCPU. Both the disk's
+/// thread layout (a thread per queue or one shared) and `auto`'s policy ask this.
+pub fn threads_outnumber_cpus(vcpus: usize, threads: usize, host_cpus: usize) -> bool {
+    vcpus.saturating_add(threads) > host_cpus
 }
 
 /// Puts thread `tid` (`None`: the calling thread) under `SCHED_BATCH`, at its current nice
