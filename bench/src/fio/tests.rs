@@ -149,3 +149,37 @@ fn the_guests_interrupts_are_reported_per_io_by_family() {
     let quiet = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
     assert!(quiet.guest_irqs.is_empty());
 }
+
+#[test]
+fn the_backend_latency_is_the_data_disks_mean_without_the_config_disk() {
+    use super::counter_window::CounterWindow;
+    use super::output::{exit_rates, json};
+    let mut s = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
+    let mut window = CounterWindow::default();
+    for (k, v) in [
+        ("disk.fio-disk0.requests", 3),
+        ("disk.fio-disk0.latency_ns", 300_000),
+        ("disk.fio-disk1.requests", 1),
+        ("disk.fio-disk1.latency_ns", 500_000),
+        // The config disk's slow requests are not the job's.
+        ("disk.fio-config.requests", 1),
+        ("disk.fio-config.latency_ns", 9_000_000),
+    ] {
+        window.delta.insert(k.to_string(), v);
+    }
+    s.run.window = Some(window);
+    let rates = exit_rates(&s).unwrap();
+    assert_eq!(rates.backend_latency_us, Some(200.0));
+    let report = super::BenchReport {
+        job: "j".into(),
+        guest: super::GuestKind::Probe,
+        disks: 2,
+        disk_size: 1 << 20,
+        vcpus: 1,
+        memory: 1 << 30,
+        keel: Some(s),
+        qemu: None,
+    };
+    let v = json(&report);
+    assert_eq!(v["keel"]["backend_latency_us"], 200.0);
+}
