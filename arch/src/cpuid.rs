@@ -252,12 +252,7 @@ pub fn adjust(entries: &mut Vec<kvm_cpuid_entry2>, cfg: &CpuidConfig) -> Vec<&'s
     set_feature(entries, &TSC_DEADLINE_BIT, cfg.tsc_deadline);
     set_feature(entries, &HTT_BIT, num > 1);
 
-    for entry in entries.iter_mut().filter(|e| e.function == 4) {
-        let cache_level = (entry.eax >> 5) & 0x7;
-        // [31:26] cores per package - 1, [25:14] logical processors sharing this cache - 1.
-        let sharing = if cache_level >= 3 { num - 1 } else { 0 };
-        entry.eax = (entry.eax & 0x3fff) | ((num - 1).min(63) << 26) | (sharing.min(0xfff) << 14);
-    }
+    crate::cache_topology::set_cache_sharing(entries, num);
 
     let max_basic = find(entries, 0, 0).map_or(0, |e| e.eax);
     if max_basic >= 0xb {

@@ -9,6 +9,7 @@
 
 pub mod acpi;
 pub mod boot_info;
+pub mod cache_topology;
 pub mod cpuid;
 pub mod hyperv;
 pub mod kernel;

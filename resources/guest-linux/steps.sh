@@ -88,6 +88,25 @@ step_info() {
     [ -d /sys/bus/vmbus ] && vmbus=yes
     t_result "hv features=$(or_none "$(hv_features)") vmbus=$vmbus"
     t_result "apic mode=$(apic_mode)"
+    t_result "cache $(cpu0_caches)"
+}
+
+# cpu0_caches: "levels=L1d,L1i,L2,L3 llc_shared=0-3": the caches Linux found for CPU 0 (from
+# CPUID) and which CPUs share the last of them (none, none when it found no cache).
+cpu0_caches() {
+    levels=
+    llc=none
+    for c in /sys/devices/system/cpu/cpu0/cache/index[0-9]*; do
+        [ -d "$c" ] || continue
+        level="L$(cat "$c/level")"
+        case "$(cat "$c/type")" in
+            Data) level="${level}d" ;;
+            Instruction) level="${level}i" ;;
+        esac
+        levels="${levels:+$levels,}$level"
+        llc=$(cat "$c/shared_cpu_list")
+    done
+    echo "levels=$(or_none "$levels") llc_shared=$(or_none "$llc")"
 }
 
 # apic_mode: x2apic when the kernel switched its local APIC to x2APIC mode (no MMIO access

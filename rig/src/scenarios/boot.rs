@@ -109,10 +109,11 @@ fn boot(ctx: &Ctx, dir: &Path, kernel: Kernel, cpus: u32, mib: u64) -> Result<St
     check(apic == "x2apic", || {
         format!("the guest's local APIC is in {apic} mode, not x2apic")
     })?;
+    let caches = expect_caches(&out.report)?;
     let large = expect_large_pages(&dir.join("guest.stderr"), out.stats.as_ref())?;
     Ok(format!(
         "{cpus} vCPUs online, MemTotal {:.1}% of {mib} MiB, command line seen, clocksource {clock}, \
-         APIC {apic}, KVM pages_2m {large}",
+         APIC {apic}, caches {caches}, KVM pages_2m {large}",
         share * 100.0
     ))
 }
@@ -159,6 +160,23 @@ pub fn expect_cpus(report: &Report, cpus: u32) -> Result<(), RigError> {
     })
 }
 
+/// Linux found CPU 0's caches in CPUID, an L1 data cache among them, and every online CPU
+/// shares the last level (Keel's topology: one package, its L3 shared by all cores). KVM
+/// before Linux 6.2 zeroes AMD's L1 leaf (0x80000005); without Keel's repair the guest listed
+/// no cache at all. Returns the cache levels.
+pub fn expect_caches(report: &Report) -> Result<String, RigError> {
+    let levels = report.value("cache", "levels")?;
+    check(levels.split(',').any(|l| l == "L1d"), || {
+        format!("the guest found no L1 data cache in CPUID (its caches: {levels})")
+    })?;
+    let llc = report.value("cache", "llc_shared")?;
+    let online = report.value("info", "cpus_online")?;
+    check(llc == online, || {
+        format!("the last-level cache is shared by CPUs {llc}, not by all online CPUs {online}")
+    })?;
+    Ok(levels.to_string())
+}
+
 /// MemTotal is at most `mib` and at least `MEMTOTAL_MIN_SHARE` of it; returns the share.
 pub fn expect_memory(report: &Report, mib: u64) -> Result<f64, RigError> {
     let kb = report.number("info", "memtotal_kb")?;
@@ -187,6 +205,41 @@ mod tests {
         let r = expect_large_pages(&path, stats.as_ref());
         let _ = std::fs::remove_file(path);
         r
+    }
+
+    fn report(lines: &str) -> Report {
+        let mut r = Report::default();
+        lines.lines().for_each(|l| r.push_line(l));
+        r
+    }
+
+    #[test]
+    fn caches_need_an_l1_and_an_llc_shared_by_every_cpu() {
+        let info = "KEEL-T info cpus_online=0-1 nproc=2\n";
+        let good = report(&format!(
+            "{info}KEEL-T cache levels=L1d,L1i,L2,L3 llc_shared=0-1\n"
+        ));
+        assert_eq!(expect_caches(&good).unwrap(), "L1d,L1i,L2,L3");
+        for (line, want) in [
+            (
+                "KEEL-T cache levels=none llc_shared=none",
+                "no L1 data cache",
+            ),
+            (
+                "KEEL-T cache levels=L2,L3 llc_shared=0-1",
+                "no L1 data cache",
+            ),
+            (
+                "KEEL-T cache levels=L1d,L3 llc_shared=0",
+                "shared by CPUs 0, not",
+            ),
+            ("KEEL-T nothing", "no cache levels="),
+        ] {
+            let err = expect_caches(&report(&format!("{info}{line}\n")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
     }
 
     #[test]

@@ -36,7 +36,19 @@ pub(super) fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, VmErro
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    Ok(supported.as_slice().to_vec())
+    let mut entries = supported.as_slice().to_vec();
+    if arch::cache_topology::restore_amd_l1_cache(&mut entries, host_cpuid(0x8000_0005)) {
+        log::info!(
+            "KVM reports no L1 cache leaf (0x80000005, before Linux 6.2): the guest gets the host's"
+        );
+    }
+    Ok(entries)
+}
+
+/// The host CPU's own answer to CPUID `leaf` (sub-leaf 0).
+fn host_cpuid(leaf: u32) -> [u32; 4] {
+    let r = std::arch::x86_64::__cpuid_count(leaf, 0);
+    [r.eax, r.ebx, r.ecx, r.edx]
 }
 
 /// Guest physical address width ([`arch::cpuid::phys_bits`]).
