@@ -399,26 +399,31 @@ fn stats_line_reports_exits() {
 
 #[test]
 fn each_queue_gets_a_named_iothread_unless_shared() {
-    // disk0's queues do not poll, so each gets its thread whatever the host's CPUs; disk3's
-    // two polling queues may run on one host CPU, which the vCPU needs too, so they share one.
-    // Scheduling: disk0 names normal; shared-io's first disk names batch (the second disk
-    // shares it as it is); disk3's auto is batch, its vCPU and thread having one host CPU.
+    // The vCPU is pinned to host CPU 0. disk0's queues do not poll, so each gets its thread
+    // whatever the host's CPUs; disk3's two polling queues may run on CPU 0 only, which the
+    // vCPU needs too, so they share one. Scheduling: disk0 names normal; shared-io's first disk
+    // names batch (the second disk shares it as it is); disk3's auto is batch, its vCPU and
+    // thread having one host CPU; disk4's auto is normal, its thread having CPU 1 to itself.
     let a = Image::zeroed("thr-a", 1 << 20);
     let b = Image::zeroed("thr-b", 1 << 20);
     let c = Image::zeroed("thr-c", 1 << 20);
     let d = Image::zeroed("thr-d", 1 << 20);
+    let e = Image::zeroed("thr-e", 1 << 20);
     let kernel = probe_image("probe.elf");
     let disks = [
         format!("path={},queues=2,poll_us=0,iothread_sched=normal", a.path()),
         format!("path={},iothread=shared-io,iothread_sched=batch", b.path()),
         format!("path={},iothread=shared-io,id=data", c.path()),
         format!("path={},queues=2,iothread=cpus:0", d.path()),
+        format!("path={},iothread=cpus:1", e.path()),
     ];
     let mut args = vec![
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
         RUNS_UNTIL_STOPPED,
+        "--cpus",
+        "boot=1,affinity=[0@[0]]",
         "--log-level",
         "info",
     ];
@@ -430,7 +435,7 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
     // thread runs the guest once the boot line is out. The guest spins for an hour and is
     // stopped with SIGTERM once the threads are read.
     let mut keel = Watched::spawn(&args);
-    keel.wait_stderr("keel: info: iothread ", 4, HANG_GUARD);
+    keel.wait_stderr("keel: info: iothread ", 5, HANG_GUARD);
     keel.wait_stdout(BOOT_LINE, HANG_GUARD);
     let mut threads = threads_with_policy(keel.pid());
     keel.signal(libc::SIGTERM);
@@ -454,6 +459,7 @@ fn each_queue_gets_a_named_iothread_unless_shared() {
             ("disk0-q0", normal),
             ("disk0-q1", normal),
             ("disk3-io", batch),
+            ("disk4-q0", normal),
             ("shared-io", batch)
         ],
         "threads: {threads:?}"

@@ -69,8 +69,8 @@ pub struct DiskConfig {
     /// otherwise.
     pub engine: EngineChoice,
     /// Whether the disk's new I/O threads may preempt a running vCPU when they wake (`normal`)
-    /// or wait for a free CPU (`batch`, `SCHED_BATCH`); by default `batch` when the vCPUs and
-    /// the disk's threads outnumber the host CPUs the threads may use.
+    /// or wait for a free CPU (`batch`, `SCHED_BATCH`); by default `batch` when the disk's
+    /// threads and the vCPUs that may run beside them outnumber the host CPUs they may use.
     pub iothread_sched: IoThreadSched,
 }
 

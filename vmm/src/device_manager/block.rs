@@ -173,13 +173,13 @@ pub struct AttachContext<'a> {
     pub ids: &'a DeviceIds,
     /// Allocator over the same window.
     pub bars: &'a mut BarAllocator,
-    /// The VM's vCPUs, which share host CPUs with polling I/O threads.
-    pub vcpus: usize,
+    /// Host CPUs per vCPU (`None`: not pinned), which I/O threads may share.
+    pub vcpu_cpus: &'a [Option<CpuSet>],
 }
 
 /// Whether a disk without `iothread=` gets an I/O thread per queue: yes, unless its queues
-/// poll and the VM's vCPUs plus one polling thread per queue outnumber the host CPUs those
-/// threads may run on. Busy threads beyond the CPUs only take turns. Measured on a 2-CPU host
+/// poll and one polling thread per queue plus the vCPUs that may run beside them outnumber the
+/// host CPUs they may use together ([`placement::vcpus_beside`]). Busy threads beyond the CPUs only take turns. Measured on a 2-CPU host
 /// with one vCPU and two polling queues: each queue's thread missed the guest's next request,
 /// the guest kicked for 0.96-0.99 of its requests, and QD1 ran at a third of QEMU's rate (QEMU
 /// serves a disk on one thread); one thread for the disk polls both queues together.
@@ -215,7 +215,7 @@ pub fn attach(
         let mut block = open_block(cfg, &name)?;
         let io_stats = block.io_stats_reader();
         let cpus = iothread_cpus.get(index).and_then(Option::as_ref);
-        let handles = iothreads_for(&mut out.iothreads, cfg, &name, cpus, ctx.vcpus)?;
+        let handles = iothreads_for(&mut out.iothreads, cfg, &name, cpus, ctx.vcpu_cpus)?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
         block.set_poll_window(std::time::Duration::from_micros(u64::from(cfg.poll_us)));
@@ -337,12 +337,10 @@ fn iothreads_for(
     cfg: &DiskConfig,
     disk: &str,
     cpus: Option<&CpuSet>,
-    vcpus: usize,
+    vcpu_cpus: &[Option<CpuSet>],
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
-    let host_cpus = cpus.map_or_else(
-        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        CpuSet::len,
-    );
+    let all = process_cpus();
+    let (vcpus, host_cpus) = placement::vcpus_beside(cpus.unwrap_or(&all), vcpu_cpus, &all);
     let names: Vec<String> = if let Some(shared) = &cfg.iothread {
         if let Some(t) = threads.iter().find(|t| t.name() == shared) {
             log::info!(
@@ -355,7 +353,7 @@ fn iothreads_for(
     } else if !thread_per_queue(cfg.queues, cfg.poll_us > 0, host_cpus, vcpus) {
         let name = thread_name(format!("{disk}-io"));
         log::info!(
-            "{disk}: its {} polling queues share I/O thread {name}: with {vcpus} vCPU(s) they \
+            "{disk}: its {} polling queues share I/O thread {name}: beside {vcpus} vCPU(s) they \
              would not each get one of {host_cpus} host CPU(s) (iothread= sets the layout)",
             cfg.queues
         );
@@ -383,6 +381,16 @@ fn iothreads_for(
             Ok(handle)
         })
         .collect()
+}
+
+/// The host CPUs this process may run on (its affinity), or CPUs 0..N for the N the standard
+/// library counts when the affinity cannot be read.
+fn process_cpus() -> CpuSet {
+    placement::thread_affinity(None).unwrap_or_else(|e| {
+        log::warn!("cannot read this process's CPU affinity: {e}");
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        CpuSet::try_from_iter((0..n).filter_map(|c| u32::try_from(c).ok())).unwrap_or_default()
+    })
 }
 
 /// Starts I/O thread `name` for `disk` under its seccomp filter, pinned to `cpus` and, with

@@ -24,7 +24,7 @@ use kvm_ioctls::VmFd;
 
 use crate::config::VmConfig;
 use crate::memory::GuestRam;
-use crate::placement::{self, CpuSet};
+use crate::placement::{self, Plan};
 use block::{AttachContext, BlockDeviceError, BlockDevices};
 use interrupts::GsiRouter;
 use legacy::{LegacyDeviceError, LegacyDevices};
@@ -69,14 +69,14 @@ pub struct DeviceManager {
 
 impl DeviceManager {
     /// Builds every device `config` asks for and puts it on the buses, PCI BARs within
-    /// `windows`. `iothread_cpus[i]` (if given) are the host CPUs disk i's new I/O threads are
-    /// pinned to.
+    /// `windows`. `plan.iothread_cpus[i]` (if given) are the host CPUs disk i's new I/O threads
+    /// are pinned to; `plan.vcpu_cpus` say which vCPUs may share them.
     pub fn attach(
         vm: &Arc<VmFd>,
         ram: &GuestRam,
         config: &VmConfig,
         windows: &PciWindows,
-        iothread_cpus: &[Option<CpuSet>],
+        plan: &Plan,
     ) -> Result<Self, DeviceError> {
         let buses = Buses::default();
         let (below, above) = arch::memory_map::ram_below_and_above_4g(&ram.regions);
@@ -88,7 +88,7 @@ impl DeviceManager {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .set_bar_mapper(bars.clone());
-        let disks = attach_disks(vm, ram, &buses.ids, &segment, &bars, config, iothread_cpus)?;
+        let disks = attach_disks(vm, ram, &buses.ids, &segment, &bars, config, plan)?;
         Ok(DeviceManager {
             disks,
             buses: Arc::new(buses),
@@ -124,7 +124,7 @@ fn attach_disks(
     segment: &Arc<Mutex<PciSegment>>,
     pci_bars: &PciBars,
     config: &VmConfig,
-    iothread_cpus: &[Option<CpuSet>],
+    plan: &Plan,
 ) -> Result<BlockDevices, DeviceError> {
     let router = Arc::new(GsiRouter::new(Arc::clone(vm)));
     let (window_base, window_size) = pci_bars.windows().mmio32;
@@ -138,10 +138,10 @@ fn attach_disks(
             pci_bars,
             ids,
             bars: &mut bars,
-            vcpus: usize::try_from(config.cpus.boot_vcpus).unwrap_or(usize::MAX),
+            vcpu_cpus: &plan.vcpu_cpus,
         },
         &config.disks,
-        iothread_cpus,
+        &plan.iothread_cpus,
     )?;
     log_iothread_placement(&disks);
     Ok(disks)

@@ -31,7 +31,9 @@ pub use mempolicy::{
 };
 pub use plan::{plan, Plan};
 pub use topology::{HostNode, HostTopology, HugePagePool};
-pub use wakeup::{batch_wakeups, set_thread_batch, threads_outnumber_cpus, IoThreadSched};
+pub use wakeup::{
+    batch_wakeups, set_thread_batch, threads_outnumber_cpus, vcpus_beside, IoThreadSched,
+};
 
 /// Errors parsing CPU lists, reading the host topology, and setting affinity or memory policy.
 #[derive(Debug, thiserror::Error)]

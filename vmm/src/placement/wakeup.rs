@@ -21,13 +21,13 @@
 
 use std::io;
 
-use super::{describe_tid, PlacementError};
+use super::{describe_tid, CpuSet, PlacementError};
 
 /// How a disk's I/O threads are scheduled (`iothread_sched=` of `--disk`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IoThreadSched {
-    /// `batch` when the VM's vCPUs and the disk's I/O threads outnumber the host CPUs those
-    /// threads may run on, `normal` otherwise.
+    /// `batch` when the disk's I/O threads and the vCPUs that may run on their host CPUs
+    /// outnumber the CPUs they may use together ([`vcpus_beside`]), `normal` otherwise.
     #[default]
     Auto,
     /// `SCHED_OTHER`: a woken I/O thread may preempt a running vCPU.
@@ -51,11 +51,33 @@ pub fn batch_wakeups(
     }
 }
 
-/// Whether `vcpus` vCPUs and `threads` I/O threads outnumber the `host_cpus` CPUs those threads
-/// may run on, so that a busy thread can only run by taking turns with a vCPU. Both the disk's
-/// thread layout (a thread per queue or one shared) and `auto`'s policy ask this.
+/// Whether `vcpus` vCPUs and `threads` I/O threads outnumber the `host_cpus` CPUs they may run
+/// on together, so that a busy thread can only run by taking turns with a vCPU. Both the disk's
+/// thread layout (a thread per queue or one shared) and `auto`'s policy ask this, with the
+/// counts of [`vcpus_beside`].
 pub fn threads_outnumber_cpus(vcpus: usize, threads: usize, host_cpus: usize) -> bool {
     vcpus.saturating_add(threads) > host_cpus
+}
+
+/// Who I/O threads restricted to `thread_cpus` compete with: the vCPUs that may run on one of
+/// those CPUs (`vcpu_cpus`, `None` for a vCPU that may run on any of `all`, the process's CPUs),
+/// and how many CPUs those vCPUs and the threads may use together. A vCPU that may also run
+/// elsewhere counts with the CPUs it may move to: a thread pinned to CPU 1 beside one unpinned
+/// vCPU on a 2-CPU host is one vCPU and one thread on two CPUs, each with a CPU of its own.
+pub fn vcpus_beside(
+    thread_cpus: &CpuSet,
+    vcpu_cpus: &[Option<CpuSet>],
+    all: &CpuSet,
+) -> (usize, usize) {
+    let mut union = thread_cpus.clone();
+    let mut vcpus = 0;
+    for cpus in vcpu_cpus.iter().map(|c| c.as_ref().unwrap_or(all)) {
+        if !cpus.intersection(thread_cpus).is_empty() {
+            vcpus += 1;
+            union = union.union(cpus);
+        }
+    }
+    (vcpus, union.len())
 }
 
 /// Puts thread `tid` (`None`: the calling thread) under `SCHED_BATCH`, at its current nice
@@ -92,6 +114,31 @@ mod tests {
         assert!(batch_wakeups(Batch, 1, 1, 64));
         assert!(!batch_wakeups(Normal, 8, 8, 1));
         assert!(batch_wakeups(Auto, usize::MAX, 1, 4));
+    }
+
+    fn set(cpus: &[u32]) -> CpuSet {
+        CpuSet::try_from_iter(cpus.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn vcpus_count_where_they_may_run_beside_the_threads() {
+        let all = set(&[0, 1]);
+        // The rig's L1: one CPU for everything.
+        assert_eq!(vcpus_beside(&set(&[0]), &[None, None], &set(&[0])), (2, 1));
+        // A thread pinned to CPU 1, one unpinned vCPU: it may run on CPU 0 as well.
+        let (vcpus, cpus) = vcpus_beside(&set(&[1]), &[None], &all);
+        assert_eq!((vcpus, cpus), (1, 2));
+        assert!(!threads_outnumber_cpus(vcpus, 1, cpus));
+        // ... but two polling queues there still share one thread.
+        assert!(threads_outnumber_cpus(vcpus, 2, cpus));
+        // A vCPU pinned to the thread's CPU takes turns with it; one pinned elsewhere does not
+        // count.
+        let eight = set(&[0, 1, 2, 3, 4, 5, 6, 7]);
+        let pinned = [Some(set(&[2])), Some(set(&[3])), Some(set(&[4]))];
+        assert_eq!(vcpus_beside(&set(&[3]), &pinned, &eight), (1, 1));
+        assert_eq!(vcpus_beside(&set(&[6, 7]), &pinned, &eight), (0, 2));
+        // Unpinned vCPUs may use every CPU of the process.
+        assert_eq!(vcpus_beside(&eight, &[None, None, None], &eight), (3, 8));
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl Vm {
         let ram = ram::map_guest_ram(config, &plan)?;
         ram.register(&vm_fd)?;
         let windows = PciWindows::for_guest(ram.end(), phys_bits);
-        let devices = DeviceManager::attach(&vm_fd, &ram, config, &windows, &plan.iothread_cpus)?;
+        let devices = DeviceManager::attach(&vm_fd, &ram, config, &windows, &plan)?;
         let boot = if load_payload {
             Some(payload::load(config, &ram, &plan, &windows)?)
         } else {
