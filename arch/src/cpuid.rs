@@ -1,7 +1,8 @@
 //! Guest CPUID: start from what KVM supports (KVM_GET_SUPPORTED_CPUID) and adjust it per vCPU
 //! for Keel's topology (one socket, `num_vcpus` cores, one thread per core, APIC ID = vCPU
-//! index), set the hypervisor bit, advertise the TSC frequency in leaf 0x40000010, and, on
-//! PVM hosts, hide features whose instructions the host's CPL0 emulator cannot run.
+//! index; the caches' sharing in [`crate::cache_topology`]), set the hypervisor bit, advertise
+//! the TSC frequency in leaf 0x40000010, and, on PVM hosts, hide features whose instructions
+//! the host's CPL0 emulator cannot run.
 //!
 //! Everything works on plain `kvm_cpuid_entry2` vectors so it can be tested without `/dev/kvm`.
 

@@ -179,10 +179,11 @@ pub struct AttachContext<'a> {
 
 /// Whether a disk without `iothread=` gets an I/O thread per queue: yes, unless its queues
 /// poll and one polling thread per queue plus the vCPUs that may run beside them outnumber the
-/// host CPUs they may use together ([`placement::vcpus_beside`]). Busy threads beyond the CPUs only take turns. Measured on a 2-CPU host
-/// with one vCPU and two polling queues: each queue's thread missed the guest's next request,
-/// the guest kicked for 0.96-0.99 of its requests, and QD1 ran at a third of QEMU's rate (QEMU
-/// serves a disk on one thread); one thread for the disk polls both queues together.
+/// host CPUs they may use together ([`placement::vcpus_beside`]). Busy threads beyond the CPUs
+/// only take turns. Measured on a 2-CPU host with one vCPU and two polling queues: each
+/// queue's thread missed the guest's next request, the guest kicked for 0.96-0.99 of its
+/// requests, and QD1 ran at a third of QEMU's rate (QEMU serves a disk on one thread); one
+/// thread for the disk polls both queues together.
 fn thread_per_queue(queues: u16, polls: bool, host_cpus: usize, vcpus: usize) -> bool {
     queues <= 1
         || !polls
