@@ -16,6 +16,8 @@
 
 use kvm_bindings::kvm_cpuid_entry2;
 
+use crate::cpuid::{find, find_mut};
+
 /// AMD's L1 cache and TLB leaf.
 pub const AMD_L1_CACHE_LEAF: u32 = 0x8000_0005;
 /// AMD's cache topology leaf (one sub-leaf per cache, valid with TOPOEXT).
@@ -68,15 +70,12 @@ pub fn set_cache_sharing(entries: &mut [kvm_cpuid_entry2], num_vcpus: u32) {
 /// Returns whether it changed anything. On Intel hosts the leaf is reserved and the host
 /// answers zeros: nothing changes.
 pub fn restore_amd_l1_cache(entries: &mut Vec<kvm_cpuid_entry2>, host: [u32; 4]) -> bool {
-    let max_extended = entries
-        .iter()
-        .find(|e| e.function == 0x8000_0000)
-        .map_or(0, |e| e.eax);
+    let max_extended = find(entries, 0x8000_0000, 0).map_or(0, |e| e.eax);
     if max_extended < AMD_L1_CACHE_LEAF || host == [0; 4] {
         return false;
     }
     let [eax, ebx, ecx, edx] = host;
-    match entries.iter_mut().find(|e| e.function == AMD_L1_CACHE_LEAF) {
+    match find_mut(entries, AMD_L1_CACHE_LEAF, 0) {
         Some(e) if [e.eax, e.ebx, e.ecx, e.edx] != [0; 4] => return false,
         Some(e) => (e.eax, e.ebx, e.ecx, e.edx) = (eax, ebx, ecx, edx),
         None => entries.push(kvm_cpuid_entry2 {

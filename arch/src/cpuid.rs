@@ -139,7 +139,8 @@ pub fn find(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<&kv
     entries.iter().find(|e| answers(e, leaf, subleaf))
 }
 
-fn find_mut(
+/// Finds the entry for `leaf`/`subleaf` to change it (subleaf is ignored for unindexed leaves).
+pub(crate) fn find_mut(
     entries: &mut [kvm_cpuid_entry2],
     leaf: u32,
     subleaf: u32,
