@@ -209,6 +209,8 @@ pub fn attach(
         iothreads: Vec::new(),
         disks: Vec::new(),
     };
+    // Read once: where the I/O threads not pinned elsewhere and the unpinned vCPUs may run.
+    let process = process_cpus();
     for (index, cfg) in disks.iter().enumerate() {
         let name = cfg.name(index);
         // Slot 0 is the host bridge; MAX_DISKS keeps this within 1..=31.
@@ -216,7 +218,14 @@ pub fn attach(
         let mut block = open_block(cfg, &name)?;
         let io_stats = block.io_stats_reader();
         let cpus = iothread_cpus.get(index).and_then(Option::as_ref);
-        let handles = iothreads_for(&mut out.iothreads, cfg, &name, cpus, ctx.vcpu_cpus)?;
+        let handles = iothreads_for(
+            &mut out.iothreads,
+            cfg,
+            &name,
+            cpus,
+            ctx.vcpu_cpus,
+            &process,
+        )?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
         block.set_poll_window(std::time::Duration::from_micros(u64::from(cfg.poll_us)));
@@ -332,16 +341,17 @@ fn plug(
 /// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread; one new thread
 /// for all its queues when a thread each would not get a host CPU ([`thread_per_queue`]); or
 /// one new thread per queue. New threads are pinned to `cpus` and, when
-/// [`placement::batch_wakeups`] says so, put under `SCHED_BATCH`.
+/// [`placement::batch_wakeups`] says so, put under `SCHED_BATCH`. Unpinned threads and vCPUs
+/// may run on `process`, the process's CPUs.
 fn iothreads_for(
     threads: &mut Vec<IoThread>,
     cfg: &DiskConfig,
     disk: &str,
     cpus: Option<&CpuSet>,
     vcpu_cpus: &[Option<CpuSet>],
+    process: &CpuSet,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
-    let all = process_cpus();
-    let (vcpus, host_cpus) = placement::vcpus_beside(cpus.unwrap_or(&all), vcpu_cpus, &all);
+    let (vcpus, host_cpus) = placement::vcpus_beside(cpus.unwrap_or(process), vcpu_cpus, process);
     let names: Vec<String> = if let Some(shared) = &cfg.iothread {
         if let Some(t) = threads.iter().find(|t| t.name() == shared) {
             log::info!(
@@ -411,18 +421,16 @@ fn spawn_iothread(
             disk: disk.to_string(),
             source,
         })?;
-    let placed = cpus
-        .map_or(Ok(()), |cpus| {
-            placement::set_thread_affinity(Some(thread.tid()), cpus)
-        })
-        .and_then(|()| {
-            if batch {
-                placement::set_thread_batch(Some(thread.tid()))
-            } else {
-                Ok(())
-            }
-        });
-    placed.map_err(|source| BlockDeviceError::Placement {
+    let place = || {
+        if let Some(cpus) = cpus {
+            placement::set_thread_affinity(Some(thread.tid()), cpus)?;
+        }
+        if batch {
+            placement::set_thread_batch(Some(thread.tid()))?;
+        }
+        Ok(())
+    };
+    place().map_err(|source| BlockDeviceError::Placement {
         thread: name.to_string(),
         source,
     })?;
