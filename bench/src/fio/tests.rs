@@ -24,6 +24,34 @@ fn with_doc(doc: &str, rc: i32) -> String {
     format!("KEEL-FIO-START job=w\nKEEL-FIO-JSON-BEGIN\n{doc}\nKEEL-FIO-JSON-END\nKEEL-FIO-EXIT rc={rc}\n")
 }
 
+/// A counter window holding `pairs` as its deltas.
+fn window(pairs: &[(&str, u64)]) -> super::counter_window::CounterWindow {
+    let mut w = super::counter_window::CounterWindow::default();
+    for (k, v) in pairs {
+        w.delta.insert(k.to_string(), *v);
+    }
+    w
+}
+
+/// A report of Keel's side alone: `disks` data disks of 1 MiB, `vcpus` vCPUs, 1 GiB.
+fn keel_report(
+    keel: SideResult,
+    guest: super::GuestKind,
+    disks: usize,
+    vcpus: u32,
+) -> super::BenchReport {
+    super::BenchReport {
+        job: "j".into(),
+        guest,
+        disks,
+        disk_size: 1 << 20,
+        vcpus,
+        memory: 1 << 30,
+        keel: Some(keel),
+        qemu: None,
+    }
+}
+
 #[test]
 fn a_powered_off_guest_with_a_clean_report_counts() {
     let s = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
@@ -79,33 +107,19 @@ fn each_failure_is_named() {
 
 #[test]
 fn exits_are_broken_down_by_reason_per_io() {
-    use super::counter_window::CounterWindow;
     use super::output::{exits_by_reason, table};
     // DOC has one fio I/O: the figures are the counters themselves.
     let mut s = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
-    let mut window = CounterWindow::default();
-    for (k, v) in [
+    s.run.window = Some(window(&[
         ("kvm.exits", 9),
         ("kvm.halt_exits", 3),
         ("kvm.irq_exits", 0),
-    ] {
-        window.delta.insert(k.to_string(), v);
-    }
-    s.run.window = Some(window);
+    ]));
     assert_eq!(
         exits_by_reason(&s),
         vec![("halt_exits", 3.0), ("irq_exits", 0.0)]
     );
-    let report = super::BenchReport {
-        job: "j".into(),
-        guest: super::GuestKind::Linux,
-        disks: 1,
-        disk_size: 1 << 20,
-        vcpus: 1,
-        memory: 1 << 30,
-        keel: Some(s),
-        qemu: None,
-    };
+    let report = keel_report(s, super::GuestKind::Linux, 1, 1);
     let text = table(&report);
     assert!(text.contains("  halt_exits per I/O"), "{text}");
     assert!(
@@ -125,16 +139,7 @@ fn the_guests_interrupts_are_reported_per_io_by_family() {
     );
     let s = side(&text, GuestEnd::PowerOff);
     assert!(s.ok(), "{:?}", s.problem);
-    let report = super::BenchReport {
-        job: "j".into(),
-        guest: super::GuestKind::Linux,
-        disks: 2,
-        disk_size: 1 << 20,
-        vcpus: 2,
-        memory: 1 << 30,
-        keel: Some(s),
-        qemu: None,
-    };
+    let report = keel_report(s, super::GuestKind::Linux, 2, 2);
     let v = json(&report);
     let irqs = &v["keel"]["guest_irqs_per_io"];
     assert_eq!(irqs["virtio_req"], 2.0, "{v}");
@@ -152,11 +157,9 @@ fn the_guests_interrupts_are_reported_per_io_by_family() {
 
 #[test]
 fn the_backend_latency_is_the_data_disks_mean_without_the_config_disk() {
-    use super::counter_window::CounterWindow;
     use super::output::{exit_rates, json};
     let mut s = side(&with_doc(DOC, 0), GuestEnd::PowerOff);
-    let mut window = CounterWindow::default();
-    for (k, v) in [
+    s.run.window = Some(window(&[
         ("disk.fio-disk0.requests", 3),
         ("disk.fio-disk0.latency_ns", 300_000),
         ("disk.fio-disk1.requests", 1),
@@ -164,22 +167,10 @@ fn the_backend_latency_is_the_data_disks_mean_without_the_config_disk() {
         // The config disk's slow requests are not the job's.
         ("disk.fio-config.requests", 1),
         ("disk.fio-config.latency_ns", 9_000_000),
-    ] {
-        window.delta.insert(k.to_string(), v);
-    }
-    s.run.window = Some(window);
+    ]));
     let rates = exit_rates(&s).unwrap();
     assert_eq!(rates.backend_latency_us, Some(200.0));
-    let report = super::BenchReport {
-        job: "j".into(),
-        guest: super::GuestKind::Probe,
-        disks: 2,
-        disk_size: 1 << 20,
-        vcpus: 1,
-        memory: 1 << 30,
-        keel: Some(s),
-        qemu: None,
-    };
+    let report = keel_report(s, super::GuestKind::Probe, 2, 1);
     let v = json(&report);
     assert_eq!(v["keel"]["backend_latency_us"], 200.0);
 }
