@@ -86,16 +86,16 @@ pub fn exit_rates(side: &SideResult) -> Option<ExitRates> {
     let disks_per_io = |counter: &str| {
         has_disks.then(|| window.data_disks_sum(CONFIG_DISK_ID, counter) as f64 / ios as f64)
     };
+    let disk_requests = has_disks.then(|| window.disk_requests(CONFIG_DISK_ID));
     (ios > 0).then(|| ExitRates {
         kvm: per_io("kvm.exits"),
         keel: per_io("keel.exits"),
-        disk_requests: has_disks.then(|| window.disk_requests(CONFIG_DISK_ID)),
+        disk_requests,
         kicks: disks_per_io("kicks"),
         interrupts: disks_per_io("interrupts"),
         vcpu_cpu_us: per_io("cpu_ns.vcpus").map(|ns| ns / 1000.0),
         io_cpu_us: per_io("cpu_ns.iothreads").map(|ns| ns / 1000.0),
-        backend_latency_us: has_disks.then(|| {
-            let requests = window.disk_requests(CONFIG_DISK_ID);
+        backend_latency_us: disk_requests.map(|requests| {
             let ns = window.data_disks_sum(CONFIG_DISK_ID, "latency_ns");
             ns as f64 / requests.max(1) as f64 / 1000.0
         }),
