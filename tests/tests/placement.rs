@@ -243,6 +243,118 @@ fn vcpus_and_iothreads_run_where_affinity_says() {
     }
 }
 
+/// The CPUs of a cpulist (`0-2,5`).
+fn cpu_list(list: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        out.extend(a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap());
+    }
+    out
+}
+
+/// The host CPUs taking the interrupts of the PCI function behind `path`'s block device: the
+/// union of its MSI vectors' effective affinities; empty when there is no such function.
+fn completion_cpus(path: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).unwrap().dev();
+    let block = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+    let Ok(block) = std::fs::canonicalize(block) else {
+        return Vec::new();
+    };
+    let Some(function) = block.ancestors().find(|d| d.join("msi_irqs").is_dir()) else {
+        return Vec::new();
+    };
+    let mut cpus: Vec<u32> = std::fs::read_dir(function.join("msi_irqs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let irq = e.file_name().into_string().ok()?;
+            std::fs::read_to_string(format!("/proc/irq/{irq}/effective_affinity_list")).ok()
+        })
+        .flat_map(|list| cpu_list(&list))
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
+#[test]
+fn iothreads_run_where_their_disks_completions_arrive() {
+    let path = std::env::temp_dir().join(format!("keel-place-irq-{}", std::process::id()));
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let process = own
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(cpu_list)
+        .unwrap();
+    let irq: Vec<u32> = completion_cpus(&path)
+        .into_iter()
+        .filter(|c| process.contains(c))
+        .collect();
+    let narrows = !irq.is_empty() && irq != process;
+    let disk = format!("path={}", path.display());
+    let (run, snap) = run_and_sample(&["--cpus", "boot=1", "--disk", &disk], 1, "");
+    let expected = if narrows { &irq } else { &process };
+    assert_eq!(
+        cpu_list(snap.cpus_of("disk0-q0")),
+        *expected,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        run.stderr.contains("which take the completion interrupts"),
+        narrows,
+        "{}",
+        run.describe()
+    );
+    if narrows {
+        // With the vCPU pinned to one of those CPUs, the thread leaves that CPU to it. (A
+        // NUMA node makes the node's CPUs the thread's candidates; without one they would be
+        // where the pinned vCPUs run.)
+        let first = irq[0];
+        let node0 =
+            cpu_list(&std::fs::read_to_string("/sys/devices/system/node/node0/cpulist").unwrap());
+        let cpus = format!("boot=1,affinity=[0@[{first}]]");
+        let numa = "guest_node=0,cpus=0,memory=256M,host_node=0";
+        let args = [
+            "--cpus",
+            &cpus,
+            "--memory",
+            "size=256M",
+            "--numa",
+            numa,
+            "--disk",
+            &disk,
+        ];
+        let (run, snap) = run_and_sample(&args, 1, "");
+        assert_eq!(snap.cpus_of("keel-vcpu0"), first.to_string());
+        let near: Vec<u32> = node0
+            .iter()
+            .copied()
+            .filter(|c| irq.contains(c) && *c != first)
+            .collect();
+        let expected = if near.is_empty() || near == node0 {
+            &node0
+        } else {
+            &near
+        };
+        assert_eq!(
+            cpu_list(snap.cpus_of("disk0-q0")),
+            *expected,
+            "{}",
+            run.describe()
+        );
+    } else {
+        eprintln!("NOTE: this host's disk interrupts reach every CPU: only the default checked");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn numa_nodes_are_bound_pinned_and_described_in_srat_and_slit() {
     let (run, snap) = run_and_sample(

@@ -217,7 +217,9 @@ pub fn attach(
         let slot = u8::try_from(index + 1).unwrap_or(u8::MAX);
         let mut block = open_block(cfg, &name)?;
         let io_stats = block.io_stats_reader();
-        let cpus = iothread_cpus.get(index).and_then(Option::as_ref);
+        let planned = iothread_cpus.get(index).and_then(Option::as_ref);
+        let near = near_completions(cfg, &name, planned, ctx.vcpu_cpus, &process);
+        let cpus = near.as_ref().or(planned);
         let handles = iothreads_for(
             &mut out.iothreads,
             cfg,
@@ -240,6 +242,33 @@ pub fn attach(
         });
     }
     Ok(out)
+}
+
+/// Where `cfg`'s new I/O threads go when the user gave them no CPUs: among the CPUs planned
+/// for them (`planned`, else the process's), those that take the backing device's completion
+/// interrupts and no pinned vCPU may use ([`placement::irq`]), when that narrows the choice.
+fn near_completions(
+    cfg: &DiskConfig,
+    disk: &str,
+    planned: Option<&CpuSet>,
+    vcpu_cpus: &[Option<CpuSet>],
+    process: &CpuSet,
+) -> Option<CpuSet> {
+    if cfg.iothread_cpus.is_some() {
+        return None;
+    }
+    let irq = placement::irq::completion_cpus(&cfg.path)?;
+    let pinned = vcpu_cpus
+        .iter()
+        .flatten()
+        .fold(CpuSet::default(), |all, s| all.union(s));
+    let near = placement::irq::near_completions(planned.unwrap_or(process), &irq, &pinned)?;
+    log::info!(
+        "{disk}: its I/O thread(s) run on host CPUs {near}, which take the completion \
+         interrupts of {}'s device (iothread=cpus: sets them)",
+        cfg.path.display()
+    );
+    Some(near)
 }
 
 /// Opens `cfg`'s backing file as a virtio-blk device.

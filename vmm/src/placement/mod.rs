@@ -7,6 +7,8 @@
 //! - [`mempolicy`]: [`bind_to_node`] binds a mapped range to one NUMA node (`mbind(2)`), and
 //!   [`range_policy`] reads a range's policy back (`get_mempolicy(2)`).
 //!
+//! - [`irq`]: [`irq::completion_cpus`], the host CPUs taking a backing device's completion
+//!   interrupts, where a disk's I/O threads go when not told otherwise.
 //! - [`wakeup`]: [`IoThreadSched`], whether a woken I/O thread may preempt a running vCPU
 //!   (`SCHED_BATCH` when it may not: [`set_thread_batch`]).
 //! - [`mod@plan`]: [`Plan`], where one VM's RAM pieces, vCPUs and I/O threads go, checked
@@ -19,6 +21,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod cpuset;
+pub mod irq;
 pub mod mempolicy;
 pub mod plan;
 pub mod topology;
