@@ -298,11 +298,25 @@ fn iothreads_run_where_their_disks_completions_arrive() {
         .collect();
     let narrows = !irq.is_empty() && irq != process;
     let disk = format!("path={}", path.display());
-    let (run, snap) = run_and_sample(&["--cpus", "boot=1", "--disk", &disk], 1, "");
+    // A second disk on the same device: those CPUs are taken by the first disk's thread.
+    let path2 = path.with_extension("second");
+    std::fs::File::create(&path2)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let second = format!("path={}", path2.display());
+    let args = ["--cpus", "boot=1", "--disk", &disk, "--disk", &second];
+    let (run, snap) = run_and_sample(&args, 1, "");
     let expected = if narrows { &irq } else { &process };
     assert_eq!(
         cpu_list(snap.cpus_of("disk0-q0")),
         *expected,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        cpu_list(snap.cpus_of("disk1-q0")),
+        process,
         "{}",
         run.describe()
     );
@@ -353,6 +367,7 @@ fn iothreads_run_where_their_disks_completions_arrive() {
         eprintln!("NOTE: this host's disk interrupts reach every CPU: only the default checked");
     }
     let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path2);
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub struct DiskConfig {
     pub iothread: Option<String>,
     /// Host CPUs for this disk's I/O threads (`iothread=cpus:LIST`); default: the CPUs of the
     /// host node behind the disk's guest node, narrowed to those taking the backing device's
-    /// completion interrupts where that leaves some (`placement::irq`).
+    /// completion interrupts that no pinned vCPU or earlier disk uses, where that leaves some
+    /// (`placement::irq`).
     pub iothread_cpus: Option<CpuSet>,
     /// Guest NUMA node the disk is near (default 0); its I/O threads follow that node.
     pub numa_node: Option<u32>,

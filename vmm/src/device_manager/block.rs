@@ -211,6 +211,13 @@ pub fn attach(
     };
     // Read once: where the I/O threads not pinned elsewhere and the unpinned vCPUs may run.
     let process = process_cpus();
+    // CPUs I/O threads may not be moved to beside their disk's interrupts: the pinned vCPUs',
+    // and those already given to an earlier disk's threads that way.
+    let mut taken = ctx
+        .vcpu_cpus
+        .iter()
+        .flatten()
+        .fold(CpuSet::default(), |all, s| all.union(s));
     for (index, cfg) in disks.iter().enumerate() {
         let name = cfg.name(index);
         // Slot 0 is the host bridge; MAX_DISKS keeps this within 1..=31.
@@ -218,7 +225,14 @@ pub fn attach(
         let mut block = open_block(cfg, &name)?;
         let io_stats = block.io_stats_reader();
         let planned = iothread_cpus.get(index).and_then(Option::as_ref);
-        let near = near_completions(cfg, &name, planned, ctx.vcpu_cpus, &process);
+        let shares_a_thread =
+            (cfg.iothread.as_ref()).is_some_and(|t| out.iothreads.iter().any(|io| io.name() == t));
+        let near = (!shares_a_thread)
+            .then(|| near_completions(cfg, &name, planned.unwrap_or(&process), &taken))
+            .flatten();
+        if let Some(near) = &near {
+            taken = taken.union(near);
+        }
         let cpus = near.as_ref().or(planned);
         let handles = iothreads_for(
             &mut out.iothreads,
@@ -244,25 +258,21 @@ pub fn attach(
     Ok(out)
 }
 
-/// Where `cfg`'s new I/O threads go when the user gave them no CPUs: among the CPUs planned
-/// for them (`planned`, else the process's), those that take the backing device's completion
-/// interrupts and no pinned vCPU may use ([`placement::irq`]), when that narrows the choice.
+/// Where `cfg`'s new I/O threads go when the user gave them no CPUs: among `candidates` (the
+/// CPUs planned for them, else the process's), those that take the backing device's
+/// completion interrupts and are not `taken` ([`placement::irq`]), when that narrows the
+/// choice.
 fn near_completions(
     cfg: &DiskConfig,
     disk: &str,
-    planned: Option<&CpuSet>,
-    vcpu_cpus: &[Option<CpuSet>],
-    process: &CpuSet,
+    candidates: &CpuSet,
+    taken: &CpuSet,
 ) -> Option<CpuSet> {
     if cfg.iothread_cpus.is_some() {
         return None;
     }
     let irq = placement::irq::completion_cpus(&cfg.path)?;
-    let pinned = vcpu_cpus
-        .iter()
-        .flatten()
-        .fold(CpuSet::default(), |all, s| all.union(s));
-    let near = placement::irq::near_completions(planned.unwrap_or(process), &irq, &pinned)?;
+    let near = placement::irq::near_completions(candidates, &irq, taken)?;
     log::info!(
         "{disk}: its I/O thread(s) run on host CPUs {near}, which take the completion \
          interrupts of {}'s device (iothread=cpus: sets them)",

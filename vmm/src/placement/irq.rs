@@ -10,6 +10,9 @@
 //! probe guest, 2 x 5 rounds each): Keel / raw io_uring 0.945 with the disk's I/O thread on
 //! CPU 1 against 0.829 on CPU 0, with 0.001 kicks per I/O against 0.028.
 //!
+//! One disk's threads per such CPU: a later disk's threads run where they would have, as
+//! busy threads on one CPU would take turns (measured only with one thread per CPU).
+//!
 //! [`completion_cpus`] finds those CPUs from sysfs and procfs: the file's block device
 //! (`/sys/dev/block/MAJ:MIN`), the nearest ancestor device with an `msi_irqs` directory (the
 //! PCI function), and the union of each vector's `/proc/irq/N/effective_affinity_list`. A
@@ -82,14 +85,15 @@ fn irq_cpus(dir: &Path) -> Option<CpuSet> {
 }
 
 /// The CPUs an I/O thread without given CPUs should run on: those of `candidates` that take
-/// the disk's completion interrupts (`irq`), less any a pinned vCPU may run on (`pinned`), when
-/// that leaves some and narrows the candidates; `None` keeps the candidates.
-pub fn near_completions(candidates: &CpuSet, irq: &CpuSet, pinned: &CpuSet) -> Option<CpuSet> {
+/// the disk's completion interrupts (`irq`), less `taken` ones (where a pinned vCPU may run, or
+/// another disk's threads were put by this rule), when that leaves some and narrows the
+/// candidates; `None` keeps the candidates.
+pub fn near_completions(candidates: &CpuSet, irq: &CpuSet, taken: &CpuSet) -> Option<CpuSet> {
     let near = CpuSet::try_from_iter(
         candidates
             .intersection(irq)
             .iter()
-            .filter(|c| !pinned.contains(*c)),
+            .filter(|c| !taken.contains(*c)),
     )
     .ok()?;
     (!near.is_empty() && near != *candidates).then_some(near)
@@ -162,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_move_near_completions_only_when_that_narrows_and_avoids_pinned_vcpus() {
+    fn threads_move_near_completions_only_when_that_narrows_and_avoids_taken_cpus() {
         let all = set("0-1");
         assert_eq!(
             near_completions(&all, &set("1"), &CpuSet::default()),
@@ -173,7 +177,8 @@ mod tests {
             near_completions(&all, &set("0-3"), &CpuSet::default()),
             None
         );
-        // The interrupts' CPU is a pinned vCPU's: the thread keeps its candidates.
+        // The interrupts' CPU is taken (a pinned vCPU's, or another disk's thread's): the
+        // thread keeps its candidates.
         assert_eq!(near_completions(&all, &set("1"), &set("1")), None);
         // Interrupts outside the candidates: nothing to gain.
         assert_eq!(near_completions(&all, &set("5"), &CpuSet::default()), None);
