@@ -209,15 +209,7 @@ pub fn attach(
         iothreads: Vec::new(),
         disks: Vec::new(),
     };
-    // Read once: where the I/O threads not pinned elsewhere and the unpinned vCPUs may run.
-    let process = process_cpus();
-    // CPUs I/O threads may not be moved to beside their disk's interrupts: the pinned vCPUs',
-    // and those already given to an earlier disk's threads that way.
-    let mut taken = ctx
-        .vcpu_cpus
-        .iter()
-        .flatten()
-        .fold(CpuSet::default(), |all, s| all.union(s));
+    let mut placement = ThreadPlacement::new(ctx.vcpu_cpus);
     for (index, cfg) in disks.iter().enumerate() {
         let name = cfg.name(index);
         // Slot 0 is the host bridge; MAX_DISKS keeps this within 1..=31.
@@ -225,23 +217,7 @@ pub fn attach(
         let mut block = open_block(cfg, &name)?;
         let io_stats = block.io_stats_reader();
         let planned = iothread_cpus.get(index).and_then(Option::as_ref);
-        let shares_a_thread =
-            (cfg.iothread.as_ref()).is_some_and(|t| out.iothreads.iter().any(|io| io.name() == t));
-        let near = (!shares_a_thread)
-            .then(|| near_completions(cfg, &name, planned.unwrap_or(&process), &taken))
-            .flatten();
-        if let Some(near) = &near {
-            taken = taken.union(near);
-        }
-        let cpus = near.as_ref().or(planned);
-        let handles = iothreads_for(
-            &mut out.iothreads,
-            cfg,
-            &name,
-            cpus,
-            ctx.vcpu_cpus,
-            &process,
-        )?;
+        let handles = iothreads_for(&mut out.iothreads, cfg, &name, planned, &mut placement)?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
         block.set_poll_window(std::time::Duration::from_micros(u64::from(cfg.poll_us)));
@@ -258,27 +234,66 @@ pub fn attach(
     Ok(out)
 }
 
-/// Where `cfg`'s new I/O threads go when the user gave them no CPUs: among `candidates` (the
-/// CPUs planned for them, else the process's), those that take the backing device's
-/// completion interrupts and are not `taken` ([`placement::irq`]), when that narrows the
-/// choice.
-fn near_completions(
-    cfg: &DiskConfig,
-    disk: &str,
-    candidates: &CpuSet,
-    taken: &CpuSet,
-) -> Option<CpuSet> {
-    if cfg.iothread_cpus.is_some() {
-        return None;
+/// What placing a disk's new I/O threads needs to know beyond the disk itself.
+struct ThreadPlacement<'a> {
+    /// Each vCPU's pinned host CPUs, if any.
+    vcpu_cpus: &'a [Option<CpuSet>],
+    /// The process's CPUs (read once): where unpinned threads and vCPUs may run.
+    process: CpuSet,
+    /// CPUs I/O threads may not be moved to beside their disk's interrupts: the pinned vCPUs',
+    /// and those already given to an earlier disk's threads that way.
+    taken: CpuSet,
+}
+
+impl<'a> ThreadPlacement<'a> {
+    fn new(vcpu_cpus: &'a [Option<CpuSet>]) -> Self {
+        let taken = vcpu_cpus
+            .iter()
+            .flatten()
+            .fold(CpuSet::default(), |all, s| all.union(s));
+        ThreadPlacement {
+            vcpu_cpus,
+            process: process_cpus(),
+            taken,
+        }
     }
-    let irq = placement::irq::completion_cpus(&cfg.path)?;
-    let near = placement::irq::near_completions(candidates, &irq, taken)?;
-    log::info!(
-        "{disk}: its I/O thread(s) run on host CPUs {near}, which take the completion \
-         interrupts of {}'s device (iothread=cpus: sets them)",
-        cfg.path.display()
-    );
-    Some(near)
+
+    /// The CPUs `cfg`'s new I/O threads are pinned to: `planned` (from its `iothread=cpus:`
+    /// or its guest NUMA node), narrowed when the user gave none to those that take the
+    /// backing device's completion interrupts and are not taken ([`placement::irq`]), which
+    /// are then taken.
+    fn cpus_for(
+        &mut self,
+        cfg: &DiskConfig,
+        disk: &str,
+        planned: Option<&CpuSet>,
+    ) -> Option<CpuSet> {
+        let near = cfg
+            .iothread_cpus
+            .is_none()
+            .then(|| self.near_completions(cfg, disk, planned.unwrap_or(&self.process)))
+            .flatten();
+        if let Some(near) = &near {
+            self.taken = self.taken.union(near);
+        }
+        near.or_else(|| planned.cloned())
+    }
+
+    fn near_completions(
+        &self,
+        cfg: &DiskConfig,
+        disk: &str,
+        candidates: &CpuSet,
+    ) -> Option<CpuSet> {
+        let irq = placement::irq::completion_cpus(&cfg.path)?;
+        let near = placement::irq::near_completions(candidates, &irq, &self.taken)?;
+        log::info!(
+            "{disk}: its I/O thread(s) run on host CPUs {near}, which take the completion \
+             interrupts of {}'s device (iothread=cpus: sets them)",
+            cfg.path.display()
+        );
+        Some(near)
+    }
 }
 
 /// Opens `cfg`'s backing file as a virtio-blk device.
@@ -379,19 +394,16 @@ fn plug(
 
 /// The I/O threads serving `cfg`'s queues: its named (possibly shared) thread; one new thread
 /// for all its queues when a thread each would not get a host CPU ([`thread_per_queue`]); or
-/// one new thread per queue. New threads are pinned to `cpus` and, when
-/// [`placement::batch_wakeups`] says so, put under `SCHED_BATCH`. Unpinned threads and vCPUs
-/// may run on `process`, the process's CPUs.
+/// one new thread per queue. New threads are pinned to [`ThreadPlacement::cpus_for`] and,
+/// when [`placement::batch_wakeups`] says so, put under `SCHED_BATCH`.
 fn iothreads_for(
     threads: &mut Vec<IoThread>,
     cfg: &DiskConfig,
     disk: &str,
-    cpus: Option<&CpuSet>,
-    vcpu_cpus: &[Option<CpuSet>],
-    process: &CpuSet,
+    planned: Option<&CpuSet>,
+    place: &mut ThreadPlacement<'_>,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
-    let (vcpus, host_cpus) = placement::vcpus_beside(cpus.unwrap_or(process), vcpu_cpus, process);
-    let names: Vec<String> = if let Some(shared) = &cfg.iothread {
+    if let Some(shared) = &cfg.iothread {
         if let Some(t) = threads.iter().find(|t| t.name() == shared) {
             log::info!(
                 "{disk}: shares I/O thread {shared}, which keeps its first disk's CPUs and \
@@ -399,6 +411,12 @@ fn iothreads_for(
             );
             return Ok(vec![t.handle()]);
         }
+    }
+    let cpus = place.cpus_for(cfg, disk, planned);
+    let process = &place.process;
+    let (vcpus, host_cpus) =
+        placement::vcpus_beside(cpus.as_ref().unwrap_or(process), place.vcpu_cpus, process);
+    let names: Vec<String> = if let Some(shared) = &cfg.iothread {
         vec![shared.clone()]
     } else if !thread_per_queue(cfg.queues, cfg.poll_us > 0, host_cpus, vcpus) {
         let name = thread_name(format!("{disk}-io"));
@@ -425,7 +443,7 @@ fn iothreads_for(
     names
         .into_iter()
         .map(|name| {
-            let thread = spawn_iothread(&name, disk, cpus, batch)?;
+            let thread = spawn_iothread(&name, disk, cpus.as_ref(), batch)?;
             let handle = thread.handle();
             threads.push(thread);
             Ok(handle)

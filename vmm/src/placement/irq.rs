@@ -59,18 +59,17 @@ pub fn completion_cpus_in(
         .ancestors()
         .take(MAX_DEPTH + 1)
         .find(|dir| dir.join("msi_irqs").is_dir())?;
-    let mut cpus: Option<CpuSet> = None;
+    let mut cpus = CpuSet::default();
     for entry in std::fs::read_dir(function.join("msi_irqs")).ok()?.flatten() {
         let name = entry.file_name();
         let Some(irq) = name.to_str().filter(|n| n.parse::<u32>().is_ok()) else {
             continue;
         };
-        let Some(set) = irq_cpus(&proc_irq.join(irq)) else {
-            continue;
-        };
-        cpus = Some(cpus.map_or_else(|| set.clone(), |c| c.union(&set)));
+        if let Some(set) = irq_cpus(&proc_irq.join(irq)) {
+            cpus = cpus.union(&set);
+        }
     }
-    cpus.filter(|c| !c.is_empty())
+    (!cpus.is_empty()).then_some(cpus)
 }
 
 /// The CPUs interrupt directory `dir` is delivered to: its effective affinity where the
