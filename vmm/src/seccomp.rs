@@ -273,7 +273,8 @@ const API_CONNECTION: &[libc::c_long] = &[
 /// What the VMM thread adds to every other thread's calls (its threads inherit its filter):
 /// opening disk images, kernels and /proc or /sys files; guest RAM (memfd, hugetlbfs, NUMA
 /// policy); starting (`clone` is allowed for threads only, see [`programs`]), naming, pinning,
-/// filtering and signalling threads; the API socket; the event loop; OFD locks (through
+/// filtering and signalling threads; the API socket (made, linked into place, removed); the
+/// event loop; OFD locks (through
 /// `fcntl`).
 const VMM: &[libc::c_long] = &[
     libc::SYS_openat,
@@ -305,6 +306,9 @@ const VMM: &[libc::c_long] = &[
     libc::SYS_accept4,
     libc::SYS_connect,
     libc::SYS_getsockname,
+    // The API socket, linked into place once it listens.
+    libc::SYS_link,
+    libc::SYS_linkat,
     libc::SYS_prlimit64,
     libc::SYS_uname,
     // Live snapshots: write-protecting guest RAM and copying the pages written.

@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use self::connections::Connections;
@@ -135,6 +136,33 @@ fn socket_address(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), A
     Ok((addr, len as libc::socklen_t))
 }
 
+/// The socket at `path`, mode 0600, listening. It is made under a staging name beside `path`
+/// (where that fits a socket address) and hard-linked to `path` once it listens: a client that
+/// waits for the file and then connects is never refused, and a `path` taken meanwhile by
+/// another process is reported in use instead of replaced.
+fn listen_at(path: &Path) -> Result<UnixListener, ApiError> {
+    // Clients connect by `path`: it must fit a socket address itself.
+    socket_address(path)?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let staging = path.with_file_name(format!(".keel-api-{}-{n}", std::process::id()));
+    if socket_address(&staging).is_err() {
+        return listen_owner_only(path);
+    }
+    let _ = std::fs::remove_file(&staging);
+    let listener = listen_owner_only(&staging)?;
+    let linked = std::fs::hard_link(&staging, path);
+    let _ = std::fs::remove_file(&staging);
+    match linked {
+        Ok(()) => Ok(listener),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(ApiError::InUse(path.to_path_buf())),
+        Err(source) => Err(ApiError::Listen {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// socket + bind + chmod 0600 + listen: until `listen`, connections are refused, so nobody
 /// connects while the file still has the umask's mode.
 fn listen_owner_only(path: &Path) -> Result<UnixListener, ApiError> {
@@ -181,7 +209,7 @@ impl ApiServer {
     /// Creates the socket at `path` (mode 0600), replacing only a stale socket.
     pub fn bind(path: &Path) -> Result<Self, ApiError> {
         clear_stale(path)?;
-        let listener = listen_owner_only(path)?;
+        let listener = listen_at(path)?;
         let fail = |source| ApiError::Listen {
             path: path.to_path_buf(),
             source,

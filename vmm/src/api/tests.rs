@@ -59,6 +59,32 @@ fn a_stale_socket_is_replaced_and_other_files_are_refused() {
 }
 
 #[test]
+fn the_socket_appears_listening_and_leaves_no_staging_file() {
+    let dir = std::env::temp_dir().join(format!("keel-api-unit-{}-stage", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("api.sock");
+    let server = ApiServer::bind(&path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["api.sock"]);
+    assert!(UnixStream::connect(&path).is_ok());
+    drop(server);
+    // A directory so long that no staging name fits beside a short socket name: the socket
+    // is made in place.
+    let deep = dir.join("d".repeat(100 - dir.as_os_str().len()));
+    std::fs::create_dir(&deep).unwrap();
+    let short = deep.join("s");
+    assert!(socket_address(&short).is_ok());
+    let server = ApiServer::bind(&short).unwrap();
+    assert!(UnixStream::connect(&short).is_ok());
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn drop_leaves_a_file_that_replaced_the_socket() {
     let path = temp_path("replaced.sock");
     let server = ApiServer::bind(&path).unwrap();
