@@ -206,7 +206,7 @@ fn vcpus_and_iothreads_run_where_affinity_says() {
     for p in [&a, &b] {
         std::fs::File::create(p).unwrap().set_len(1 << 20).unwrap();
     }
-    let disk_a = format!("path={},iothread=cpus:[1]", a.display());
+    let disk_a = format!("path={},queues=1,iothread=cpus:[1]", a.display());
     // Not polling, so each queue keeps its own thread whatever the host's CPUs.
     let disk_b = format!("path={},queues=2,poll_us=0", b.display());
     let (run, snap) = run_and_sample(

@@ -40,7 +40,7 @@ fn filters_while_running(tag: &str, extra: &[&str]) -> Vec<(String, String)> {
     let modes = wait_until("every vCPU and I/O thread named", HANG_GUARD, || {
         let modes = thread_status(&proc_dir, "Seccomp_filters");
         let named = |prefix: &str| modes.iter().filter(|(n, _)| n.starts_with(prefix)).count();
-        (named("keel-vcpu") == 2 && named("disk0-q") == 1).then_some(modes)
+        (named("keel-vcpu") == 2 && named("disk0-") == 1).then_some(modes)
     });
     keel.signal(libc::SIGTERM);
     let run = keel.finish(HANG_GUARD);
@@ -65,14 +65,14 @@ fn main_thread_filters(modes: &[(String, String)]) -> u32 {
 fn every_thread_is_filtered_and_vcpu_and_io_threads_once_more() {
     let modes = filters_while_running("on", &[]);
     let vmm = main_thread_filters(&modes);
-    let own_filter = |name: &str| name.starts_with("keel-vcpu") || name.starts_with("disk0-q");
+    let own_filter = |name: &str| name.starts_with("keel-vcpu") || name.starts_with("disk0-");
     let vcpus = modes
         .iter()
         .filter(|(n, _)| n.starts_with("keel-vcpu"))
         .count();
     let io = modes
         .iter()
-        .filter(|(n, _)| n.starts_with("disk0-q"))
+        .filter(|(n, _)| n.starts_with("disk0-"))
         .count();
     assert_eq!((vcpus, io), (2, 1), "{modes:?}");
     // Kernel workers (KVM's kvm-nx-lpage-recovery, io_uring's iou-wrk) inherit the filters

@@ -303,9 +303,10 @@ fn data_disk(opts: &BenchOptions, path: &Path, name: &str) -> Result<DiskConfig,
     })
 }
 
-/// Virtqueues per data disk (`queues=` of the disk options): Keel's, QEMU's and the probe's.
+/// Virtqueues per data disk (`queues=` of the disk options, else Keel's default for the
+/// guest's vCPUs): Keel's, QEMU's and the probe's.
 fn data_disk_queues(opts: &BenchOptions) -> Result<u16, FioBenchError> {
-    Ok(data_disk(opts, Path::new("/dev/null"), "vda")?.queues)
+    Ok(data_disk(opts, Path::new("/dev/null"), "vda")?.queue_count(opts.cpus.boot_vcpus))
 }
 
 fn keel_disks(opts: &BenchOptions, set: &DiskSet) -> Result<Vec<DiskConfig>, FioBenchError> {

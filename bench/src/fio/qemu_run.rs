@@ -138,8 +138,12 @@ impl QemuGuest {
             format!("{}M", self.memory_mib),
             "-serial".into(),
             format!("file:{}", drive_path(console)?),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", drive_path(qmp)?),
+            // Not `-qmp unix:PATH,...`, whose first field is parsed as options when the path
+            // holds an `=`.
+            "-chardev".into(),
+            format!("socket,id=qmp,path={},server=on,wait=off", drive_path(qmp)?),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
             "-kernel".into(),
             self.kernel.display().to_string(),
             "-append".into(),
@@ -318,7 +322,8 @@ mod tests {
             .join(" ");
         for want in [
             "-machine pc,accel=kvm -cpu host,-arch-capabilities -smp 2 -m 1024M",
-            "-serial file:/d/console -qmp unix:/d/qmp,server=on,wait=off",
+            "-serial file:/d/console -chardev socket,id=qmp,path=/d/qmp,server=on,wait=off \
+             -mon chardev=qmp,mode=control",
             "-kernel /k/vmlinuz -append console=ttyS0 quiet -initrd /k/initramfs.cpio",
             "-object iothread,id=iot0 -drive file=/d/a.img,if=none,id=d0,format=raw,\
              cache=none,aio=io_uring -device virtio-blk-pci,drive=d0,iothread=iot0",

@@ -1,5 +1,5 @@
 //! virtio-blk with Linux's own driver: verifying fio jobs on two disks at once with MSI-X in
-//! use, two blk-mq queues that both carry I/O, a read-only disk, discard and write-zeroes, and
+//! use, a blk-mq queue per vCPU by default that all carry I/O, a read-only disk, discard and write-zeroes, and
 //! flushed writes that survive SIGKILL of keel.
 
 use std::path::Path;
@@ -24,7 +24,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "blk-multiqueue",
-            about: "queues=2: two blk-mq hardware queues, both carry I/O (Keel's per-queue counters)",
+            about: "2 vCPUs, no queues=: a queue per vCPU by default, two blk-mq hardware queues, both carry I/O (Keel's per-queue counters)",
             run: Box::new(multiqueue),
         },
         Scenario {
@@ -128,13 +128,14 @@ fn expect_interrupts_match(out: &Outcome, sent: u64) -> Result<u64, RigError> {
 fn multiqueue(ctx: &Ctx, dir: &Path) -> Result<String, RigError> {
     let a = image::create(dir, "a.img", 64 * MIB, None)?;
     let mut launch = Launch::new(Kernel::BzImage, 2, &["mq:vda", "fio:mq2"]);
-    launch.disks = vec![format!("path={},queues=2", a.display())];
+    // No queues=: one per vCPU by default.
+    launch.disks = vec![format!("path={}", a.display())];
     let out = Guest::start(ctx, dir, "guest", &launch)?.finish()?;
     expect_powered_off(&out)?;
     expect_fio_ok(&out, "mq2")?;
     let hw = out.report.number("mq", "hw_queues")?;
     check(hw == 2, || {
-        format!("the guest's vda has {hw} blk-mq hardware queues, not 2")
+        format!("the guest's vda has {hw} blk-mq hardware queues, not 2 (one per vCPU)")
     })?;
     let d = disk_stats(&out, 0)?;
     let queues: Vec<u64> = d["queue_requests"]

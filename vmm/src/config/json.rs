@@ -420,7 +420,7 @@ fn disk_from(index: usize, wire: DiskWire) -> Result<DiskConfig, JsonConfigError
         cache: cloud_hypervisor::direct_cache(&field, wire.direct, cache)?
             .unwrap_or(defaults.cache),
         queues: match wire.num_queues {
-            Some(n) => narrow("queues", n, disk::QUEUES).map_err(cli)?,
+            Some(n) => Some(narrow("queues", n, disk::QUEUES).map_err(cli)?),
             None => defaults.queues,
         },
         queue_size: match wire.queue_size {

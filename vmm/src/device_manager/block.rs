@@ -175,6 +175,8 @@ pub struct AttachContext<'a> {
     pub bars: &'a mut BarAllocator,
     /// Host CPUs per vCPU (`None`: not pinned), which I/O threads may share.
     pub vcpu_cpus: &'a [Option<CpuSet>],
+    /// The VM's vCPUs at boot: a disk's queues by default ([`DiskConfig::queue_count`]).
+    pub vcpus: u32,
 }
 
 /// Whether a disk without `iothread=` gets an I/O thread per queue: yes, unless its queues
@@ -214,14 +216,22 @@ pub fn attach(
         let name = cfg.name(index);
         // Slot 0 is the host bridge; MAX_DISKS keeps this within 1..=31.
         let slot = u8::try_from(index + 1).unwrap_or(u8::MAX);
-        let mut block = open_block(cfg, &name)?;
+        let queues = cfg.queue_count(ctx.vcpus);
+        let mut block = open_block(cfg, &name, queues)?;
         let io_stats = block.io_stats_reader();
         let planned = iothread_cpus.get(index).and_then(Option::as_ref);
-        let handles = iothreads_for(&mut out.iothreads, cfg, &name, planned, &mut placement)?;
+        let handles = iothreads_for(
+            &mut out.iothreads,
+            cfg,
+            &name,
+            queues,
+            planned,
+            &mut placement,
+        )?;
         let thread_names = handles.iter().map(|h| h.name().to_string()).collect();
         block.set_iothreads(&name, handles);
         block.set_poll_window(std::time::Duration::from_micros(u64::from(cfg.poll_us)));
-        let (dev, bar) = plug(&mut ctx, block, cfg, &name, slot)?;
+        let (dev, bar) = plug(&mut ctx, block, cfg, &name, queues, slot)?;
         out.disks.push(AttachedDisk {
             name,
             slot,
@@ -297,12 +307,12 @@ impl<'a> ThreadPlacement<'a> {
 }
 
 /// Opens `cfg`'s backing file as a virtio-blk device.
-fn open_block(cfg: &DiskConfig, name: &str) -> Result<Block, BlockDeviceError> {
+fn open_block(cfg: &DiskConfig, name: &str, queues: u16) -> Result<Block, BlockDeviceError> {
     Block::new(BlockConfig {
         path: cfg.path.clone(),
         readonly: cfg.readonly,
         direct: cfg.cache == CacheMode::None,
-        num_queues: cfg.queues,
+        num_queues: queues,
         queue_size: cfg.queue_size,
         serial: cfg.serial.clone(),
         lock: cfg.lock,
@@ -322,13 +332,14 @@ fn plug(
     block: Block,
     cfg: &DiskConfig,
     name: &str,
+    queues: u16,
     slot: u8,
 ) -> Result<(Arc<Mutex<VirtioPciDevice>>, u64), BlockDeviceError> {
     let irq_err = |source| BlockDeviceError::Interrupts {
         disk: name.to_string(),
         source,
     };
-    let msi = MsiVectors::new(ctx.router.clone(), cfg.queues + 1).map_err(irq_err)?;
+    let msi = MsiVectors::new(ctx.router.clone(), queues + 1).map_err(irq_err)?;
     let intx = IntxLine::new(ctx.vm, arch::layout::pci_intx_gsi(slot)).map_err(irq_err)?;
     let intx_gsi = intx.gsi();
     let transport_err = |source| BlockDeviceError::Transport {
@@ -387,7 +398,7 @@ fn plug(
     log::info!(
         "disk {name}: {} on PCI 00:{slot:02x}.0, BAR {bar:#x}, {} queue(s), INTx GSI {intx_gsi}",
         cfg.path.display(),
-        cfg.queues
+        queues
     );
     Ok((dev, bar))
 }
@@ -400,6 +411,7 @@ fn iothreads_for(
     threads: &mut Vec<IoThread>,
     cfg: &DiskConfig,
     disk: &str,
+    queues: u16,
     planned: Option<&CpuSet>,
     place: &mut ThreadPlacement<'_>,
 ) -> Result<Vec<IoThreadHandle>, BlockDeviceError> {
@@ -418,16 +430,16 @@ fn iothreads_for(
         placement::vcpus_beside(cpus.as_ref().unwrap_or(process), place.vcpu_cpus, process);
     let names: Vec<String> = if let Some(shared) = &cfg.iothread {
         vec![shared.clone()]
-    } else if !thread_per_queue(cfg.queues, cfg.poll_us > 0, host_cpus, vcpus) {
+    } else if !thread_per_queue(queues, cfg.poll_us > 0, host_cpus, vcpus) {
         let name = thread_name(format!("{disk}-io"));
         log::info!(
             "{disk}: its {} polling queues share I/O thread {name}: beside {vcpus} vCPU(s) they \
              would not each get one of {host_cpus} host CPU(s) (iothread= sets the layout)",
-            cfg.queues
+            queues
         );
         vec![name]
     } else {
-        (0..cfg.queues)
+        (0..queues)
             .map(|q| thread_name(format!("{disk}-q{q}")))
             .collect()
     };

@@ -139,6 +139,7 @@ fn attach_disks(
             ids,
             bars: &mut bars,
             vcpu_cpus: &plan.vcpu_cpus,
+            vcpus: config.cpus.boot_vcpus,
         },
         &config.disks,
         &plan.iothread_cpus,

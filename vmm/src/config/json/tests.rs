@@ -456,10 +456,11 @@ fn json_output_has_the_documented_shape() {
              "id": "root", "serial": "SN-1", "cache": "writeback",
              "iothread": "io0:cpus:[2,4]", "numa_node": 1, "lock": true, "poll_us": 32,
              "engine": "auto", "iothread_sched": "auto"},
-            {"path": "/b.img", "readonly": false, "num_queues": 1, "queue_size": 256,
+            // No num_queues: none was given (one per vCPU).
+            {"path": "/b.img", "readonly": false, "queue_size": 256,
              "cache": "none", "iothread": "cpus:[1-3]", "lock": true, "poll_us": 32,
              "engine": "auto", "iothread_sched": "auto"},
-            {"path": "/c.img", "readonly": false, "num_queues": 1, "queue_size": 256,
+            {"path": "/c.img", "readonly": false, "queue_size": 256,
              "cache": "none", "iothread": "shared", "lock": true, "poll_us": 32,
              "engine": "auto", "iothread_sched": "auto"},
             {"path": "/d.img", "readonly": false, "num_queues": 2, "queue_size": 256,

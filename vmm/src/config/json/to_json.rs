@@ -112,7 +112,8 @@ fn disk_to(disk: &DiskConfig) -> DiskWire {
     DiskWire {
         path: Some(path_text(&disk.path)),
         readonly: Some(disk.readonly),
-        num_queues: Some(u64::from(disk.queues)),
+        // Absent: one per vCPU (DiskConfig::queue_count).
+        num_queues: disk.queues.map(u64::from),
         queue_size: Some(u64::from(disk.queue_size)),
         id: disk.id.clone(),
         serial: disk.serial.clone(),

@@ -49,6 +49,8 @@ fn cloud_hypervisors_defaults_are_accepted_as_nothing() {
     want.disks = vec![DiskConfig {
         path: "/disk.img".into(),
         queue_size: 128,
+        // Cloud Hypervisor's one queue, given: kept (Keel's default is one per vCPU).
+        queues: Some(1),
         // direct false: through the page cache.
         cache: CacheMode::Writeback,
         ..DiskConfig::default()
