@@ -258,7 +258,7 @@ impl DiskConfig {
     /// [`MAX_QUEUES`]. With a queue per vCPU, Linux's blk-mq submits on the vCPU's own queue
     /// and its interrupt (one MSI-X vector per queue, each routed to its queue's CPUs) comes
     /// back to the submitting vCPU, which need not wake another. Measured in the rig (Debian
-    /// 6.1 guest, 2 vCPUs, fio 4K randread QD64, one job, 3 s): 11.5-14.4K IOPS and 0.12-0.17
+    /// 6.1 guest, 2 vCPUs, fio 4K randread QD64, one job, 3 s): 11.3-14.4K IOPS and 0.12-0.18
     /// KVM exits per I/O with two queues, 6.7-8.0K and 0.24-0.27 with one.
     pub fn queue_count(&self, vcpus: u32) -> u16 {
         self.queues.unwrap_or_else(|| {

@@ -289,6 +289,8 @@ impl<'a> ThreadPlacement<'a> {
         near.or_else(|| planned.cloned())
     }
 
+    /// Those of `candidates` beside the completion interrupts of `cfg`'s device, when that
+    /// narrows them (logged), else `None`.
     fn near_completions(
         &self,
         cfg: &DiskConfig,
