@@ -327,42 +327,40 @@ fn iothreads_run_where_their_disks_completions_arrive() {
         run.describe()
     );
     if narrows {
-        // With the vCPU pinned to one of those CPUs, the thread leaves that CPU to it. (A
-        // NUMA node makes the node's CPUs the thread's candidates; without one they would be
-        // where the pinned vCPUs run.)
+        // With the vCPU pinned to one of those CPUs, the thread leaves that CPU to it: its
+        // candidates are the host node's CPUs (given by a NUMA binding, or the node holding
+        // the pinned vCPU's CPU) less the vCPU's, where that leaves some; then those beside
+        // the interrupts, where that narrows them.
         let first = irq[0];
         let node0 =
             cpu_list(&std::fs::read_to_string("/sys/devices/system/node/node0/cpulist").unwrap());
+        let narrowed = |from: &Vec<u32>, keep: &dyn Fn(u32) -> bool| {
+            let kept: Vec<u32> = from.iter().copied().filter(|c| keep(*c)).collect();
+            if kept.is_empty() || kept == *from {
+                from.clone()
+            } else {
+                kept
+            }
+        };
+        let free = narrowed(&node0, &|c| c != first);
+        let expected = narrowed(&free, &|c| irq.contains(&c) && c != first);
         let cpus = format!("boot=1,affinity=[0@[{first}]]");
         let numa = "guest_node=0,cpus=0,memory=256M,host_node=0";
-        let args = [
-            "--cpus",
-            &cpus,
-            "--memory",
-            "size=256M",
-            "--numa",
-            numa,
-            "--disk",
-            &disk,
-        ];
-        let (run, snap) = run_and_sample(&args, 1, "");
-        assert_eq!(snap.cpus_of("keel-vcpu0"), first.to_string());
-        let near: Vec<u32> = node0
-            .iter()
-            .copied()
-            .filter(|c| irq.contains(c) && *c != first)
-            .collect();
-        let expected = if near.is_empty() || near == node0 {
-            &node0
-        } else {
-            &near
-        };
-        assert_eq!(
-            cpu_list(snap.cpus_of("disk0-q0")),
-            *expected,
-            "{}",
-            run.describe()
-        );
+        for bound in [true, false] {
+            let mut args = vec!["--cpus", &cpus, "--memory", "size=256M", "--disk", &disk];
+            if bound {
+                args.extend(["--numa", numa]);
+            }
+            let (run, snap) = run_and_sample(&args, 1, "");
+            assert_eq!(snap.cpus_of("keel-vcpu0"), first.to_string());
+            assert_eq!(
+                cpu_list(snap.cpus_of("disk0-q0")),
+                expected,
+                "NUMA-bound {bound}\n{}",
+                run.describe()
+            );
+            assert!(!expected.contains(&first) || node0 == vec![first]);
+        }
     } else {
         eprintln!("NOTE: this host's disk interrupts reach every CPU: only the default checked");
     }

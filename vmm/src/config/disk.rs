@@ -50,8 +50,9 @@ pub struct DiskConfig {
     /// thread share it. Default: one thread per queue, named after the disk.
     pub iothread: Option<String>,
     /// Host CPUs for this disk's I/O threads (`iothread=cpus:LIST`); default: the CPUs of the
-    /// host node behind the disk's guest node, narrowed to those taking the backing device's
-    /// completion interrupts that no pinned vCPU or earlier disk uses, where that leaves some
+    /// host node behind the disk's guest node (or of the nodes its pinned vCPUs run on), less
+    /// the pinned vCPUs' CPUs where that leaves some, narrowed to those taking the backing
+    /// device's completion interrupts that no earlier disk uses, where that leaves some
     /// (`placement::irq`).
     pub iothread_cpus: Option<CpuSet>,
     /// Guest NUMA node the disk is near (default 0); its I/O threads follow that node.

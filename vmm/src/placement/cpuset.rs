@@ -126,6 +126,13 @@ impl CpuSet {
             cpus: self.cpus.intersection(&other.cpus).copied().collect(),
         }
     }
+
+    /// The CPUs in `self` but not in `other`.
+    pub fn difference(&self, other: &CpuSet) -> CpuSet {
+        CpuSet {
+            cpus: self.cpus.difference(&other.cpus).copied().collect(),
+        }
+    }
 }
 
 /// Parses one CPU number of `item`, returning why it is not one.
@@ -330,6 +337,8 @@ mod tests {
         assert!(!b.is_subset(&a));
         assert_eq!(a.union(&b), set(&[0, 1, 2, 3, 8]));
         assert_eq!(a.intersection(&b), set(&[2, 3]));
+        assert_eq!(a.difference(&b), set(&[0, 1]));
+        assert_eq!(b.difference(&a), set(&[8]));
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![2, 3, 8]);
         assert_eq!((&b).into_iter().max(), Some(8));
     }

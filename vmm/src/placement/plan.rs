@@ -157,7 +157,7 @@ fn vcpu_placement(
 }
 
 /// Host CPUs for each disk's I/O threads: its `iothread=cpus:`, else its guest node's host
-/// node's CPUs, else the union of where that guest node's pinned vCPUs run.
+/// node's CPUs, else the CPUs of the host nodes where that guest node's pinned vCPUs run.
 fn iothread_placement(
     config: &VmConfig,
     host: &HostTopology,
@@ -185,15 +185,30 @@ fn iothread_placement(
                         .filter(on_node)
                         .filter_map(|v| vcpu_cpus[v as usize].as_ref())
                         .collect();
-                    pinned.iter().fold(None, |acc: Option<CpuSet>, s| {
-                        Some(acc.map_or_else(|| (*s).clone(), |a| a.union(s)))
-                    })
+                    nodes_holding(host, &pinned)
                 }
             }
         };
         iothread_cpus.push(cpus);
     }
     Ok(iothread_cpus)
+}
+
+/// The CPUs of the host nodes that hold any CPU of `sets`, or `None` when `sets` is empty: I/O
+/// threads stay on their vCPUs' nodes without being squeezed onto the vCPUs' own CPUs (the
+/// device manager then keeps them off pinned vCPUs' CPUs where others are left).
+fn nodes_holding(host: &HostTopology, sets: &[&CpuSet]) -> Option<CpuSet> {
+    let cpus = sets.iter().fold(CpuSet::default(), |all, s| all.union(s));
+    if cpus.is_empty() {
+        return None;
+    }
+    let nodes = host
+        .nodes
+        .iter()
+        .filter(|n| cpus.iter().any(|c| n.cpus.contains(c)))
+        .fold(CpuSet::default(), |all, n| all.union(&n.cpus));
+    // CPUs outside every node (an inconsistent sysfs) still count as the vCPUs' own.
+    Some(nodes.union(&cpus))
 }
 
 /// `Err(the CPUs of `set` that are not online)`.
@@ -464,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn unbound_disks_follow_their_nodes_pinned_vcpus() {
+    fn unbound_disks_follow_the_host_nodes_of_their_nodes_pinned_vcpus() {
         let c = config(
             "boot=2,affinity=[0@[1],1@[3]]",
             "size=1G",
@@ -472,8 +487,17 @@ mod tests {
             &["path=/a"],
         );
         let p = plan(&c, &two_nodes(), 40).unwrap();
-        assert_eq!(sets(&p.iothread_cpus), ["1,3"]);
+        // Host node 0 (CPUs 0-3) holds both vCPUs' CPUs.
+        assert_eq!(sets(&p.iothread_cpus), ["0-3"]);
         assert!(!p.fully_bound, "memory is not bound");
+        let c = config(
+            "boot=2,affinity=[0@[1],1@[5]]",
+            "size=1G",
+            &[],
+            &["path=/a"],
+        );
+        let p = plan(&c, &two_nodes(), 40).unwrap();
+        assert_eq!(sets(&p.iothread_cpus), ["0-7"]);
     }
 
     #[test]
