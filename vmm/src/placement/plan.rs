@@ -480,24 +480,16 @@ mod tests {
 
     #[test]
     fn unbound_disks_follow_the_host_nodes_of_their_nodes_pinned_vcpus() {
-        let c = config(
-            "boot=2,affinity=[0@[1],1@[3]]",
-            "size=1G",
-            &[],
-            &["path=/a"],
-        );
-        let p = plan(&c, &two_nodes(), 40).unwrap();
-        // Host node 0 (CPUs 0-3) holds both vCPUs' CPUs.
-        assert_eq!(sets(&p.iothread_cpus), ["0-3"]);
-        assert!(!p.fully_bound, "memory is not bound");
-        let c = config(
-            "boot=2,affinity=[0@[1],1@[5]]",
-            "size=1G",
-            &[],
-            &["path=/a"],
-        );
-        let p = plan(&c, &two_nodes(), 40).unwrap();
-        assert_eq!(sets(&p.iothread_cpus), ["0-7"]);
+        // Host node 0 is CPUs 0-3, node 1 CPUs 4-7: the nodes holding the vCPUs' CPUs.
+        for (cpus, want) in [
+            ("boot=2,affinity=[0@[1],1@[3]]", "0-3"),
+            ("boot=2,affinity=[0@[1],1@[5]]", "0-7"),
+        ] {
+            let c = config(cpus, "size=1G", &[], &["path=/a"]);
+            let p = plan(&c, &two_nodes(), 40).unwrap();
+            assert_eq!(sets(&p.iothread_cpus), [want], "{cpus}");
+            assert!(!p.fully_bound, "memory is not bound");
+        }
     }
 
     #[test]
