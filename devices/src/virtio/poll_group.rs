@@ -106,9 +106,17 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// The group the queue is in.
-    pub fn group(&self) -> &PollGroup {
-        &self.group
+    /// Called by the I/O thread after it served an event of this member's queue: adapts the
+    /// group's window to how long the thread slept before the event, then polls every
+    /// member.
+    ///
+    /// The thread serves the event with the queue already polling
+    /// ([`Pollable::begin_polling`] first), so that the notifications a completion would
+    /// turn back on stay off until the polling that follows looks at the ring: a guest that
+    /// answers a completion at once would otherwise kick in between. When the window is shut,
+    /// that polling ends here.
+    pub fn poll_after_event(&self) {
+        self.group.poll_after_event(Some(self.id));
     }
 }
 
@@ -175,18 +183,18 @@ impl PollGroup {
         self.lock().windows[wait as usize]
     }
 
-    /// Called by the I/O thread after it served an event: adapts the window to how long the
-    /// thread slept before it (nothing, the first time), then polls every member.
-    pub fn poll_after_event(&self) {
+    /// [`Membership::poll_after_event`] for the member `woken` (if any): the thread slept
+    /// since it last polled (not at all, the first time).
+    fn poll_after_event(&self, woken: Option<u64>) {
         let slept = self
             .lock()
             .idle_since
             .map_or(Duration::ZERO, |since| since.elapsed());
-        self.poll_after_sleep(slept);
+        self.poll_after_sleep(slept, woken);
     }
 
     /// [`poll_after_event`](Self::poll_after_event) after a sleep of `slept`.
-    fn poll_after_sleep(&self, slept: Duration) {
+    fn poll_after_sleep(&self, slept: Duration, woken: Option<u64>) {
         let mut inner = self.lock();
         let limit = inner
             .members
@@ -201,6 +209,9 @@ impl PollGroup {
         if !window.is_zero() {
             poll_members(&inner.members, window);
             next = awaited(&inner.members);
+        } else if let Some(member) = woken.and_then(|id| inner.members.iter().find(|m| m.id == id))
+        {
+            end_polling(member);
         }
         inner.waiting = next;
         inner.idle_since = Some(Instant::now());
@@ -209,6 +220,15 @@ impl PollGroup {
 
 fn lock(q: &SharedPollable) -> MutexGuard<'_, dyn Pollable + 'static> {
     q.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Ends `member`'s polling, logging a failure.
+fn end_polling(member: &Member) {
+    if let Some(q) = member.queue.upgrade() {
+        if let Err(e) = lock(&q).end_polling() {
+            log::error!("{}: {e}", member.name);
+        }
+    }
 }
 
 /// What the thread waits for next: completions when any member has requests in flight.
@@ -348,12 +368,12 @@ mod tests {
         let _ma = group.join(&qa, LIMIT, "a".into());
         let _mb = group.join(&qb, LIMIT, "b".into());
         // The first event finds the window shut and nothing slept: no polling yet.
-        group.poll_after_event();
+        group.poll_after_event(None);
         assert_eq!(group.window(Wait::Request), Duration::ZERO);
         assert_eq!(a.lock().unwrap().polls, 0);
         // The next came 20 us after the thread went to sleep: within the limit, the window
         // opens (4 us).
-        group.poll_after_sleep(Duration::from_micros(20));
+        group.poll_after_sleep(Duration::from_micros(20), None);
         assert_eq!(group.window(Wait::Request), INITIAL_WINDOW);
         let (a, b) = (a.lock().unwrap(), b.lock().unwrap());
         // Queue a had nothing, yet was looked at as long as b had work, and then some.
@@ -363,20 +383,41 @@ mod tests {
     }
 
     #[test]
+    fn the_woken_members_polling_ends_when_the_window_is_shut() {
+        let group = Arc::new(PollGroup::default());
+        let (a, qa) = fake(0);
+        let (b, qb) = fake(0);
+        let ma = group.join(&qa, LIMIT, "a".into());
+        let _mb = group.join(&qb, LIMIT, "b".into());
+        // The first event: nothing slept, the window stays shut, so a's polling (begun by
+        // the thread for its event) ends; b was not polling and is left alone.
+        ma.poll_after_event();
+        assert_eq!(group.window(Wait::Request), Duration::ZERO);
+        let (a_seen, b_seen) = (a.lock().unwrap(), b.lock().unwrap());
+        assert_eq!((a_seen.polls, a_seen.ended), (0, 1));
+        assert_eq!((b_seen.polls, b_seen.ended), (0, 0));
+        drop((a_seen, b_seen));
+        // With the window open, the round of polling ends every member's polling once.
+        group.poll_after_sleep(Duration::from_micros(20), Some(ma.id));
+        assert_eq!(a.lock().unwrap().ended, 2);
+        assert_eq!(b.lock().unwrap().ended, 1);
+    }
+
+    #[test]
     fn requests_and_completions_keep_windows_of_their_own() {
         // Queue depth 1 on a slow backend: a completion comes 40 us after the thread sleeps
         // (past the limit), the guest's next request 6 us after.
         let group = Arc::new(PollGroup::default());
         let (q, shared) = fake(0);
         let _m = group.join(&shared, LIMIT, "q".into());
-        group.poll_after_event();
+        group.poll_after_event(None);
         for _ in 0..4 {
             // The request's event: it is submitted, so the thread sleeps awaiting completion.
             q.lock().unwrap().in_flight = true;
-            group.poll_after_sleep(Duration::from_micros(6));
+            group.poll_after_sleep(Duration::from_micros(6), None);
             // The completion's event: nothing in flight, the thread awaits the guest.
             q.lock().unwrap().in_flight = false;
-            group.poll_after_sleep(Duration::from_micros(40));
+            group.poll_after_sleep(Duration::from_micros(40), None);
         }
         assert_eq!(group.window(Wait::Completion), Duration::ZERO);
         assert_eq!(group.window(Wait::Request), Duration::from_micros(8));
@@ -412,7 +453,7 @@ mod tests {
         let (b, qb) = fake(20);
         let _mf = group.join(&qf, LIMIT, "f".into());
         let _mb = group.join(&qb, LIMIT, "b".into());
-        group.poll_after_sleep(Duration::from_micros(20));
+        group.poll_after_sleep(Duration::from_micros(20), None);
         let f = failing.lock().unwrap();
         assert_eq!((f.polls, f.ended), (1, 1));
         assert_eq!(b.lock().unwrap().work, 0);
@@ -424,7 +465,7 @@ mod tests {
         let (a, qa) = fake(3);
         let membership = group.join(&qa, LIMIT, "a".into());
         drop(membership);
-        group.poll_after_sleep(Duration::from_micros(20));
+        group.poll_after_sleep(Duration::from_micros(20), None);
         assert_eq!(
             group.window(Wait::Request),
             Duration::ZERO,
@@ -434,7 +475,7 @@ mod tests {
         let (_, qb) = fake(3);
         let _mb = group.join(&qb, LIMIT, "b".into());
         drop(qb);
-        group.poll_after_sleep(Duration::from_micros(20));
+        group.poll_after_sleep(Duration::from_micros(20), None);
         assert_eq!(group.window(Wait::Request), INITIAL_WINDOW);
     }
 }

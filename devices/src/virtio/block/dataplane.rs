@@ -20,8 +20,8 @@ use super::handler::{BlockQueueHandler, HandlerError};
 use super::lock;
 use crate::virtio::poll_group::{Membership, PollGroup, Pollable, SharedPollable};
 
-const KICK: u32 = 0;
-const COMPLETION: u32 = 1;
+pub(super) const KICK: u32 = 0;
+pub(super) const COMPLETION: u32 = 1;
 
 /// Event-loop glue for one queue handler.
 pub struct QueueSubscriber {
@@ -97,19 +97,35 @@ impl MutEventSubscriber for QueueSubscriber {
             let _ = ops.remove(events);
             return;
         }
-        let result = {
-            let mut h = lock(&self.handler);
-            match events.data() {
-                KICK => h.handle_kick(),
-                _ => h.handle_completion(),
-            }
-        };
+        let result = serve_event(
+            &mut lock(&self.handler),
+            events.data(),
+            self.polling.is_some(),
+        );
         if let Err(e) = result {
             log::error!("{}: {e}", self.name);
-            return;
         }
+        // Even after a failure: the polling begun above must end.
         if let Some(membership) = &self.polling {
-            membership.group().poll_after_event();
+            membership.poll_after_event();
         }
+    }
+}
+
+/// Serves one event (`data`: [`KICK`] or [`COMPLETION`]) of `handler`. With `polls`, the
+/// I/O thread polls after the event, and the queue is polling already while it is served, so
+/// that a completion leaves the guest's notifications off for that polling (see
+/// [`Membership::poll_after_event`]); the polling's end turns them back on.
+pub(super) fn serve_event(
+    handler: &mut BlockQueueHandler,
+    data: u32,
+    polls: bool,
+) -> Result<(), HandlerError> {
+    if polls {
+        handler.begin_polling();
+    }
+    match data {
+        KICK => handler.handle_kick(),
+        _ => handler.handle_completion(),
     }
 }

@@ -398,6 +398,39 @@ fn while_the_thread_polls_an_idle_queue_needs_no_kick_and_after_it_does() {
 }
 
 #[test]
+fn a_completion_served_before_polling_leaves_notifications_off_until_polling_ends() {
+    use crate::virtio::block::dataplane::{serve_event, KICK};
+    let image = TempImage::new("pollnext");
+    let Some(engine) = engine(Kind::Sync, disk(&image, false, false)) else {
+        return;
+    };
+    let mem = guest_memory();
+    let mut h = Harness::with_event_idx(&mem, engine, limits(false), true);
+    // The kick's event pops the request; the synchronous engine completes it at once, so
+    // the event also serves its completion.
+    let b = h.buf(4096, 0);
+    h.request(VIRTIO_BLK_T_IN, 0, &[(b, 4096, true)]);
+    serve_event(&mut h.handler, KICK, true).unwrap();
+    assert_eq!((h.used_idx(), h.handler.in_flight()), (1, 0));
+    assert_eq!(
+        h.avail_event(),
+        0,
+        "the thread polls next: a guest answering the completion at once need not kick"
+    );
+    h.handler.end_polling().unwrap();
+    assert_eq!(
+        h.avail_event(),
+        1,
+        "polling over: the next request is kicked"
+    );
+    // A thread that does not poll after its events asks for the kick at once.
+    let b = h.buf(4096, 0);
+    h.request(VIRTIO_BLK_T_IN, 8, &[(b, 4096, true)]);
+    serve_event(&mut h.handler, KICK, false).unwrap();
+    assert_eq!((h.used_idx(), h.avail_event()), (2, 2));
+}
+
+#[test]
 fn requests_queued_while_in_flight_need_no_kick() {
     let image = TempImage::new("nokick");
     let Some(engine) = engine(Kind::Uring, disk(&image, false, false)) else {
