@@ -290,8 +290,7 @@ impl<'a> ThreadPlacement<'a> {
             return planned.cloned();
         }
         let candidates = planned.unwrap_or(&self.process);
-        let free = Some(candidates.difference(&self.vcpus))
-            .filter(|free| !free.is_empty() && free != candidates);
+        let free = candidates.difference(&self.vcpus).narrowing(candidates);
         if let Some(free) = &free {
             log::info!(
                 "{disk}: its I/O thread(s) run on host CPUs {free}, where no pinned vCPU runs \

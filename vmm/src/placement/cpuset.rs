@@ -133,6 +133,12 @@ impl CpuSet {
             cpus: self.cpus.difference(&other.cpus).copied().collect(),
         }
     }
+
+    /// `self` as a narrower choice than `from`: `None` when it leaves nothing to run on or
+    /// is `from` itself (a rule that narrows nothing, or everything, does not apply).
+    pub fn narrowing(self, from: &CpuSet) -> Option<CpuSet> {
+        (!self.is_empty() && self != *from).then_some(self)
+    }
 }
 
 /// Parses one CPU number of `item`, returning why it is not one.
@@ -339,6 +345,9 @@ mod tests {
         assert_eq!(a.intersection(&b), set(&[2, 3]));
         assert_eq!(a.difference(&b), set(&[0, 1]));
         assert_eq!(b.difference(&a), set(&[8]));
+        assert_eq!(a.difference(&b).narrowing(&a), Some(set(&[0, 1])));
+        assert_eq!(a.clone().narrowing(&a), None, "nothing narrowed");
+        assert_eq!(CpuSet::new().narrowing(&a), None, "nothing left");
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![2, 3, 8]);
         assert_eq!((&b).into_iter().max(), Some(8));
     }

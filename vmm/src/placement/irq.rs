@@ -88,8 +88,10 @@ fn irq_cpus(dir: &Path) -> Option<CpuSet> {
 /// another disk's threads were put by this rule), when that leaves some and narrows the
 /// candidates; `None` keeps the candidates.
 pub fn near_completions(candidates: &CpuSet, irq: &CpuSet, taken: &CpuSet) -> Option<CpuSet> {
-    let near = candidates.intersection(irq).difference(taken);
-    (!near.is_empty() && near != *candidates).then_some(near)
+    candidates
+        .intersection(irq)
+        .difference(taken)
+        .narrowing(candidates)
 }
 
 #[cfg(test)]
