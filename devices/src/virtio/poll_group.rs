@@ -77,6 +77,8 @@ struct Inner {
     waiting: Wait,
     /// When the thread last went back to sleep after polling.
     idle_since: Option<Instant>,
+    /// Every member's polling was begun before the event being served.
+    begun: bool,
 }
 
 /// The queues one I/O thread polls together, and the thread's current window.
@@ -106,17 +108,23 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
+    /// Called by the I/O thread before it serves an event of this member's queue: when the
+    /// group polls at all (either window open), every member starts polling now
+    /// ([`Pollable::begin_polling`]), so that no queue asks the guest for a kick while the
+    /// event is served. Serving a completion publishes it, and a guest that answers at once
+    /// would otherwise kick on this queue (whose notifications the completion would turn
+    /// back on) or on an idle one (whose notifications are on) before the polling that
+    /// follows looks at the rings. [`poll_after_event`](Self::poll_after_event) ends it.
+    pub fn begin_event(&self) {
+        self.group.begin_event();
+    }
+
     /// Called by the I/O thread after it served an event of this member's queue: adapts the
     /// group's window to how long the thread slept before the event, then polls every
-    /// member.
-    ///
-    /// The thread serves the event with the queue already polling
-    /// ([`Pollable::begin_polling`] first), so that the notifications a completion would
-    /// turn back on stay off until the polling that follows looks at the ring: a guest that
-    /// answers a completion at once would otherwise kick in between. When the window is shut,
-    /// that polling ends here.
+    /// member; with the window shut, ends the polling [`begin_event`](Self::begin_event)
+    /// began.
     pub fn poll_after_event(&self) {
-        self.group.poll_after_event(Some(self.id));
+        self.group.poll_after_event();
     }
 }
 
@@ -183,18 +191,30 @@ impl PollGroup {
         self.lock().windows[wait as usize]
     }
 
-    /// [`Membership::poll_after_event`] for the member `woken` (if any): the thread slept
-    /// since it last polled (not at all, the first time).
-    fn poll_after_event(&self, woken: Option<u64>) {
+    /// [`Membership::begin_event`].
+    fn begin_event(&self) {
+        let mut inner = self.lock();
+        if inner.windows.iter().all(|w| w.is_zero()) {
+            return;
+        }
+        for q in inner.members.iter().filter_map(|m| m.queue.upgrade()) {
+            lock(&q).begin_polling();
+        }
+        inner.begun = true;
+    }
+
+    /// [`Membership::poll_after_event`]: the thread slept since it last polled (not at all,
+    /// the first time).
+    fn poll_after_event(&self) {
         let slept = self
             .lock()
             .idle_since
             .map_or(Duration::ZERO, |since| since.elapsed());
-        self.poll_after_sleep(slept, woken);
+        self.poll_after_sleep(slept);
     }
 
     /// [`poll_after_event`](Self::poll_after_event) after a sleep of `slept`.
-    fn poll_after_sleep(&self, slept: Duration, woken: Option<u64>) {
+    fn poll_after_sleep(&self, slept: Duration) {
         let mut inner = self.lock();
         let limit = inner
             .members
@@ -209,10 +229,10 @@ impl PollGroup {
         if !window.is_zero() {
             poll_members(&inner.members, window);
             next = awaited(&inner.members);
-        } else if let Some(member) = woken.and_then(|id| inner.members.iter().find(|m| m.id == id))
-        {
-            end_polling(member);
+        } else if inner.begun {
+            end_polling(&inner.members);
         }
+        inner.begun = false;
         inner.waiting = next;
         inner.idle_since = Some(Instant::now());
     }
@@ -222,11 +242,13 @@ fn lock(q: &SharedPollable) -> MutexGuard<'_, dyn Pollable + 'static> {
     q.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Ends `member`'s polling, logging a failure.
-fn end_polling(member: &Member) {
-    if let Some(q) = member.queue.upgrade() {
-        if let Err(e) = lock(&q).end_polling() {
-            log::error!("{}: {e}", member.name);
+/// Ends every member's polling, logging failures.
+fn end_polling(members: &[Member]) {
+    for m in members {
+        if let Some(q) = m.queue.upgrade() {
+            if let Err(e) = lock(&q).end_polling() {
+                log::error!("{}: {e}", m.name);
+            }
         }
     }
 }
@@ -278,11 +300,7 @@ fn poll_members(members: &[Member], window: Duration) {
             break;
         }
     }
-    for (q, name, _) in &queues {
-        if let Err(e) = lock(q).end_polling() {
-            log::error!("{name}: {e}");
-        }
-    }
+    end_polling(members);
 }
 
 #[cfg(test)]
@@ -368,12 +386,12 @@ mod tests {
         let _ma = group.join(&qa, LIMIT, "a".into());
         let _mb = group.join(&qb, LIMIT, "b".into());
         // The first event finds the window shut and nothing slept: no polling yet.
-        group.poll_after_event(None);
+        group.poll_after_event();
         assert_eq!(group.window(Wait::Request), Duration::ZERO);
         assert_eq!(a.lock().unwrap().polls, 0);
         // The next came 20 us after the thread went to sleep: within the limit, the window
         // opens (4 us).
-        group.poll_after_sleep(Duration::from_micros(20), None);
+        group.poll_after_sleep(Duration::from_micros(20));
         assert_eq!(group.window(Wait::Request), INITIAL_WINDOW);
         let (a, b) = (a.lock().unwrap(), b.lock().unwrap());
         // Queue a had nothing, yet was looked at as long as b had work, and then some.
@@ -383,24 +401,32 @@ mod tests {
     }
 
     #[test]
-    fn the_woken_members_polling_ends_when_the_window_is_shut() {
+    fn an_event_is_served_with_every_member_polling_when_the_group_polls() {
         let group = Arc::new(PollGroup::default());
         let (a, qa) = fake(0);
         let (b, qb) = fake(0);
         let ma = group.join(&qa, LIMIT, "a".into());
         let _mb = group.join(&qb, LIMIT, "b".into());
-        // The first event: nothing slept, the window stays shut, so a's polling (begun by
-        // the thread for its event) ends; b was not polling and is left alone.
+        let seen = |f: &Arc<Mutex<Fake>>| {
+            let f = f.lock().unwrap();
+            (f.begun, f.ended)
+        };
+        // Every window shut: events are served as they come, nothing polls.
+        ma.begin_event();
         ma.poll_after_event();
+        assert_eq!((seen(&a), seen(&b)), ((0, 0), (0, 0)));
+        // An event 20 us after the sleep opens the request window; that round polls both.
+        group.poll_after_sleep(Duration::from_micros(20));
+        assert_eq!((seen(&a), seen(&b)), ((1, 1), (1, 1)));
+        // Now every member polls from before the event on. A sleep past the limit shuts the
+        // window again, so no round follows and the polling begun for the event ends.
+        ma.begin_event();
+        assert_eq!((seen(&a), seen(&b)), ((2, 1), (2, 1)));
+        group.poll_after_sleep(Duration::from_millis(5));
         assert_eq!(group.window(Wait::Request), Duration::ZERO);
-        let (a_seen, b_seen) = (a.lock().unwrap(), b.lock().unwrap());
-        assert_eq!((a_seen.polls, a_seen.ended), (0, 1));
-        assert_eq!((b_seen.polls, b_seen.ended), (0, 0));
-        drop((a_seen, b_seen));
-        // With the window open, the round of polling ends every member's polling once.
-        group.poll_after_sleep(Duration::from_micros(20), Some(ma.id));
-        assert_eq!(a.lock().unwrap().ended, 2);
-        assert_eq!(b.lock().unwrap().ended, 1);
+        assert_eq!((seen(&a), seen(&b)), ((2, 2), (2, 2)));
+        ma.begin_event();
+        assert_eq!((seen(&a), seen(&b)), ((2, 2), (2, 2)));
     }
 
     #[test]
@@ -410,14 +436,14 @@ mod tests {
         let group = Arc::new(PollGroup::default());
         let (q, shared) = fake(0);
         let _m = group.join(&shared, LIMIT, "q".into());
-        group.poll_after_event(None);
+        group.poll_after_event();
         for _ in 0..4 {
             // The request's event: it is submitted, so the thread sleeps awaiting completion.
             q.lock().unwrap().in_flight = true;
-            group.poll_after_sleep(Duration::from_micros(6), None);
+            group.poll_after_sleep(Duration::from_micros(6));
             // The completion's event: nothing in flight, the thread awaits the guest.
             q.lock().unwrap().in_flight = false;
-            group.poll_after_sleep(Duration::from_micros(40), None);
+            group.poll_after_sleep(Duration::from_micros(40));
         }
         assert_eq!(group.window(Wait::Completion), Duration::ZERO);
         assert_eq!(group.window(Wait::Request), Duration::from_micros(8));
@@ -453,7 +479,7 @@ mod tests {
         let (b, qb) = fake(20);
         let _mf = group.join(&qf, LIMIT, "f".into());
         let _mb = group.join(&qb, LIMIT, "b".into());
-        group.poll_after_sleep(Duration::from_micros(20), None);
+        group.poll_after_sleep(Duration::from_micros(20));
         let f = failing.lock().unwrap();
         assert_eq!((f.polls, f.ended), (1, 1));
         assert_eq!(b.lock().unwrap().work, 0);
@@ -465,7 +491,7 @@ mod tests {
         let (a, qa) = fake(3);
         let membership = group.join(&qa, LIMIT, "a".into());
         drop(membership);
-        group.poll_after_sleep(Duration::from_micros(20), None);
+        group.poll_after_sleep(Duration::from_micros(20));
         assert_eq!(
             group.window(Wait::Request),
             Duration::ZERO,
@@ -475,7 +501,7 @@ mod tests {
         let (_, qb) = fake(3);
         let _mb = group.join(&qb, LIMIT, "b".into());
         drop(qb);
-        group.poll_after_sleep(Duration::from_micros(20), None);
+        group.poll_after_sleep(Duration::from_micros(20));
         assert_eq!(group.window(Wait::Request), INITIAL_WINDOW);
     }
 }

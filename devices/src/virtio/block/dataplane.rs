@@ -97,35 +97,33 @@ impl MutEventSubscriber for QueueSubscriber {
             let _ = ops.remove(events);
             return;
         }
-        let result = serve_event(
-            &mut lock(&self.handler),
-            events.data(),
-            self.polling.is_some(),
-        );
+        let result = serve_event(&self.handler, events.data(), self.polling.as_ref());
         if let Err(e) = result {
             log::error!("{}: {e}", self.name);
-        }
-        // Even after a failure: the polling begun above must end.
-        if let Some(membership) = &self.polling {
-            membership.poll_after_event();
         }
     }
 }
 
-/// Serves one event (`data`: [`KICK`] or [`COMPLETION`]) of `handler`. With `polls`, the
-/// I/O thread polls after the event, and the queue is polling already while it is served, so
-/// that a completion leaves the guest's notifications off for that polling (see
-/// [`Membership::poll_after_event`]); the polling's end turns them back on.
+/// Serves one event (`data`: [`KICK`] or [`COMPLETION`]) of `handler`; with `polling`, the
+/// queue's place in its thread's poll group, inside that group's polling of every member
+/// (see [`Membership::begin_event`]), which goes on after a failure too.
 pub(super) fn serve_event(
-    handler: &mut BlockQueueHandler,
+    handler: &Mutex<BlockQueueHandler>,
     data: u32,
-    polls: bool,
+    polling: Option<&Membership>,
 ) -> Result<(), HandlerError> {
-    if polls {
-        handler.begin_polling();
+    if let Some(membership) = polling {
+        membership.begin_event();
     }
-    match data {
-        KICK => handler.handle_kick(),
-        _ => handler.handle_completion(),
+    let result = {
+        let mut h = lock(handler);
+        match data {
+            KICK => h.handle_kick(),
+            _ => h.handle_completion(),
+        }
+    };
+    if let Some(membership) = polling {
+        membership.poll_after_event();
     }
+    result
 }

@@ -42,6 +42,11 @@ use super::engine::{Completion, EngineError, IoEngine, IoOp};
 use super::request::{write_serial, Rejected, Request, RequestKind, RequestLimits, SERIAL_LEN};
 use crate::virtio::device::{DeviceError, QueuePosition, VirtioInterrupt};
 
+/// Bytes of the used ring before its entries (`flags`, `idx`); the virtio spec's layout.
+const USED_RING_HEADER_SIZE: u64 = 4;
+/// Bytes of one used ring entry (`id`, `len`); `avail_event` follows the last one.
+const USED_ELEMENT_SIZE: u64 = 8;
+
 /// Errors from driving a queue.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -476,9 +481,40 @@ impl BlockQueueHandler {
         self.signal()
     }
 
-    /// Starts polling: see the module documentation.
+    /// Starts polling (see the module documentation): from now on the driver is not asked to
+    /// kick, until [`end_polling`](Self::end_polling).
     pub fn begin_polling(&mut self) {
         self.polling = true;
+        self.stop_asking_for_kicks();
+    }
+
+    /// Takes back the request for a kick made when notifications were last turned on. With
+    /// EVENT_IDX that request is `avail_event` at the avail index the device had reached, and
+    /// `disable_notification` leaves it there (the driver kicks at most once for it): an idle
+    /// queue the thread polls would still take one kick for its next request. Setting
+    /// `avail_event` one behind that index means no number of new requests crosses it.
+    fn stop_asking_for_kicks(&mut self) {
+        let result = if self.queue.event_idx_enabled() {
+            let behind = self.queue.next_avail().wrapping_sub(1);
+            let at = self.queue.used_ring().checked_add(
+                USED_RING_HEADER_SIZE + USED_ELEMENT_SIZE * u64::from(self.queue.size()),
+            );
+            match at {
+                Some(at) => self
+                    .mem
+                    .store(behind.to_le(), GuestAddress(at), Ordering::Relaxed)
+                    .map_err(|e| e.to_string()),
+                None => Err("used ring address overflows".to_string()),
+            }
+        } else {
+            self.queue
+                .disable_notification(&self.mem)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            self.log
+                .warn(self.queue_index, format_args!("disable_notification: {e}"));
+        }
     }
 
     /// One look at the rings without an event: reaps completions and pops new requests,

@@ -384,50 +384,48 @@ fn while_the_thread_polls_an_idle_queue_needs_no_kick_and_after_it_does() {
     assert_eq!((h.used_idx(), h.handler.in_flight()), (1, 0));
     assert_eq!(h.status_of(status), OK);
     assert!(!h.handler.poll_once().unwrap(), "nothing more to find");
-    assert_eq!(
-        h.avail_event(),
-        0,
+    assert!(
+        !h.next_request_kicks(),
         "idle but polled: the driver is not asked to kick"
     );
     h.handler.end_polling().unwrap();
-    assert_eq!(
-        h.avail_event(),
-        1,
+    assert!(
+        h.next_request_kicks(),
         "polling over: the next request must be kicked"
     );
 }
 
 #[test]
-fn a_completion_served_before_polling_leaves_notifications_off_until_polling_ends() {
-    use crate::virtio::block::dataplane::{serve_event, KICK};
-    let image = TempImage::new("pollnext");
+fn a_polled_queue_asks_for_no_kick_until_its_polling_ends() {
+    let image = TempImage::new("pollkick");
     let Some(engine) = engine(Kind::Sync, disk(&image, false, false)) else {
         return;
     };
     let mem = guest_memory();
     let mut h = Harness::with_event_idx(&mem, engine, limits(false), true);
-    // The kick's event pops the request; the synchronous engine completes it at once, so
-    // the event also serves its completion.
+    assert!(h.next_request_kicks(), "an idle queue asks for a kick");
+    h.handler.begin_polling();
+    assert!(
+        !h.next_request_kicks(),
+        "polled from now on: the request for a kick is taken back"
+    );
+    // The request's event also serves its completion (the synchronous engine's).
     let b = h.buf(4096, 0);
     h.request(VIRTIO_BLK_T_IN, 0, &[(b, 4096, true)]);
-    serve_event(&mut h.handler, KICK, true).unwrap();
+    h.handler.handle_kick().unwrap();
     assert_eq!((h.used_idx(), h.handler.in_flight()), (1, 0));
-    assert_eq!(
-        h.avail_event(),
-        0,
-        "the thread polls next: a guest answering the completion at once need not kick"
+    assert!(
+        !h.next_request_kicks(),
+        "a completion served while polling does not ask again"
     );
     h.handler.end_polling().unwrap();
-    assert_eq!(
-        h.avail_event(),
-        1,
-        "polling over: the next request is kicked"
-    );
-    // A thread that does not poll after its events asks for the kick at once.
+    assert!(h.next_request_kicks(), "polling over");
+    // Served without polling, a completion asks for the next kick at once.
     let b = h.buf(4096, 0);
     h.request(VIRTIO_BLK_T_IN, 8, &[(b, 4096, true)]);
-    serve_event(&mut h.handler, KICK, false).unwrap();
-    assert_eq!((h.used_idx(), h.avail_event()), (2, 2));
+    h.handler.handle_kick().unwrap();
+    assert_eq!(h.used_idx(), 2);
+    assert!(h.next_request_kicks());
 }
 
 #[test]

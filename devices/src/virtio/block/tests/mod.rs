@@ -304,6 +304,17 @@ impl<'a> Harness<'a> {
         self.mem.read_obj::<u16>(at).unwrap()
     }
 
+    /// Whether the driver must kick after publishing one more request: EVENT_IDX's
+    /// `vring_need_event(avail_event, idx + 1, idx)`, true when `avail_event` is the avail
+    /// index.
+    pub fn next_request_kicks(&self) -> bool {
+        let idx = self
+            .mem
+            .read_obj::<u16>(self.mock.avail_addr().unchecked_add(2))
+            .unwrap();
+        self.avail_event() == idx
+    }
+
     /// Number of used entries published.
     pub fn used_idx(&self) -> u16 {
         self.mem
