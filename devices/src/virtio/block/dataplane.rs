@@ -20,8 +20,8 @@ use super::handler::{BlockQueueHandler, HandlerError};
 use super::lock;
 use crate::virtio::poll_group::{Membership, PollGroup, Pollable, SharedPollable};
 
-pub(super) const KICK: u32 = 0;
-pub(super) const COMPLETION: u32 = 1;
+const KICK: u32 = 0;
+const COMPLETION: u32 = 1;
 
 /// Event-loop glue for one queue handler.
 pub struct QueueSubscriber {
